@@ -1,0 +1,509 @@
+"""The edge agent: runs a device's drivers, commits what they measure to the outbox, and delivers it to the hub.
+
+Sampling never waits for the network: drivers run on their own schedules and every reading is committed
+to the outbox first. A separate publisher sends outbox records in seq order, keeps up to ``max_inflight``
+of them unacknowledged, sends again what the hub has not acknowledged after ``resend_after_s``, and resends
+everything unacknowledged after a reconnect. The connection loop reconnects with jittered exponential
+backoff, announces the device (retained ``online``, last will ``lost``) and answers commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+from pydantic import ValidationError
+
+from edge import config as config_module
+from edge.agents.clock import system_clock_state
+from edge.agents.mqtt import CheckedClient
+from edge.agents.outbox import Outbox, OutboxRecord, RecordClass
+from edge.contract import (
+    QOS,
+    Ack,
+    Command,
+    DesiredConfig,
+    DeviceState,
+    Event,
+    Message,
+    Reading,
+    Reply,
+    Status,
+    StreamHealth,
+    Telemetry,
+    TxOutcome,
+    TxStatus,
+    now,
+    topic,
+)
+from edge.drivers import DriverConfig, DriverEvent, DriverKind, EventDriver, PolledDriver
+from edge.errors import ConfigError, DriverError, NakhonError, OutboxError, PublishRefused
+
+log = logging.getLogger("nakhon.agent")
+
+
+@dataclass
+class Stream:
+    """One driver instance as the agent runs it."""
+
+    kind: DriverKind
+    config: DriverConfig
+    driver: PolledDriver | EventDriver
+    interval_s: float
+    state: str = "starting"
+    error: str | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def health(self) -> StreamHealth:
+        """The stream's entry in the heartbeat."""
+        polled = isinstance(self.driver, PolledDriver)
+        return StreamHealth(kind=self.kind.kind, state=self.state,  # type: ignore[arg-type]
+                            interval_s=self.interval_s if polled else None, error=self.error)
+
+
+class Backoff:
+    """Jittered exponential backoff ("full jitter" between half and the whole current delay)."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self._low = low
+        self._high = high
+        self._next = low
+
+    def reset(self) -> None:
+        """Start again from the lowest delay."""
+        self._next = self._low
+
+    def delay(self) -> float:
+        """The delay to wait now; doubles the next one up to the ceiling."""
+        current = self._next
+        self._next = min(self._high, self._next * 2)
+        return random.uniform(current / 2, current)
+
+
+CommandHandler = Callable[["Agent", dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class CommandFailed(NakhonError, ValueError):
+    """A command's arguments were wrong or it could not be carried out."""
+
+
+async def _cmd_ping(agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
+    return {"pong": True, "uptime_s": round(agent.uptime(), 3), "outbox_depth": agent.outbox.depth()}
+
+
+async def _cmd_set_interval(agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
+    sensor, interval = args.get("sensor"), args.get("interval_s")
+    if not isinstance(interval, int | float) or isinstance(interval, bool) or not 0 < interval <= 86_400:
+        raise CommandFailed("args.interval_s must be a number of seconds in (0, 86400]")
+    targets = [s for s in agent.streams.values() if isinstance(s.driver, PolledDriver)
+               and (sensor is None or s.config.name == sensor)]
+    if not targets:
+        raise CommandFailed(f"no polled sensor named {sensor!r}; sensors: {', '.join(agent.polled_names())}")
+    for stream in targets:
+        stream.interval_s = float(interval)
+        stream.wake.set()
+    return {"sensors": [s.config.name for s in targets], "interval_s": float(interval)}
+
+
+async def _cmd_reload_config(agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
+    return await agent.reload_config()
+
+
+COMMANDS: dict[str, CommandHandler] = {
+    "ping": _cmd_ping,
+    "set_interval": _cmd_set_interval,
+    "reload_config": _cmd_reload_config,
+}
+"""Commands an agent understands on ``down/cmd``, by name."""
+
+
+class Agent:
+    """Runs one device: its drivers, its outbox and its broker connection."""
+
+    def __init__(self, loaded: config_module.LoadedConfig) -> None:
+        self.loaded = loaded
+        self.cfg = loaded.device
+        self.outbox = Outbox(self.cfg.outbox.path, self.cfg.outbox)
+        self.streams: dict[str, Stream] = {
+            conf.name: Stream(kind, conf, kind.build(conf), conf.interval_s) for kind, conf in loaded.drivers
+        }
+        self.heartbeat_s = self.cfg.agent.heartbeat_s
+        self.config_version = self.cfg.config_version
+        self.publish_errors = 0
+        self.last_error: str | None = None
+        self._started = time.monotonic()
+        self._client: CheckedClient | None = None
+        self._inflight: dict[int, float] = {}
+        self._outbox_changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._events: asyncio.Queue[tuple[str, DriverEvent, Any]] = asyncio.Queue()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def uptime(self) -> float:
+        """Seconds since the agent started."""
+        return time.monotonic() - self._started
+
+    def polled_names(self) -> list[str]:
+        """Names of the polled sensors."""
+        return [n for n, s in self.streams.items() if isinstance(s.driver, PolledDriver)]
+
+    def _topic(self, suffix: str) -> str:
+        return topic(self.cfg.broker.root, self.cfg.device, suffix)
+
+    def status(self, state: DeviceState) -> Status:
+        """The status message for ``state``, with the heartbeat fields."""
+        dropped = self.outbox.dropped()
+        return Status(
+            device=self.cfg.device, state=state, at=now(), uptime_s=round(self.uptime(), 3),
+            heartbeat_s=self.heartbeat_s, outbox_depth=self.outbox.depth(), dropped=sum(dropped.values()),
+            clock=system_clock_state(), config_version=self.config_version,
+            streams={name: s.health() for name, s in self.streams.items()},
+            publish_errors=self.publish_errors, last_error=self.last_error, node=self.cfg.node,
+            site=self.cfg.site,
+        )
+
+    async def _commit(self, klass: RecordClass, build: Callable[[int], Message], key: str | None = None) -> None:
+        await asyncio.to_thread(self.outbox.append, klass, build, key)
+        self._outbox_changed.set()
+
+    def request_stop(self) -> None:
+        """Ask the agent to stop gracefully (what SIGTERM does)."""
+        self._stopping.set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until :meth:`request_stop`; then publish ``offline``, stop the drivers, close the outbox."""
+        await asyncio.to_thread(self.outbox.open)
+        log.info("agent %s starting: %d driver(s), outbox %s (%d record(s) waiting, last seq %d)",
+                 self.cfg.device, len(self.streams), self.cfg.outbox.path, self.outbox.depth(),
+                 self.outbox.last_seq())
+        tasks = [asyncio.create_task(self._run_stream(s), name=f"stream-{n}") for n, s in self.streams.items()]
+        tasks.append(asyncio.create_task(self._write_events(), name="events"))
+        tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        link = asyncio.create_task(self._connection_loop(), name="connection")
+        try:
+            await self._stopping.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._drain_events()
+            self._stopping.set()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(link), timeout=10)
+            link.cancel()
+            await asyncio.gather(link, return_exceptions=True)
+            for stream in self.streams.values():
+                await asyncio.to_thread(_release, stream.driver)
+            await asyncio.to_thread(self.outbox.close)
+            log.info("agent %s stopped", self.cfg.device)
+
+    # -- drivers -------------------------------------------------------------------------------
+    async def _run_stream(self, stream: Stream) -> None:
+        backoff = Backoff(1.0, self.cfg.agent.driver_backoff_max_s)
+        name = stream.config.name
+        while True:
+            try:
+                if isinstance(stream.driver, PolledDriver):
+                    await self._poll(stream, backoff)
+                else:
+                    await self._listen(stream)
+            except DriverError as err:
+                stream.state, stream.error = "unavailable", str(err)
+                await asyncio.to_thread(_release, stream.driver)
+                delay = backoff.delay()
+                log.warning("sensor %s unavailable: %s; retrying in %.1f s", name, err, delay)
+                await asyncio.sleep(delay)
+
+    async def _poll(self, stream: Stream, backoff: Backoff) -> None:
+        driver = stream.driver
+        assert isinstance(driver, PolledDriver)
+        await asyncio.to_thread(driver.open)
+        units = {f.quantity: f.unit for f in driver.TELEMETRY}
+        next_at = time.monotonic()
+        while True:
+            ts = now()
+            values = await asyncio.to_thread(driver.read)
+            if stream.state != "ok":
+                log.info("sensor %s is reading", stream.config.name)
+            stream.state, stream.error = "ok", None
+            backoff.reset()
+            if values:
+                readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q))
+                            for q, v in values.items()]
+                await self._commit(RecordClass.TELEMETRY, lambda seq, r=readings: Telemetry(
+                    device=self.cfg.device, seq=seq, sent_at=now(), readings=r))
+            next_at = max(next_at + stream.interval_s, time.monotonic())
+            stream.wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stream.wake.wait(), timeout=next_at - time.monotonic())
+                next_at = time.monotonic()
+
+    async def _listen(self, stream: Stream) -> None:
+        driver = stream.driver
+        assert isinstance(driver, EventDriver)
+        loop = asyncio.get_running_loop()
+        name = stream.config.name
+
+        def emit(event: DriverEvent) -> None:
+            ts = now()
+            loop.call_soon_threadsafe(self._events.put_nowait, (name, event, ts))
+
+        await asyncio.to_thread(driver.start, emit)
+        stream.state, stream.error = "ok", None
+        await asyncio.Event().wait()  # runs until cancelled; the driver's thread does the work
+
+    async def _write_events(self) -> None:
+        while True:
+            name, event, ts = await self._events.get()
+            await self._commit_event(name, event, ts)
+
+    async def _commit_event(self, name: str, event: DriverEvent, ts: Any) -> None:
+        try:
+            await self._commit(RecordClass.EVENT, lambda seq: Event(
+                device=self.cfg.device, seq=seq, ts=ts, sensor=name, event=event.event,
+                severity=event.severity, data=dict(event.data)))
+        except ValidationError as err:
+            log.error("sensor %s emitted an event that breaks the contract, not sent: %s", name, err)
+
+    async def _drain_events(self) -> None:
+        while not self._events.empty():
+            name, event, ts = self._events.get_nowait()
+            await self._commit_event(name, event, ts)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            dropped = await asyncio.to_thread(self.outbox.expire)
+            if dropped:
+                log.warning("dropped %d outbox record(s) older than their age limit", dropped)
+
+    # -- broker --------------------------------------------------------------------------------
+    def _client_for(self) -> CheckedClient:
+        b = self.cfg.broker
+        lost = Status(device=self.cfg.device, state=DeviceState.LOST, at=now())
+        tls: ssl.SSLContext | None = None
+        if b.tls:
+            tls = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
+            if b.cert_file:
+                tls.load_cert_chain(str(b.cert_file), str(b.key_file) if b.key_file else None)
+        return CheckedClient(
+            hostname=b.host, port=b.port, username=self.cfg.username, password=self.loaded.password,
+            identifier=self.cfg.username, protocol=aiomqtt.ProtocolVersion.V5, keepalive=b.keepalive_s,
+            will=aiomqtt.Will(self._topic("up/status"), lost.to_json(), qos=QOS, retain=True),
+            clean_start=True, max_inflight_messages=self.cfg.agent.max_inflight, tls_context=tls, timeout=20,
+        )
+
+    async def _connection_loop(self) -> None:
+        backoff = Backoff(self.cfg.agent.backoff_min_s, self.cfg.agent.backoff_max_s)
+        b = self.cfg.broker
+        while not self._stopping.is_set():
+            try:
+                async with self._client_for() as client:
+                    log.info("connected to broker %s:%d as %s", b.host, b.port, self.cfg.username)
+                    backoff.reset()
+                    await self._session(client)
+                    return
+            except* aiomqtt.MqttError as group:
+                err = group.exceptions[0]
+                self.last_error = f"broker link: {err}"
+            finally:
+                self._client = None
+                self._inflight.clear()
+            if self._stopping.is_set():
+                return
+            delay = backoff.delay()
+            log.warning("broker %s:%d unreachable or lost (%s); reconnecting in %.1f s",
+                        b.host, b.port, self.last_error, delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    def _report_refusal(self, err: PublishRefused) -> None:
+        self.publish_errors += 1
+        self.last_error = str(err)
+        log.error("%s; the record stays in the outbox. Check that the broker credentials (user %s) "
+                  "belong to device %s and that its ACL allows %s/%s/up/#",
+                  err, self.cfg.username, self.cfg.device, self.cfg.broker.root, self.cfg.device)
+
+    async def _session(self, client: CheckedClient) -> None:
+        await client.subscribe(self._topic("up/status").replace("up/status", "down/#"), qos=QOS)
+        try:
+            await client.publish_checked(self._topic("up/status"), self.status(DeviceState.ONLINE).to_json(),
+                                         retain=True)
+        except PublishRefused as err:
+            self._report_refusal(err)
+        self._client = client
+        self._inflight.clear()
+        self._outbox_changed.set()
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self._publisher(client)), tg.create_task(self._heartbeat(client)),
+                     tg.create_task(self._downlink(client))]
+            await self._stopping.wait()
+            for task in tasks:
+                task.cancel()
+        with contextlib.suppress(aiomqtt.MqttError, PublishRefused):
+            await client.publish_checked(self._topic("up/status"),
+                                         self.status(DeviceState.OFFLINE).to_json(), retain=True, timeout=5)
+            log.info("announced offline")
+
+    async def _heartbeat(self, client: CheckedClient) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await client.publish_checked(self._topic("up/status"),
+                                             self.status(DeviceState.ONLINE).to_json(), retain=True)
+            except PublishRefused as err:
+                self._report_refusal(err)
+
+    async def _publisher(self, client: CheckedClient) -> None:
+        window = self.cfg.agent.max_inflight
+        resend = self.cfg.agent.resend_after_s
+        sends: set[asyncio.Task[None]] = set()
+        while True:
+            self._outbox_changed.clear()
+            records = await asyncio.to_thread(self.outbox.pending, window)
+            t = time.monotonic()
+            due = [r for r in records if t - self._inflight.get(r.seq, -resend) >= resend]
+            for record in due:
+                if record.seq in self._inflight:
+                    log.debug("sending seq %d again (no acknowledgement after %.0f s)", record.seq, resend)
+                self._inflight[record.seq] = t
+                task = asyncio.create_task(self._send(client, record))
+                sends.add(task)
+                task.add_done_callback(sends.discard)
+            for task in list(sends):
+                if task.done() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            waits = [t0 + resend - time.monotonic() for t0 in self._inflight.values()]
+            timeout = max(0.05, min(waits, default=resend))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._outbox_changed.wait(), timeout=timeout)
+
+    async def _send(self, client: CheckedClient, record: OutboxRecord) -> None:
+        try:
+            await client.publish_checked(self._topic(record.klass.suffix), record.payload)
+        except PublishRefused as err:
+            self._report_refusal(err)
+        except aiomqtt.MqttError:
+            self._inflight.pop(record.seq, None)  # the connection loop resends after reconnecting
+
+    async def _downlink(self, client: CheckedClient) -> None:
+        prefix = self._topic("down/ack")[: -len("ack")]
+        async for message in client.messages:
+            name = str(message.topic)[len(prefix):]
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            try:
+                await self._handle_downlink(name, payload)
+            except ValidationError as err:
+                log.warning("ignored a down/%s message that breaks the contract: %s", name,
+                            err.errors()[0]["msg"] if err.errors() else err)
+            except OutboxError as err:
+                log.error("outbox error while handling down/%s: %s", name, err)
+
+    async def _handle_downlink(self, name: str, payload: bytes) -> None:
+        if name == "ack":
+            ack = Ack.model_validate_json(payload)
+            deleted = await asyncio.to_thread(self.outbox.ack, ack.acked)
+            for seq in deleted:
+                self._inflight.pop(seq, None)
+            self._outbox_changed.set()
+        elif name == "tx":
+            outcome = TxOutcome.model_validate_json(payload)
+            if outcome.status is TxStatus.PENDING:
+                log.info("transaction %s is pending at the hub", outcome.tx_id)
+                return
+            seq = await asyncio.to_thread(self.outbox.answer, outcome.tx_id)
+            if seq is not None:
+                self._inflight.pop(seq, None)
+            log.info("transaction %s answered: %s", outcome.tx_id, outcome.status)
+        elif name == "cmd":
+            await self._run_command(Command.model_validate_json(payload))
+        elif name == "config":
+            if payload:
+                self._apply_desired(DesiredConfig.model_validate_json(payload))
+        else:
+            log.warning("ignored a message on unknown topic down/%s", name)
+
+    async def _run_command(self, cmd: Command) -> None:
+        handler = COMMANDS.get(cmd.name)
+        result: dict[str, Any] | None = None
+        error: str | None = None
+        if handler is None:
+            error = f"unknown command {cmd.name!r}; this agent knows: {', '.join(sorted(COMMANDS))}"
+        else:
+            try:
+                result = await handler(self, dict(cmd.args))
+            except (CommandFailed, ConfigError) as err:
+                error = str(err)
+        log.info("command %s (%s): %s", cmd.name, cmd.cmd_id, "ok" if error is None else error)
+        await self._commit(RecordClass.REPLY, lambda seq: Reply(
+            device=self.cfg.device, seq=seq, cmd_id=cmd.cmd_id, ok=error is None, result=result, error=error))
+
+    def _apply_desired(self, desired: DesiredConfig) -> None:
+        if desired.version <= self.config_version:
+            return
+        if desired.heartbeat_s is not None:
+            self.heartbeat_s = desired.heartbeat_s
+        unknown = []
+        for sensor, interval in (desired.intervals or {}).items():
+            stream = self.streams.get(sensor)
+            if stream is None:
+                unknown.append(sensor)
+                continue
+            stream.interval_s = interval
+            stream.wake.set()
+        self.config_version = desired.version
+        log.info("applied remote config version %d%s", desired.version,
+                 f" (no sensor named {', '.join(unknown)})" if unknown else "")
+
+    async def reload_config(self) -> dict[str, Any]:
+        """Re-read the config file; apply the intervals and heartbeat now, report what needs a restart."""
+        fresh = await asyncio.to_thread(config_module.load, self.loaded.path)
+        applied, restart = [], []
+        if fresh.device.agent.heartbeat_s != self.heartbeat_s:
+            self.heartbeat_s = fresh.device.agent.heartbeat_s
+            applied.append("agent.heartbeat_s")
+        fresh_drivers = {conf.name: conf for _, conf in fresh.drivers}
+        for name, stream in self.streams.items():
+            conf = fresh_drivers.get(name)
+            if conf is None or conf.model_copy(update={"interval_s": stream.config.interval_s}) != stream.config:
+                restart.append(f"drivers.{name}")
+            elif conf.interval_s != stream.interval_s:
+                stream.interval_s = conf.interval_s
+                stream.wake.set()
+                applied.append(f"drivers.{name}.interval_s")
+        restart += [f"drivers.{n}" for n in fresh_drivers if n not in self.streams]
+        for section in ("broker", "outbox"):
+            if getattr(fresh.device, section) != getattr(self.cfg, section):
+                restart.append(section)
+        self.config_version = max(self.config_version, fresh.device.config_version)
+        return {"applied": applied, "restart_required": sorted(set(restart)),
+                "config_version": self.config_version}
+
+
+def _release(driver: PolledDriver | EventDriver) -> None:
+    try:
+        if isinstance(driver, PolledDriver):
+            driver.close()
+        else:
+            driver.stop()
+    except DriverError as err:
+        log.warning("closing a driver failed: %s", err)
+
+
+async def run_agent(loaded: config_module.LoadedConfig) -> None:
+    """Run an agent until SIGTERM or SIGINT, then stop it gracefully."""
+    agent = Agent(loaded)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_stop)
+    await agent.run()

@@ -1,0 +1,260 @@
+"""The durable outbox: every message a device sends is committed here first and deleted only when the hub says so.
+
+One SQLite file (WAL). Each record gets its ``seq`` from an AUTOINCREMENT key, so sequence numbers strictly
+increase and are never reused, across restarts too. Telemetry, events and command replies are deleted when
+the hub acknowledges them on ``down/ack``; transactions when it answers them on ``down/tx``. Each class is
+bounded (rows and age): the droppable classes lose their oldest records first and count what they lost;
+transactions are never dropped, and a transaction the outbox cannot take is refused with :class:`OutboxFull`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from edge.config import OutboxConfig
+from edge.contract import Message
+from edge.errors import OutboxError, OutboxFull
+
+
+class RecordClass(StrEnum):
+    """What a record is, which decides how it is acknowledged and whether it may be dropped."""
+
+    TELEMETRY = "telemetry"
+    EVENT = "event"
+    REPLY = "reply"
+    TX = "tx"
+
+    @property
+    def suffix(self) -> str:
+        """The topic suffix the record is published on."""
+        return f"up/{self.value}"
+
+    @property
+    def droppable(self) -> bool:
+        """Transactions are never dropped; everything else may be, oldest first."""
+        return self is not RecordClass.TX
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """One committed message waiting for the hub."""
+
+    seq: int
+    klass: RecordClass
+    payload: bytes
+    key: str | None
+    created: float
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    klass   TEXT NOT NULL,
+    key     TEXT,
+    created REAL NOT NULL,
+    payload BLOB
+);
+CREATE INDEX IF NOT EXISTS records_by_class ON records (klass, seq);
+CREATE INDEX IF NOT EXISTS records_by_key ON records (key) WHERE key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class Outbox:
+    """A device's durable queue of outgoing records; thread-safe, blocking (agents call it in a thread)."""
+
+    def __init__(self, path: Path, limits: OutboxConfig, clock: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._limits = limits
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._counts: dict[RecordClass, int] = {}
+
+    def open(self) -> None:
+        """Open (creating if needed) the outbox file."""
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._limits.synchronous.upper()}")
+            db.executescript(_SCHEMA)
+            rows = db.execute("SELECT klass, COUNT(*) FROM records GROUP BY klass").fetchall()
+        except sqlite3.Error as err:
+            raise OutboxError(f"cannot open the outbox at {self._path}: {err}") from err
+        self._counts = {k: 0 for k in RecordClass}
+        self._counts.update({RecordClass(k): n for k, n in rows})
+        self._db = db
+
+    def close(self) -> None:
+        """Close the file; safe to call twice."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> Outbox:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise OutboxError("the outbox is not open")
+        return self._db
+
+    def _limit(self, klass: RecordClass) -> int:
+        return {
+            RecordClass.TELEMETRY: self._limits.telemetry_max_rows,
+            RecordClass.EVENT: self._limits.event_max_rows,
+            RecordClass.REPLY: self._limits.reply_max_rows,
+            RecordClass.TX: self._limits.tx_max_rows,
+        }[klass]
+
+    def _max_age(self, klass: RecordClass) -> float | None:
+        return {
+            RecordClass.TELEMETRY: self._limits.telemetry_max_age_s,
+            RecordClass.EVENT: self._limits.event_max_age_s,
+            RecordClass.REPLY: self._limits.reply_max_age_s,
+            RecordClass.TX: None,
+        }[klass]
+
+    def _count_dropped(self, db: sqlite3.Connection, klass: RecordClass, n: int) -> None:
+        db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (f"dropped_{klass}", n),
+        )
+
+    def append(self, klass: RecordClass, build: Callable[[int], Message], key: str | None = None) -> OutboxRecord:
+        """Commit a new record; ``build(seq)`` makes its message once the seq is known.
+
+        A full droppable class loses its oldest record (counted); a full transaction class raises
+        :class:`OutboxFull` and commits nothing.
+        """
+        with self._lock:
+            db = self._conn
+            if self._counts[klass] >= self._limit(klass) and not klass.droppable:
+                raise OutboxFull(
+                    f"outbox holds {self._counts[klass]} unanswered transactions (limit "
+                    f"outbox.tx_max_rows = {self._limit(klass)}); the transaction was not taken: "
+                    "check the link to the hub")
+            try:
+                full = klass is RecordClass.TX and self._limits.synchronous != "full"
+                if full:
+                    db.execute("PRAGMA synchronous=FULL")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    excess = self._counts[klass] - self._limit(klass) + 1
+                    if excess > 0:
+                        db.execute(
+                            "DELETE FROM records WHERE seq IN "
+                            "(SELECT seq FROM records WHERE klass = ? ORDER BY seq LIMIT ?)",
+                            (klass.value, excess))
+                        self._count_dropped(db, klass, excess)
+                    created = self._clock()
+                    cur = db.execute("INSERT INTO records (klass, key, created) VALUES (?, ?, ?)",
+                                     (klass.value, key, created))
+                    seq = cur.lastrowid
+                    assert seq is not None
+                    payload = build(seq).to_json()
+                    db.execute("UPDATE records SET payload = ? WHERE seq = ?", (payload, seq))
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                finally:
+                    if full:
+                        db.execute(f"PRAGMA synchronous={self._limits.synchronous.upper()}")
+            except sqlite3.Error as err:
+                raise OutboxError(f"cannot commit a {klass} record to {self._path}: {err}") from err
+            self._counts[klass] = self._counts[klass] - max(0, excess) + 1
+            return OutboxRecord(seq=seq, klass=klass, payload=payload, key=key, created=created)
+
+    def pending(self, limit: int) -> list[OutboxRecord]:
+        """The oldest ``limit`` records still waiting for the hub, in seq order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, klass, payload, key, created FROM records ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [OutboxRecord(seq, RecordClass(k), p, key, c) for seq, k, p, key, c in rows]
+
+    def ack(self, ranges: Iterable[tuple[int, int]]) -> list[int]:
+        """Delete acknowledged telemetry, event and reply records; returns the seqs deleted."""
+        deleted: list[int] = []
+        with self._lock:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for first, last in ranges:
+                    rows = db.execute(
+                        "DELETE FROM records WHERE seq BETWEEN ? AND ? AND klass != 'tx' RETURNING seq, klass",
+                        (first, last)).fetchall()
+                    for seq, klass in rows:
+                        deleted.append(seq)
+                        self._counts[RecordClass(klass)] -= 1
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                self._reload_counts()
+                raise
+        return deleted
+
+    def answer(self, tx_id: str) -> int | None:
+        """Delete the transaction ``tx_id`` once the hub has answered it; returns its seq if it was here."""
+        with self._lock:
+            row = self._conn.execute(
+                "DELETE FROM records WHERE key = ? AND klass = 'tx' RETURNING seq", (tx_id,)).fetchone()
+            if row is None:
+                return None
+            self._counts[RecordClass.TX] -= 1
+            return int(row[0])
+
+    def expire(self) -> int:
+        """Drop droppable records older than their class's age limit; returns how many."""
+        total = 0
+        with self._lock:
+            db = self._conn
+            for klass in RecordClass:
+                max_age = self._max_age(klass)
+                if max_age is None:
+                    continue
+                db.execute("BEGIN IMMEDIATE")
+                n = db.execute("DELETE FROM records WHERE klass = ? AND created < ?",
+                               (klass.value, self._clock() - max_age)).rowcount
+                if n:
+                    self._count_dropped(db, klass, n)
+                    self._counts[klass] -= n
+                db.execute("COMMIT")
+                total += n
+        return total
+
+    def _reload_counts(self) -> None:
+        rows = self._conn.execute("SELECT klass, COUNT(*) FROM records GROUP BY klass").fetchall()
+        self._counts = {k: 0 for k in RecordClass}
+        self._counts.update({RecordClass(k): n for k, n in rows})
+
+    def depth(self) -> int:
+        """How many records wait for the hub."""
+        return sum(self._counts.values())
+
+    def dropped(self) -> dict[str, int]:
+        """Records dropped at the edge since the outbox was created, per class."""
+        with self._lock:
+            rows = self._conn.execute("SELECT name, value FROM counters WHERE name LIKE 'dropped_%'").fetchall()
+        return {name.removeprefix("dropped_"): int(v) for name, v in rows}
+
+    def last_seq(self) -> int:
+        """The highest seq ever handed out (0 for a new outbox)."""
+        with self._lock:
+            row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        return int(row[0]) if row else 0

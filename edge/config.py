@@ -1,0 +1,227 @@
+"""Device configuration: one TOML file per device, overridable from the environment, secrets kept apart.
+
+Loading validates everything, every ``[[drivers]]`` entry included, before any device is opened, and a
+problem is reported as ``FILE: KEY: what was expected`` so that a field technician can fix it on the spot.
+
+Environment overrides: ``NAKHON_<KEY>``, with ``__`` between nested keys and list indices as numbers,
+for instance ``NAKHON_BROKER__PORT=8883``, ``NAKHON_OUTBOX__PATH=/data/outbox.sqlite`` or
+``NAKHON_DRIVERS__0__INTERVAL_S=5``. Values are read as TOML values (``5``, ``true``, ``"text"``) and
+fall back to plain strings.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge import drivers
+from edge.contract import DEFAULT_ROOT, DeviceId
+from edge.errors import ConfigError
+
+ENV_PREFIX = "NAKHON_"
+_NOT_OVERRIDABLE = {"NAKHON_CONFIG", "NAKHON_LOG_LEVEL", "NAKHON_DATA"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Section):
+    """How the agent reaches the MQTT broker."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    root: Annotated[str, Field(pattern=r"^[a-z0-9_-]+$")] = DEFAULT_ROOT
+    username: str | None = Field(default=None, description="defaults to the device id")
+    password_file: Path | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class AgentSettings(_Section):
+    """Timing of the agent's loops."""
+
+    heartbeat_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    resend_after_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    max_inflight: Annotated[int, Field(ge=1, le=10_000)] = 200
+    backoff_min_s: Annotated[float, Field(gt=0)] = 1.0
+    backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
+    driver_backoff_max_s: Annotated[float, Field(gt=0)] = 300.0
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> AgentSettings:
+        if self.backoff_max_s < self.backoff_min_s:
+            raise ValueError("backoff_max_s must not be below backoff_min_s")
+        return self
+
+
+class OutboxConfig(_Section):
+    """Where the durable outbox lives and how much each class of record may hold."""
+
+    path: Path = Path("/var/lib/nakhon/outbox.sqlite")
+    synchronous: Literal["normal", "full"] = "normal"
+    telemetry_max_rows: Annotated[int, Field(ge=10)] = 200_000
+    telemetry_max_age_s: Annotated[float, Field(gt=0)] = 30 * 86_400
+    event_max_rows: Annotated[int, Field(ge=10)] = 50_000
+    event_max_age_s: Annotated[float, Field(gt=0)] = 90 * 86_400
+    reply_max_rows: Annotated[int, Field(ge=10)] = 1_000
+    reply_max_age_s: Annotated[float, Field(gt=0)] = 86_400
+    tx_max_rows: Annotated[int, Field(ge=1)] = 10_000
+
+
+class DeviceConfig(_Section):
+    """A whole device configuration file."""
+
+    device: DeviceId
+    site: str | None = None
+    node: str | None = Field(default=None, description="what kind of node this is, e.g. air-quality-pole")
+    config_version: Annotated[int, Field(ge=0)] = 0
+    broker: BrokerConfig = BrokerConfig()
+    agent: AgentSettings = AgentSettings()
+    outbox: OutboxConfig = OutboxConfig()
+    drivers: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def username(self) -> str:
+        """The broker username: the device id unless set."""
+        return self.broker.username or self.device
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration with its drivers resolved and its secrets read."""
+
+    path: Path
+    device: DeviceConfig
+    drivers: tuple[tuple[drivers.DriverKind, drivers.DriverConfig], ...]
+    password: str | None
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe(err: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[str]:
+    lines = []
+    for e in err.errors():
+        given = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        lines.append(f"{_location(prefix + tuple(e['loc']))}: {e['msg']}{given}")
+    return lines
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``NAKHON_A__B=value`` variables onto the parsed TOML (returns a new dict)."""
+    import copy
+
+    merged = copy.deepcopy(data)
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in _NOT_OVERRIDABLE:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        node: Any = merged
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"environment {name}: no list entry {part!r} to override")
+                key: int | str = int(part)
+            else:
+                key = part
+            if last:
+                node[key] = _parse_env_value(raw)
+            else:
+                if isinstance(node, dict) and key not in node:
+                    node[key] = {}
+                node = node[key]
+    return merged
+
+
+def _read_secret(path: Path, config_path: Path, key: str) -> str:
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise ConfigError(f"{config_path}: {key}: cannot read secret file {path}: {err.strerror}") from err
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "secret file %s is readable by other users; run: chmod 600 %s", path, path)
+    if not text:
+        raise ConfigError(f"{config_path}: {key}: secret file {path} is empty")
+    return text
+
+
+def load(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read, override from the environment, and validate a device config; raise :class:`ConfigError`."""
+    path = Path(path)
+    env = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err.strerror}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    data = apply_env_overrides(raw, env)
+
+    problems: list[str] = []
+    try:
+        device = DeviceConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: " + f"\n{path}: ".join(_describe(err))) from err
+
+    resolved: list[tuple[drivers.DriverKind, drivers.DriverConfig]] = []
+    names: dict[str, int] = {}
+    for index, entry in enumerate(device.drivers):
+        where = ("drivers", index)
+        kind_name = entry.get("kind")
+        if not isinstance(kind_name, str):
+            problems.append(f"{_location((*where, 'kind'))}: Field required: one of "
+                            f"{', '.join(drivers.available_kinds())}")
+            continue
+        try:
+            kind = drivers.load(kind_name)
+        except ConfigError as err:
+            problems.append(f"{_location((*where, 'kind'))}: {err}")
+            continue
+        try:
+            config = kind.config_model.model_validate(entry)
+        except ValidationError as err:
+            problems.extend(_describe(err, where))
+            continue
+        if config.name in names:
+            problems.append(f"{_location((*where, 'name'))}: {config.name!r} is already the name of "
+                            f"drivers[{names[config.name]}]; sensor names must be unique")
+            continue
+        names[config.name] = index
+        resolved.append((kind, config))
+    if problems:
+        raise ConfigError(f"{path}: " + f"\n{path}: ".join(problems))
+
+    password = None
+    if device.broker.password_file is not None:
+        secret = device.broker.password_file
+        if not secret.is_absolute():
+            secret = path.parent / secret
+        password = _read_secret(secret, path, "broker.password_file")
+    return LoadedConfig(path=path, device=device, drivers=tuple(resolved), password=password)

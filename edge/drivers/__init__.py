@@ -1,0 +1,137 @@
+"""Drivers: one module per kind of hardware, behind two small protocols and a registry by kind.
+
+A driver module ``edge/drivers/<kind>.py`` exports:
+
+- ``Config``: a pydantic model derived from :class:`DriverConfig` (unknown keys are refused);
+- ``Driver``: a class built as ``Driver(config)`` that does no I/O in its constructor and follows
+  either :class:`PolledDriver` (``open``, ``read``, ``close``) or :class:`EventDriver` (``start(emit)``, ``stop``);
+- ``SAMPLE_CONFIG``: a ``[[drivers]]`` entry (as a dict) that validates, for docs and the contract tests.
+
+Polled drivers also declare ``TELEMETRY``, a table of :class:`Field` rows naming each quantity they read.
+Drivers are synchronous and know nothing about MQTT; agents run them in threads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field as PydanticField, StringConstraints
+
+from edge.contract import Scalar, Severity
+from edge.errors import ConfigError
+
+SensorName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+
+
+class DriverConfig(BaseModel):
+    """Keys every ``[[drivers]]`` entry has; each driver's ``Config`` adds its own and forbids the rest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    name: SensorName
+    interval_s: Annotated[float, PydanticField(gt=0, le=86_400)] = 10.0
+
+
+@dataclass(frozen=True)
+class Field:
+    """One row of a driver's telemetry table: a quantity it reads, its unit and value type."""
+
+    quantity: str
+    unit: str | None
+    type: type[Scalar]
+    description: str
+
+
+@dataclass(frozen=True)
+class DriverEvent:
+    """Something an event driver saw; the agent stamps it, numbers it and sends it."""
+
+    event: str
+    severity: Severity = Severity.INFO
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+EmitEvent = Callable[[DriverEvent], None]
+"""Called by an event driver, from any thread, for each event."""
+
+
+@runtime_checkable
+class PolledDriver(Protocol):
+    """A device the agent reads on a schedule.
+
+    ``open`` acquires the device, ``read`` returns one value per quantity of ``TELEMETRY`` (a quantity may
+    be missing when the device did not report it), ``close`` releases it and is safe to call twice or on a
+    half-opened driver. Every failure is raised as :class:`edge.errors.DriverError`.
+    """
+
+    TELEMETRY: ClassVar[tuple[Field, ...]]
+
+    def open(self) -> None:
+        """Acquire the device."""
+
+    def read(self) -> dict[str, Scalar]:
+        """Read one sample: quantity -> value."""
+
+    def close(self) -> None:
+        """Release the device (idempotent)."""
+
+
+@runtime_checkable
+class EventDriver(Protocol):
+    """A device that tells the agent when something happens.
+
+    ``start(emit)`` acquires the device and calls ``emit`` from its own thread for each event;
+    ``stop`` releases it and is idempotent. Failures are raised as :class:`edge.errors.DriverError`.
+    """
+
+    def start(self, emit: EmitEvent) -> None:
+        """Acquire the device and begin emitting events."""
+
+    def stop(self) -> None:
+        """Stop emitting and release the device (idempotent)."""
+
+
+@dataclass(frozen=True)
+class DriverKind:
+    """A driver module found by the registry."""
+
+    kind: str
+    config_model: type[DriverConfig]
+    driver_class: type[Any]
+    sample_config: Mapping[str, Any]
+
+    @property
+    def polled(self) -> bool:
+        """True for a polled driver, False for an event driver."""
+        return hasattr(self.driver_class, "read")
+
+    def build(self, config: DriverConfig) -> PolledDriver | EventDriver:
+        """Construct the driver (no I/O happens here)."""
+        driver: PolledDriver | EventDriver = self.driver_class(config)
+        return driver
+
+
+def available_kinds() -> list[str]:
+    """The kinds of every driver module in this package."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def load(kind: str) -> DriverKind:
+    """Import the driver module named ``kind`` and check it exports what a driver must."""
+    if kind not in available_kinds():
+        raise ConfigError(f"unknown driver kind {kind!r}; known kinds: {', '.join(available_kinds())}")
+    module: ModuleType = importlib.import_module(f"{__name__}.{kind}")
+    config_model = getattr(module, "Config", None)
+    driver_class = getattr(module, "Driver", None)
+    sample = getattr(module, "SAMPLE_CONFIG", None)
+    if not (isinstance(config_model, type) and issubclass(config_model, DriverConfig)):
+        raise ConfigError(f"driver module {kind!r} has no Config derived from DriverConfig")
+    if driver_class is None or sample is None:
+        raise ConfigError(f"driver module {kind!r} must export Driver and SAMPLE_CONFIG")
+    return DriverKind(kind=kind, config_model=config_model, driver_class=driver_class, sample_config=sample)

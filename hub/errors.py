@@ -1,0 +1,19 @@
+"""The hub's exception tree: each error also inherits the builtin category it belongs to."""
+
+from __future__ import annotations
+
+
+class HubError(Exception):
+    """Base of every error the hub raises on purpose."""
+
+
+class StoreError(HubError, OSError):
+    """The store could not commit or answer."""
+
+
+class BrokerError(HubError, ConnectionError):
+    """The broker could not be reached, started or configured."""
+
+
+class HubConfigError(HubError, ValueError):
+    """The hub's settings are wrong."""

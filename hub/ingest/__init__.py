@@ -1,0 +1,1 @@
+"""Ingest: MQTT subscription, validation against the wire contract, dead letters, dedup, batched commits, acks."""

@@ -1,0 +1,1 @@
+"""Stores behind one interface (:mod:`hub.store.base`); SQLite is the embedded default."""

@@ -1,0 +1,164 @@
+"""The hub's store interface: what ingest and the API need, so a time-series backend can replace SQLite.
+
+Ingest hands the store one :class:`IngestBatch` at a time and acknowledges to devices only what
+:meth:`Store.ingest` returned after its commit. Deduplication by ``(device, seq)`` happens inside that
+commit, so a message delivered twice, even to two hub processes, is stored once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from edge.contract import Event, Reading, Reply, Status, Tx, TxOutcome
+
+
+@dataclass(frozen=True)
+class SeqMessage:
+    """An accepted uplink message that carries a seq: telemetry, event or command reply."""
+
+    device: str
+    seq: int
+    received_at: float
+    telemetry: list[Reading] | None = None
+    sent_at: datetime | None = None
+    event: Event | None = None
+    reply: Reply | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message the hub refused, kept for an operator to look at."""
+
+    topic: str
+    reason: str
+    detail: str
+    received_at: float
+    size: int
+    payload: bytes
+    device: str | None = None
+    seq: int | None = None
+    """Set when the device and seq could be trusted: the seq is then acknowledged so it is not resent."""
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """A status message as received."""
+
+    status: Status
+    received_at: float
+
+
+@dataclass
+class IngestBatch:
+    """Everything one ingest round commits in one transaction."""
+
+    messages: list[SeqMessage] = field(default_factory=list)
+    deadletters: list[DeadLetter] = field(default_factory=list)
+    statuses: list[StatusUpdate] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.messages) + len(self.deadletters) + len(self.statuses)
+
+
+@dataclass
+class IngestOutcome:
+    """What the commit did: the seqs to acknowledge per device and what was new."""
+
+    acks: dict[str, list[int]] = field(default_factory=dict)
+    new_messages: int = 0
+    duplicates: int = 0
+    readings_stored: int = 0
+    replies: list[Reply] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A device as the registry knows it."""
+
+    device: str
+    node: str | None
+    site: str | None
+    state: str
+    first_seen: float
+    last_seen: float
+    last_status_at: float | None
+    last_seq: int | None
+    received: int
+    lost: int
+    dropped_at_edge: int
+    duplicates: int
+    heartbeat: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class StoredReading:
+    """A reading as stored, with the seq of the message that brought it."""
+
+    ts: datetime
+    sensor: str
+    quantity: str
+    value: bool | int | float | str
+    unit: str | None
+    seq: int
+
+
+@dataclass(frozen=True)
+class StoredDeadLetter:
+    """A dead letter as stored."""
+
+    id: int
+    topic: str
+    reason: str
+    detail: str
+    received_at: float
+    size: int
+    payload: bytes
+
+
+TxDecision = Callable[[Tx, Any], TxOutcome]
+"""Applies a transaction inside the store's database transaction (the second argument is the backend's
+handle, a ``sqlite3.Connection`` for SQLite) and returns its outcome."""
+
+
+class Store(Protocol):
+    """Where the hub keeps readings, the device registry, dead letters, commands and transactions."""
+
+    def open(self) -> None:
+        """Create or open the store."""
+
+    def close(self) -> None:
+        """Release the store (idempotent)."""
+
+    def ingest(self, batch: IngestBatch) -> IngestOutcome:
+        """Commit one batch atomically, dropping seqs already stored; return what to acknowledge."""
+
+    def apply_tx(self, tx: Tx, received_at: float, decide: TxDecision) -> tuple[TxOutcome, bool]:
+        """Apply ``tx`` exactly once: returns its outcome and whether it had been applied before."""
+
+    def devices(self) -> list[DeviceRecord]:
+        """Every device in the registry."""
+
+    def device(self, device: str) -> DeviceRecord | None:
+        """One device, or None."""
+
+    def readings(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
+                 limit: int) -> list[StoredReading]:
+        """A device's readings in time order, optionally for one quantity and a time window."""
+
+    def latest(self, device: str) -> dict[tuple[str, str], datetime]:
+        """Timestamp of the newest reading per (sensor, quantity) of a device."""
+
+    def deadletters(self, limit: int, reason: str | None = None) -> list[StoredDeadLetter]:
+        """The newest dead letters first."""
+
+    def deadletter_counts(self) -> dict[str, int]:
+        """How many dead letters per reason."""
+
+    def record_command(self, cmd_id: str, device: str, name: str, args: dict[str, Any], sent_at: float) -> None:
+        """Remember a command sent to a device."""
+
+    def command(self, cmd_id: str) -> dict[str, Any] | None:
+        """A command with its reply, if any."""

@@ -1,0 +1,421 @@
+"""The embedded default store: one SQLite file (WAL) in the hub's data directory.
+
+Ingest writes through one connection in batched transactions; API reads use their own connections,
+one per thread, which WAL lets run alongside the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edge.contract import Tx, TxOutcome
+from hub.errors import StoreError
+from hub.store.base import (
+    DeviceRecord,
+    IngestBatch,
+    IngestOutcome,
+    StoredDeadLetter,
+    StoredReading,
+    TxDecision,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    device          TEXT PRIMARY KEY,
+    node            TEXT,
+    site            TEXT,
+    state           TEXT NOT NULL DEFAULT 'unknown',
+    first_seen      REAL NOT NULL,
+    last_seen       REAL NOT NULL,
+    last_status_at  REAL,
+    min_seq         INTEGER,
+    max_seq         INTEGER,
+    received        INTEGER NOT NULL DEFAULT 0,
+    duplicates      INTEGER NOT NULL DEFAULT 0,
+    dropped_at_edge INTEGER NOT NULL DEFAULT 0,
+    heartbeat       TEXT
+);
+CREATE TABLE IF NOT EXISTS received (
+    device  TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS readings (
+    device   TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    idx      INTEGER NOT NULL,
+    ts       INTEGER NOT NULL,
+    sensor   TEXT NOT NULL,
+    quantity TEXT NOT NULL,
+    value,
+    is_bool  INTEGER NOT NULL DEFAULT 0,
+    unit     TEXT,
+    PRIMARY KEY (device, seq, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS readings_by_quantity ON readings (device, quantity, ts);
+CREATE INDEX IF NOT EXISTS readings_by_time ON readings (device, ts);
+CREATE TABLE IF NOT EXISTS latest (
+    device   TEXT NOT NULL,
+    sensor   TEXT NOT NULL,
+    quantity TEXT NOT NULL,
+    ts       INTEGER NOT NULL,
+    PRIMARY KEY (device, sensor, quantity)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    device   TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    ts       INTEGER NOT NULL,
+    sensor   TEXT NOT NULL,
+    event    TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    data     TEXT NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deadletters (
+    id          INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    topic       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    payload     BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deadletters_by_reason ON deadletters (reason, id);
+CREATE TABLE IF NOT EXISTS commands (
+    cmd_id     TEXT PRIMARY KEY,
+    device     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    args       TEXT NOT NULL,
+    sent_at    REAL NOT NULL,
+    ok         INTEGER,
+    result     TEXT,
+    error      TEXT,
+    replied_at REAL
+);
+CREATE TABLE IF NOT EXISTS transactions (
+    tx_id       TEXT PRIMARY KEY,
+    device      TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    status      TEXT NOT NULL,
+    outcome     TEXT NOT NULL
+);
+"""
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000 + (0.5 if value.timestamp() >= 0 else -0.5))
+
+
+def _from_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, UTC)
+
+
+class SQLiteStore:
+    """The :class:`hub.store.base.Store` on one SQLite file."""
+
+    def __init__(self, path: Path, deadletter_keep_bytes: int = 4096) -> None:
+        self.path = path
+        self._keep = deadletter_keep_bytes
+        self._writer: sqlite3.Connection | None = None
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA busy_timeout = 30000")
+        return db
+
+    def open(self) -> None:
+        """Create the file and schema if needed."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = self._connect()
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot open the store at {self.path}: {err}") from err
+        self._writer = db
+
+    def close(self) -> None:
+        """Close every connection; safe to call twice."""
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        with self._readers_lock:
+            for db in self._readers:
+                db.close()
+            self._readers.clear()
+        self._local = threading.local()
+
+    @property
+    def _w(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        return self._writer
+
+    def _r(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._connect()
+            db.execute("PRAGMA query_only = ON")
+            self._local.db = db
+            with self._readers_lock:
+                self._readers.append(db)
+        return db
+
+    # -- ingest --------------------------------------------------------------------------------
+    def ingest(self, batch: IngestBatch) -> IngestOutcome:
+        """Commit one batch; see :meth:`hub.store.base.Store.ingest`."""
+        out = IngestOutcome()
+        with self._write_lock:
+            db = self._w
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                self._ingest(db, batch, out)
+                db.execute("COMMIT")
+            except sqlite3.Error as err:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise StoreError(f"ingest commit failed: {err}") from err
+        return out
+
+    def _ingest(self, db: sqlite3.Connection, batch: IngestBatch, out: IngestOutcome) -> None:
+        seen: dict[str, list[float]] = {}
+        new_seqs: dict[str, list[int]] = defaultdict(list)
+        dups: dict[str, int] = defaultdict(int)
+        readings: list[tuple[Any, ...]] = []
+        latest: dict[tuple[str, str, str], int] = {}
+        events: list[tuple[Any, ...]] = []
+        for m in batch.messages:
+            kind = "telemetry" if m.telemetry is not None else "event" if m.event is not None else "reply"
+            _touch(seen, m.device, m.received_at)
+            inserted = db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, ?)",
+                                  (m.device, m.seq, kind)).rowcount
+            out.acks.setdefault(m.device, []).append(m.seq)
+            if not inserted:
+                dups[m.device] += 1
+                continue
+            new_seqs[m.device].append(m.seq)
+            if m.telemetry is not None:
+                for idx, r in enumerate(m.telemetry):
+                    ts = _ms(r.ts)
+                    readings.append((m.device, m.seq, idx, ts, r.sensor, r.quantity, r.value,
+                                     isinstance(r.value, bool), r.unit))
+                    key = (m.device, r.sensor, r.quantity)
+                    if latest.get(key, -1) < ts:
+                        latest[key] = ts
+            elif m.event is not None:
+                e = m.event
+                events.append((m.device, m.seq, _ms(e.ts), e.sensor, e.event, e.severity.value,
+                               json.dumps(e.data, ensure_ascii=False)))
+            elif m.reply is not None:
+                r2 = m.reply
+                db.execute(
+                    "UPDATE commands SET ok = ?, result = ?, error = ?, replied_at = ? WHERE cmd_id = ?",
+                    (r2.ok, json.dumps(r2.result) if r2.result is not None else None, r2.error,
+                     m.received_at, r2.cmd_id))
+                out.replies.append(r2)
+        for d in batch.deadletters:
+            _touch(seen, d.device, d.received_at)
+            if d.device is not None and d.seq is not None:
+                out.acks.setdefault(d.device, []).append(d.seq)
+                if not db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, ?)",
+                                  (d.device, d.seq, "deadletter")).rowcount:
+                    dups[d.device] += 1
+                    continue
+                new_seqs[d.device].append(d.seq)
+            db.execute(
+                "INSERT INTO deadletters (received_at, topic, reason, detail, size, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (d.received_at, d.topic, d.reason, d.detail[:1000], d.size, d.payload[: self._keep]))
+        if readings:
+            db.executemany("INSERT INTO readings (device, seq, idx, ts, sensor, quantity, value, is_bool, unit) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", readings)
+            db.executemany(
+                "INSERT INTO latest (device, sensor, quantity, ts) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (device, sensor, quantity) DO UPDATE SET ts = max(ts, excluded.ts)",
+                [(*k, ts) for k, ts in latest.items()])
+        if events:
+            db.executemany("INSERT INTO events (device, seq, ts, sensor, event, severity, data) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", events)
+        for device, (first, last) in seen.items():
+            db.execute(
+                "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) "
+                "ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+                (device, first, last))
+        for device in set(new_seqs) | set(dups):
+            seqs = new_seqs.get(device, [])
+            db.execute(
+                "UPDATE devices SET received = received + ?, duplicates = duplicates + ?, "
+                "min_seq = min(coalesce(min_seq, ?), ?), max_seq = max(coalesce(max_seq, 0), ?) "
+                "WHERE device = ?",
+                (len(seqs), dups.get(device, 0), min(seqs, default=2**62), min(seqs, default=2**62),
+                 max(seqs, default=0), device))
+        for s in batch.statuses:
+            self._apply_status(db, s.status, s.received_at)
+        out.new_messages = sum(len(v) for v in new_seqs.values())
+        out.duplicates = sum(dups.values())
+        out.readings_stored = len(readings)
+
+    def _apply_status(self, db: sqlite3.Connection, status: Any, received_at: float) -> None:
+        heartbeat = status.model_dump(mode="json", exclude={"v", "device", "state", "at"}, exclude_none=True)
+        db.execute(
+            "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) "
+            "ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+            (status.device, received_at, received_at))
+        db.execute(
+            "UPDATE devices SET state = ?, last_status_at = ?, node = coalesce(?, node), "
+            "site = coalesce(?, site), dropped_at_edge = max(dropped_at_edge, ?), "
+            "heartbeat = CASE WHEN ? THEN ? ELSE heartbeat END WHERE device = ?",
+            (status.state.value, received_at, status.node, status.site, status.dropped or 0,
+             bool(heartbeat), json.dumps(heartbeat), status.device))
+
+    # -- transactions --------------------------------------------------------------------------
+    def apply_tx(self, tx: Tx, received_at: float, decide: TxDecision) -> tuple[TxOutcome, bool]:
+        """Apply a transaction and record its outcome in one commit; a known tx_id returns its outcome."""
+        with self._write_lock:
+            db = self._w
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("SELECT outcome FROM transactions WHERE tx_id = ?", (tx.tx_id,)).fetchone()
+                if row is not None:
+                    db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, 'tx')",
+                               (tx.device, tx.seq))
+                    db.execute("COMMIT")
+                    return TxOutcome.model_validate_json(row[0]), True
+                outcome = decide(tx, db)
+                db.execute(
+                    "INSERT INTO transactions (tx_id, device, seq, kind, created_at, received_at, status, outcome) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (tx.tx_id, tx.device, tx.seq, tx.kind, tx.model_dump(mode="json")["created_at"], received_at,
+                     outcome.status.value, outcome.model_dump_json()))
+                if db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, 'tx')",
+                              (tx.device, tx.seq)).rowcount:
+                    db.execute(
+                        "INSERT INTO devices (device, first_seen, last_seen, min_seq, max_seq, received) "
+                        "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (device) DO UPDATE SET "
+                        "last_seen = max(last_seen, excluded.last_seen), received = received + 1, "
+                        "min_seq = min(coalesce(min_seq, excluded.min_seq), excluded.min_seq), "
+                        "max_seq = max(coalesce(max_seq, 0), excluded.max_seq)",
+                        (tx.device, received_at, received_at, tx.seq, tx.seq))
+                db.execute("COMMIT")
+                return outcome, False
+            except sqlite3.Error as err:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise StoreError(f"transaction {tx.tx_id} could not be applied: {err}") from err
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    # -- queries -------------------------------------------------------------------------------
+    _DEVICE_COLUMNS = ("device, node, site, state, first_seen, last_seen, last_status_at, min_seq, max_seq, "
+                       "received, duplicates, dropped_at_edge, heartbeat")
+
+    @staticmethod
+    def _device_row(row: tuple[Any, ...]) -> DeviceRecord:
+        (device, node, site, state, first_seen, last_seen, last_status_at, min_seq, max_seq, received,
+         duplicates, dropped, heartbeat) = row
+        lost = (max_seq - min_seq + 1 - received) if max_seq is not None and min_seq is not None else 0
+        return DeviceRecord(device=device, node=node, site=site, state=state, first_seen=first_seen,
+                            last_seen=last_seen, last_status_at=last_status_at, last_seq=max_seq,
+                            received=received, lost=max(0, lost), dropped_at_edge=dropped,
+                            duplicates=duplicates, heartbeat=json.loads(heartbeat) if heartbeat else None)
+
+    def devices(self) -> list[DeviceRecord]:
+        """Every device, by id."""
+        rows = self._r().execute(f"SELECT {self._DEVICE_COLUMNS} FROM devices ORDER BY device").fetchall()
+        return [self._device_row(r) for r in rows]
+
+    def device(self, device: str) -> DeviceRecord | None:
+        """One device."""
+        row = self._r().execute(f"SELECT {self._DEVICE_COLUMNS} FROM devices WHERE device = ?",
+                                (device,)).fetchone()
+        return self._device_row(row) if row else None
+
+    def readings(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
+                 limit: int) -> list[StoredReading]:
+        """Readings in time order (then seq)."""
+        sql = "SELECT ts, sensor, quantity, value, is_bool, unit, seq FROM readings WHERE device = ?"
+        args: list[Any] = [device]
+        if quantity is not None:
+            sql += " AND quantity = ?"
+            args.append(quantity)
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(_ms(since))
+        if until is not None:
+            sql += " AND ts < ?"
+            args.append(_ms(until))
+        sql += " ORDER BY ts, seq, idx LIMIT ?"
+        args.append(limit)
+        return [StoredReading(ts=_from_ms(ts), sensor=sensor, quantity=q, value=bool(v) if is_bool else v,
+                              unit=unit, seq=seq)
+                for ts, sensor, q, v, is_bool, unit, seq in self._r().execute(sql, args)]
+
+    def latest(self, device: str) -> dict[tuple[str, str], datetime]:
+        """Newest reading time per (sensor, quantity)."""
+        rows = self._r().execute("SELECT sensor, quantity, ts FROM latest WHERE device = ?", (device,))
+        return {(s, q): _from_ms(ts) for s, q, ts in rows}
+
+    def deadletters(self, limit: int, reason: str | None = None) -> list[StoredDeadLetter]:
+        """Newest first."""
+        sql = "SELECT id, topic, reason, detail, received_at, size, payload FROM deadletters"
+        args: list[Any] = []
+        if reason is not None:
+            sql += " WHERE reason = ?"
+            args.append(reason)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [StoredDeadLetter(*row) for row in self._r().execute(sql, args)]
+
+    def deadletter_counts(self) -> dict[str, int]:
+        """Dead letters per reason."""
+        return dict(self._r().execute("SELECT reason, COUNT(*) FROM deadletters GROUP BY reason").fetchall())
+
+    def record_command(self, cmd_id: str, device: str, name: str, args: dict[str, Any], sent_at: float) -> None:
+        """Remember a command before it is published."""
+        with self._write_lock:
+            try:
+                self._w.execute("INSERT INTO commands (cmd_id, device, name, args, sent_at) VALUES (?, ?, ?, ?, ?)",
+                                (cmd_id, device, name, json.dumps(args), sent_at))
+            except sqlite3.Error as err:
+                raise StoreError(f"cannot record command {cmd_id}: {err}") from err
+
+    def command(self, cmd_id: str) -> dict[str, Any] | None:
+        """A command and its reply."""
+        row = self._r().execute("SELECT cmd_id, device, name, args, sent_at, ok, result, error, replied_at "
+                                "FROM commands WHERE cmd_id = ?", (cmd_id,)).fetchone()
+        if row is None:
+            return None
+        cmd_id, device, name, args, sent_at, ok, result, error, replied_at = row
+        return {"cmd_id": cmd_id, "device": device, "name": name, "args": json.loads(args), "sent_at": sent_at,
+                "ok": None if ok is None else bool(ok), "result": json.loads(result) if result else None,
+                "error": error, "replied_at": replied_at}
+
+    def stored_seqs(self) -> set[tuple[str, int]]:
+        """Every (device, seq) stored; for tests and audits."""
+        return set(self._r().execute("SELECT device, seq FROM received").fetchall())
+
+
+def _touch(seen: dict[str, list[float]], device: str | None, at: float) -> None:
+    if device is None:
+        return
+    span = seen.setdefault(device, [at, at])
+    span[0] = min(span[0], at)
+    span[1] = max(span[1], at)

@@ -1,0 +1,1 @@
+"""Provisioning: writes device configs and broker credentials for field technicians; nothing imports it."""
