@@ -70,6 +70,20 @@ class Stream:
                             interval_s=self.interval_s if polled else None, error=self.error)
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``event`` at most ``timeout`` seconds; True if it was set.
+
+    Uses ``asyncio.timeout`` rather than ``asyncio.wait_for``, which on Python 3.11 can swallow a
+    cancellation that races with the event (the task then never finishes cancelling).
+    """
+    try:
+        async with asyncio.timeout(max(0.0, timeout)):
+            await event.wait()
+    except TimeoutError:
+        return event.is_set()
+    return True
+
+
 class Backoff:
     """Jittered exponential backoff ("full jitter" between half and the whole current delay)."""
 
@@ -198,8 +212,9 @@ class Agent:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._drain_events()
             self._stopping.set()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(link), timeout=10)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await asyncio.shield(link)
             link.cancel()
             await asyncio.gather(link, return_exceptions=True)
             for stream in self.streams.values():
@@ -244,8 +259,7 @@ class Agent:
                     device=self.cfg.device, seq=seq, sent_at=now(), readings=r))
             next_at = max(next_at + stream.interval_s, time.monotonic())
             stream.wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stream.wake.wait(), timeout=next_at - time.monotonic())
+            if await wait_event(stream.wake, next_at - time.monotonic()):
                 next_at = time.monotonic()
 
     async def _listen(self, stream: Stream) -> None:
@@ -300,7 +314,8 @@ class Agent:
             hostname=b.host, port=b.port, username=self.cfg.username, password=self.loaded.password,
             identifier=self.cfg.username, protocol=aiomqtt.ProtocolVersion.V5, keepalive=b.keepalive_s,
             will=aiomqtt.Will(self._topic("up/status"), lost.to_json(), qos=QOS, retain=True),
-            clean_start=True, max_inflight_messages=self.cfg.agent.max_inflight, tls_context=tls, timeout=20,
+            clean_start=True, max_inflight_messages=self.cfg.agent.max_inflight, tls_context=tls, timeout=10,
+            connect_timeout=10,
         )
 
     async def _connection_loop(self) -> None:
@@ -324,8 +339,7 @@ class Agent:
             delay = backoff.delay()
             log.warning("broker %s:%d unreachable or lost (%s); reconnecting in %.1f s",
                         b.host, b.port, self.last_error, delay)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            await wait_event(self._stopping, delay)
 
     def _report_refusal(self, err: PublishRefused) -> None:
         self.publish_errors += 1
@@ -385,8 +399,7 @@ class Agent:
                     raise task.exception()  # type: ignore[misc]
             waits = [t0 + resend - time.monotonic() for t0 in self._inflight.values()]
             timeout = max(0.05, min(waits, default=resend))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._outbox_changed.wait(), timeout=timeout)
+            await wait_event(self._outbox_changed, timeout)
 
     async def _send(self, client: CheckedClient, record: OutboxRecord) -> None:
         try:
@@ -506,4 +519,15 @@ async def run_agent(loaded: config_module.LoadedConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.request_stop)
+    loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
     await agent.run()
+
+
+def _log_tasks() -> None:
+    """SIGUSR1: log where every task of the agent waits (for a technician chasing a stuck agent)."""
+    import io
+
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(file=out)
+        log.warning("task %s:\n%s", task.get_name(), out.getvalue())

@@ -20,9 +20,43 @@ class CheckedClient(aiomqtt.Client):
     aiomqtt 2.x drops that reason code, so this subclass records it per message id and checks it.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, connect_timeout: float = 15.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._connect_timeout = connect_timeout
+
+    async def __aenter__(self) -> CheckedClient:
+        """Connect, giving up after ``connect_timeout``.
+
+        Works around two gaps of aiomqtt 2.x: it waits for the CONNACK without a limit (a connection that
+        drops before the CONNACK waits forever), and a connection that drops right after the CONNACK is
+        forgotten when ``__aenter__`` resets its disconnection state (nothing would ever notice).
+        """
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await super().__aenter__()
+        except TimeoutError as err:
+            self._abandon()
+            raise aiomqtt.MqttError(f"no CONNACK from the broker within {self._connect_timeout:.0f} s") from err
+        if self._client.socket() is None or not self._client.is_connected():
+            self._abandon()
+            raise aiomqtt.MqttError("the broker closed the connection right after accepting it")
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        """Disconnect; give up waiting after a few seconds (aiomqtt waits without a limit)."""
+        try:
+            async with asyncio.timeout(5.0):
+                await super().__aexit__(*exc_info)
+        except TimeoutError:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        self._client.disconnect()
+        if not self._disconnected.done():
+            self._disconnected.set_result(None)
+        if self._misc_task is not None:
+            self._misc_task.cancel()
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode,
                     properties: Properties) -> None:

@@ -1,0 +1,236 @@
+"""Fixtures that start real things: Mosquitto on a free loopback port, hub and agent processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hub.broker import BrokerSettings, Mosquitto, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class Broker:
+    """A Mosquitto the test can stop, kill and start again on the same port and data."""
+
+    def __init__(self, directory: Path, **kwargs: Any) -> None:
+        self.settings = BrokerSettings(directory=directory, port=free_port(), **kwargs)
+        self.process = Mosquitto(self.settings)
+
+    @property
+    def port(self) -> int:
+        return self.settings.port
+
+    def start(self) -> None:
+        self.process.start()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def log(self) -> str:
+        path = self.settings.directory / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """Make brokers (anonymous unless ``accounts`` is given); all are stopped at the end."""
+    made: list[Broker] = []
+
+    def make(**kwargs: Any) -> Broker:
+        b = Broker(tmp_path / f"broker{len(made)}", **kwargs)
+        b.start()
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., Broker]) -> Broker:
+    """An anonymous Mosquitto on 127.0.0.1."""
+    return broker_factory()
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "NAKHON_LOG_LEVEL": "INFO"}
+
+
+@dataclass
+class Proc:
+    """A nakhon subprocess with its log file."""
+
+    args: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "nakhon.cli", *self.args], cwd=ROOT,
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            env={**_env(), **self.env}, start_new_session=True)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                pytest.fail(f"{self.args[:2]} did not stop within {timeout} s on SIGTERM")
+        rc = self.process.returncode
+        self.process = None
+        return rc
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Hub(Proc):
+    """``nakhon hub serve`` on a free HTTP port."""
+
+    def __init__(self, data: Path, broker_port: int, extra: list[str], log_path: Path) -> None:
+        self.http_port = free_port()
+        self.data = data
+        super().__init__(["hub", "serve", "--data", str(data), "--broker-port", str(broker_port),
+                          "--http-port", str(self.http_port), *extra], log_path)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> None:
+        super().start()
+
+        def healthy() -> bool:
+            if not self.alive():
+                pytest.fail(f"hub exited:\n{self.log()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, 30, "the hub to be healthy")
+
+    def get(self, path: str, **params: Any) -> Any:
+        r = httpx.get(f"{self.url}{path}", params=params, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.data / 'hub.sqlite'}?mode=ro", uri=True)
+
+    def stored(self) -> set[tuple[str, int]]:
+        with self.db() as db:
+            return set(db.execute("SELECT device, seq FROM received").fetchall())
+
+
+def agent_config(path: Path, device: str, broker_port: int, *, drivers: list[dict[str, Any]],
+                 username: str | None = None, password_file: Path | None = None,
+                 resend_after_s: float = 2.0, heartbeat_s: float = 5.0, extra: str = "") -> Path:
+    """Write a device TOML for a test agent."""
+    lines = [f'device = "{device}"', "config_version = 1", "", "[broker]", 'host = "127.0.0.1"',
+             f"port = {broker_port}"]
+    if username:
+        lines.append(f'username = "{username}"')
+    if password_file:
+        lines.append(f'password_file = "{password_file}"')
+    lines += ["", "[agent]", f"heartbeat_s = {heartbeat_s}", f"resend_after_s = {resend_after_s}",
+              "backoff_min_s = 0.2", "backoff_max_s = 2.0", "", "[outbox]",
+              f'path = "{path.parent / (device + "-outbox.sqlite")}"', ""]
+    for d in drivers:
+        lines.append("[[drivers]]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in d.items()]
+        lines.append("")
+    path.write_text("\n".join(lines) + extra)
+    return path
+
+
+class Agent(Proc):
+    """``nakhon agent run`` of one test device."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        super().__init__(["agent", "run", str(config)], log_path)
+        self.config = config
+        self.outbox = config.parent / (config.stem + "-outbox.sqlite")
+
+    def outbox_state(self) -> tuple[int, int]:
+        """(records waiting, last seq handed out), read from the outbox file."""
+        if not self.outbox.exists():
+            return (0, 0)
+        with sqlite3.connect(f"file:{self.outbox}?mode=ro", uri=True) as db:
+            depth = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        return depth, row[0] if row else 0
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start hubs and agents; every process is stopped (or killed) at the end of the test."""
+    started: list[Proc] = []
+
+    def hub(broker_port: int, *extra: str, data: Path | None = None) -> Hub:
+        h = Hub(data or tmp_path / "hub", broker_port, list(extra), tmp_path / f"hub{len(started)}.log")
+        h.start()
+        started.append(h)
+        return h
+
+    def agent(device: str, broker_port: int, *, start: bool = True, **kwargs: Any) -> Agent:
+        config = agent_config(tmp_path / f"{device}.toml", device, broker_port, **kwargs)
+        a = Agent(config, tmp_path / f"{device}.log")
+        if start:
+            a.start()
+        started.append(a)
+        return a
+
+    yield {"hub": hub, "agent": agent}  # type: ignore[misc]
+    for p in reversed(started):
+        if p.alive():
+            p.kill()
+
+
+def fast_air(name: str = "pm", interval_s: float = 0.02) -> dict[str, Any]:
+    """A simulated air-quality sensor read very often."""
+    return {"kind": "sim_air_quality", "name": name, "interval_s": interval_s, "seed": 7}

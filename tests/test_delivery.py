@@ -1,0 +1,244 @@
+"""End to end through a real Mosquitto: agent -> broker -> hub -> store -> API, and what survives crashes."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from tests.conftest import Agent, Broker, Hub, fast_air, wait_for
+
+pytestmark = pytest.mark.broker
+
+
+def drain(agents: list[Agent], procs: dict[str, Any], broker_port: int, hub: Hub,
+          timeout: float = 60) -> set[tuple[str, int]]:
+    """Stop the agents, restart each with no drivers so they only deliver their backlog, and wait for empty outboxes.
+
+    Returns every (device, seq) the agents ever produced.
+    """
+    for a in agents:
+        if a.process is not None:
+            assert a.stop() == 0, a.log()[-2000:]
+    idle = []
+    for a in agents:
+        device = a.config.stem
+        idle.append(procs["agent"](device, broker_port, drivers=[], resend_after_s=1.0))
+    wait_for(lambda: all(a.outbox_state()[0] == 0 for a in idle), timeout,
+             "every outbox to be acknowledged by the hub")
+    produced = set()
+    for a in idle:
+        _, last = a.outbox_state()
+        produced |= {(a.config.stem, s) for s in range(1, last + 1)}
+        assert a.stop() == 0
+    return produced
+
+
+def test_readings_reach_the_api_with_their_original_timestamps(broker: Broker, procs: dict[str, Any]) -> None:
+    hub = procs["hub"](broker.port)
+    agent = procs["agent"]("kk-aq-0101", broker.port, drivers=[fast_air(interval_s=0.2)])
+    wait_for(lambda: hub.get("/api/devices/kk-aq-0101/readings", quantity="pm2_5")["count"] >= 5
+             if any(d["device"] == "kk-aq-0101" for d in hub.get("/api/devices")) else False,
+             30, "five PM2.5 readings in the API")
+    agent.stop()
+    api = hub.get("/api/devices/kk-aq-0101/readings")["readings"]
+    # The outbox is empty after a graceful stop only if everything was acked; compare what the API returns
+    # with what the hub stored from the device's own payloads.
+    with hub.db() as db:
+        stored = {(r[0], r[1]) for r in db.execute("SELECT seq, ts FROM readings WHERE device = 'kk-aq-0101'")}
+    assert {(r["seq"], int(datetime.fromisoformat(r["ts"]).timestamp() * 1000)) for r in api} == stored
+    assert all(r["ts"].endswith("Z") and len(r["ts"]) == len("2026-11-20T03:15:00.123Z") for r in api)
+    assert {r["quantity"] for r in api} == {"pm2_5", "pm10"}
+    assert all(r["unit"] == "ug/m3" for r in api)
+    device = hub.get("/api/devices/kk-aq-0101")
+    assert device["state"] == "offline"  # graceful stop announced
+    assert device["lost"] == 0
+
+
+def test_readings_keep_the_time_they_were_measured_not_the_time_they_arrived(
+        broker: Broker, procs: dict[str, Any]) -> None:
+    agent = procs["agent"]("kk-aq-0102", broker.port, drivers=[fast_air(interval_s=0.1)])
+    time.sleep(2.0)  # measured while no hub runs
+    agent.stop()
+    measured_before = time.time()
+    hub = procs["hub"](broker.port)
+    produced = drain([agent], procs, broker.port, hub)
+    assert hub.stored() == produced
+    readings = hub.get("/api/devices/kk-aq-0102/readings")["readings"]
+    stamps = [datetime.fromisoformat(r["ts"]).timestamp() for r in readings]
+    assert stamps and max(stamps) < measured_before
+
+
+def test_broker_killed_three_times_every_reading_stored_exactly_once(
+        broker: Broker, procs: dict[str, Any]) -> None:
+    hub = procs["hub"](broker.port)
+    agents = [procs["agent"](f"kk-aq-02{i:02d}", broker.port, drivers=[fast_air(interval_s=0.01)])
+              for i in range(3)]
+    for _ in range(3):
+        time.sleep(1.5)
+        broker.kill()
+        time.sleep(0.5)
+        broker.start()
+    time.sleep(1.5)
+    produced = drain(agents, procs, broker.port, hub, timeout=90)
+    stored = hub.stored()
+    assert len(produced) > 300
+    assert stored == produced
+    with hub.db() as db:
+        rows = db.execute("SELECT COUNT(*), COUNT(DISTINCT device || '/' || seq) FROM readings").fetchone()
+    assert rows[0] == 2 * rows[1] == 2 * len(produced)  # two quantities per message, none twice
+    for device in {d for d, _ in produced}:
+        assert hub.get(f"/api/devices/{device}")["lost"] == 0
+
+
+def test_hub_down_longer_than_the_broker_queue_holds_loses_nothing(
+        broker_factory: Any, procs: dict[str, Any]) -> None:
+    broker = broker_factory(max_queued_messages=100)
+    hub = procs["hub"](broker.port)
+    agents = [procs["agent"](f"kk-aq-03{i:02d}", broker.port, drivers=[fast_air(interval_s=0.01)])
+              for i in range(2)]
+    time.sleep(1.0)
+    assert hub.stop() == 0
+    time.sleep(4.0)  # ~800 messages while the broker queues at most 100 for the hub
+    hub.start()
+    produced = drain(agents, procs, broker.port, hub, timeout=90)
+    assert len(produced) > 500
+    assert hub.stored() == produced
+    assert "dropped" in broker.log().lower() or "queue" in broker.log().lower()
+
+
+def test_agent_killed_mid_stream_loses_nothing_and_continues_its_seq(
+        broker: Broker, procs: dict[str, Any]) -> None:
+    hub = procs["hub"](broker.port)
+    agent = procs["agent"]("kk-aq-0401", broker.port, drivers=[fast_air(interval_s=0.01)])
+    wait_for(lambda: agent.outbox_state()[1] > 150, 30, "150 records produced")
+    agent.kill()
+    _, last_before = agent.outbox_state()
+    agent.start()
+    wait_for(lambda: agent.outbox_state()[1] > last_before + 100, 30, "the restarted agent to produce")
+    produced = drain([agent], procs, broker.port, hub)
+    stored = hub.stored()
+    assert stored == produced
+    with hub.db() as db:
+        seqs = [s for (s,) in db.execute("SELECT DISTINCT seq FROM readings WHERE device='kk-aq-0401' ORDER BY seq")]
+    assert seqs == list(range(1, len(seqs) + 1))  # continuous: the restart reused no seq and skipped none
+    assert hub.get("/api/devices/kk-aq-0401")["duplicates"] >= 0
+
+
+def test_commands_reach_the_device_and_the_api_returns_its_reply(broker: Broker, procs: dict[str, Any]) -> None:
+    import httpx
+
+    hub = procs["hub"](broker.port)
+    procs["agent"]("kk-aq-0501", broker.port, drivers=[fast_air(interval_s=1.0)])
+    wait_for(lambda: any(d["device"] == "kk-aq-0501" and d["state"] == "online" for d in hub.get("/api/devices")),
+             30, "the agent online")
+
+    def command(name: str, args: dict[str, Any] | None = None, timeout_s: float = 10) -> httpx.Response:
+        return httpx.post(f"{hub.url}/api/devices/kk-aq-0501/commands",
+                          json={"name": name, "args": args or {}, "timeout_s": timeout_s}, timeout=30)
+
+    r = command("ping")
+    assert r.status_code == 200 and r.json()["outcome"] == "ok" and r.json()["result"]["pong"] is True
+    r = command("set_interval", {"sensor": "pm", "interval_s": 0.1})
+    assert r.json()["outcome"] == "ok" and r.json()["result"]["sensors"] == ["pm"]
+    before = hub.get("/api/devices/kk-aq-0501/readings", quantity="pm2_5")["count"]
+    time.sleep(2)
+    assert hub.get("/api/devices/kk-aq-0501/readings", quantity="pm2_5")["count"] >= before + 8
+    r = command("set_interval", {"sensor": "nope", "interval_s": 1})
+    assert r.json()["outcome"] == "error" and "no polled sensor named 'nope'" in r.json()["error"]
+    r = command("self_destruct")
+    assert r.status_code == 200 and r.json()["outcome"] == "error"
+    assert "unknown command 'self_destruct'" in r.json()["error"]
+    r = command("reload_config")
+    assert r.json()["outcome"] == "ok" and r.json()["result"]["restart_required"] == []
+    assert command("ping").json()["outcome"] == "ok"  # still alive after all that
+    assert httpx.post(f"{hub.url}/api/devices/kk-zz-9999/commands", json={"name": "ping"}).status_code == 404
+
+
+def test_command_to_an_offline_device_times_out(broker: Broker, procs: dict[str, Any]) -> None:
+    import httpx
+
+    hub = procs["hub"](broker.port)
+    agent = procs["agent"]("kk-aq-0502", broker.port, drivers=[fast_air(interval_s=1.0)])
+    wait_for(lambda: any(d["device"] == "kk-aq-0502" for d in hub.get("/api/devices")), 30, "the device known")
+    agent.stop()
+    r = httpx.post(f"{hub.url}/api/devices/kk-aq-0502/commands", json={"name": "ping", "timeout_s": 1}, timeout=30)
+    assert r.status_code == 504
+    assert r.json()["outcome"] == "timeout"
+
+
+def test_liveness_has_link_agent_and_data_levels(broker: Broker, procs: dict[str, Any]) -> None:
+    hub = procs["hub"](broker.port)
+    agent = procs["agent"]("kk-aq-0601", broker.port, heartbeat_s=0.5,
+                           drivers=[fast_air(interval_s=0.3), {"kind": "sim_air_quality", "name": "dead",
+                                                                "interval_s": 0.3, "outage_rate": 1.0}])
+    live = wait_for(lambda: next((d["liveness"] for d in hub.get("/api/devices") if d["device"] == "kk-aq-0601"
+                                  and d["liveness"]["agent"] == "ok" and "pm" in d["liveness"]["data"]), None),
+                    30, "a heartbeat and data")
+    assert live["link"] == "online"
+    assert live["data"]["pm"]["state"] == "fresh"
+    assert live["data"]["dead"]["state"] == "unavailable"
+    agent.kill()  # no graceful offline: the broker publishes the last will
+    wait_for(lambda: hub.get("/api/devices/kk-aq-0601")["liveness"]["link"] == "lost", 60, "the last will")
+    assert hub.get("/api/devices/kk-aq-0601")["liveness"]["agent"] == "down"
+
+
+def test_metrics_count_received_stored_and_lag(broker: Broker, procs: dict[str, Any]) -> None:
+    import httpx
+
+    hub = procs["hub"](broker.port)
+    procs["agent"]("kk-aq-0701", broker.port, drivers=[fast_air(interval_s=0.05)])
+    wait_for(lambda: hub.get("/api/devices/kk-aq-0701/readings")["count"] > 20
+             if any(d["device"] == "kk-aq-0701" for d in hub.get("/api/devices")) else False, 30, "readings")
+    text = httpx.get(f"{hub.url}/metrics").text
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert values["nakhon_messages_received_total"] > 10
+    assert values["nakhon_readings_stored_total"] > 20
+    assert 'nakhon_device_lost_messages{device="kk-aq-0701"}' in values
+    assert "nakhon_ingest_lag_seconds" in values
+    assert "nakhon_duplicates_total" in values
+
+
+def test_openapi_lists_every_endpoint(broker: Broker, procs: dict[str, Any]) -> None:
+    hub = procs["hub"](broker.port)
+    paths = hub.get("/openapi.json")["paths"]
+    for path in ("/api/devices", "/api/devices/{device}", "/api/devices/{device}/readings", "/api/deadletters",
+                 "/api/devices/{device}/commands", "/healthz", "/metrics"):
+        assert path in paths
+
+
+def test_two_hubs_share_the_load_and_store_everything_once(broker: Broker, procs: dict[str, Any],
+                                                           tmp_path: Any) -> None:
+    data = tmp_path / "shared-hub"
+    hub1 = procs["hub"](broker.port, "--share", "ingest", "--client-id", "hub-a", data=data)
+    hub2 = procs["hub"](broker.port, "--share", "ingest", "--client-id", "hub-b", data=data)
+    agents = [procs["agent"](f"kk-aq-08{i:02d}", broker.port, drivers=[fast_air(interval_s=0.01)])
+              for i in range(2)]
+    time.sleep(3)
+    produced = drain(agents, procs, broker.port, hub1)
+    assert hub1.stored() == produced
+    got = [_received(hub) for hub in (hub1, hub2)]
+    assert all(n > 50 for n in got), got  # both processes took a share
+
+
+def _received(hub: Hub) -> float:
+    import httpx
+
+    for line in httpx.get(f"{hub.url}/metrics").text.splitlines():
+        if line.startswith("nakhon_messages_received_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_outbox_file_shows_nothing_left_after_a_clean_run(broker: Broker, procs: dict[str, Any]) -> None:
+    hub = procs["hub"](broker.port)
+    agent = procs["agent"]("kk-aq-0901", broker.port, drivers=[fast_air(interval_s=0.05)])
+    time.sleep(1.5)
+    produced = drain([agent], procs, broker.port, hub)
+    with sqlite3.connect(agent.outbox) as db:
+        assert db.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 0
+    assert hub.stored() == produced
