@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -57,5 +58,9 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
 def serve(settings: HubSettings) -> None:
     """Run the hub until SIGINT or SIGTERM."""
     app, _, _ = build(settings)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again under the handler it
+    # found; with these no-op handlers a graceful stop exits with status 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     print(f"Nakhon hub API on http://{settings.http_host}:{settings.http_port}", flush=True)
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False)
