@@ -73,5 +73,5 @@ def assess(device: DeviceRecord, latest: dict[tuple[str, str], datetime], at: da
             state = "fresh"
         data[sensor] = SensorLiveness(state=state, interval_s=interval if isinstance(interval, int | float) else None,
                                       last_reading=last, age_s=None if sensor_age is None else round(sensor_age, 3))
-    return Liveness(link=link, agent=agent,  # type: ignore[arg-type]
+    return Liveness(link=link, agent=agent,
                     heartbeat_age_s=None if age is None else round(age, 3), data=data)

@@ -18,7 +18,8 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 import aiomqtt
 from pydantic import ValidationError
@@ -59,14 +60,14 @@ class Stream:
     config: DriverConfig
     driver: PolledDriver | EventDriver
     interval_s: float
-    state: str = "starting"
+    state: Literal["ok", "unavailable", "starting"] = "starting"
     error: str | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def health(self) -> StreamHealth:
         """The stream's entry in the heartbeat."""
         polled = isinstance(self.driver, PolledDriver)
-        return StreamHealth(kind=self.kind.kind, state=self.state,  # type: ignore[arg-type]
+        return StreamHealth(kind=self.kind.kind, state=self.state,
                             interval_s=self.interval_s if polled else None, error=self.error)
 
 
@@ -154,6 +155,7 @@ class Agent:
         self.config_version = self.cfg.config_version
         self.publish_errors = 0
         self.last_error: str | None = None
+        self._refusal_logged_at = -1e9
         self._started = time.monotonic()
         self._client: CheckedClient | None = None
         self._inflight: dict[int, float] = {}
@@ -255,12 +257,14 @@ class Agent:
             if values:
                 readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q))
                             for q, v in values.items()]
-                await self._commit(RecordClass.TELEMETRY, lambda seq, r=readings: Telemetry(
-                    device=self.cfg.device, seq=seq, sent_at=now(), readings=r))
+                await self._commit(RecordClass.TELEMETRY, partial(self._telemetry, readings))
             next_at = max(next_at + stream.interval_s, time.monotonic())
             stream.wake.clear()
             if await wait_event(stream.wake, next_at - time.monotonic()):
                 next_at = time.monotonic()
+
+    def _telemetry(self, readings: list[Reading], seq: int) -> Telemetry:
+        return Telemetry(device=self.cfg.device, seq=seq, sent_at=now(), readings=readings)
 
     async def _listen(self, stream: Stream) -> None:
         driver = stream.driver
@@ -344,9 +348,13 @@ class Agent:
     def _report_refusal(self, err: PublishRefused) -> None:
         self.publish_errors += 1
         self.last_error = str(err)
-        log.error("%s; the record stays in the outbox. Check that the broker credentials (user %s) "
-                  "belong to device %s and that its ACL allows %s/%s/up/#",
-                  err, self.cfg.username, self.cfg.device, self.cfg.broker.root, self.cfg.device)
+        at = time.monotonic()
+        if at - self._refusal_logged_at < 60:
+            return  # counted in the heartbeat; one log line a minute is enough
+        self._refusal_logged_at = at
+        log.error("%s; the record stays in the outbox (%d refusal(s) so far). Check that the broker credentials "
+                  "(user %s) belong to device %s and that its ACL allows %s/%s/up/#", err, self.publish_errors,
+                  self.cfg.username, self.cfg.device, self.cfg.broker.root, self.cfg.device)
 
     async def _session(self, client: CheckedClient) -> None:
         await client.subscribe(self._topic("up/status").replace("up/status", "down/#"), qos=QOS)
@@ -434,9 +442,9 @@ class Agent:
             if outcome.status is TxStatus.PENDING:
                 log.info("transaction %s is pending at the hub", outcome.tx_id)
                 return
-            seq = await asyncio.to_thread(self.outbox.answer, outcome.tx_id)
-            if seq is not None:
-                self._inflight.pop(seq, None)
+            answered = await asyncio.to_thread(self.outbox.answer, outcome.tx_id)
+            if answered is not None:
+                self._inflight.pop(answered, None)
             log.info("transaction %s answered: %s", outcome.tx_id, outcome.status)
         elif name == "cmd":
             await self._run_command(Command.model_validate_json(payload))

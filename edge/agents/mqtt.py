@@ -74,7 +74,7 @@ class CheckedClient(aiomqtt.Client):
         fut: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
         self._acks[info.mid] = fut
         try:
-            disconnected = self._disconnected
+            disconnected: asyncio.Future[Any] = self._disconnected
             done, _ = await asyncio.wait({fut, disconnected}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:

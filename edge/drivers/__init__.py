@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field as PydanticField, StringConstraints
+from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import Field as PydanticField
 
 from edge.contract import Scalar, Severity
 from edge.errors import ConfigError

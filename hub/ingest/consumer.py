@@ -83,7 +83,7 @@ class Ingest:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = s.session_expiry_s
         self._client = client
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
@@ -126,7 +126,7 @@ class Ingest:
             log.warning("lost the broker (%s); paho reconnects", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._queue.put((message.topic, message.payload, time.time()))
+        self._queue.put((message.topic, bytes(message.payload), time.time()))
 
     # -- writer thread -------------------------------------------------------------------------
     def _write_loop(self) -> None:

@@ -339,12 +339,12 @@ class SQLiteStore:
 
     def devices(self) -> list[DeviceRecord]:
         """Every device, by id."""
-        rows = self._r().execute(f"SELECT {self._DEVICE_COLUMNS} FROM devices ORDER BY device").fetchall()
+        rows = self._r().execute(f"SELECT {self._DEVICE_COLUMNS} FROM devices ORDER BY device").fetchall()  # noqa: S608 (constant)
         return [self._device_row(r) for r in rows]
 
     def device(self, device: str) -> DeviceRecord | None:
         """One device."""
-        row = self._r().execute(f"SELECT {self._DEVICE_COLUMNS} FROM devices WHERE device = ?",
+        row = self._r().execute(f"SELECT {self._DEVICE_COLUMNS} FROM devices WHERE device = ?",  # noqa: S608
                                 (device,)).fetchone()
         return self._device_row(row) if row else None
 

@@ -1,0 +1,526 @@
+"""Ingest throughput: messages/s the hub stores against a bare paho subscriber, on a private Mosquitto.
+
+Run by hand (not a test): ``.venv/bin/python benchmarks/ingest.py --help``; see ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from multiprocessing.context import ForkProcess
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.contract import QOS, DeviceState, Reading, Status, Telemetry, now, topic
+from hub.broker import BrokerSettings, Mosquitto, free_port
+
+HOST = "127.0.0.1"
+ROOT = "nakhon"
+BAR = 0.5
+"""The issue's bar: the hub stores at least this fraction of the bare subscriber's rate."""
+PUBLISH_INFLIGHT = 1000
+POLL_S = 0.05
+STALL_S = 60.0
+"""A scenario fails when its consumer makes no progress for this long."""
+START_S = 30.0
+PROBE_DEVICE = "bench-probe"
+REPO = Path(__file__).resolve().parents[1]
+_FORK = multiprocessing.get_context("fork")
+
+
+class BenchError(Exception):
+    """A scenario could not complete (a process died, the consumer stalled, or messages were lost)."""
+
+
+@dataclass(frozen=True)
+class Params:
+    """The workload: who publishes how much."""
+
+    devices: int
+    messages: int
+    readings: int
+    runs: int
+    processes: int
+
+    @property
+    def total(self) -> int:
+        """Messages published per run."""
+        return self.devices * self.messages
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One scenario run: the consumer's rate and how fast the broker took the publishes."""
+
+    scenario: str
+    run: int
+    messages: int
+    readings: int
+    seconds: float
+    publish_seconds: float
+
+    @property
+    def msg_per_s(self) -> float:
+        """Messages per second over the measured span."""
+        return self.messages / self.seconds
+
+    @property
+    def readings_per_s(self) -> float:
+        """Readings per second over the measured span."""
+        return self.readings / self.seconds
+
+
+def progress(line: str) -> None:
+    """One progress line per phase, on stderr so that stdout holds only the results."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def device_ids(count: int) -> list[str]:
+    """The simulated devices' ids."""
+    return [f"bench-{i:04d}" for i in range(count)]
+
+
+def build_payloads(device: str, messages: int, readings: int) -> list[bytes]:
+    """Every telemetry payload of one device, seq 1..messages, serialised up front."""
+    start = now()
+    payloads = []
+    for seq in range(1, messages + 1):
+        ts = start + timedelta(milliseconds=seq)
+        batch = [Reading(ts=ts, sensor="bench", quantity=f"q{i}", value=20.0 + (seq + i) % 100 / 10, unit="u")
+                 for i in range(readings)]
+        payloads.append(Telemetry(device=device, seq=seq, sent_at=ts, readings=batch).to_json())
+    return payloads
+
+
+def _child_signals() -> None:
+    """Forked children leave Ctrl-C to the parent, which terminates them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class _Publisher:
+    """One simulated device: a paho client publishing its payloads at QoS 1 and counting the PUBACKs."""
+
+    def __init__(self, port: int, device: str, expected: int) -> None:
+        self.device = device
+        self.expected = expected
+        self.acked = 0
+        self.connected = threading.Event()
+        self.done = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+        self.client.max_inflight_messages_set(PUBLISH_INFLIGHT)
+        self.client.max_queued_messages_set(0)
+        self.client.on_connect = lambda *_: self.connected.set()
+        self.client.on_publish = self._on_publish
+        self.client.connect(HOST, port)
+        self.client.loop_start()
+
+    def _on_publish(self, *_: Any) -> None:
+        self.acked += 1
+        if self.acked == self.expected:
+            self.done.set()
+
+    def close(self) -> None:
+        """Disconnect and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _publish_worker(port: int, payloads: dict[str, list[bytes]], ready: Queue[int], go: Event,
+                    results: Queue[tuple[float, float]]) -> None:
+    """Connect some devices, wait for the go, publish round-robin; report (first publish, last PUBACK)."""
+    _child_signals()
+    pubs = [_Publisher(port, device, len(p)) for device, p in payloads.items()]
+    if not all(p.connected.wait(START_S) for p in pubs):
+        return
+    topics = [(p.client, topic(ROOT, p.device, "up/telemetry"), payloads[p.device]) for p in pubs]
+    ready.put(os.getpid())
+    go.wait()
+    first = time.monotonic()
+    for seq in range(max(len(p) for p in payloads.values())):
+        for client, name, device_payloads in topics:
+            if seq < len(device_payloads):
+                client.publish(name, device_payloads[seq], qos=QOS)
+    for p in pubs:
+        p.done.wait()
+    results.put((first, time.monotonic()))
+    for p in pubs:
+        p.close()
+
+
+def _bare_subscriber(port: int, expected: int, ready: Event, count: Any,
+                     results: Queue[tuple[float, float]]) -> None:
+    """The baseline: a threaded paho subscriber that only counts; reports its first and last receipt."""
+    _child_signals()
+    subscribed = threading.Event()
+    done = threading.Event()
+    state = {"count": 0, "first": 0.0, "last": 0.0}
+
+    def on_message(*_: Any) -> None:
+        state["count"] += 1
+        if state["count"] == 1:
+            state["first"] = time.monotonic()
+        if state["count"] == expected:
+            state["last"] = time.monotonic()
+            done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-baseline", protocol=mqtt.MQTTv5)
+    client.on_connect = lambda c, *_: c.subscribe(f"{ROOT}/+/up/#", qos=QOS)
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_message = on_message
+    client.connect(HOST, port)
+    client.loop_start()
+    if subscribed.wait(START_S):
+        ready.set()
+        while not done.wait(POLL_S):
+            count.value = state["count"]
+        count.value = state["count"]
+        results.put((state["first"], state["last"]))
+    client.disconnect()
+    client.loop_stop()
+
+
+def _terminate(process: ForkProcess) -> None:
+    """SIGTERM a child, SIGKILL it if it lingers."""
+    if process.is_alive():
+        process.terminate()
+        process.join(5)
+    if process.is_alive():
+        process.kill()
+    process.join()
+
+
+def _start(stack: contextlib.ExitStack, target: Callable[..., None], *args: Any) -> ForkProcess:
+    """Fork a child that the stack terminates on exit."""
+    process = _FORK.Process(target=target, args=args, daemon=True)
+    process.start()
+    stack.callback(_terminate, process)
+    return process
+
+
+class Publishers:
+    """The publishing processes, a few devices each, released together."""
+
+    def __init__(self, stack: contextlib.ExitStack, port: int, payloads: dict[str, list[bytes]],
+                 processes: int) -> None:
+        devices = list(payloads)
+        groups = [devices[i::processes] for i in range(min(processes, len(devices)))]
+        self.go = _FORK.Event()
+        self.ready: Queue[int] = _FORK.Queue()
+        self.results: Queue[tuple[float, float]] = _FORK.Queue()
+        self.processes = [_start(stack, _publish_worker, port, {d: payloads[d] for d in group}, self.ready,
+                                 self.go, self.results) for group in groups]
+
+    def release(self) -> None:
+        """Wait until every device is connected, then start publishing."""
+        for _ in self.processes:
+            self._get(self.ready, "the publishers to connect")
+        self.go.set()
+
+    def span(self) -> tuple[float, float]:
+        """(first publish, last PUBACK) over every process, in time.monotonic()."""
+        spans = [self._get(self.results, "the publishers' PUBACKs") for _ in self.processes]
+        return min(s[0] for s in spans), max(s[1] for s in spans)
+
+    def _get(self, source: Queue[Any], what: str) -> Any:
+        deadline = time.monotonic() + STALL_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                return source.get(timeout=POLL_S)
+            dead = [p.exitcode for p in self.processes if p.exitcode is not None and p.exitcode != 0]
+            if dead:
+                raise BenchError(f"a publisher process exited with {dead[0]} while waiting for {what}")
+        raise BenchError(f"timed out after {STALL_S:.0f} s waiting for {what}")
+
+
+def wait_for_count(count: Callable[[], int], total: int, what: str) -> float:
+    """Poll ``count`` until it reaches ``total``; return time.monotonic() of that poll."""
+    seen, moved = -1, time.monotonic()
+    while True:
+        value = count()
+        at = time.monotonic()
+        if value >= total:
+            return at
+        if value != seen:
+            seen, moved = value, at
+        elif at - moved > STALL_S:
+            raise BenchError(f"{what} stalled at {value} of {total} messages for {STALL_S:.0f} s")
+        time.sleep(POLL_S)
+
+
+def start_broker(stack: contextlib.ExitStack, directory: Path) -> int:
+    """A private anonymous Mosquitto on 127.0.0.1 that queues everything; returns its port."""
+    broker = Mosquitto(BrokerSettings(directory=directory, port=free_port(HOST), host=HOST, root=ROOT,
+                                      accounts=None, max_queued_messages=1_000_000,
+                                      autosave_interval_s=86_400))
+    stack.callback(broker.stop)
+    broker.start()
+    return broker.settings.port
+
+
+class HubProcess:
+    """``nakhon hub serve`` as a subprocess, stopped by SIGTERM (SIGKILL when it lingers)."""
+
+    def __init__(self, stack: contextlib.ExitStack, data: Path, broker_port: int) -> None:
+        self.data = data
+        self.log = data.parent / "hub.log"
+        self.http_port = free_port(HOST)
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "nakhon.cli", "hub", "serve", "--data", str(data),
+                 "--broker-host", HOST, "--broker-port", str(broker_port),
+                 "--http-host", HOST, "--http-port", str(self.http_port), "--root", ROOT],
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        stack.callback(self.stop)
+
+    def stop(self) -> None:
+        """Stop gracefully, kill after 20 s."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def check(self) -> None:
+        """Raise with the end of the hub's log if it has exited."""
+        if self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise BenchError(f"the hub exited with {self.process.returncode}:\n{tail}")
+
+    def wait_healthy(self) -> None:
+        """Wait for GET /healthz to answer 200 (store open, broker connected)."""
+        deadline = time.monotonic() + START_S
+        while time.monotonic() < deadline:
+            self.check()
+            url = f"http://{HOST}:{self.http_port}/healthz"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+            time.sleep(0.1)
+        raise BenchError(f"the hub was not healthy within {START_S:.0f} s")
+
+    def db(self) -> sqlite3.Connection:
+        """A read-only connection to the hub's store."""
+        return sqlite3.connect(f"file:{self.data / 'hub.sqlite'}?mode=ro", uri=True)
+
+    def wait_subscribed(self, broker_port: int) -> None:
+        """Publish a status probe until the hub has stored it: its subscription is then in place."""
+        probe = Status(device=PROBE_DEVICE, state=DeviceState.ONLINE, at=now()).to_json()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=PROBE_DEVICE, protocol=mqtt.MQTTv5)
+        client.connect(HOST, broker_port)
+        deadline = time.monotonic() + START_S
+        try:
+            with contextlib.closing(self.db()) as db:
+                while time.monotonic() < deadline:
+                    self.check()
+                    client.publish(topic(ROOT, PROBE_DEVICE, "up/status"), probe, qos=QOS)
+                    for _ in range(4):
+                        client.loop(POLL_S)
+                    if db.execute("SELECT 1 FROM devices WHERE device = ?", (PROBE_DEVICE,)).fetchone():
+                        return
+        finally:
+            client.disconnect()
+        raise BenchError(f"the hub did not store a probe within {START_S:.0f} s")
+
+
+def run_baseline(params: Params, payloads: dict[str, list[bytes]], run: int) -> RunResult:
+    """Bare paho subscriber: rate from its first to its last message."""
+    label = f"[baseline {run}/{params.runs}]"
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nakhon-bench-")))
+        port = start_broker(stack, work / "broker")
+        ready, results = _FORK.Event(), _FORK.Queue()
+        count = _FORK.Value("q", 0, lock=False)
+        subscriber = _start(stack, _bare_subscriber, port, params.total, ready, count, results)
+        if not ready.wait(START_S):
+            raise BenchError("the bare subscriber did not subscribe")
+        publishers = Publishers(stack, port, payloads, params.processes)
+        progress(f"{label} broker on {HOST}:{port}, subscriber ready, {len(publishers.processes)} publisher "
+                 f"processes forked")
+        publishers.release()
+
+        def received() -> int:
+            value = int(count.value)
+            if value < params.total and subscriber.exitcode is not None:
+                raise BenchError(f"the bare subscriber exited with {subscriber.exitcode}")
+            return value
+
+        wait_for_count(received, params.total, "the bare subscriber")
+        first, last = results.get(timeout=START_S)
+        published = publishers.span()
+    result = RunResult("baseline", run, params.total, params.total * params.readings, last - first,
+                       published[1] - published[0])
+    progress(f"{label} published {params.total} in {result.publish_seconds:.2f} s; received all in "
+             f"{result.seconds:.2f} s: {result.msg_per_s:,.0f} msg/s")
+    return result
+
+
+def run_hub(params: Params, payloads: dict[str, list[bytes]], run: int) -> RunResult:
+    """The hub: rate from the first publish until its store holds every message, then check for loss."""
+    label = f"[hub {run}/{params.runs}]"
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nakhon-bench-")))
+        port = start_broker(stack, work / "broker")
+        hub = HubProcess(stack, work / "hub", port)
+        hub.wait_healthy()
+        hub.wait_subscribed(port)
+        publishers = Publishers(stack, port, payloads, params.processes)
+        progress(f"{label} broker on {HOST}:{port}, hub healthy and subscribed (API {HOST}:{hub.http_port}), "
+                 f"{len(publishers.processes)} publisher processes forked")
+        db = stack.enter_context(contextlib.closing(hub.db()))
+
+        def stored() -> int:
+            hub.check()
+            return int(db.execute("SELECT COUNT(*) FROM received").fetchone()[0])
+
+        publishers.release()
+        done = wait_for_count(stored, params.total, "the hub")
+        first, last_ack = publishers.span()
+        progress(f"{label} published {params.total} in {last_ack - first:.2f} s; stored all in "
+                 f"{done - first:.2f} s; checking for loss")
+        expected = {(device, seq) for device in payloads for seq in range(1, params.messages + 1)}
+        got = set(db.execute("SELECT device, seq FROM received"))
+        readings = int(db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+        if got != expected or readings != params.total * params.readings:
+            raise BenchError(f"loss or surplus: {len(expected - got)} messages missing, "
+                             f"{len(got - expected)} unexpected, {readings} readings instead of "
+                             f"{params.total * params.readings}")
+    result = RunResult("hub", run, params.total, readings, done - first, last_ack - first)
+    progress(f"{label} zero loss: {params.total} messages and {readings} readings stored; "
+             f"{result.msg_per_s:,.0f} msg/s")
+    return result
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Medians per scenario and the verdict against the bar."""
+
+    baseline_msg_per_s: float
+    baseline_readings_per_s: float
+    hub_msg_per_s: float
+    hub_readings_per_s: float
+
+    @property
+    def ratio(self) -> float:
+        """Hub's stored rate over the bare subscriber's received rate."""
+        return self.hub_msg_per_s / self.baseline_msg_per_s
+
+    @property
+    def passed(self) -> bool:
+        """Whether the hub meets the issue's bar."""
+        return self.ratio >= BAR
+
+
+def summarise(results: list[RunResult]) -> Summary:
+    """Medians of each scenario's runs."""
+
+    def median(scenario: str, rate: Callable[[RunResult], float]) -> float:
+        return statistics.median(rate(r) for r in results if r.scenario == scenario)
+
+    return Summary(median("baseline", lambda r: r.msg_per_s), median("baseline", lambda r: r.readings_per_s),
+                   median("hub", lambda r: r.msg_per_s), median("hub", lambda r: r.readings_per_s))
+
+
+def report(params: Params, summary: Summary) -> str:
+    """The side-by-side table and the verdict."""
+    rows = [("scenario", "messages", "msg/s", "readings/s", "hub/baseline"),
+            ("baseline (bare paho, received)", f"{params.total:,}", f"{summary.baseline_msg_per_s:,.0f}",
+             f"{summary.baseline_readings_per_s:,.0f}", "1.00"),
+            ("hub (stored, zero loss)", f"{params.total:,}", f"{summary.hub_msg_per_s:,.0f}",
+             f"{summary.hub_readings_per_s:,.0f}", f"{summary.ratio:.2f}")]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"{row[0]:<{widths[0]}}  "
+             + "  ".join(f"{cell:>{width}}" for cell, width in zip(row[1:], widths[1:], strict=True))
+             for row in rows]
+    verdict = "PASS" if summary.passed else "FAIL"
+    lines.append(f"{verdict}: the hub stores {summary.ratio:.0%} of the bare-subscriber rate "
+                 f"(bar: at least {BAR:.0%}; medians of {params.runs} runs)")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
+    p.add_argument("--messages", type=int, default=5000, help="telemetry messages per device (default 5000)")
+    p.add_argument("--readings-per-message", type=int, default=3, help="readings in each message (default 3)")
+    p.add_argument("--runs", type=int, default=3,
+                   help="runs of each scenario; medians are reported (default 3)")
+    p.add_argument("--processes", type=int, default=4,
+                   help="publisher processes, the devices split among them (default 4)")
+    p.add_argument("--json", action="store_true", help="also print the result as one JSON object")
+    return p
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit so that every started process is cleaned up, as on Ctrl-C."""
+
+    def handler(signum: int, _: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both scenarios, print the table; exit 0 on PASS, 1 on FAIL, 2 when a run fails."""
+    args = _parser().parse_args(argv)
+    params = Params(args.devices, args.messages, args.readings_per_message, args.runs, args.processes)
+    if min(params.devices, params.messages, params.readings, params.runs, params.processes) < 1:
+        _parser().error("every count must be at least 1")
+    progress(f"building {params.total:,} payloads ({params.devices} devices x {params.messages} messages x "
+             f"{params.readings} readings)")
+    payloads = {d: build_payloads(d, params.messages, params.readings) for d in device_ids(params.devices)}
+    size = sum(len(p) for ps in payloads.values() for p in ps) / params.total
+    progress(f"built; {size:.0f} bytes per message on average")
+    results: list[RunResult] = []
+    try:
+        with _sigterm_unwinds():
+            for run in range(1, params.runs + 1):
+                results.append(run_baseline(params, payloads, run))
+                results.append(run_hub(params, payloads, run))
+    except BenchError as err:
+        print(f"benchmark failed: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; every process it started has been stopped", file=sys.stderr)
+        return 130
+    summary = summarise(results)
+    print(report(params, summary))
+    if args.json:
+        runs = [{**asdict(r), "msg_per_s": r.msg_per_s, "readings_per_s": r.readings_per_s} for r in results]
+        workload = {**asdict(params), "total": params.total, "bytes_per_message": round(size)}
+        print(json.dumps({"params": workload, "runs": runs, "median": asdict(summary),
+                          "ratio": summary.ratio, "bar": BAR, "pass": summary.passed}))
+    return 0 if summary.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 / Raspberry Pi OS (bookworm) machine for Nakhon, then runs the demo or the tests.
+#
+#   ./setup.sh demo    install everything, then run `nakhon demo` (Ctrl-C stops it)
+#   ./setup.sh test    install everything, then run the whole test suite
+#
+# It installs the Debian packages (Mosquitto, Python's venv, SQLite), creates .venv/ in this folder and
+# installs Nakhon into it. Run it again at any time: every step is idempotent.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+mode="${1:-}"
+case "$mode" in
+  demo|test) ;;
+  *) echo "usage: ./setup.sh demo|test" >&2; exit 2 ;;
+esac
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+
+packages=(python3 python3-venv python3-dev python3-pip build-essential mosquitto mosquitto-clients sqlite3
+          ca-certificates)
+
+echo "==> Debian packages: ${packages[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+
+python=python3
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "Nakhon needs Python 3.11 or newer; $("$python" --version) found" >&2
+  exit 1
+fi
+
+echo "==> Python environment in .venv/"
+if [ ! -x .venv/bin/python ]; then "$python" -m venv .venv; fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[dev]"
+
+if [ "$mode" = demo ]; then
+  echo "==> nakhon demo (Ctrl-C to stop)"
+  exec .venv/bin/nakhon demo
+fi
+echo "==> tests"
+exec .venv/bin/python -m pytest

@@ -1,0 +1,74 @@
+"""Every driver module honours the driver contract: strict config, a valid sample, open/read/close or start/stop."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from pydantic import ValidationError
+
+from edge import drivers
+from edge.drivers import DriverEvent, EventDriver, PolledDriver
+from edge.errors import DeviceUnavailable, NakhonError
+
+KINDS = drivers.available_kinds()
+
+
+def test_the_registry_finds_the_simulated_sensors() -> None:
+    assert {"sim_air_quality", "sim_temperature_humidity", "sim_water_level", "sim_button"} <= set(KINDS)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_config_forbids_unknown_keys_and_the_sample_validates(kind: str) -> None:
+    k = drivers.load(kind)
+    conf = k.config_model.model_validate(k.sample_config)
+    assert conf.kind == kind
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        k.config_model.model_validate({**k.sample_config, "not_a_key": 1})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_driver_opens_reads_and_closes_on_its_simulator(kind: str) -> None:
+    k = drivers.load(kind)
+    driver = k.build(k.config_model.model_validate({**k.sample_config, "seed": 1}))
+    if isinstance(driver, PolledDriver):
+        driver.open()
+        try:
+            values = [driver.read() for _ in range(5)]
+        finally:
+            driver.close()
+        driver.close()  # idempotent
+        declared = {f.quantity: f for f in driver.TELEMETRY}
+        for sample in values:
+            assert set(sample) <= set(declared)
+            for quantity, value in sample.items():
+                assert isinstance(value, declared[quantity].type)
+    else:
+        assert isinstance(driver, EventDriver)
+        got: list[DriverEvent] = []
+        seen = threading.Event()
+        fast = k.build(k.config_model.model_validate({**k.sample_config, "seed": 1, "mean_gap_s": 0.01}))
+        fast.start(lambda e: (got.append(e), seen.set()))
+        try:
+            assert seen.wait(5)
+        finally:
+            fast.stop()
+        fast.stop()
+        assert got[0].event == k.sample_config["event"]
+
+
+def test_an_outage_raises_the_projects_own_error() -> None:
+    k = drivers.load("sim_air_quality")
+    driver = k.build(k.config_model.model_validate({**k.sample_config, "outage_rate": 1.0}))
+    driver.open()
+    with pytest.raises(DeviceUnavailable) as err:
+        driver.read()  # type: ignore[union-attr]
+    assert isinstance(err.value, NakhonError) and isinstance(err.value, OSError)
+    driver.close()  # type: ignore[union-attr]
+
+
+def test_reading_a_closed_driver_is_a_driver_error() -> None:
+    k = drivers.load("sim_water_level")
+    driver = k.build(k.config_model.model_validate(k.sample_config))
+    with pytest.raises(DeviceUnavailable, match="not open"):
+        driver.read()  # type: ignore[union-attr]

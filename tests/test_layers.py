@@ -1,0 +1,50 @@
+"""The house's directions: drivers know no MQTT, the hub imports only the wire contract from the edge."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def _files(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _files("hub"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_hub_imports_nothing_from_the_edge_but_the_contract(path: Path) -> None:
+    edge = {m for m in _imports(path) if m == "edge" or m.startswith("edge.")}
+    assert edge <= {"edge.contract"}, f"{path} imports {edge - {'edge.contract'}}"
+
+
+@pytest.mark.parametrize("path", _files("edge/drivers"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_drivers_know_nothing_about_mqtt_or_agents(path: Path) -> None:
+    bad = {m for m in _imports(path) if m.split(".")[0] in {"paho", "aiomqtt", "hub"} or m.startswith("edge.agents")}
+    assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize("path", _files("edge/agents"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_agents_know_nothing_about_bytes_on_a_wire(path: Path) -> None:
+    hardware = {"serial", "smartcard", "gpiozero", "escpos", "pymodbus", "hub"}
+    bad = {m for m in _imports(path) if m.split(".")[0] in hardware}
+    assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize("path", [p for f in ("edge", "hub", "nakhon", "tests", "benchmarks") for p in _files(f)],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_nothing_imports_provisioning(path: Path) -> None:
+    assert not {m for m in _imports(path) if m.split(".")[0] == "provisioning"}

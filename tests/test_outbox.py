@@ -1,0 +1,107 @@
+"""The durable outbox: seq never reused, bounded classes, acknowledgements, transactions never dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.agents.outbox import Outbox, RecordClass
+from edge.config import OutboxConfig
+from edge.contract import Event, Reading, Severity, Telemetry, Tx, now
+from edge.errors import OutboxFull
+
+
+def _telemetry(seq: int) -> Telemetry:
+    return Telemetry(device="kk-aq-0007", seq=seq, sent_at=now(),
+                     readings=[Reading(ts=now(), sensor="pm", quantity="pm2_5", value=seq, unit="ug/m3")])
+
+
+def _tx(seq: int, tx_id: str = "tx-00000001") -> Tx:
+    return Tx(device="kk-kiosk-0001", seq=seq, tx_id=tx_id, kind="fee.payment", created_at=now(), data={})
+
+
+def _box(tmp_path: Path, **limits: float) -> Outbox:
+    box = Outbox(tmp_path / "outbox.sqlite", OutboxConfig(path=tmp_path / "outbox.sqlite", **limits))
+    box.open()
+    return box
+
+
+def test_seq_increases_and_is_never_reused_across_restarts(tmp_path: Path) -> None:
+    box = _box(tmp_path)
+    seqs = [box.append(RecordClass.TELEMETRY, _telemetry).seq for _ in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert box.ack([(1, 5)]) == [1, 2, 3, 4, 5]
+    box.close()
+    box = _box(tmp_path)  # everything was acknowledged and deleted: seq still continues
+    assert box.append(RecordClass.TELEMETRY, _telemetry).seq == 6
+    assert box.last_seq() == 6
+    box.close()
+
+
+def test_records_keep_their_payload_and_order_until_acknowledged(tmp_path: Path) -> None:
+    box = _box(tmp_path)
+    for _ in range(4):
+        box.append(RecordClass.TELEMETRY, _telemetry)
+    box.append(RecordClass.EVENT, lambda s: Event(device="kk-aq-0007", seq=s, ts=now(), sensor="sos",
+                                                  event="sos.pressed", severity=Severity.CRITICAL, data={}))
+    assert [r.seq for r in box.pending(10)] == [1, 2, 3, 4, 5]
+    assert Telemetry.model_validate_json(box.pending(1)[0].payload).seq == 1
+    box.ack([(2, 3)])
+    assert [r.seq for r in box.pending(10)] == [1, 4, 5]
+    assert box.depth() == 3
+    box.close()
+
+
+def test_a_full_telemetry_class_drops_the_oldest_and_counts_it(tmp_path: Path) -> None:
+    box = _box(tmp_path, telemetry_max_rows=10)
+    for _ in range(15):
+        box.append(RecordClass.TELEMETRY, _telemetry)
+    assert [r.seq for r in box.pending(100)] == list(range(6, 16))
+    assert box.dropped() == {"telemetry": 5}
+    box.close()
+    box = _box(tmp_path, telemetry_max_rows=10)
+    assert box.dropped() == {"telemetry": 5}  # the count survives a restart
+    box.close()
+
+
+def test_transactions_are_never_dropped_and_a_full_outbox_refuses_them(tmp_path: Path) -> None:
+    box = _box(tmp_path, tx_max_rows=2)
+    box.append(RecordClass.TX, lambda s: _tx(s, "tx-00000001"), key="tx-00000001")
+    box.append(RecordClass.TX, lambda s: _tx(s, "tx-00000002"), key="tx-00000002")
+    with pytest.raises(OutboxFull, match="tx_max_rows"):
+        box.append(RecordClass.TX, lambda s: _tx(s, "tx-00000003"), key="tx-00000003")
+    assert box.depth() == 2 and box.dropped() == {}
+    assert box.ack([(1, 2)]) == []  # a down/ack does not settle a transaction
+    assert box.answer("tx-00000001") == 1  # its down/tx answer does
+    assert box.append(RecordClass.TX, lambda s: _tx(s, "tx-00000003"), key="tx-00000003").seq == 3
+    box.close()
+
+
+def test_old_droppable_records_expire_but_transactions_stay(tmp_path: Path) -> None:
+    clock = [1_000_000.0]
+    box = Outbox(tmp_path / "o.sqlite", OutboxConfig(path=tmp_path / "o.sqlite", telemetry_max_age_s=60),
+                 clock=lambda: clock[0])
+    box.open()
+    box.append(RecordClass.TELEMETRY, _telemetry)
+    box.append(RecordClass.TX, _tx, key="tx-00000001")
+    clock[0] += 3600
+    box.append(RecordClass.TELEMETRY, _telemetry)
+    assert box.expire() == 1
+    assert [r.seq for r in box.pending(10)] == [2, 3]
+    assert box.dropped() == {"telemetry": 1}
+    box.close()
+
+
+def test_a_message_that_fails_to_build_commits_nothing(tmp_path: Path) -> None:
+    box = _box(tmp_path)
+
+    def broken(seq: int) -> Telemetry:
+        raise ValueError("sensor returned garbage")
+
+    with pytest.raises(ValueError, match="garbage"):
+        box.append(RecordClass.TELEMETRY, broken)
+    assert box.depth() == 0 and box.pending(10) == []
+    # the rolled-back seq was never committed nor sent, so the next record may take it
+    assert box.append(RecordClass.TELEMETRY, _telemetry).seq == 1
+    box.close()
