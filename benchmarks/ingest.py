@@ -40,7 +40,7 @@ ROOT = "nakhon"
 BAR = 0.5
 """The issue's bar: the hub stores at least this fraction of the bare subscriber's rate."""
 PUBLISH_INFLIGHT = 1000
-POLL_S = 0.05
+POLL_S = 0.1
 STALL_S = 60.0
 """A scenario fails when its consumer makes no progress for this long."""
 START_S = 30.0

@@ -127,3 +127,7 @@ def test_a_transaction_is_applied_once_whatever_the_number_of_deliveries(store: 
                  data={})
     outcome, _ = store.apply_tx(unknown, 1.0, router.decide)
     assert outcome.status is TxStatus.REJECTED and "unknown transaction kind 'parking.fine'" in (outcome.reason or "")
+    stolen = Tx(device="kk-kiosk-0002", seq=9, tx_id="tx-00000001", kind="fee.payment", created_at=now(), data={})
+    outcome, duplicate = store.apply_tx(stolen, 1.0, router.decide)
+    assert outcome.status is TxStatus.REJECTED and not duplicate and "another device" in (outcome.reason or "")
+    assert applied == ["tx-00000001"]

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.contract import Tx, TxOutcome
+from edge.contract import Tx, TxOutcome, TxStatus
 from hub.errors import StoreError
 from hub.store.base import (
     DeviceRecord,
@@ -291,7 +291,11 @@ class SQLiteStore:
             db = self._w
             try:
                 db.execute("BEGIN IMMEDIATE")
-                row = db.execute("SELECT outcome FROM transactions WHERE tx_id = ?", (tx.tx_id,)).fetchone()
+                row = db.execute("SELECT outcome, device FROM transactions WHERE tx_id = ?", (tx.tx_id,)).fetchone()
+                if row is not None and row[1] != tx.device:
+                    db.execute("COMMIT")
+                    return TxOutcome(tx_id=tx.tx_id, status=TxStatus.REJECTED, duplicate=False,
+                                     reason=f"tx_id {tx.tx_id!r} was already used by another device", result={}), False
                 if row is not None:
                     db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, 'tx')",
                                (tx.device, tx.seq))
