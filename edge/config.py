@@ -192,6 +192,7 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedCo
 
     resolved: list[tuple[drivers.DriverKind, drivers.DriverConfig]] = []
     names: dict[str, int] = {}
+    claimed: dict[str, int] = {}
     for index, entry in enumerate(device.drivers):
         where = ("drivers", index)
         kind_name = entry.get("kind")
@@ -214,6 +215,13 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedCo
                             f"drivers[{names[config.name]}]; sensor names must be unique")
             continue
         names[config.name] = index
+        for claim in sorted(config.claims()):
+            if claim in claimed:
+                other = claimed[claim]
+                problems.append(f"{_location((*where,))}: {config.name!r} claims {claim}, already claimed by "
+                                f"drivers[{other}] ({device.drivers[other].get('name')!r}); one device per port or pin")
+            else:
+                claimed[claim] = index
         resolved.append((kind, config))
     if problems:
         raise ConfigError(f"{path}: " + f"\n{path}: ".join(problems))

@@ -150,6 +150,7 @@ class Reading(BaseModel):
     quantity: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     value: Scalar
     unit: str | None
+    clock: str | None = Field(default=None, description="the clock that stamped ts: system, gps...")
 
 
 class Telemetry(Message):

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run or check an edge agent").add_subparsers(dest="action", required=True)
     run = agent.add_parser("run", help="run the agent of one device until SIGTERM")
     run.add_argument("config", type=Path, help="the device's TOML file (see firmware-configs/)")
+    run.add_argument("--simulate", action="store_true",
+                     help="run every driver against its simulator (no hardware needed)")
     check = agent.add_parser("check", help="validate a device config and exit (0 when valid)")
     check.add_argument("config", type=Path)
 
@@ -86,7 +88,7 @@ def _agent(args: argparse.Namespace) -> int:
     from edge.agents.agent import run_agent
 
     try:
-        asyncio.run(run_agent(loaded))
+        asyncio.run(run_agent(loaded, simulate=args.simulate))
     except OutboxError as err:
         print(f"nakhon: {err}", file=sys.stderr)
         return 1

@@ -108,7 +108,7 @@ class Demo:
                 "NAKHON_OUTBOX__PATH": str(self.data / "devices" / node.device / "outbox.sqlite"),
                 "NAKHON_AGENT__HEARTBEAT_S": "10",
             }
-            self.agents[node.device] = self._spawn(["agent", "run", str(FIRMWARE_CONFIGS / node.config)],
+            self.agents[node.device] = self._spawn(["agent", "run", "--simulate", str(FIRMWARE_CONFIGS / node.config)],
                                                    f"{node.device}.log", env)
             print(f"agent     {node.device:<12} {node.config:<26} {node.site}")
         deadline = time.monotonic() + 30

@@ -25,7 +25,7 @@ import aiomqtt
 from pydantic import ValidationError
 
 from edge import config as config_module
-from edge.agents.clock import system_clock_state
+from edge.agents.clock import AgentClock
 from edge.agents.mqtt import CheckedClient
 from edge.agents.outbox import Outbox, OutboxRecord, RecordClass
 from edge.contract import (
@@ -46,7 +46,7 @@ from edge.contract import (
     now,
     topic,
 )
-from edge.drivers import DriverConfig, DriverEvent, DriverKind, EventDriver, PolledDriver
+from edge.drivers import ClockSource, DriverConfig, DriverEvent, DriverKind, EventDriver, PolledDriver
 from edge.errors import ConfigError, DriverError, NakhonError, OutboxError, PublishRefused
 
 log = logging.getLogger("nakhon.agent")
@@ -144,8 +144,10 @@ COMMANDS: dict[str, CommandHandler] = {
 class Agent:
     """Runs one device: its drivers, its outbox and its broker connection."""
 
-    def __init__(self, loaded: config_module.LoadedConfig) -> None:
+    def __init__(self, loaded: config_module.LoadedConfig, simulate: bool = False) -> None:
         self.loaded = loaded
+        self.simulate = simulate
+        self.clock = AgentClock()
         self.cfg = loaded.device
         self.outbox = Outbox(self.cfg.outbox.path, self.cfg.outbox)
         self.streams: dict[str, Stream] = {
@@ -181,7 +183,7 @@ class Agent:
         return Status(
             device=self.cfg.device, state=state, at=now(), uptime_s=round(self.uptime(), 3),
             heartbeat_s=self.heartbeat_s, outbox_depth=self.outbox.depth(), dropped=sum(dropped.values()),
-            clock=system_clock_state(), config_version=self.config_version,
+            clock=self.clock.state(), config_version=self.config_version,
             streams={name: s.health() for name, s in self.streams.items()},
             publish_errors=self.publish_errors, last_error=self.last_error, node=self.cfg.node,
             site=self.cfg.site,
@@ -199,6 +201,9 @@ class Agent:
     async def run(self) -> None:
         """Run until :meth:`request_stop`; then publish ``offline``, stop the drivers, close the outbox."""
         await asyncio.to_thread(self.outbox.open)
+        simulators = contextlib.ExitStack()
+        if self.simulate:
+            await asyncio.to_thread(self._start_simulators, simulators)
         log.info("agent %s starting: %d driver(s), outbox %s (%d record(s) waiting, last seq %d)",
                  self.cfg.device, len(self.streams), self.cfg.outbox.path, self.outbox.depth(),
                  self.outbox.last_seq())
@@ -222,7 +227,21 @@ class Agent:
             for stream in self.streams.values():
                 await asyncio.to_thread(_release, stream.driver)
             await asyncio.to_thread(self.outbox.close)
+            await asyncio.to_thread(simulators.close)
             log.info("agent %s stopped", self.cfg.device)
+
+    def _start_simulators(self, stack: contextlib.ExitStack) -> None:
+        for name, stream in self.streams.items():
+            if stream.kind.simulate is None:
+                continue
+            try:
+                config = stack.enter_context(stream.kind.simulate(stream.config))
+            except DriverError as err:
+                stream.state, stream.error = "unavailable", f"simulator: {err}"
+                log.error("sensor %s: its simulator did not start: %s", name, err)
+                continue
+            stream.driver = stream.kind.build(config)
+            log.info("sensor %s runs on its simulator", name)
 
     # -- drivers -------------------------------------------------------------------------------
     async def _run_stream(self, stream: Stream) -> None:
@@ -248,15 +267,19 @@ class Agent:
         units = {f.quantity: f.unit for f in driver.TELEMETRY}
         next_at = time.monotonic()
         while True:
-            ts = now()
+            ts, clock = self.clock.now()
             values = await asyncio.to_thread(driver.read)
+            if isinstance(driver, ClockSource):
+                offer = driver.time_offer()
+                if offer is not None:
+                    self.clock.offer(stream.kind.kind, *offer)
             if stream.state != "ok":
                 log.info("sensor %s is reading", stream.config.name)
             stream.state, stream.error = "ok", None
             backoff.reset()
             if values:
-                readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q))
-                            for q, v in values.items()]
+                readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q),
+                                    clock=clock) for q, v in values.items()]
                 await self._commit(RecordClass.TELEMETRY, partial(self._telemetry, readings))
             next_at = max(next_at + stream.interval_s, time.monotonic())
             stream.wake.clear()
@@ -273,7 +296,7 @@ class Agent:
         name = stream.config.name
 
         def emit(event: DriverEvent) -> None:
-            ts = now()
+            ts, _ = self.clock.now()
             loop.call_soon_threadsafe(self._events.put_nowait, (name, event, ts))
 
         await asyncio.to_thread(driver.start, emit)
@@ -521,9 +544,9 @@ def _release(driver: PolledDriver | EventDriver) -> None:
         log.warning("closing a driver failed: %s", err)
 
 
-async def run_agent(loaded: config_module.LoadedConfig) -> None:
-    """Run an agent until SIGTERM or SIGINT, then stop it gracefully."""
-    agent = Agent(loaded)
+async def run_agent(loaded: config_module.LoadedConfig, simulate: bool = False) -> None:
+    """Run an agent until SIGTERM or SIGINT, then stop it gracefully; ``simulate`` runs drivers on simulators."""
+    agent = Agent(loaded, simulate)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.request_stop)

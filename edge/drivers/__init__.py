@@ -5,7 +5,10 @@ A driver module ``edge/drivers/<kind>.py`` exports:
 - ``Config``: a pydantic model derived from :class:`DriverConfig` (unknown keys are refused);
 - ``Driver``: a class built as ``Driver(config)`` that does no I/O in its constructor and follows
   either :class:`PolledDriver` (``open``, ``read``, ``close``) or :class:`EventDriver` (``start(emit)``, ``stop``);
-- ``SAMPLE_CONFIG``: a ``[[drivers]]`` entry (as a dict) that validates, for docs and the contract tests.
+- ``SAMPLE_CONFIG``: a ``[[drivers]]`` entry (as a dict) that validates, for docs and the contract tests;
+- optionally ``simulate(config)``: a context manager that starts the driver's simulator (speaking the device's
+  real protocol, on a pty, a TCP port or a mock pin factory) and yields a config pointing the driver at it.
+  ``nakhon agent run --simulate`` and the demo use it; a module without one is its own simulator.
 
 Polled drivers also declare ``TELEMETRY``, a table of :class:`Field` rows naming each quantity they read.
 Drivers are synchronous and know nothing about MQTT; agents run them in threads.
@@ -16,7 +19,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import ModuleType
 from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
 
@@ -37,6 +42,11 @@ class DriverConfig(BaseModel):
     kind: str
     name: SensorName
     interval_s: Annotated[float, PydanticField(gt=0, le=86_400)] = 10.0
+
+    def claims(self) -> set[str]:
+        """Hardware this driver holds exclusively (``serial:/dev/ttyUSB0``, ``gpio:17``); two drivers of one
+        device may not claim the same thing."""
+        return set()
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,19 @@ class EventDriver(Protocol):
         """Stop emitting and release the device (idempotent)."""
 
 
+@runtime_checkable
+class ClockSource(Protocol):
+    """A driver that can tell the time (a GPS receiver), offered to the agent when the system clock is not
+    synchronised."""
+
+    def time_offer(self) -> tuple[datetime, float] | None:
+        """The latest UTC time the device reported and the ``time.monotonic()`` at which it arrived."""
+
+
+Simulate = Callable[[Any], AbstractContextManager[Any]]
+"""A driver module's ``simulate(config)``: runs the simulator while the context is open, yields the config to use."""
+
+
 @dataclass(frozen=True)
 class DriverKind:
     """A driver module found by the registry."""
@@ -106,6 +129,7 @@ class DriverKind:
     config_model: type[DriverConfig]
     driver_class: type[Any]
     sample_config: Mapping[str, Any]
+    simulate: Simulate | None = None
 
     @property
     def polled(self) -> bool:
@@ -135,4 +159,5 @@ def load(kind: str) -> DriverKind:
         raise ConfigError(f"driver module {kind!r} has no Config derived from DriverConfig")
     if driver_class is None or sample is None:
         raise ConfigError(f"driver module {kind!r} must export Driver and SAMPLE_CONFIG")
-    return DriverKind(kind=kind, config_model=config_model, driver_class=driver_class, sample_config=sample)
+    return DriverKind(kind=kind, config_model=config_model, driver_class=driver_class, sample_config=sample,
+                      simulate=getattr(module, "simulate", None))
