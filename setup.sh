@@ -18,8 +18,12 @@ esac
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
+# mosquitto: the broker; pcscd, libpcsclite-dev and swig: the ID card reader stack (pyscard builds against it);
+# vsmartcard-vpcd: the virtual reader the card tests use (never install it on a kiosk: it listens on the network);
+# fonts-thai-tlwg: the Thai fonts receipts are rendered with.
 packages=(python3 python3-venv python3-dev python3-pip build-essential mosquitto mosquitto-clients sqlite3
-          ca-certificates)
+          ca-certificates pcscd libpcsclite-dev swig fonts-thai-tlwg)
+if [ "$mode" = test ]; then packages+=(vsmartcard-vpcd); fi
 
 echo "==> Debian packages: ${packages[*]}"
 $sudo apt-get update -qq
