@@ -10,6 +10,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import queue
 import signal
 import sqlite3
 import statistics
@@ -211,6 +212,18 @@ def _terminate(process: ForkProcess) -> None:
     process.join()
 
 
+def _receive(source: Queue[Any], children: list[ForkProcess], what: str) -> Any:
+    """The next item from a child, or BenchError when a child fails or nothing comes for STALL_S."""
+    deadline = time.monotonic() + STALL_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            return source.get(timeout=POLL_S)
+        failed = [c.exitcode for c in children if c.exitcode not in (None, 0)]
+        if failed:
+            raise BenchError(f"a child process exited with {failed[0]} while waiting for {what}")
+    raise BenchError(f"timed out after {STALL_S:.0f} s waiting for {what}")
+
+
 def _start(stack: contextlib.ExitStack, target: Callable[..., None], *args: Any) -> ForkProcess:
     """Fork a child that the stack terminates on exit."""
     process = _FORK.Process(target=target, args=args, daemon=True)
@@ -235,23 +248,13 @@ class Publishers:
     def release(self) -> None:
         """Wait until every device is connected, then start publishing."""
         for _ in self.processes:
-            self._get(self.ready, "the publishers to connect")
+            _receive(self.ready, self.processes, "the publishers to connect")
         self.go.set()
 
     def span(self) -> tuple[float, float]:
         """(first publish, last PUBACK) over every process, in time.monotonic()."""
-        spans = [self._get(self.results, "the publishers' PUBACKs") for _ in self.processes]
+        spans = [_receive(self.results, self.processes, "the publishers' PUBACKs") for _ in self.processes]
         return min(s[0] for s in spans), max(s[1] for s in spans)
-
-    def _get(self, source: Queue[Any], what: str) -> Any:
-        deadline = time.monotonic() + STALL_S
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                return source.get(timeout=POLL_S)
-            dead = [p.exitcode for p in self.processes if p.exitcode is not None and p.exitcode != 0]
-            if dead:
-                raise BenchError(f"a publisher process exited with {dead[0]} while waiting for {what}")
-        raise BenchError(f"timed out after {STALL_S:.0f} s waiting for {what}")
 
 
 def wait_for_count(count: Callable[[], int], total: int, what: str) -> float:
@@ -370,7 +373,7 @@ def run_baseline(params: Params, payloads: dict[str, list[bytes]], run: int) -> 
             return value
 
         wait_for_count(received, params.total, "the bare subscriber")
-        first, last = results.get(timeout=START_S)
+        first, last = _receive(results, [subscriber], "the bare subscriber's timings")
         published = publishers.span()
     result = RunResult("baseline", run, params.total, params.total * params.readings, last - first,
                        published[1] - published[0])
