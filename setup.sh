@@ -20,10 +20,10 @@ if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
 # mosquitto: the broker; pcscd, libpcsclite-dev and swig: the ID card reader stack (pyscard builds against it);
 # vsmartcard-vpcd: the virtual reader the card tests use (never install it on a kiosk: it listens on the network);
-# fonts-thai-tlwg: the Thai fonts receipts are rendered with.
+# fonts-thai-tlwg: the Thai fonts receipts are rendered with; gdal-bin: GDAL reads the OGC API in the tests.
 packages=(python3 python3-venv python3-dev python3-pip build-essential mosquitto mosquitto-clients sqlite3
           ca-certificates pcscd libpcsclite-dev swig fonts-thai-tlwg)
-if [ "$mode" = test ]; then packages+=(vsmartcard-vpcd); fi
+if [ "$mode" = test ]; then packages+=(vsmartcard-vpcd gdal-bin); fi
 
 echo "==> Debian packages: ${packages[*]}"
 $sudo apt-get update -qq

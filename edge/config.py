@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge import drivers
-from edge.contract import DEFAULT_ROOT, DeviceId
+from edge.contract import DEFAULT_ROOT, DeviceId, Location
 from edge.errors import ConfigError
 
 ENV_PREFIX = "NAKHON_"
@@ -86,6 +86,7 @@ class DeviceConfig(_Section):
     site: str | None = None
     node: str | None = Field(default=None, description="what kind of node this is, e.g. air-quality-pole")
     config_version: Annotated[int, Field(ge=0)] = 0
+    location: Location | None = Field(default=None, description="where the device is installed (WGS 84)")
     broker: BrokerConfig = BrokerConfig()
     agent: AgentSettings = AgentSettings()
     outbox: OutboxConfig = OutboxConfig()

@@ -118,6 +118,15 @@ class StreamHealth(BaseModel):
     error: str | None = None
 
 
+class Location(BaseModel):
+    """A WGS 84 point."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    lat: Annotated[float, Field(ge=-90, le=90)]
+    lon: Annotated[float, Field(ge=-180, le=180)]
+
+
 class Status(Message):
     """``up/status`` (retained): birth ``online``, graceful ``offline``, last will ``lost``.
 
@@ -138,6 +147,7 @@ class Status(Message):
     last_error: str | None = None
     node: str | None = None
     site: str | None = None
+    location: Location | None = None
 
 
 class Reading(BaseModel):
@@ -180,15 +190,6 @@ class CitizenRef(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     ref: Annotated[str, StringConstraints(min_length=16, max_length=128)]
-
-
-class Location(BaseModel):
-    """A WGS 84 point."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    lat: Annotated[float, Field(ge=-90, le=90)]
-    lon: Annotated[float, Field(ge=-180, le=180)]
 
 
 class Tx(Message):

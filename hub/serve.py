@@ -6,16 +6,24 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
+from edge.contract import TxOutcome, topic
 from hub.api.app import create_app
+from hub.finance import api as finance_api
+from hub.finance import ledger
+from hub.finance.catalogue import DEMO_FEES, load_catalogue
+from hub.finance.promptpay import PromptPaySettings
+from hub.gis import api as gis_api
+from hub.gis import ogc, reports
+from hub.gis.reports import DEMO_ZONES, Zones
 from hub.ingest.consumer import Ingest, IngestSettings
 from hub.metrics import HubMetrics
-from hub.router import Router
+from hub.router import Route, Router
 from hub.store.sqlite import SQLiteStore
 
 log = logging.getLogger("nakhon.hub")
@@ -30,13 +38,27 @@ class HubSettings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     deadletter_keep_bytes: int = 4096
+    fees: Path = DEMO_FEES
+    zones: Path = DEMO_ZONES
+    promptpay: PromptPaySettings = field(default_factory=lambda: PromptPaySettings(target="0801234567"))
+    bank_token: str | None = None
 
 
 def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     """Wire the store, metrics, router, ingest and API together (nothing is started)."""
-    store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes)
+    catalogue = load_catalogue(settings.fees)
+    zones = Zones(settings.zones)
+    store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes,
+                        schemas=(ledger.ensure_schema, reports.ensure_schema))
     metrics = HubMetrics(store)
-    ingest = Ingest(store, settings.ingest, metrics, Router())
+    finance = ledger.FinanceRoute(catalogue, settings.promptpay)
+    gis = reports.ReportRoute(zones)
+    routes: dict[str, Route] = {kind: finance for kind in finance.KINDS}
+    routes.update({kind: gis for kind in gis.KINDS})
+    ingest = Ingest(store, settings.ingest, metrics, Router(routes))
+
+    def answer_kiosk(device: str, outcome: TxOutcome) -> None:
+        ingest.publish(topic(settings.ingest.root, device, "down/tx"), outcome.to_json())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -51,6 +73,11 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
             log.info("hub stopped")
 
     app = create_app(store, metrics, ingest.commands, broker_connected=ingest.connected.is_set)
+    app.include_router(finance_api.create_router(store, finance, answer_kiosk, settings.bank_token))
+    app.include_router(gis_api.create_router(store, zones))
+    app.include_router(ogc.create_router({"reports": gis_api.reports_layer(store),
+                                          "devices": gis_api.devices_layer(store),
+                                          "zones": gis_api.zones_layer(zones)}))
     app.router.lifespan_context = lifespan
     return app, store, ingest
 

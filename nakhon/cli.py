@@ -14,6 +14,9 @@ def _setup_logging() -> None:
     level = os.environ.get("NAKHON_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if level != "DEBUG":
+        # pymodbus logs every unanswered request with a frame dump; the meter driver reports it more clearly
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -49,6 +52,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="subscribe through $share/GROUP/ so several hub processes split the load")
     serve.add_argument("--max-payload", type=int, default=int(_env("MAX_PAYLOAD", "262144") or 262144),
                        help="larger payloads go to the dead-letter store (bytes)")
+    serve.add_argument("--fees", type=Path, default=_env("FEES"),
+                       help="fee catalogue TOML (default: the demo catalogue)")
+    serve.add_argument("--zones", type=Path, default=_env("ZONES"),
+                       help="municipal zones GeoJSON (default: the demo zones of Khon Kaen)")
+    serve.add_argument("--promptpay-biller", default=_env("PROMPTPAY_BILLER"),
+                       help="registered biller id: QR payments use bill payment (tag 30) with ref1 = the transaction")
+    serve.add_argument("--promptpay-target", default=_env("PROMPTPAY_TARGET", "0801234567"),
+                       help="PromptPay phone or tax id used when no biller id is set (tag 29)")
+    serve.add_argument("--bank-token-file", type=Path, default=_env("BANK_TOKEN_FILE"),
+                       help="file with the token the bank's confirmation callback must present")
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
     serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
 
@@ -96,21 +109,35 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _hub(args: argparse.Namespace) -> int:
+    from hub.errors import HubConfigError
+    from hub.finance.promptpay import PromptPaySettings
     from hub.ingest.consumer import IngestSettings
     from hub.serve import HubSettings, serve
 
-    password = None
-    if args.password_file:
-        try:
-            password = Path(args.password_file).read_text(encoding="utf-8").strip()
-        except OSError as err:
-            print(f"nakhon: cannot read --password-file {args.password_file}: {err.strerror}", file=sys.stderr)
-            return 2
+    secrets: dict[str, str | None] = {}
+    for flag in ("password_file", "bank_token_file"):
+        path = getattr(args, flag)
+        secrets[flag] = None
+        if path:
+            try:
+                secrets[flag] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as err:
+                print(f"nakhon: cannot read --{flag.replace('_', '-')} {path}: {err.strerror}", file=sys.stderr)
+                return 2
+    password = secrets["password_file"]
     client_id = args.client_id or (f"nakhon-hub-{args.share}-{os.getpid()}" if args.share else "nakhon-hub")
     ingest = IngestSettings(host=args.broker_host, port=args.broker_port, root=args.root, username=args.username,
                             password=password, client_id=client_id, share=args.share,
                             max_payload=args.max_payload)
-    serve(HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port))
+    extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones)) if v}
+    settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
+                           promptpay=PromptPaySettings(biller_id=args.promptpay_biller, target=args.promptpay_target),
+                           bank_token=secrets["bank_token_file"], **extra)
+    try:
+        serve(settings)
+    except HubConfigError as err:
+        print(f"nakhon: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

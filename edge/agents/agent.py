@@ -186,7 +186,7 @@ class Agent:
             clock=self.clock.state(), config_version=self.config_version,
             streams={name: s.health() for name, s in self.streams.items()},
             publish_errors=self.publish_errors, last_error=self.last_error, node=self.cfg.node,
-            site=self.cfg.site,
+            site=self.cfg.site, location=self.cfg.location,
         )
 
     async def _commit(self, klass: RecordClass, build: Callable[[int], Message], key: str | None = None) -> None:

@@ -14,7 +14,7 @@ import termios
 import threading
 import tty
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import serial
 
@@ -33,8 +33,8 @@ def read_bytes(port: serial.SerialBase, size: int, what: str) -> bytes:
     """Read up to ``size`` bytes (fewer on timeout); translate errors into :class:`DeviceUnavailable`."""
     try:
         data: bytes = port.read(size)
-    except (serial.SerialException, OSError, TypeError) as err:
-        # pyserial raises TypeError when the port is closed under it
+    except (serial.SerialException, OSError, TypeError, termios.error) as err:
+        # pyserial raises TypeError when the port is closed under it, termios.error when a pty vanishes
         raise DeviceUnavailable(f"{what}: serial read failed: {err}") from err
     return data
 
@@ -44,7 +44,7 @@ def write_bytes(port: serial.SerialBase, data: bytes, what: str) -> None:
     try:
         port.write(data)
         port.flush()
-    except (serial.SerialException, OSError, TypeError) as err:
+    except (serial.SerialException, OSError, TypeError, termios.error) as err:
         raise DeviceUnavailable(f"{what}: serial write failed: {err}") from err
 
 
@@ -63,7 +63,7 @@ class PtyDevice:
         self._thread: threading.Thread | None = None
         self.path = ""
 
-    def __enter__(self) -> PtyDevice:
+    def __enter__(self) -> Self:
         try:
             self._master, self._slave = os.openpty()
             tty.setraw(self._slave, termios.TCSANOW)

@@ -10,9 +10,10 @@ import json
 import sqlite3
 import threading
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge.contract import Tx, TxOutcome, TxStatus
 from hub.errors import StoreError
@@ -112,6 +113,9 @@ CREATE TABLE IF NOT EXISTS transactions (
 """
 
 
+T = TypeVar("T")
+
+
 def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000 + (0.5 if value.timestamp() >= 0 else -0.5))
 
@@ -123,9 +127,11 @@ def _from_ms(value: int) -> datetime:
 class SQLiteStore:
     """The :class:`hub.store.base.Store` on one SQLite file."""
 
-    def __init__(self, path: Path, deadletter_keep_bytes: int = 4096) -> None:
+    def __init__(self, path: Path, deadletter_keep_bytes: int = 4096,
+                 schemas: Sequence[Callable[[sqlite3.Connection], None]] = ()) -> None:
         self.path = path
         self._keep = deadletter_keep_bytes
+        self._schemas = tuple(schemas)
         self._writer: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
         self._local = threading.local()
@@ -145,9 +151,46 @@ class SQLiteStore:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)
+            for ensure in self._schemas:
+                ensure(db)
         except sqlite3.Error as err:
             raise StoreError(f"cannot open the store at {self.path}: {err}") from err
         self._writer = db
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in one write transaction (committed if it returns, rolled back if it raises)."""
+        with self._write_lock:
+            db = self._w
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                result = work(db)
+                db.execute("COMMIT")
+                return result
+            except sqlite3.Error as err:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise StoreError(f"write failed: {err}") from err
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on this thread's read-only connection."""
+        try:
+            return work(self._r())
+        except sqlite3.Error as err:
+            raise StoreError(f"read failed: {err}") from err
+
+    @staticmethod
+    def replace_tx_outcome(db: sqlite3.Connection, tx_id: str, outcome: TxOutcome) -> str:
+        """Inside :meth:`write`: store the later outcome of a transaction (a pending payment confirmed);
+        returns the device to answer."""
+        row = db.execute("UPDATE transactions SET status = ?, outcome = ? WHERE tx_id = ? RETURNING device",
+                         (outcome.status.value, outcome.model_dump_json(), tx_id)).fetchone()
+        if row is None:
+            raise LookupError(f"no transaction {tx_id!r}")
+        return str(row[0])
 
     def close(self) -> None:
         """Close every connection; safe to call twice."""

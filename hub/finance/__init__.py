@@ -1,0 +1,1 @@
+"""Finance: the fee catalogue, the append-only ledger, gapless receipt numbers, PromptPay and reconciliation."""

@@ -1,0 +1,265 @@
+"""The finance module's tables and rules: fee payments routed from kiosks, the ledger, receipts, reconciliation.
+
+The ledger is append-only (SQLite triggers refuse UPDATE and DELETE): a payment adds one entry, a void or a
+refund adds a compensating entry that refers to it. Receipt numbers come from a counter per office and
+fiscal year, taken in the same database transaction as the ledger entry, so they have no gaps. A PromptPay
+payment stays ``pending`` (no ledger entry, no receipt number) until the bank's confirmation arrives.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from edge.contract import Tx, TxOutcome, TxStatus, format_timestamp
+from hub.finance.catalogue import Catalogue
+from hub.finance.fiscal import BANGKOK, fiscal_year, local_date
+from hub.finance.promptpay import PromptPaySettings
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    id           INTEGER PRIMARY KEY,
+    at           TEXT NOT NULL,
+    local_date   TEXT NOT NULL,
+    entry        TEXT NOT NULL CHECK (entry IN ('payment', 'void', 'refund')),
+    office       TEXT NOT NULL,
+    fiscal_year  INTEGER NOT NULL,
+    receipt_no   TEXT,
+    refers_to    INTEGER REFERENCES ledger (id),
+    tx_id        TEXT,
+    device       TEXT NOT NULL,
+    service      TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    amount_satang INTEGER NOT NULL,
+    citizen_ref  TEXT,
+    reason       TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_receipts ON ledger (receipt_no) WHERE receipt_no IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_one_reversal ON ledger (refers_to) WHERE refers_to IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ledger_by_day ON ledger (local_date, device);
+CREATE TRIGGER IF NOT EXISTS ledger_append_only_update BEFORE UPDATE ON ledger
+    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: add a compensating entry'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_append_only_delete BEFORE DELETE ON ledger
+    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: add a compensating entry'); END;
+CREATE TABLE IF NOT EXISTS receipt_counters (
+    office      TEXT NOT NULL,
+    fiscal_year INTEGER NOT NULL,
+    last        INTEGER NOT NULL,
+    PRIMARY KEY (office, fiscal_year)
+);
+CREATE TABLE IF NOT EXISTS payments (
+    tx_id         TEXT PRIMARY KEY,
+    device        TEXT NOT NULL,
+    office        TEXT NOT NULL,
+    service       TEXT NOT NULL,
+    method        TEXT NOT NULL,
+    amount_satang INTEGER NOT NULL,
+    citizen_ref   TEXT,
+    status        TEXT NOT NULL CHECK (status IN ('pending', 'paid')),
+    reference     TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    paid_at       TEXT,
+    bank_ref      TEXT,
+    receipt_no    TEXT
+);
+CREATE TABLE IF NOT EXISTS reconciliations (
+    id             INTEGER PRIMARY KEY,
+    device         TEXT NOT NULL,
+    day            TEXT NOT NULL,
+    counted_satang INTEGER NOT NULL,
+    ledger_satang  INTEGER NOT NULL,
+    entries        INTEGER NOT NULL,
+    counted_by     TEXT NOT NULL,
+    at             TEXT NOT NULL
+);
+"""
+
+
+class PaymentRejected(ValueError):
+    """A fee payment that cannot be taken, with the reason the kiosk shows the citizen."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a receipt says."""
+
+    receipt_no: str
+    office: str
+    fiscal_year: int
+    service: str
+    method: str
+    amount_satang: int
+    paid_at: str
+
+
+def ensure_schema(db: sqlite3.Connection) -> None:
+    """Create the finance tables if needed."""
+    db.executescript(SCHEMA)
+
+
+def _next_receipt(db: sqlite3.Connection, catalogue: Catalogue, office: str, fy: int) -> str:
+    row = db.execute(
+        "INSERT INTO receipt_counters (office, fiscal_year, last) VALUES (?, ?, 1) "
+        "ON CONFLICT (office, fiscal_year) DO UPDATE SET last = last + 1 RETURNING last", (office, fy)).fetchone()
+    return f"{catalogue.offices[office].receipt_prefix}-{fy}-{row[0]:06d}"
+
+
+def _post_payment(db: sqlite3.Connection, catalogue: Catalogue, *, at: datetime, office: str, tx_id: str,
+                  device: str, service: str, method: str, amount: int, citizen_ref: str | None) -> Receipt:
+    day = local_date(at)
+    fy = fiscal_year(day)
+    receipt_no = _next_receipt(db, catalogue, office, fy)
+    stamp = format_timestamp(at)
+    db.execute(
+        "INSERT INTO ledger (at, local_date, entry, office, fiscal_year, receipt_no, tx_id, device, service, method, "
+        "amount_satang, citizen_ref) VALUES (?, ?, 'payment', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (stamp, day.isoformat(), office, fy, receipt_no, tx_id, device, service, method, amount, citizen_ref))
+    return Receipt(receipt_no, office, fy, service, method, amount, stamp)
+
+
+def _receipt_result(catalogue: Catalogue, receipt: Receipt) -> dict[str, Any]:
+    service = catalogue.service(receipt.service)
+    office = catalogue.offices[receipt.office]
+    return {
+        "receipt_no": receipt.receipt_no, "office": receipt.office, "office_th": office.name_th,
+        "office_en": office.name_en, "fiscal_year": receipt.fiscal_year, "service": receipt.service,
+        "service_th": service.name_th if service else receipt.service,
+        "service_en": service.name_en if service else receipt.service,
+        "method": receipt.method, "amount_satang": receipt.amount_satang, "paid_at": receipt.paid_at,
+        "municipality_th": catalogue.municipality_th, "municipality_en": catalogue.municipality_en,
+    }
+
+
+class FinanceRoute:
+    """Applies ``fee.payment`` transactions: cash is paid at once, PromptPay waits for the bank."""
+
+    KINDS = ("fee.payment",)
+
+    def __init__(self, catalogue: Catalogue, promptpay: PromptPaySettings,
+                 clock: Any = None) -> None:
+        self.catalogue = catalogue
+        self.promptpay = promptpay
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def _check(self, tx: Tx) -> tuple[str, str, str, int]:
+        data = tx.data
+        office, code, method = data.get("office"), data.get("service"), data.get("method")
+        if not isinstance(office, str) or office not in self.catalogue.offices:
+            raise PaymentRejected(f"unknown office {office!r}")
+        service = self.catalogue.service(code) if isinstance(code, str) else None
+        if service is None or not service.offered_at(office):
+            raise PaymentRejected(f"service {code!r} is not offered at {office}")
+        if method not in service.methods:
+            accepted = ", ".join(service.methods)
+            raise PaymentRejected(f"{service.code} cannot be paid by {method!r} (accepted: {accepted})")
+        amount = data.get("amount_satang")
+        if amount != service.amount_satang:
+            raise PaymentRejected(f"amount {amount!r} satang does not match the fee of {service.amount_satang} satang")
+        if tx.citizen is None and not service.anonymous:
+            raise PaymentRejected(f"{service.code} needs the citizen's ID card")
+        return office, service.code, str(method), service.amount_satang
+
+    def apply(self, tx: Tx, db: sqlite3.Connection) -> TxOutcome:
+        """Take the payment inside the hub's transaction; never commits."""
+        try:
+            office, code, method, amount = self._check(tx)
+        except PaymentRejected as err:
+            return TxOutcome(tx_id=tx.tx_id, status=TxStatus.REJECTED, duplicate=False, reason=str(err), result={})
+        citizen = tx.citizen.ref if tx.citizen else None
+        now = self._clock()
+        if method == "cash":
+            receipt = _post_payment(db, self.catalogue, at=now, office=office, tx_id=tx.tx_id, device=tx.device,
+                                    service=code, method=method, amount=amount, citizen_ref=citizen)
+            db.execute("INSERT INTO payments (tx_id, device, office, service, method, amount_satang, citizen_ref, "
+                       "status, reference, created_at, paid_at, receipt_no) VALUES (?, ?, ?, ?, ?, ?, ?, 'paid', ?, ?, "
+                       "?, ?)", (tx.tx_id, tx.device, office, code, method, amount, citizen, reference(tx.tx_id),
+                                 format_timestamp(now), receipt.paid_at, receipt.receipt_no))
+            return TxOutcome(tx_id=tx.tx_id, status=TxStatus.ACCEPTED, duplicate=False, reason=None,
+                             result=_receipt_result(self.catalogue, receipt))
+        ref = reference(tx.tx_id)
+        try:
+            payload = self.promptpay.payload(ref, amount)
+        except ValueError as err:
+            return TxOutcome(tx_id=tx.tx_id, status=TxStatus.REJECTED, duplicate=False, reason=str(err), result={})
+        db.execute("INSERT INTO payments (tx_id, device, office, service, method, amount_satang, citizen_ref, status, "
+                   "reference, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                   (tx.tx_id, tx.device, office, code, method, amount, citizen, ref, format_timestamp(now)))
+        return TxOutcome(tx_id=tx.tx_id, status=TxStatus.PENDING, duplicate=False, reason=None, result={
+            "awaiting": "payment", "reference": ref, "promptpay": payload, "amount_satang": amount,
+            "service": code, "office": office})
+
+
+def reference(tx_id: str) -> str:
+    """The bank reference of a transaction: its id in upper-case letters and digits, at most 20 of them."""
+    cleaned = "".join(c for c in tx_id.upper() if c.isalnum())
+    return cleaned[-20:]
+
+
+class ConfirmError(ValueError):
+    """A bank confirmation that does not fit the payment it names."""
+
+
+def confirm_payment(db: sqlite3.Connection, catalogue: Catalogue, tx_id: str, amount_satang: int,
+                    bank_ref: str, at: datetime) -> tuple[TxOutcome, bool]:
+    """Record the bank's confirmation of a PromptPay payment; returns the final outcome and whether it was new."""
+    row = db.execute("SELECT device, office, service, method, amount_satang, citizen_ref, status, receipt_no, paid_at "
+                     "FROM payments WHERE tx_id = ?", (tx_id,)).fetchone()
+    if row is None:
+        raise LookupError(f"no payment for transaction {tx_id!r}")
+    device, office, service, method, amount, citizen, status, receipt_no, paid_at = row
+    if amount_satang != amount:
+        raise ConfirmError(f"the bank confirmed {amount_satang} satang for a payment of {amount} satang")
+    if status == "paid":
+        fy = int(receipt_no.split("-")[1])
+        receipt = Receipt(receipt_no, office, fy, service, method, amount, paid_at)
+        return TxOutcome(tx_id=tx_id, status=TxStatus.ACCEPTED, duplicate=False, reason=None,
+                         result=_receipt_result(catalogue, receipt)), False
+    receipt = _post_payment(db, catalogue, at=at, office=office, tx_id=tx_id, device=device, service=service,
+                            method=method, amount=amount, citizen_ref=citizen)
+    db.execute("UPDATE payments SET status = 'paid', paid_at = ?, bank_ref = ?, receipt_no = ? WHERE tx_id = ?",
+               (receipt.paid_at, bank_ref, receipt.receipt_no, tx_id))
+    return TxOutcome(tx_id=tx_id, status=TxStatus.ACCEPTED, duplicate=False, reason=None,
+                     result=_receipt_result(catalogue, receipt)), True
+
+
+def reverse(db: sqlite3.Connection, receipt_no: str, entry: str, reason: str, at: datetime) -> int:
+    """Add a void or refund entry compensating the payment with this receipt number; returns its id."""
+    row = db.execute("SELECT id, office, fiscal_year, tx_id, device, service, method, amount_satang, citizen_ref "
+                     "FROM ledger WHERE receipt_no = ? AND entry = 'payment'", (receipt_no,)).fetchone()
+    if row is None:
+        raise LookupError(f"no payment with receipt {receipt_no!r}")
+    if db.execute("SELECT 1 FROM ledger WHERE refers_to = ?", (row[0],)).fetchone():
+        raise ConfirmError(f"receipt {receipt_no} was already voided or refunded")
+    pid, office, fy, tx_id, device, service, method, amount, citizen = row
+    cur = db.execute(
+        "INSERT INTO ledger (at, local_date, entry, office, fiscal_year, refers_to, tx_id, device, service, method, "
+        "amount_satang, citizen_ref, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (format_timestamp(at), local_date(at).isoformat(), entry, office, fy, pid, tx_id, device, service, method,
+         -amount, citizen, reason))
+    return int(cur.lastrowid or 0)
+
+
+def cash_in_ledger(db: sqlite3.Connection, device: str, day: date) -> tuple[int, int]:
+    """Net cash (satang) and number of cash entries a kiosk took on a local date."""
+    row = db.execute("SELECT coalesce(sum(amount_satang), 0), count(*) FROM ledger WHERE device = ? AND "
+                     "local_date = ? AND method = 'cash'", (device, day.isoformat())).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def reconcile(db: sqlite3.Connection, device: str, day: date, counted_satang: int, counted_by: str,
+              at: datetime) -> dict[str, Any]:
+    """Record the cash counted from a kiosk against what its ledger says; returns the comparison."""
+    ledger, entries = cash_in_ledger(db, device, day)
+    db.execute("INSERT INTO reconciliations (device, day, counted_satang, ledger_satang, entries, counted_by, at) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (device, day.isoformat(), counted_satang, ledger, entries, counted_by, format_timestamp(at)))
+    return {"device": device, "day": day.isoformat(), "counted_satang": counted_satang, "ledger_satang": ledger,
+            "difference_satang": counted_satang - ledger, "entries": entries, "counted_by": counted_by,
+            "balanced": counted_satang == ledger}
+
+
+def today() -> date:
+    """Today's date in Thailand."""
+    return datetime.now(BANGKOK).date()

@@ -1,0 +1,1 @@
+"""GIS: problem reports as features assigned to municipal zones, device locations, and OGC API - Features."""
