@@ -309,6 +309,8 @@ class Agent:
             await self._commit_event(name, event, ts)
 
     async def _commit_event(self, name: str, event: DriverEvent, ts: Any) -> None:
+        # the event's data may be personal (a card holder's name): the log names the event only
+        log.info("event %s (%s) from sensor %s", event.event, event.severity, name)
         try:
             await self._commit(RecordClass.EVENT, lambda seq: Event(
                 device=self.cfg.device, seq=seq, ts=ts, sensor=name, event=event.event,
