@@ -79,6 +79,32 @@ class OutboxConfig(_Section):
     tx_max_rows: Annotated[int, Field(ge=1)] = 10_000
 
 
+class KioskService(_Section):
+    """A fee the kiosk offers (copied from the hub's fee catalogue by provisioning)."""
+
+    code: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,40}$")]
+    name_th: str
+    name_en: str
+    amount_satang: Annotated[int, Field(gt=0)]
+    anonymous: bool = False
+    methods: list[Literal["cash", "promptpay"]] = Field(default_factory=lambda: list[Literal["cash", "promptpay"]](
+        ("cash", "promptpay")))
+
+
+class KioskSettings(_Section):
+    """A service kiosk: its office, its screen, and which drivers are its card reader and printer."""
+
+    office: Annotated[str, Field(min_length=1)]
+    http_host: str = "127.0.0.1"
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 8088
+    card_reader: str | None = Field(default=None, description="name of the thai_id_card driver entry")
+    printer: str | None = Field(default=None, description="name of the escpos_printer driver entry")
+    answer_timeout_s: Annotated[float, Field(gt=0, le=600)] = 20.0
+    idle_reset_s: Annotated[float, Field(gt=0)] = 120.0
+    reports: bool = Field(default=True, description="offer problem reports at the kiosk's location")
+    services: list[KioskService] = Field(default_factory=list)
+
+
 class DeviceConfig(_Section):
     """A whole device configuration file."""
 
@@ -91,6 +117,7 @@ class DeviceConfig(_Section):
     agent: AgentSettings = AgentSettings()
     outbox: OutboxConfig = OutboxConfig()
     drivers: list[dict[str, Any]] = Field(default_factory=list)
+    kiosk: KioskSettings | None = None
 
     @property
     def username(self) -> str:
@@ -224,6 +251,14 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedCo
             else:
                 claimed[claim] = index
         resolved.append((kind, config))
+    if device.kiosk is not None:
+        kinds = {conf.name: kind.kind for kind, conf in resolved}
+        for key, kind_name in (("card_reader", "thai_id_card"), ("printer", "escpos_printer")):
+            name = getattr(device.kiosk, key)
+            if name is not None and kinds.get(name) != kind_name:
+                problems.append(f"kiosk.{key}: {name!r} is not the name of a {kind_name} entry in [[drivers]]")
+        if device.kiosk.reports and device.location is None:
+            problems.append("kiosk.reports: problem reports need the kiosk's location = { lat = ..., lon = ... }")
     if problems:
         raise ConfigError(f"{path}: " + f"\n{path}: ".join(problems))
 

@@ -16,6 +16,7 @@ import random
 import signal
 import ssl
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,16 +32,19 @@ from edge.agents.outbox import Outbox, OutboxRecord, RecordClass
 from edge.contract import (
     QOS,
     Ack,
+    CitizenRef,
     Command,
     DesiredConfig,
     DeviceState,
     Event,
+    Location,
     Message,
     Reading,
     Reply,
     Status,
     StreamHealth,
     Telemetry,
+    Tx,
     TxOutcome,
     TxStatus,
     now,
@@ -164,6 +168,10 @@ class Agent:
         self._outbox_changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._events: asyncio.Queue[tuple[str, DriverEvent, Any]] = asyncio.Queue()
+        self.event_listeners: list[Callable[[str, DriverEvent], None]] = []
+        """Called on the event loop for every driver event, after it is committed (the kiosk flow listens)."""
+        self.tx_listeners: list[Callable[[TxOutcome], Awaitable[None]]] = []
+        """Awaited for every ``down/tx`` answer before its transaction leaves the outbox."""
 
     # -- helpers -------------------------------------------------------------------------------
     def uptime(self) -> float:
@@ -173,6 +181,11 @@ class Agent:
     def polled_names(self) -> list[str]:
         """Names of the polled sensors."""
         return [n for n, s in self.streams.items() if isinstance(s.driver, PolledDriver)]
+
+    @property
+    def online(self) -> bool:
+        """True while the agent holds a broker connection."""
+        return self._client is not None
 
     def _topic(self, suffix: str) -> str:
         return topic(self.cfg.broker.root, self.cfg.device, suffix)
@@ -193,6 +206,22 @@ class Agent:
         await asyncio.to_thread(self.outbox.append, klass, build, key)
         self._outbox_changed.set()
 
+    async def submit_tx(self, kind: str, data: dict[str, Any], citizen_ref: str | None = None,
+                        location: Location | None = None) -> Tx:
+        """Commit a service transaction to the outbox (its ``tx_id`` is fixed now, for every send);
+        raises :class:`edge.errors.OutboxFull` when the outbox cannot take it."""
+        tx_id = f"{self.cfg.device}-{uuid.uuid4().hex[:16]}"
+        citizen = CitizenRef(ref=citizen_ref) if citizen_ref else None
+
+        def build(seq: int) -> Tx:
+            return Tx(device=self.cfg.device, seq=seq, tx_id=tx_id, kind=kind, created_at=now(), data=data,
+                      citizen=citizen, location=location)
+
+        record = await asyncio.to_thread(self.outbox.append, RecordClass.TX, build, tx_id)
+        self._outbox_changed.set()
+        log.info("transaction %s (%s) committed as seq %d", tx_id, kind, record.seq)
+        return Tx.model_validate_json(record.payload)
+
     def request_stop(self) -> None:
         """Ask the agent to stop gracefully (what SIGTERM does)."""
         self._stopping.set()
@@ -210,6 +239,10 @@ class Agent:
         tasks = [asyncio.create_task(self._run_stream(s), name=f"stream-{n}") for n, s in self.streams.items()]
         tasks.append(asyncio.create_task(self._write_events(), name="events"))
         tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if self.cfg.kiosk is not None:
+            from edge.agents.kiosk import Kiosk
+
+            tasks.append(asyncio.create_task(Kiosk(self, self.cfg.kiosk).run(), name="kiosk"))
         link = asyncio.create_task(self._connection_loop(), name="connection")
         try:
             await self._stopping.wait()
@@ -316,7 +349,10 @@ class Agent:
                 device=self.cfg.device, seq=seq, ts=ts, sensor=name, event=event.event,
                 severity=event.severity, data=dict(event.data)))
         except ValidationError as err:
-            log.error("sensor %s emitted an event that breaks the contract, not sent: %s", name, err)
+            log.error("sensor %s emitted an event that breaks the contract, not sent: %s", name,
+                      err.errors()[0]["msg"] if err.errors() else "invalid")
+        for listener in self.event_listeners:
+            listener(name, event)
 
     async def _drain_events(self) -> None:
         while not self._events.empty():
@@ -464,6 +500,8 @@ class Agent:
             self._outbox_changed.set()
         elif name == "tx":
             outcome = TxOutcome.model_validate_json(payload)
+            for listener in self.tx_listeners:
+                await listener(outcome)
             if outcome.status is TxStatus.PENDING:
                 log.info("transaction %s is pending at the hub", outcome.tx_id)
                 return
