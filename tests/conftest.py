@@ -211,9 +211,12 @@ def procs(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start hubs and agents; every process is stopped (or killed) at the end of the test."""
     started: list[Proc] = []
 
-    def hub(broker_port: int, *extra: str, data: Path | None = None) -> Hub:
+    def hub(broker_port: int, *extra: str, data: Path | None = None, env: dict[str, str] | None = None,
+            start: bool = True) -> Hub:
         h = Hub(data or tmp_path / "hub", broker_port, list(extra), tmp_path / f"hub{len(started)}.log")
-        h.start()
+        h.env = env or {}
+        if start:
+            h.start()
         started.append(h)
         return h
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Final, Literal
 
 from PIL import Image
@@ -311,9 +312,11 @@ class PrinterSimulator(PtyDevice):
     ``answers_status = False`` makes a printer that ignores ``DLE EOT`` (as many cheap ones do).
     """
 
-    def __init__(self, thai_table: int = 21, paper: PaperState = PaperState.OK, answers_status: bool = True) -> None:
+    def __init__(self, thai_table: int = 21, paper: PaperState = PaperState.OK, answers_status: bool = True,
+                 paper_log: Path | None = None) -> None:
         super().__init__("escpos-printer")
         self.answers_status = answers_status
+        self._paper_log = paper_log
         self._decoder = EscposDecoder(thai_table)
         self._changed = threading.Condition()
         self._paper_state = paper
@@ -342,6 +345,24 @@ class PrinterSimulator(PtyDevice):
             with self._changed:
                 (self._held if self._paper_state is PaperState.OUT else self._printed).append(element)
                 self._changed.notify_all()
+            if self._paper_log is not None:
+                self._log(element)
+
+    def _log(self, element: PaperElement) -> None:
+        """Append one line per printed element to the paper log (what a test or a demo operator reads)."""
+        if isinstance(element, TextLine):
+            line = f"text {element.text}"
+        elif isinstance(element, RasterImage):
+            line = f"image {element.image.width}x{element.image.height}"
+        elif isinstance(element, QrCode):
+            line = f"qr {element.payload}"
+        elif isinstance(element, Cut):
+            line = "cut"
+        else:
+            return
+        assert self._paper_log is not None
+        with open(self._paper_log, "a", encoding="utf-8") as log:
+            log.write(line + "\n")
 
     def _answer(self, request: StatusRequest) -> None:
         with self._changed:

@@ -51,6 +51,8 @@ class Config(DriverConfig):
     paper_width_px: Annotated[int, PydanticField(ge=128, le=832, multiple_of=8)] = 576
     status_poll_s: Annotated[float, PydanticField(gt=0, le=3600)] = 5.0
     status_timeout_s: Annotated[float, PydanticField(gt=0, le=10)] = 1.0
+    sim_paper_log: Path | None = None
+    """On the simulator only (``--simulate``): append what the simulated printer prints to this file."""
 
     def claims(self) -> set[str]:
         """The serial port."""
@@ -457,5 +459,5 @@ def simulate(config: Config) -> Iterator[Config]:
     """Run a simulated printer on a pty (CP874 at the configured table, paper loaded) and point the driver at it."""
     from edge.drivers._escpos_sim import PrinterSimulator
 
-    with PrinterSimulator(thai_table=config.codepage) as printer:
+    with PrinterSimulator(thai_table=config.codepage, paper_log=config.sim_paper_log) as printer:
         yield config.model_copy(update={"port": printer.path})

@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 from edge.contract import QOS, Ack, TxOutcome, seq_ranges, topic
 from hub.commands import CommandDesk
 from hub.errors import StoreError
+from hub.faults import crash_point
 from hub.ingest.classify import TxRequest, classify
 from hub.metrics import HubMetrics
 from hub.router import Router
@@ -195,11 +196,13 @@ class Ingest:
 
     def _apply_tx(self, request: TxRequest) -> None:
         tx = request.tx
+        crash_point("tx-received")
         try:
             outcome, duplicate = self.store.apply_tx(tx, request.received_at, self.router.decide)
         except StoreError as err:
             log.error("%s; the kiosk will send it again", err)
             return
+        crash_point("tx-applied")
         answer = TxOutcome.model_validate({**outcome.model_dump(), "duplicate": duplicate})
         self.metrics.transactions.labels(answer.status.value).inc()
         self.publish(topic(self.settings.root, tx.device, "down/tx"), answer.to_json())
