@@ -50,7 +50,15 @@ from edge.contract import (
     now,
     topic,
 )
-from edge.drivers import ClockSource, DriverConfig, DriverEvent, DriverKind, EventDriver, PolledDriver
+from edge.drivers import (
+    ClockSource,
+    DriverConfig,
+    DriverEvent,
+    DriverKind,
+    EventDriver,
+    HealthReporting,
+    PolledDriver,
+)
 from edge.errors import ConfigError, DriverError, NakhonError, OutboxError, PublishRefused
 
 log = logging.getLogger("nakhon.agent")
@@ -334,7 +342,11 @@ class Agent:
 
         await asyncio.to_thread(driver.start, emit)
         stream.state, stream.error = "ok", None
-        await asyncio.Event().wait()  # runs until cancelled; the driver's thread does the work
+        while True:  # the driver's thread does the work; this only follows its health
+            await asyncio.sleep(1.0)
+            if isinstance(driver, HealthReporting):
+                problem = driver.health()
+                stream.state, stream.error = ("ok", None) if problem is None else ("unavailable", problem)
 
     async def _write_events(self) -> None:
         while True:

@@ -117,6 +117,14 @@ class ClockSource(Protocol):
         """The latest UTC time the device reported and the ``time.monotonic()`` at which it arrived."""
 
 
+@runtime_checkable
+class HealthReporting(Protocol):
+    """An event driver that can say, after ``start``, that its device failed (a reader unplugged)."""
+
+    def health(self) -> str | None:
+        """None while the device works, else what is wrong (the agent marks the stream unavailable)."""
+
+
 Simulate = Callable[[Any], AbstractContextManager[Any]]
 """A driver module's ``simulate(config)``: runs the simulator while the context is open, yields the config to use."""
 
