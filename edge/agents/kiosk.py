@@ -165,6 +165,8 @@ class Kiosk:
         self.session = Session()
         self.journal = KioskJournal(agent.cfg.outbox.path.with_name("kiosk-journal.sqlite"))
         self._timeouts: dict[str, asyncio.Task[None]] = {}
+        self._present: dict[str, Any] | None = None
+        """The card in the reader right now (a citizen may insert it before touching the screen)."""
         self._holders: dict[str, dict[str, str]] = {}
         """Name and masked id for each receipt still to print: in memory only, never in the journal."""
         self.server: uvicorn.Server | None = None
@@ -209,16 +211,22 @@ class Kiosk:
         if sensor != self.settings.card_reader:
             return
         s = self.session
-        if event.event == "card.inserted" and s.step == "identify":
-            s.card = dict(event.data)
-            s.anonymous, s.step, s.touched = False, "service", time.monotonic()
+        if event.event == "card.inserted":
+            self._present = dict(event.data)
+            if s.step == "identify":
+                self._use_card()
         elif event.event == "card.removed":
+            self._present = None
             if s.step in ("identify", "service", "report", "payment"):
                 self.reset()
             else:
                 s.card = None  # the transaction already left with the ref; drop the rest
         elif event.event in ("card.rejected", "card.read_failed") and s.step == "identify":
             s.message = "card_error"
+
+    def _use_card(self) -> None:
+        s = self.session
+        s.card, s.anonymous, s.step, s.touched = self._present, False, "service", time.monotonic()
 
     async def act(self, action: Action) -> None:
         """Apply one touch to the flow."""
@@ -231,6 +239,8 @@ class Kiosk:
             self.reset()
         elif action.action == "accept" and s.step == "notice":
             s.step = "identify"
+            if self._present is not None:
+                self._use_card()
         elif action.action == "anonymous" and s.step == "identify":
             s.anonymous, s.step = True, "service"
         elif action.action == "select" and s.step == "service":

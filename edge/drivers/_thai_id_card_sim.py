@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import json
 import random
 import socket
 import struct
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from PIL import Image, ImageDraw
@@ -389,8 +391,11 @@ class Visitors:
     reader, one card is forged."""
 
     def __init__(self, readers: SimulatedReaders, *, seed: int | None = None, first_after_s: float = 2.0,
-                 gap_s: tuple[float, float] = (15.0, 40.0), dwell_s: tuple[float, float] = (4.0, 12.0)) -> None:
+                 gap_s: tuple[float, float] = (15.0, 40.0), dwell_s: tuple[float, float] = (4.0, 12.0),
+                 citizens: tuple[Citizen, ...] | None = None) -> None:
         self._readers = readers
+        self._citizens = citizens
+        self._turn = itertools.count()
         self._rng = random.Random(seed)
         self._first_after_s = first_after_s
         self._gap_s = gap_s
@@ -412,7 +417,10 @@ class Visitors:
         self._readers.remove()
 
     def next_card(self) -> ThaiIdCard:
-        """The next visitor's card: mostly genuine, now and then forged or pulled out too early."""
+        """The next visitor's card: mostly genuine, now and then forged or pulled out too early; with a given
+        list of citizens, each of them in turn, genuine and patient."""
+        if self._citizens:
+            return ThaiIdCard(self._citizens[next(self._turn) % len(self._citizens)])
         roll = self._rng.random()
         if roll < 0.1:
             return ThaiIdCard(FORGED)
@@ -435,11 +443,24 @@ _KIOSKS_LOCK = threading.Lock()
 _SERIAL = itertools.count(1)
 
 
+def load_citizens(path: Path) -> tuple[Citizen, ...]:
+    """Citizens from a JSON list of ``{"citizen_id", "name_th", "name_en"}`` (the rest is made up)."""
+    template = CITIZENS[0]
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        return tuple(Citizen(e["citizen_id"], e["name_th"], e["name_en"], template.birth, template.gender,
+                             template.issuer, template.issued, template.expires, template.address, i + 10)
+                     for i, e in enumerate(entries))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DriverError(f"cannot read simulated citizens from {path}: {err}") from err
+
+
 @contextlib.contextmanager
-def simulated_kiosk(label: str) -> Iterator[SimulatedReaders]:
+def simulated_kiosk(label: str, citizens: tuple[Citizen, ...] | None = None) -> Iterator[SimulatedReaders]:
     """Run a simulated reader with :class:`Visitors` while the context is open; drivers find it by its name."""
     readers = SimulatedReaders(f"Nakhon simulated reader {next(_SERIAL)} ({label})")
-    crowd = Visitors(readers)
+    crowd = (Visitors(readers, citizens=citizens, first_after_s=1.0, dwell_s=(20.0, 20.0), gap_s=(5.0, 5.0))
+             if citizens else Visitors(readers))
     with _KIOSKS_LOCK:
         _KIOSKS[readers.name] = readers
     crowd.start()

@@ -448,6 +448,9 @@ class Config(DriverConfig):
     settle_s: Annotated[float, PydanticField(ge=0, le=10)] = 0.5
     poll_s: Annotated[float, PydanticField(gt=0, le=5)] = 0.25
     backend: Backend = Backend.PCSC
+    sim_citizens: Path | None = None
+    """On the simulator only (``--simulate``): a JSON list of ``{"citizen_id", "name_th", "name_en"}`` whose
+    cards the simulated visitors insert in turn (tests, demos)."""
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -857,9 +860,11 @@ class Driver:
 def simulate(config: Config) -> Iterator[Config]:
     """Run an in-process simulated kiosk reader where fictional citizens insert cards now and then (some pull
     theirs out mid-read, one card is forged), with a throwaway citizen-ref key; no pcscd needed."""
-    from edge.drivers._thai_id_card_sim import simulated_kiosk  # see _simulated_readers
+    from edge.drivers._thai_id_card_sim import load_citizens, simulated_kiosk  # see _simulated_readers
 
-    with tempfile.TemporaryDirectory(prefix="nakhon-id-card-") as tmp, simulated_kiosk(config.name) as kiosk:
+    citizens = load_citizens(config.sim_citizens) if config.sim_citizens else None
+    with tempfile.TemporaryDirectory(prefix="nakhon-id-card-") as tmp, \
+            simulated_kiosk(config.name, citizens) as kiosk:
         key_file = Path(tmp) / "citizen-ref.key"
         key_file.touch(mode=0o600)
         key_file.write_text(secrets.token_hex(MIN_KEY_BYTES) + "\n")
