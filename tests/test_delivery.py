@@ -242,3 +242,29 @@ def test_outbox_file_shows_nothing_left_after_a_clean_run(broker: Broker, procs:
     with sqlite3.connect(agent.outbox) as db:
         assert db.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 0
     assert hub.stored() == produced
+
+
+def test_an_output_is_driven_by_command(broker: Broker, procs: dict[str, Any]) -> None:
+    import httpx
+
+    hub = procs["hub"](broker.port)
+    procs["agent"]("kk-kiosk-0501", broker.port, drivers=[
+        {"kind": "gpio", "name": "status-led", "device": "led", "pin": 6, "pin_factory": "mock"},
+        {"kind": "gpio", "name": "help", "device": "button", "pin": 5, "pin_factory": "mock"}])
+    wait_for(lambda: any(d["device"] == "kk-kiosk-0501" and d["state"] == "online" for d in hub.get("/api/devices")),
+             30, "the agent online")
+
+    def command(args: dict[str, Any]) -> dict[str, Any]:
+        r = httpx.post(f"{hub.url}/api/devices/kk-kiosk-0501/commands",
+                       json={"name": "output", "args": args, "timeout_s": 10}, timeout=30)
+        return r.json()
+
+    on = command({"sensor": "status-led", "on": True})
+    assert on["outcome"] == "ok" and on["result"]["state"]["on"] is True
+    blink = command({"sensor": "status-led", "blink": {"on_s": 0.1, "off_s": 0.1, "n": 3}})
+    assert blink["outcome"] == "ok"
+    assert command({"sensor": "status-led", "on": False})["result"]["state"]["on"] is False
+    refused = command({"sensor": "help", "on": True})
+    assert refused["outcome"] == "error" and "is a button, not an output" in refused["error"]
+    wrong = command({"sensor": "status-led", "blink": {"speed": "fast"}})
+    assert wrong["outcome"] == "error" and "bad blink pattern" in wrong["error"]

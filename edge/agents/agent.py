@@ -145,10 +145,35 @@ async def _cmd_reload_config(agent: Agent, args: dict[str, Any]) -> dict[str, An
     return await agent.reload_config()
 
 
+async def _cmd_output(agent: Agent, args: dict[str, Any]) -> dict[str, Any]:
+    """Drive an output (an LED, a buzzer): ``{"sensor", "on"}`` or ``{"sensor", "blink"|"beep": {on_s, off_s, n}}``."""
+    sensor = args.get("sensor")
+    stream = agent.streams.get(sensor) if isinstance(sensor, str) else None
+    outputs = [n for n, s in agent.streams.items() if hasattr(s.driver, "set")]
+    if stream is None or not hasattr(stream.driver, "set"):
+        raise CommandFailed(f"no output named {sensor!r}; outputs: {', '.join(outputs) or 'none'}")
+    driver: Any = stream.driver
+    if "on" in args:
+        if not isinstance(args["on"], bool):
+            raise CommandFailed("args.on must be true or false")
+        state = await asyncio.to_thread(driver.set, args["on"])
+    else:
+        action = next((a for a in ("blink", "beep") if a in args), None)
+        pattern = args.get(action) if action else None
+        if action is None or not isinstance(pattern, dict):
+            raise CommandFailed('give "on": true|false, or "blink"/"beep": {"on_s", "off_s", "n"}')
+        try:
+            state = await asyncio.to_thread(getattr(driver, action), **pattern)
+        except TypeError as err:
+            raise CommandFailed(f"bad {action} pattern: {err}") from err
+    return {"sensor": sensor, "state": state}
+
+
 COMMANDS: dict[str, CommandHandler] = {
     "ping": _cmd_ping,
     "set_interval": _cmd_set_interval,
     "reload_config": _cmd_reload_config,
+    "output": _cmd_output,
 }
 """Commands an agent understands on ``down/cmd``, by name."""
 
@@ -538,7 +563,7 @@ class Agent:
         else:
             try:
                 result = await handler(self, dict(cmd.args))
-            except (CommandFailed, ConfigError) as err:
+            except (CommandFailed, ConfigError, DriverError) as err:
                 error = str(err)
         log.info("command %s (%s): %s", cmd.name, cmd.cmd_id, "ok" if error is None else error)
         await self._commit(RecordClass.REPLY, lambda seq: Reply(
