@@ -30,19 +30,22 @@ HUB_USER = "nakhon-hub"
 
 @dataclass(frozen=True)
 class DemoNode:
-    """One simulated device of the demo fleet."""
+    """One device of the demo fleet, run on its drivers' simulators."""
 
     device: str
     config: str
     site: str
+    lat: float
+    lon: float
 
 
 FLEET = (
-    DemoNode("kk-aq-0001", "air-quality-pole.toml", "Bueng Kaen Nakhon"),
-    DemoNode("kk-aq-0002", "air-quality-pole.toml", "Khon Kaen City Hall"),
-    DemoNode("kk-aq-0003", "air-quality-pole.toml", "Ton Tan market"),
-    DemoNode("kk-wl-0001", "water-level-node.toml", "Nong Khot canal"),
-    DemoNode("kk-wl-0002", "water-level-node.toml", "Bueng Thung Sang"),
+    DemoNode("kk-aq-0001", "air-quality-pole.toml", "Bueng Kaen Nakhon", 16.4139, 102.8313),
+    DemoNode("kk-aq-0002", "air-quality-pole.toml", "Ton Tan market", 16.4469, 102.8391),
+    DemoNode("kk-wl-0001", "water-level-node.toml", "Nong Khot canal", 16.4470, 102.8205),
+    DemoNode("kk-bus-0007", "bus-tracker.toml", "City bus line 8", 16.4320, 102.8270),
+    DemoNode("kk-em-0001", "energy-meter-node.toml", "Streetlight cabinet, Srichan Road", 16.4321, 102.8290),
+    DemoNode("kk-kiosk-0001", "service-kiosk.toml", "City Hall, ground floor", 16.4322, 102.8236),
 )
 
 
@@ -67,6 +70,7 @@ class Demo:
     def __init__(self, data: Path, http_port: int) -> None:
         self.data = data.resolve()
         self.http_port = http_port or free_port()
+        self.kiosk_port = free_port()
         self.broker: Mosquitto | None = None
         self.hub: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
@@ -89,6 +93,8 @@ class Demo:
         """Start broker, hub and fleet; return once the hub answers."""
         secrets_dir = self.data / "secrets"
         accounts = {HUB_USER: _secret(secrets_dir / f"{HUB_USER}.password")}
+        _secret(secrets_dir / "bank.token")
+        _secret(secrets_dir / "citizen-ref.key")
         accounts.update({n.device: _secret(secrets_dir / f"{n.device}.password") for n in FLEET})
         broker_port = free_port()
         self.broker = Mosquitto(BrokerSettings(directory=self.data / "broker", port=broker_port, accounts=accounts))
@@ -97,7 +103,7 @@ class Demo:
         self.hub = self._spawn(
             ["hub", "serve", "--data", str(self.data / "hub"), "--broker-port", str(broker_port),
              "--username", HUB_USER, "--password-file", str(secrets_dir / f"{HUB_USER}.password"),
-             "--http-port", str(self.http_port)], "hub.log", {})
+             "--bank-token-file", str(secrets_dir / "bank.token"), "--http-port", str(self.http_port)], "hub.log", {})
         for node in FLEET:
             env = {
                 "NAKHON_DEVICE": node.device,
@@ -107,10 +113,16 @@ class Demo:
                 "NAKHON_BROKER__PASSWORD_FILE": str(secrets_dir / f"{node.device}.password"),
                 "NAKHON_OUTBOX__PATH": str(self.data / "devices" / node.device / "outbox.sqlite"),
                 "NAKHON_AGENT__HEARTBEAT_S": "10",
+                "NAKHON_LOCATION__LAT": str(node.lat),
+                "NAKHON_LOCATION__LON": str(node.lon),
             }
+            if node.config == "service-kiosk.toml":
+                env.update({"NAKHON_DRIVERS__0__HMAC_KEY_FILE": str(secrets_dir / "citizen-ref.key"),
+                            "NAKHON_DRIVERS__1__SIM_PAPER_LOG": str(self.data / "logs" / f"{node.device}-paper.log"),
+                            "NAKHON_KIOSK__HTTP_PORT": str(self.kiosk_port)})
             self.agents[node.device] = self._spawn(["agent", "run", "--simulate", str(FIRMWARE_CONFIGS / node.config)],
                                                    f"{node.device}.log", env)
-            print(f"agent     {node.device:<12} {node.config:<26} {node.site}")
+            print(f"agent     {node.device:<14} {node.config:<26} {node.site}")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.hub.poll() is not None:
@@ -166,6 +178,9 @@ def run_demo(data: Path, http_port: int = 0) -> int:
     try:
         demo.start()
         print(f"\nHub API: {demo.api}   (devices: {demo.api}/api/devices, docs: {demo.api}/docs)")
+        print(f"Kiosk screen: http://127.0.0.1:{demo.kiosk_port}/   (receipts print to "
+              f"{demo.data / 'logs' / 'kk-kiosk-0001-paper.log'})")
+        print(f"GIS for QGIS/GDAL (OGC API - Features): {demo.api}/ogc")
         print("Press Ctrl-C to stop.\n", flush=True)
         while not demo.stop_requested.wait(15):
             print(f"{time.strftime('%H:%M:%S')}  {demo.summary()}", flush=True)

@@ -64,9 +64,9 @@ def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> 
         def online() -> set[str]:
             got = {d["device"] for d in httpx.get(f"{api}/api/devices", timeout=10).json()
                    if d["state"] == "online" and d["received"] > 0}
-            return got if len(got) == 5 else set()
+            return got if len(got) == 6 else set()
 
-        assert {"kk-aq-0001", "kk-wl-0001"} <= wait_for(online, 60, "the five devices online with data")
+        assert {"kk-aq-0001", "kk-wl-0001"} <= wait_for(online, 60, "the six devices online with data")
         wait_for(lambda: httpx.get(f"{api}/api/devices/kk-aq-0001/readings", params={"quantity": "pm2_5"},
                                    timeout=10).json()["count"] > 0, 60, "PM2.5 readings")
         first_seq = httpx.get(f"{api}/api/devices/kk-aq-0001", timeout=10).json()["last_seq"]
