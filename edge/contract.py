@@ -205,6 +205,12 @@ class Tx(Message):
     location: Location | None = None
 
 
+def tx_reference(tx_id: str) -> str:
+    """The short reference of a transaction that staff, slips and the bank use: the last 20 letters and digits of
+    its id, in upper case (also the PromptPay ref1)."""
+    return "".join(c for c in tx_id.upper() if c.isalnum())[-20:]
+
+
 class TxOutcome(Message):
     """``down/tx``: the outcome of a transaction; re-sent identically (``duplicate: true``) on redelivery."""
 

@@ -62,6 +62,7 @@ def write_config(settings: BrokerSettings) -> Path:
         f"max_packet_size {settings.max_packet_size}",
         "persistent_client_expiration 14d",
         "max_keepalive 600",
+        "set_tcp_nodelay true",
         f"log_dest file {d / 'mosquitto.log'}",
         "log_type error",
         "log_type warning",

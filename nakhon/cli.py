@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
+    # a stop that arrives while the agent is still starting ends it cleanly; run_agent then takes over
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     from edge import config
     from edge.errors import ConfigError, OutboxError
 

@@ -222,7 +222,7 @@ def procs(tmp_path: Path) -> Iterator[Callable[..., Any]]:
 
     def agent(device: str, broker_port: int, *, start: bool = True, **kwargs: Any) -> Agent:
         config = agent_config(tmp_path / f"{device}.toml", device, broker_port, **kwargs)
-        a = Agent(config, tmp_path / f"{device}.log")
+        a = Agent(config, tmp_path / f"{device}-{len(started)}.log")
         if start:
             a.start()
         started.append(a)

@@ -27,7 +27,7 @@ def drain(agents: list[Agent], procs: dict[str, Any], broker_port: int, hub: Hub
     for a in agents:
         device = a.config.stem
         idle.append(procs["agent"](device, broker_port, drivers=[], resend_after_s=1.0))
-    wait_for(lambda: all(a.outbox_state()[0] == 0 for a in idle), timeout,
+    wait_for(lambda: all("connected to broker" in a.log() and a.outbox_state()[0] == 0 for a in idle), timeout,
              "every outbox to be acknowledged by the hub")
     produced = set()
     for a in idle:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 import signal
+import socket
 import ssl
 import time
 import uuid
@@ -239,11 +240,15 @@ class Agent:
         await asyncio.to_thread(self.outbox.append, klass, build, key)
         self._outbox_changed.set()
 
+    def new_tx_id(self) -> str:
+        """A transaction id unique across the deployment (the device id and a random part)."""
+        return f"{self.cfg.device}-{uuid.uuid4().hex[:16]}"
+
     async def submit_tx(self, kind: str, data: dict[str, Any], citizen_ref: str | None = None,
-                        location: Location | None = None) -> Tx:
+                        location: Location | None = None, tx_id: str | None = None) -> Tx:
         """Commit a service transaction to the outbox (its ``tx_id`` is fixed now, for every send);
         raises :class:`edge.errors.OutboxFull` when the outbox cannot take it."""
-        tx_id = f"{self.cfg.device}-{uuid.uuid4().hex[:16]}"
+        tx_id = tx_id or self.new_tx_id()
         citizen = CitizenRef(ref=citizen_ref) if citizen_ref else None
 
         def build(seq: int) -> Tx:
@@ -417,6 +422,7 @@ class Agent:
             identifier=self.cfg.username, protocol=aiomqtt.ProtocolVersion.V5, keepalive=b.keepalive_s,
             will=aiomqtt.Will(self._topic("up/status"), lost.to_json(), qos=QOS, retain=True),
             clean_start=True, max_inflight_messages=self.cfg.agent.max_inflight, tls_context=tls, timeout=10,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             connect_timeout=10,
         )
 

@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from edge.config import KioskService, KioskSettings
-from edge.contract import TxOutcome, TxStatus
+from edge.contract import TxOutcome, TxStatus, tx_reference
 from edge.drivers import DriverEvent
 from edge.errors import DriverError, OutboxFull
 
@@ -113,6 +113,10 @@ class KioskJournal:
         return {"tx_id": tx_id, "kind": kind, "summary": json.loads(summary),
                 "outcome": json.loads(outcome) if outcome else None, "provisional_printed": bool(provisional),
                 "receipt_printed": bool(printed)}
+
+    def forget(self, tx_id: str) -> None:
+        """Drop the entry of a transaction the outbox refused (it was never sent)."""
+        self.db.execute("DELETE FROM journal WHERE tx_id = ?", (tx_id,))
 
     def set_outcome(self, tx_id: str, outcome: TxOutcome) -> None:
         """Store the latest answer."""
@@ -232,10 +236,13 @@ class Kiosk:
         """Apply one touch to the flow."""
         s = self.session
         s.touched = time.monotonic()
-        s.message = None
-        if action.action == "lang" and action.lang:
+        if action.action == "lang":
+            if action.lang is None:
+                raise HTTPException(400, "lang needs a language: th or en")
             s.lang = action.lang
-        elif action.action == "reset" or action.action == "decline":
+            return  # a language switch keeps the message on screen
+        s.message = None
+        if action.action == "reset" or action.action == "decline":
             self.reset()
         elif action.action == "accept" and s.step == "notice":
             s.step = "identify"
@@ -274,19 +281,23 @@ class Kiosk:
         masked = (s.card or {}).get("citizen_id_masked")
         name = (s.card or {}).get("name_th") or (s.card or {}).get("name_en")
         s.step = "sending"
-        try:
-            tx = await self.agent.submit_tx(kind, data, citizen_ref=ref,
-                                            location=self.agent.cfg.location if kind == "issue.report" else None)
-        except OutboxFull as err:
-            log.error("%s", err)
-            s.step, s.message = "error", "outbox_full"
-            return
-        s.tx_id = tx.tx_id
+        tx_id = self.agent.new_tx_id()
+        # the journal first: an answer can only arrive after the outbox commit, and must find the entry
+        await asyncio.to_thread(self.journal.record, tx_id, kind, summary)
         holder = {k: v for k, v in (("holder", name), ("citizen_id_masked", masked)) if v}
         if holder:
-            self._holders[tx.tx_id] = holder
-        await asyncio.to_thread(self.journal.record, tx.tx_id, kind, summary)
-        self._timeouts[tx.tx_id] = asyncio.create_task(self._answer_timeout(tx.tx_id))
+            self._holders[tx_id] = holder
+        try:
+            await self.agent.submit_tx(kind, data, citizen_ref=ref, tx_id=tx_id,
+                                       location=self.agent.cfg.location if kind == "issue.report" else None)
+        except OutboxFull as err:
+            log.error("%s", err)
+            await asyncio.to_thread(self.journal.forget, tx_id)
+            self._holders.pop(tx_id, None)
+            s.step, s.message = "error", "outbox_full"
+            return
+        s.tx_id = tx_id
+        self._timeouts[tx_id] = asyncio.create_task(self._answer_timeout(tx_id))
 
     async def _answer_timeout(self, tx_id: str) -> None:
         await asyncio.sleep(self.settings.answer_timeout_s)
@@ -339,7 +350,7 @@ class Kiosk:
 
     def _slip(self, entry: dict[str, Any]) -> Any:
         summary = entry["summary"]
-        lines: list[tuple[str, str]] = [("อ้างอิง / Reference", entry["tx_id"][-16:])]
+        lines: list[tuple[str, str]] = [("อ้างอิง / Reference", tx_reference(entry["tx_id"]))]
         if "service" in summary:
             service = summary["service"]
             lines += [(service["name_th"], f"{_baht(service['amount_satang'])} บาท")]
@@ -353,7 +364,7 @@ class Kiosk:
         title: tuple[str, ...]
         if outcome.status is TxStatus.REJECTED:
             title = ("ทำรายการไม่สำเร็จ", "Not completed")
-            failed = (("อ้างอิง / Reference", entry["tx_id"][-16:]), ("เหตุผล / Reason", outcome.reason or "-"))
+            failed = (("อ้างอิง / Reference", tx_reference(entry["tx_id"])), ("เหตุผล / Reason", outcome.reason or "-"))
             return self._receipt_model()(title=title, lines=failed)
         if entry["kind"] == "issue.report":
             title = ("รับแจ้งปัญหาแล้ว", "Report received")
@@ -382,16 +393,18 @@ class Kiosk:
             entry = self.journal.get(s.tx_id) or {}
             outcome = entry.get("outcome") or {}
             result = outcome.get("result") or {}
-            tx = {"tx_id": s.tx_id, "reference": s.tx_id[-16:], "status": outcome.get("status"),
+            tx = {"tx_id": s.tx_id, "reference": tx_reference(s.tx_id), "status": outcome.get("status"),
                   "reason": outcome.get("reason"), "result": result,
                   "qr_svg": qr_svg(result["promptpay"]) if result.get("promptpay") else None}
         services = [x.model_dump() for x in self.settings.services]
+        reader = self.agent.streams.get(self.settings.card_reader or "")
+        card_fields = list(getattr(reader.config, "fields", ())) if reader else []
         return {"step": s.step, "lang": s.lang, "message": s.message, "anonymous": s.anonymous,
                 "card": None if s.card is None else {k: s.card.get(k) for k in ("name_th", "name_en")},
                 "service": s.service.model_dump() if s.service else None, "services": services,
                 "reports": self.settings.reports,
                 "categories": [{"code": c, "name_th": th, "name_en": en} for c, (th, en) in REPORT_CATEGORIES.items()],
-                "tx": tx, "online": self.agent.online}
+                "tx": tx, "online": self.agent.online, "card_fields": card_fields}
 
     def app(self) -> FastAPI:
         """The local screen: one page and a small JSON API."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from edge.contract import Tx, TxOutcome, TxStatus, format_timestamp
+from edge.contract import Tx, TxOutcome, TxStatus, format_timestamp, tx_reference
 from hub.finance.catalogue import Catalogue
 from hub.finance.fiscal import BANGKOK, fiscal_year, local_date
 from hub.finance.promptpay import PromptPaySettings
@@ -174,11 +174,11 @@ class FinanceRoute:
                                     service=code, method=method, amount=amount, citizen_ref=citizen)
             db.execute("INSERT INTO payments (tx_id, device, office, service, method, amount_satang, citizen_ref, "
                        "status, reference, created_at, paid_at, receipt_no) VALUES (?, ?, ?, ?, ?, ?, ?, 'paid', ?, ?, "
-                       "?, ?)", (tx.tx_id, tx.device, office, code, method, amount, citizen, reference(tx.tx_id),
+                       "?, ?)", (tx.tx_id, tx.device, office, code, method, amount, citizen, tx_reference(tx.tx_id),
                                  format_timestamp(now), receipt.paid_at, receipt.receipt_no))
             return TxOutcome(tx_id=tx.tx_id, status=TxStatus.ACCEPTED, duplicate=False, reason=None,
                              result=_receipt_result(self.catalogue, receipt))
-        ref = reference(tx.tx_id)
+        ref = tx_reference(tx.tx_id)
         try:
             payload = self.promptpay.payload(ref, amount)
         except ValueError as err:
@@ -189,12 +189,6 @@ class FinanceRoute:
         return TxOutcome(tx_id=tx.tx_id, status=TxStatus.PENDING, duplicate=False, reason=None, result={
             "awaiting": "payment", "reference": ref, "promptpay": payload, "amount_satang": amount,
             "service": code, "office": office})
-
-
-def reference(tx_id: str) -> str:
-    """The bank reference of a transaction: its id in upper-case letters and digits, at most 20 of them."""
-    cleaned = "".join(c for c in tx_id.upper() if c.isalnum())
-    return cleaned[-20:]
 
 
 class ConfirmError(ValueError):

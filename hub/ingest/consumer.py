@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ class IngestSettings:
 Received = tuple[str, bytes, float]
 
 
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class Ingest:
     """Subscribes ``{root}/+/up/#`` (optionally shared), stores what arrives, acknowledges and answers."""
 
@@ -84,6 +90,8 @@ class Ingest:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        # small messages answered one by one: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms each
+        client.on_socket_open = _no_delay
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = s.session_expiry_s
         self._client = client
