@@ -175,3 +175,41 @@ def test_no_answer_in_time_prints_a_provisional_slip_then_the_receipt(
         assert len(kiosk.committed()) == 1
     finally:
         kiosk.kill()
+
+
+def test_twenty_kiosks_paying_at_once_through_two_hub_processes_get_gapless_receipts(
+        broker: Broker, procs: dict[str, Any], tmp_path: Path) -> None:
+    from tests.test_gis import Kiosk as BareKiosk
+
+    data = tmp_path / "shared-hub"
+    hubs = [procs["hub"](broker.port, "--share", "ingest", "--client-id", f"hub-{i}", data=data) for i in range(2)]
+    kiosks = [BareKiosk(broker.port, f"kk-kiosk-{i:04d}") for i in range(20)]
+    try:
+        time.sleep(0.5)
+        for round_no in range(5):
+            for k in kiosks:
+                office = "kkc-hq" if (round_no + int(k.device[-2:])) % 2 else "kkc-north"
+                k.send(f"{k.device}-pay-{round_no}", "fee.payment", {"office": office, "service": "garbage-monthly",
+                                                                     "amount_satang": 4000, "method": "cash"}, None)
+        for k in kiosks:
+            for round_no in range(5):
+                assert k.answer(f"{k.device}-pay-{round_no}").status.value == "accepted"
+    finally:
+        for k in kiosks:
+            k.close()
+    with hubs[0].db() as db:
+        rows = db.execute("SELECT office, fiscal_year, receipt_no, tx_id FROM ledger").fetchall()
+    assert len(rows) == 100 and len({r[3] for r in rows}) == 100
+    for office in ("kkc-hq", "kkc-north"):
+        numbers = sorted(int(r[2].rsplit("-", 1)[1]) for r in rows if r[0] == office)
+        assert numbers == list(range(1, len(numbers) + 1))
+    counts = [_transactions_answered(h) for h in hubs]
+    assert sum(counts) >= 100 and all(c > 0 for c in counts), counts  # both hub processes took a share
+
+
+def _transactions_answered(hub: Hub) -> float:
+    total = 0.0
+    for line in httpx.get(f"{hub.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("nakhon_transactions_total{"):
+            total += float(line.split()[-1])
+    return total
