@@ -243,15 +243,17 @@ class SQLiteStore:
         readings: list[tuple[Any, ...]] = []
         latest: dict[tuple[str, str, str], int] = {}
         events: list[tuple[Any, ...]] = []
+        stored = _already_stored(db, [(m.device, m.seq) for m in batch.messages])
+        received: list[tuple[str, int, str]] = []
         for m in batch.messages:
             kind = "telemetry" if m.telemetry is not None else "event" if m.event is not None else "reply"
             _touch(seen, m.device, m.received_at)
-            inserted = db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, ?)",
-                                  (m.device, m.seq, kind)).rowcount
             out.acks.setdefault(m.device, []).append(m.seq)
-            if not inserted:
+            if (m.device, m.seq) in stored:
                 dups[m.device] += 1
                 continue
+            stored.add((m.device, m.seq))
+            received.append((m.device, m.seq, kind))
             new_seqs[m.device].append(m.seq)
             if m.telemetry is not None:
                 for idx, r in enumerate(m.telemetry):
@@ -272,6 +274,7 @@ class SQLiteStore:
                     (r2.ok, json.dumps(r2.result) if r2.result is not None else None, r2.error,
                      m.received_at, r2.cmd_id))
                 out.replies.append(r2)
+        db.executemany("INSERT INTO received (device, seq, kind) VALUES (?, ?, ?)", received)
         for d in batch.deadletters:
             _touch(seen, d.device, d.received_at)
             if d.device is not None and d.seq is not None:
@@ -458,6 +461,23 @@ class SQLiteStore:
     def stored_seqs(self) -> set[tuple[str, int]]:
         """Every (device, seq) stored; for tests and audits."""
         return set(self._r().execute("SELECT device, seq FROM received").fetchall())
+
+
+def _already_stored(db: sqlite3.Connection, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Which of these (device, seq) the store already holds: one query per device and 500 seqs."""
+    by_device: dict[str, list[int]] = defaultdict(list)
+    for device, seq in keys:
+        by_device[device].append(seq)
+    found: set[tuple[str, int]] = set()
+    for device, seqs in by_device.items():
+        unique = sorted(set(seqs))
+        for i in range(0, len(unique), 500):
+            chunk = unique[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(f"SELECT seq FROM received WHERE device = ? AND seq IN ({marks})",  # noqa: S608
+                              [device, *chunk])
+            found.update((device, seq) for (seq,) in rows)
+    return found
 
 
 def _touch(seen: dict[str, list[float]], device: str | None, at: float) -> None:
