@@ -205,6 +205,18 @@ class Tx(Message):
     location: Location | None = None
 
 
+REPORT_CATEGORIES: Final[dict[str, tuple[str, str]]] = {
+    "streetlight": ("ไฟฟ้าสาธารณะชำรุด", "Streetlight out"),
+    "pothole": ("ถนนชำรุด / หลุมบ่อ", "Pothole or damaged road"),
+    "flooding": ("น้ำท่วมขัง", "Flooding"),
+    "garbage": ("ขยะตกค้าง", "Garbage not collected"),
+    "drain": ("ท่อระบายน้ำอุดตัน", "Blocked drain"),
+    "tree": ("ต้นไม้ล้ม / กิ่งไม้", "Fallen tree or branches"),
+    "other": ("อื่น ๆ", "Other"),
+}
+"""The ``category`` of an ``issue.report`` transaction, with its Thai and English names."""
+
+
 def tx_reference(tx_id: str) -> str:
     """The short reference of a transaction that staff, slips and the bank use: the last 20 letters and digits of
     its id, in upper case (also the PromptPay ref1)."""

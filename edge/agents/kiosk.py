@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from edge.config import KioskService, KioskSettings
-from edge.contract import TxOutcome, TxStatus, tx_reference
+from edge.contract import REPORT_CATEGORIES, TxOutcome, TxStatus, tx_reference
 from edge.drivers import DriverEvent
 from edge.errors import DriverError, OutboxFull
 
@@ -44,17 +44,6 @@ log = logging.getLogger("nakhon.kiosk")
 
 Step = Literal["notice", "identify", "service", "report", "payment", "sending", "awaiting_payment", "done",
                "provisional", "rejected", "error"]
-
-REPORT_CATEGORIES: dict[str, tuple[str, str]] = {
-    "streetlight": ("ไฟฟ้าสาธารณะชำรุด", "Streetlight out"),
-    "pothole": ("ถนนชำรุด / หลุมบ่อ", "Pothole or damaged road"),
-    "flooding": ("น้ำท่วมขัง", "Flooding"),
-    "garbage": ("ขยะตกค้าง", "Garbage not collected"),
-    "drain": ("ท่อระบายน้ำอุดตัน", "Blocked drain"),
-    "other": ("อื่น ๆ", "Other"),
-}
-"""Problem categories offered on the screen (the hub's GIS module knows the same codes)."""
-
 
 def _baht(satang: int) -> str:
     whole, part = divmod(satang, 100)

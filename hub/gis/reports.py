@@ -12,21 +12,12 @@ from typing import Any
 from shapely.geometry import Point, shape
 from shapely.prepared import PreparedGeometry, prep
 
-from edge.contract import Tx, TxOutcome, TxStatus, format_timestamp
+from edge.contract import REPORT_CATEGORIES, Tx, TxOutcome, TxStatus, format_timestamp
 from hub.errors import HubConfigError
 
 DEMO_ZONES = Path(__file__).with_name("demo-zones.geojson")
 
-CATEGORIES: dict[str, tuple[str, str]] = {
-    "streetlight": ("ไฟฟ้าสาธารณะชำรุด", "Streetlight out"),
-    "pothole": ("ถนนชำรุด / หลุมบ่อ", "Pothole or damaged road"),
-    "flooding": ("น้ำท่วมขัง", "Flooding"),
-    "garbage": ("ขยะตกค้าง", "Garbage not collected"),
-    "drain": ("ท่อระบายน้ำอุดตัน", "Blocked drain"),
-    "tree": ("ต้นไม้ล้ม / กิ่งไม้", "Fallen tree or branches"),
-    "other": ("อื่น ๆ", "Other"),
-}
-"""Report categories with their Thai and English names."""
+CATEGORIES = REPORT_CATEGORIES
 
 WORKFLOW: dict[str, frozenset[str]] = {
     "new": frozenset({"assigned", "resolved"}),

@@ -224,16 +224,7 @@ class SQLiteStore:
     def ingest(self, batch: IngestBatch) -> IngestOutcome:
         """Commit one batch; see :meth:`hub.store.base.Store.ingest`."""
         out = IngestOutcome()
-        with self._write_lock:
-            db = self._w
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                self._ingest(db, batch, out)
-                db.execute("COMMIT")
-            except sqlite3.Error as err:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise StoreError(f"ingest commit failed: {err}") from err
+        self.write(lambda db: self._ingest(db, batch, out))
         return out
 
     def _ingest(self, db: sqlite3.Connection, batch: IngestBatch, out: IngestOutcome) -> None:
