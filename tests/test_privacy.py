@@ -95,6 +95,7 @@ sim_citizens = "{citizens}"
     config.write_text(text)
     try:
         kiosk.start()
+        assert kiosk.state()["card_fields"] == ["citizen_ref", "name_th", "name_en", "citizen_id_masked"]
         wait_for(lambda: "card.inserted" in kiosk.log(), 30, "the canary card read")
         kiosk.touch("accept")
         state = kiosk.state()
