@@ -8,50 +8,44 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing
 import os
-import queue
-import signal
-import sqlite3
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from multiprocessing.context import ForkProcess
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
-from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from _harness import (
+    FORK,
+    HOST,
+    POLL_S,
+    ROOT,
+    STALL_S,
+    START_S,
+    BenchError,
+    HubProcess,
+    child_signals,
+    progress,
+    receive,
+    run_guarded,
+    start_broker,
+    start_child,
+    table,
+    work_dir,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.contract import QOS, DeviceState, Reading, Status, Telemetry, now, topic
-from hub.broker import BrokerSettings, Mosquitto, free_port
+from edge.contract import QOS, Reading, Telemetry, now, topic
 
-HOST = "127.0.0.1"
-ROOT = "nakhon"
 BAR = 0.5
 """The issue's bar: the hub stores at least this fraction of the bare subscriber's rate."""
 PUBLISH_INFLIGHT = 1000
-POLL_S = 0.1
-STALL_S = 60.0
-"""A scenario fails when its consumer makes no progress for this long."""
-START_S = 30.0
-PROBE_DEVICE = "bench-probe"
-REPO = Path(__file__).resolve().parents[1]
-_FORK = multiprocessing.get_context("fork")
-
-
-class BenchError(Exception):
-    """A scenario could not complete (a process died, the consumer stalled, or messages were lost)."""
 
 
 @dataclass(frozen=True)
@@ -92,11 +86,6 @@ class RunResult:
         return self.readings / self.seconds
 
 
-def progress(line: str) -> None:
-    """One progress line per phase, on stderr so that stdout holds only the results."""
-    print(line, file=sys.stderr, flush=True)
-
-
 def device_ids(count: int) -> list[str]:
     """The simulated devices' ids."""
     return [f"bench-{i:04d}" for i in range(count)]
@@ -112,12 +101,6 @@ def build_payloads(device: str, messages: int, readings: int) -> list[bytes]:
                  for i in range(readings)]
         payloads.append(Telemetry(device=device, seq=seq, sent_at=ts, readings=batch).to_json())
     return payloads
-
-
-def _child_signals() -> None:
-    """Forked children leave Ctrl-C to the parent, which terminates them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _Publisher:
@@ -151,7 +134,7 @@ class _Publisher:
 def _publish_worker(port: int, payloads: dict[str, list[bytes]], ready: Queue[int], go: Event,
                     results: Queue[tuple[float, float]]) -> None:
     """Connect some devices, wait for the go, publish round-robin; report (first publish, last PUBACK)."""
-    _child_signals()
+    child_signals()
     pubs = [_Publisher(port, device, len(p)) for device, p in payloads.items()]
     if not all(p.connected.wait(START_S) for p in pubs):
         return
@@ -173,7 +156,7 @@ def _publish_worker(port: int, payloads: dict[str, list[bytes]], ready: Queue[in
 def _bare_subscriber(port: int, expected: int, ready: Event, count: Any,
                      results: Queue[tuple[float, float]]) -> None:
     """The baseline: a threaded paho subscriber that only counts; reports its first and last receipt."""
-    _child_signals()
+    child_signals()
     subscribed = threading.Event()
     done = threading.Event()
     state = {"count": 0, "first": 0.0, "last": 0.0}
@@ -202,36 +185,6 @@ def _bare_subscriber(port: int, expected: int, ready: Event, count: Any,
     client.loop_stop()
 
 
-def _terminate(process: ForkProcess) -> None:
-    """SIGTERM a child, SIGKILL it if it lingers."""
-    if process.is_alive():
-        process.terminate()
-        process.join(5)
-    if process.is_alive():
-        process.kill()
-    process.join()
-
-
-def _receive(source: Queue[Any], children: list[ForkProcess], what: str) -> Any:
-    """The next item from a child, or BenchError when a child fails or nothing comes for STALL_S."""
-    deadline = time.monotonic() + STALL_S
-    while time.monotonic() < deadline:
-        with contextlib.suppress(queue.Empty):
-            return source.get(timeout=POLL_S)
-        failed = [c.exitcode for c in children if c.exitcode not in (None, 0)]
-        if failed:
-            raise BenchError(f"a child process exited with {failed[0]} while waiting for {what}")
-    raise BenchError(f"timed out after {STALL_S:.0f} s waiting for {what}")
-
-
-def _start(stack: contextlib.ExitStack, target: Callable[..., None], *args: Any) -> ForkProcess:
-    """Fork a child that the stack terminates on exit."""
-    process = _FORK.Process(target=target, args=args, daemon=True)
-    process.start()
-    stack.callback(_terminate, process)
-    return process
-
-
 class Publishers:
     """The publishing processes, a few devices each, released together."""
 
@@ -239,21 +192,21 @@ class Publishers:
                  processes: int) -> None:
         devices = list(payloads)
         groups = [devices[i::processes] for i in range(min(processes, len(devices)))]
-        self.go = _FORK.Event()
-        self.ready: Queue[int] = _FORK.Queue()
-        self.results: Queue[tuple[float, float]] = _FORK.Queue()
-        self.processes = [_start(stack, _publish_worker, port, {d: payloads[d] for d in group}, self.ready,
-                                 self.go, self.results) for group in groups]
+        self.go = FORK.Event()
+        self.ready: Queue[int] = FORK.Queue()
+        self.results: Queue[tuple[float, float]] = FORK.Queue()
+        self.processes = [start_child(stack, _publish_worker, port, {d: payloads[d] for d in group}, self.ready,
+                                      self.go, self.results) for group in groups]
 
     def release(self) -> None:
         """Wait until every device is connected, then start publishing."""
         for _ in self.processes:
-            _receive(self.ready, self.processes, "the publishers to connect")
+            receive(self.ready, self.processes, "the publishers to connect")
         self.go.set()
 
     def span(self) -> tuple[float, float]:
         """(first publish, last PUBACK) over every process, in time.monotonic()."""
-        spans = [_receive(self.results, self.processes, "the publishers' PUBACKs") for _ in self.processes]
+        spans = [receive(self.results, self.processes, "the publishers' PUBACKs") for _ in self.processes]
         return min(s[0] for s in spans), max(s[1] for s in spans)
 
 
@@ -272,93 +225,15 @@ def wait_for_count(count: Callable[[], int], total: int, what: str) -> float:
         time.sleep(POLL_S)
 
 
-def start_broker(stack: contextlib.ExitStack, directory: Path) -> int:
-    """A private anonymous Mosquitto on 127.0.0.1 that queues everything; returns its port."""
-    broker = Mosquitto(BrokerSettings(directory=directory, port=free_port(HOST), host=HOST, root=ROOT,
-                                      accounts=None, max_queued_messages=1_000_000,
-                                      autosave_interval_s=86_400))
-    stack.callback(broker.stop)
-    broker.start()
-    return broker.settings.port
-
-
-class HubProcess:
-    """``nakhon hub serve`` as a subprocess, stopped by SIGTERM (SIGKILL when it lingers)."""
-
-    def __init__(self, stack: contextlib.ExitStack, data: Path, broker_port: int) -> None:
-        self.data = data
-        self.log = data.parent / "hub.log"
-        self.http_port = free_port(HOST)
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "nakhon.cli", "hub", "serve", "--data", str(data),
-                 "--broker-host", HOST, "--broker-port", str(broker_port),
-                 "--http-host", HOST, "--http-port", str(self.http_port), "--root", ROOT],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        stack.callback(self.stop)
-
-    def stop(self) -> None:
-        """Stop gracefully, kill after 20 s."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def check(self) -> None:
-        """Raise with the end of the hub's log if it has exited."""
-        if self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise BenchError(f"the hub exited with {self.process.returncode}:\n{tail}")
-
-    def wait_healthy(self) -> None:
-        """Wait for GET /healthz to answer 200 (store open, broker connected)."""
-        deadline = time.monotonic() + START_S
-        while time.monotonic() < deadline:
-            self.check()
-            url = f"http://{HOST}:{self.http_port}/healthz"
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-            time.sleep(0.1)
-        raise BenchError(f"the hub was not healthy within {START_S:.0f} s")
-
-    def db(self) -> sqlite3.Connection:
-        """A read-only connection to the hub's store."""
-        return sqlite3.connect(f"file:{self.data / 'hub.sqlite'}?mode=ro", uri=True)
-
-    def wait_subscribed(self, broker_port: int) -> None:
-        """Publish a status probe until the hub has stored it: its subscription is then in place."""
-        probe = Status(device=PROBE_DEVICE, state=DeviceState.ONLINE, at=now()).to_json()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=PROBE_DEVICE, protocol=mqtt.MQTTv5)
-        client.connect(HOST, broker_port)
-        deadline = time.monotonic() + START_S
-        try:
-            with contextlib.closing(self.db()) as db:
-                while time.monotonic() < deadline:
-                    self.check()
-                    client.publish(topic(ROOT, PROBE_DEVICE, "up/status"), probe, qos=QOS)
-                    for _ in range(4):
-                        client.loop(POLL_S)
-                    if db.execute("SELECT 1 FROM devices WHERE device = ?", (PROBE_DEVICE,)).fetchone():
-                        return
-        finally:
-            client.disconnect()
-        raise BenchError(f"the hub did not store a probe within {START_S:.0f} s")
-
-
 def run_baseline(params: Params, payloads: dict[str, list[bytes]], run: int) -> RunResult:
     """Bare paho subscriber: rate from its first to its last message."""
     label = f"[baseline {run}/{params.runs}]"
     with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nakhon-bench-")))
-        port = start_broker(stack, work / "broker")
-        ready, results = _FORK.Event(), _FORK.Queue()
-        count = _FORK.Value("q", 0, lock=False)
-        subscriber = _start(stack, _bare_subscriber, port, params.total, ready, count, results)
+        work = work_dir(stack)
+        port = start_broker(stack, work / "broker").settings.port
+        ready, results = FORK.Event(), FORK.Queue()
+        count = FORK.Value("q", 0, lock=False)
+        subscriber = start_child(stack, _bare_subscriber, port, params.total, ready, count, results)
         if not ready.wait(START_S):
             raise BenchError("the bare subscriber did not subscribe")
         publishers = Publishers(stack, port, payloads, params.processes)
@@ -373,7 +248,7 @@ def run_baseline(params: Params, payloads: dict[str, list[bytes]], run: int) -> 
             return value
 
         wait_for_count(received, params.total, "the bare subscriber")
-        first, last = _receive(results, [subscriber], "the bare subscriber's timings")
+        first, last = receive(results, [subscriber], "the bare subscriber's timings")
         published = publishers.span()
     result = RunResult("baseline", run, params.total, params.total * params.readings, last - first,
                        published[1] - published[0])
@@ -386,8 +261,8 @@ def run_hub(params: Params, payloads: dict[str, list[bytes]], run: int) -> RunRe
     """The hub: rate from the first publish until its store holds every message, then check for loss."""
     label = f"[hub {run}/{params.runs}]"
     with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nakhon-bench-")))
-        port = start_broker(stack, work / "broker")
+        work = work_dir(stack)
+        port = start_broker(stack, work / "broker").settings.port
         hub = HubProcess(stack, work / "hub", port)
         hub.wait_healthy()
         hub.wait_subscribed(port)
@@ -455,10 +330,7 @@ def report(params: Params, summary: Summary) -> str:
              f"{summary.baseline_readings_per_s:,.0f}", "1.00"),
             ("hub (stored, zero loss)", f"{params.total:,}", f"{summary.hub_msg_per_s:,.0f}",
              f"{summary.hub_readings_per_s:,.0f}", f"{summary.ratio:.2f}")]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"{row[0]:<{widths[0]}}  "
-             + "  ".join(f"{cell:>{width}}" for cell, width in zip(row[1:], widths[1:], strict=True))
-             for row in rows]
+    lines = table(rows)
     verdict = "PASS" if summary.passed else "FAIL"
     lines.append(f"{verdict}: the hub stores {summary.ratio:.0%} of the bare-subscriber rate "
                  f"(bar: at least {BAR:.0%}; medians of {params.runs} runs)")
@@ -478,20 +350,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit so that every started process is cleaned up, as on Ctrl-C."""
-
-    def handler(signum: int, _: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run both scenarios, print the table; exit 0 on PASS, 1 on FAIL, 2 when a run fails."""
     args = _parser().parse_args(argv)
@@ -504,17 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(len(p) for ps in payloads.values() for p in ps) / params.total
     progress(f"built; {size:.0f} bytes per message on average")
     results: list[RunResult] = []
-    try:
-        with _sigterm_unwinds():
-            for run in range(1, params.runs + 1):
-                results.append(run_baseline(params, payloads, run))
-                results.append(run_hub(params, payloads, run))
-    except BenchError as err:
-        print(f"benchmark failed: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; every process it started has been stopped", file=sys.stderr)
-        return 130
+
+    def scenarios() -> None:
+        for run in range(1, params.runs + 1):
+            results.append(run_baseline(params, payloads, run))
+            results.append(run_hub(params, payloads, run))
+
+    status = run_guarded(scenarios)
+    if status is not None:
+        return status
     summary = summarise(results)
     print(report(params, summary))
     if args.json:

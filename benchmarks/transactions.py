@@ -9,61 +9,57 @@ import argparse
 import contextlib
 import json
 import math
-import multiprocessing
 import os
-import queue
 import secrets
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from multiprocessing.context import ForkProcess
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from _harness import (
+    FORK,
+    HOST,
+    POLL_S,
+    ROOT,
+    STALL_S,
+    START_S,
+    BenchError,
+    HubProcess,
+    child_signals,
+    progress,
+    receive,
+    run_guarded,
+    start_broker,
+    start_child,
+    table,
+    work_dir,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from edge.contract import QOS, DeviceState, Status, Tx, TxOutcome, TxStatus, now, topic
-from hub.broker import BrokerSettings, Mosquitto, free_port
+from edge.contract import QOS, Tx, TxOutcome, TxStatus, now, topic
 from hub.errors import BrokerError
 
-HOST = "127.0.0.1"
-ROOT = "nakhon"
 KIND = "fee.payment"
 OFFICE = "kkc-hq"
 FEE = {"office": OFFICE, "service": "garbage-monthly", "amount_satang": 4000, "method": "cash"}
 """A cash payment of the demo catalogue's anonymous monthly garbage fee: accepted at once, with a receipt."""
 TICK_S = 0.05
 """How often a kiosk process checks its kiosks for transactions to re-send."""
-POLL_S = 0.1
-STALL_S = 60.0
-"""A run stops its kiosks when no transaction has been answered for this long."""
-START_S = 30.0
 RESTART_AT = 1 / 3
 """The broker is stopped once this fraction of the transactions has been answered."""
 DOWN_S = 1.0
 """How long the broker stays down before it is started again on the same port."""
 KEEPALIVE_S = 30
-PROBE_DEVICE = "bench-probe"
-REPO = Path(__file__).resolve().parents[1]
-_FORK = multiprocessing.get_context("fork")
-
-
-class BenchError(Exception):
-    """A run could not complete (a process died, the broker or the hub did not start)."""
 
 
 @dataclass(frozen=True)
@@ -150,21 +146,10 @@ class RunResult:
         return not self.failures
 
 
-def progress(line: str) -> None:
-    """One progress line per phase, on stderr so that stdout holds only the results."""
-    print(line, file=sys.stderr, flush=True)
-
-
 def kiosk_ids(count: int) -> list[str]:
     """The simulated kiosks' ids (``bench-kiosk-007``)."""
     width = max(3, len(str(count)))
     return [f"bench-kiosk-{i:0{width}d}" for i in range(1, count + 1)]
-
-
-def _child_signals() -> None:
-    """Forked children leave Ctrl-C to the parent, which terminates them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _Kiosk:
@@ -304,7 +289,7 @@ class _Kiosk:
 def _kiosk_worker(port: int, devices: list[str], params: Params, token: str, ready: Queue[int], go: Event,
                   stop: Event, answered: Any, results: Queue[tuple[list[TxRecord], KioskCounts]]) -> None:
     """Run some kiosks: connect and subscribe, wait for the go, work until done (or told to stop), report."""
-    _child_signals()
+    child_signals()
     kiosks = [_Kiosk(port, d, params.transactions, token, params.resend_after_s) for d in devices]
     if not all(k.subscribed.wait(START_S) for k in kiosks):
         sys.exit(3)
@@ -327,50 +312,24 @@ def _kiosk_worker(port: int, devices: list[str], params: Params, token: str, rea
         k.close()
 
 
-def _terminate(process: ForkProcess) -> None:
-    """SIGTERM a child, SIGKILL it if it lingers."""
-    if process.is_alive():
-        process.terminate()
-        process.join(5)
-    if process.is_alive():
-        process.kill()
-    process.join()
-
-
-def _receive(source: Queue[Any], children: list[ForkProcess], what: str) -> Any:
-    """The next item from a child, or BenchError when a child fails or nothing comes for STALL_S."""
-    deadline = time.monotonic() + STALL_S
-    while time.monotonic() < deadline:
-        with contextlib.suppress(queue.Empty):
-            return source.get(timeout=POLL_S)
-        failed = [c.exitcode for c in children if c.exitcode not in (None, 0)]
-        if failed:
-            raise BenchError(f"a child process exited with {failed[0]} while waiting for {what}")
-    raise BenchError(f"timed out after {STALL_S:.0f} s waiting for {what}")
-
-
 class Kiosks:
     """The kiosk processes, a few kiosks each, released together."""
 
     def __init__(self, stack: contextlib.ExitStack, port: int, params: Params, token: str) -> None:
         devices = kiosk_ids(params.kiosks)
         groups = [devices[i::params.processes] for i in range(min(params.processes, len(devices)))]
-        self.go, self.stop = _FORK.Event(), _FORK.Event()
-        self.ready: Queue[int] = _FORK.Queue()
-        self.results: Queue[tuple[list[TxRecord], KioskCounts]] = _FORK.Queue()
-        self.answered = [_FORK.Value("q", 0, lock=False) for _ in groups]
-        self.processes = []
-        for group, answered in zip(groups, self.answered, strict=True):
-            process = _FORK.Process(target=_kiosk_worker, args=(port, group, params, token, self.ready, self.go,
-                                                                self.stop, answered, self.results), daemon=True)
-            process.start()
-            stack.callback(_terminate, process)
-            self.processes.append(process)
+        self.go, self.stop = FORK.Event(), FORK.Event()
+        self.ready: Queue[int] = FORK.Queue()
+        self.results: Queue[tuple[list[TxRecord], KioskCounts]] = FORK.Queue()
+        self.answered = [FORK.Value("q", 0, lock=False) for _ in groups]
+        self.processes = [start_child(stack, _kiosk_worker, port, group, params, token, self.ready, self.go,
+                                      self.stop, answered, self.results)
+                          for group, answered in zip(groups, self.answered, strict=True)]
 
     def release(self) -> None:
         """Wait until every kiosk is connected and subscribed, then start sending."""
         for _ in self.processes:
-            _receive(self.ready, self.processes, "the kiosks to connect and subscribe")
+            receive(self.ready, self.processes, "the kiosks to connect and subscribe")
         self.go.set()
 
     def answered_count(self) -> int:
@@ -385,7 +344,7 @@ class Kiosks:
         records: list[TxRecord] = []
         counts = KioskCounts()
         for _ in self.processes:
-            part, part_counts = _receive(self.results, self.processes, "the kiosks' results")
+            part, part_counts = receive(self.results, self.processes, "the kiosks' results")
             records += part
             counts.add(part_counts)
         return records, counts
@@ -395,11 +354,7 @@ class Broker:
     """A private anonymous Mosquitto on 127.0.0.1 with persistence, which can be restarted on the same port."""
 
     def __init__(self, stack: contextlib.ExitStack, directory: Path) -> None:
-        self.mosquitto = Mosquitto(BrokerSettings(directory=directory, port=free_port(HOST), host=HOST, root=ROOT,
-                                                  accounts=None, max_queued_messages=1_000_000,
-                                                  autosave_interval_s=86_400))
-        stack.callback(self.mosquitto.stop)
-        self.mosquitto.start()
+        self.mosquitto = start_broker(stack, directory)
 
     @property
     def port(self) -> int:
@@ -416,74 +371,6 @@ class Broker:
         time.sleep(DOWN_S)
         self.mosquitto.start()
         return stopped, time.monotonic()
-
-
-class HubProcess:
-    """``nakhon hub serve`` as a subprocess, stopped by SIGTERM (SIGKILL when it lingers)."""
-
-    def __init__(self, stack: contextlib.ExitStack, data: Path, broker_port: int) -> None:
-        self.data = data
-        self.log = data.parent / "hub.log"
-        self.http_port = free_port(HOST)
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "nakhon.cli", "hub", "serve", "--data", str(data),
-                 "--broker-host", HOST, "--broker-port", str(broker_port),
-                 "--http-host", HOST, "--http-port", str(self.http_port), "--root", ROOT],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        stack.callback(self.stop)
-
-    def stop(self) -> None:
-        """Stop gracefully, kill after 20 s."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def check(self) -> None:
-        """Raise with the end of the hub's log if it has exited."""
-        if self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise BenchError(f"the hub exited with {self.process.returncode}:\n{tail}")
-
-    def wait_healthy(self) -> None:
-        """Wait for GET /healthz to answer 200 (store open, broker connected)."""
-        deadline = time.monotonic() + START_S
-        while time.monotonic() < deadline:
-            self.check()
-            url = f"http://{HOST}:{self.http_port}/healthz"
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-            time.sleep(0.1)
-        raise BenchError(f"the hub was not healthy within {START_S:.0f} s")
-
-    def db(self) -> sqlite3.Connection:
-        """A read-only connection to the hub's store."""
-        return sqlite3.connect(f"file:{self.data / 'hub.sqlite'}?mode=ro", uri=True)
-
-    def wait_subscribed(self, broker_port: int) -> None:
-        """Publish a status probe until the hub has stored it: its subscription is then in place."""
-        probe = Status(device=PROBE_DEVICE, state=DeviceState.ONLINE, at=now()).to_json()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=PROBE_DEVICE, protocol=mqtt.MQTTv5)
-        client.connect(HOST, broker_port)
-        deadline = time.monotonic() + START_S
-        try:
-            with contextlib.closing(self.db()) as db:
-                while time.monotonic() < deadline:
-                    self.check()
-                    client.publish(topic(ROOT, PROBE_DEVICE, "up/status"), probe, qos=QOS)
-                    for _ in range(4):
-                        client.loop(POLL_S)
-                    if db.execute("SELECT 1 FROM devices WHERE device = ?", (PROBE_DEVICE,)).fetchone():
-                        return
-        finally:
-            client.disconnect()
-        raise BenchError(f"the hub did not store a probe within {START_S:.0f} s")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -581,7 +468,7 @@ def run_scenario(params: Params, scenario: str, run: int) -> RunResult:
     restart = scenario != "steady"
     label = f"[{scenario} {run}/{params.runs}]"
     with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nakhon-bench-")))
+        work = work_dir(stack)
         broker = Broker(stack, work / "broker")
         hub = HubProcess(stack, work / "hub", broker.port)
         hub.wait_healthy()
@@ -660,10 +547,7 @@ def report(params: Params, summaries: dict[str, dict[str, Any]], titles: dict[st
         ("correctness", lambda s: "PASS" if s["pass"] else "FAIL"),
     ]
     rows += [(name, *(cell(summaries[c]) for c in cols)) for name, cell in lines_of]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"{row[0]:<{widths[0]}}  "
-             + "  ".join(f"{cell:>{width}}" for cell, width in zip(row[1:], widths[1:], strict=True))
-             for row in rows]
+    lines = table(rows)
     passed = all(s["pass"] for s in summaries.values())
     runs = "1 run" if params.runs == 1 else f"medians of {params.runs} runs"
     if passed:
@@ -690,20 +574,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit so that every started process is cleaned up, as on Ctrl-C."""
-
-    def handler(signum: int, _: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run both scenarios, print the table; exit 0 when every check passes, 1 when one fails, 2 when a run fails."""
     args = _parser().parse_args(argv)
@@ -715,17 +585,15 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"{params.total:,} transactions per run ({params.kiosks} kiosks x {params.transactions}, "
              f"{KIND} cash, re-sent after {params.resend_after_s:g} s unanswered); scenarios: {', '.join(titles)}")
     results: list[RunResult] = []
-    try:
-        with _sigterm_unwinds():
-            for run in range(1, params.runs + 1):
-                for scenario in titles:
-                    results.append(run_scenario(params, scenario, run))
-    except (BenchError, BrokerError) as err:
-        print(f"benchmark failed: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; every process it started has been stopped", file=sys.stderr)
-        return 130
+
+    def scenarios() -> None:
+        for run in range(1, params.runs + 1):
+            for scenario in titles:
+                results.append(run_scenario(params, scenario, run))
+
+    status = run_guarded(scenarios, (BenchError, BrokerError))
+    if status is not None:
+        return status
     summaries = {scenario: summarise(results, scenario) for scenario in titles}
     print(report(params, summaries, titles))
     passed = all(s["pass"] for s in summaries.values())
