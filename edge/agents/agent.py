@@ -506,9 +506,6 @@ class Agent:
                 task = asyncio.create_task(self._send(client, record))
                 sends.add(task)
                 task.add_done_callback(sends.discard)
-            for task in list(sends):
-                if task.done() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
             waits = [t0 + resend - time.monotonic() for t0 in self._inflight.values()]
             timeout = max(0.05, min(waits, default=resend))
             await wait_event(self._outbox_changed, timeout)
