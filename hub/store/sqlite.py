@@ -324,45 +324,38 @@ class SQLiteStore:
     # -- transactions --------------------------------------------------------------------------
     def apply_tx(self, tx: Tx, received_at: float, decide: TxDecision) -> tuple[TxOutcome, bool]:
         """Apply a transaction and record its outcome in one commit; a known tx_id returns its outcome."""
-        with self._write_lock:
-            db = self._w
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                row = db.execute("SELECT outcome, device FROM transactions WHERE tx_id = ?", (tx.tx_id,)).fetchone()
-                if row is not None and row[1] != tx.device:
-                    db.execute("COMMIT")
-                    return TxOutcome(tx_id=tx.tx_id, status=TxStatus.REJECTED, duplicate=False,
-                                     reason=f"tx_id {tx.tx_id!r} was already used by another device", result={}), False
-                if row is not None:
-                    db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, 'tx')",
-                               (tx.device, tx.seq))
-                    db.execute("COMMIT")
-                    return TxOutcome.model_validate_json(row[0]), True
-                outcome = decide(tx, db)
-                db.execute(
-                    "INSERT INTO transactions (tx_id, device, seq, kind, created_at, received_at, status, outcome) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (tx.tx_id, tx.device, tx.seq, tx.kind, tx.model_dump(mode="json")["created_at"], received_at,
-                     outcome.status.value, outcome.model_dump_json()))
-                if db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, 'tx')",
-                              (tx.device, tx.seq)).rowcount:
-                    db.execute(
-                        "INSERT INTO devices (device, first_seen, last_seen, min_seq, max_seq, received) "
-                        "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (device) DO UPDATE SET "
-                        "last_seen = max(last_seen, excluded.last_seen), received = received + 1, "
-                        "min_seq = min(coalesce(min_seq, excluded.min_seq), excluded.min_seq), "
-                        "max_seq = max(coalesce(max_seq, 0), excluded.max_seq)",
-                        (tx.device, received_at, received_at, tx.seq, tx.seq))
-                db.execute("COMMIT")
-                return outcome, False
-            except sqlite3.Error as err:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise StoreError(f"transaction {tx.tx_id} could not be applied: {err}") from err
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        try:
+            return self.write(lambda db: self._apply_tx(db, tx, received_at, decide))
+        except StoreError as err:
+            raise StoreError(f"transaction {tx.tx_id} could not be applied: {err}") from err
+
+    @staticmethod
+    def _apply_tx(db: sqlite3.Connection, tx: Tx, received_at: float,
+                  decide: TxDecision) -> tuple[TxOutcome, bool]:
+        row = db.execute("SELECT outcome, device FROM transactions WHERE tx_id = ?", (tx.tx_id,)).fetchone()
+        if row is not None and row[1] != tx.device:
+            return TxOutcome(tx_id=tx.tx_id, status=TxStatus.REJECTED, duplicate=False,
+                             reason=f"tx_id {tx.tx_id!r} was already used by another device", result={}), False
+        if row is not None:
+            db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, 'tx')",
+                       (tx.device, tx.seq))
+            return TxOutcome.model_validate_json(row[0]), True
+        outcome = decide(tx, db)
+        db.execute(
+            "INSERT INTO transactions (tx_id, device, seq, kind, created_at, received_at, status, outcome) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (tx.tx_id, tx.device, tx.seq, tx.kind, tx.model_dump(mode="json")["created_at"], received_at,
+             outcome.status.value, outcome.model_dump_json()))
+        if db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, 'tx')",
+                      (tx.device, tx.seq)).rowcount:
+            db.execute(
+                "INSERT INTO devices (device, first_seen, last_seen, min_seq, max_seq, received) "
+                "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (device) DO UPDATE SET "
+                "last_seen = max(last_seen, excluded.last_seen), received = received + 1, "
+                "min_seq = min(coalesce(min_seq, excluded.min_seq), excluded.min_seq), "
+                "max_seq = max(coalesce(max_seq, 0), excluded.max_seq)",
+                (tx.device, received_at, received_at, tx.seq, tx.seq))
+        return outcome, False
 
     # -- queries -------------------------------------------------------------------------------
     _DEVICE_COLUMNS = ("device, node, site, state, first_seen, last_seen, last_status_at, min_seq, max_seq, "
