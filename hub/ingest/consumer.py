@@ -143,6 +143,22 @@ class Ingest:
         self.check_publishable(topic_name, payload)
         self._client.publish(topic_name, payload, qos=QOS)
 
+    def publish_ack(self, device: str, seqs: list[int]) -> None:
+        """Acknowledge seqs on ``down/ack``, in as many messages as the broker's maximum packet size needs."""
+        name = topic(self.settings.root, device, "down/ack")
+        parts = [seq_ranges(seqs)]
+        while parts:
+            ranges = parts.pop()
+            payload = Ack(acked=ranges).to_json()
+            try:
+                self.check_publishable(name, payload)
+            except MessageTooLarge:
+                if len(ranges) == 1:
+                    raise
+                parts += [ranges[len(ranges) // 2:], ranges[: len(ranges) // 2]]
+                continue
+            self.publish(name, payload)
+
     # -- paho callbacks (network thread) -------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
@@ -212,7 +228,7 @@ class Ingest:
             for d in batch.deadletters:
                 self.metrics.deadletters.labels(d.reason).inc()
             for device, seqs in outcome.acks.items():
-                self.publish(topic(s.root, device, "down/ack"), Ack(acked=seq_ranges(seqs)).to_json())
+                self.publish_ack(device, seqs)
             for reply in outcome.replies:
                 self.commands.resolve(reply)
             done = time.time()
