@@ -473,6 +473,13 @@ class SQLiteStore:
     def expire_commands(self, now: float, reply_grace_s: float = 0.0) -> int:
         """Queued commands past their expiry become ``expired``, sent ones without a reply ``reply_grace_s``
         after it ``timeout``."""
+        stale = self._r().execute(
+            "SELECT EXISTS (SELECT 1 FROM commands WHERE outcome = 'queued' AND expires_at <= ?) "
+            "OR EXISTS (SELECT 1 FROM commands WHERE outcome = 'sent' AND expires_at <= ?)",
+            (now, now - reply_grace_s)).fetchone()[0]
+        if not stale:
+            return 0
+
         def work(db: sqlite3.Connection) -> int:
             expired = db.execute("UPDATE commands SET outcome = 'expired', error = 'expired before the device came "
                                  "online; never sent' WHERE outcome = 'queued' AND expires_at <= ?", (now,)).rowcount
@@ -507,8 +514,7 @@ def _ensure_command_columns(db: sqlite3.Connection) -> None:
         db.execute(f"ALTER TABLE commands ADD COLUMN {name} {decl}")
     db.execute("UPDATE commands SET outcome = CASE WHEN ok IS NULL THEN 'timeout' WHEN ok THEN 'ok' ELSE 'error' END, "
                "published_at = coalesce(published_at, sent_at) WHERE outcome IS NULL")
-    db.execute("CREATE INDEX IF NOT EXISTS commands_waiting ON commands (outcome) "
-               "WHERE outcome IN ('queued', 'sent')")
+    db.execute("CREATE INDEX IF NOT EXISTS commands_by_outcome ON commands (outcome, expires_at)")
 
 
 _REPLY_OUTCOME = {True: CommandOutcome.OK, False: CommandOutcome.ERROR}
