@@ -257,6 +257,11 @@ def test_an_oversize_request_or_command_is_refused_and_ingest_keeps_going(broker
     r = httpx.patch(f"{hub.url}/api/gis/reports/1", content=huge, timeout=30,
                     headers={"Content-Type": "application/json"})
     assert r.status_code == 413  # every endpoint, not only commands
+    deep: dict[str, Any] = {}
+    for _ in range(300):
+        deep = {"a": deep}
+    r = _post(hub, "kk-aq-0905", {"name": "ping", "args": deep})
+    assert r.status_code == 422 and "nest deeper than 16 levels" in r.text
     assert _commands(hub, "kk-aq-0905") == []  # nothing refused was recorded or published
     count = hub.get("/api/devices/kk-aq-0905/readings")["count"]
     wait_for(lambda: hub.get("/api/devices/kk-aq-0905/readings")["count"] > count + 5, 30, "ingest going on")

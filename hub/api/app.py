@@ -10,7 +10,7 @@ from typing import Annotated, Any, Final, Literal
 from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.contract import DeviceId, Timestamp
@@ -71,11 +71,26 @@ class DeadLetterView(BaseModel):
     payload_base64: str | None
 
 
+MAX_ARGS_DEPTH: Final = 16
+"""How deeply a command's arguments may nest objects and arrays."""
+
+
+def _shallow(args: dict[str, Any]) -> dict[str, Any]:
+    """Refuse arguments nested deeper than :data:`MAX_ARGS_DEPTH` (counted without recursion)."""
+    level: list[Any] = [args]
+    for _ in range(MAX_ARGS_DEPTH):
+        level = [v for c in level for v in (c.values() if isinstance(c, dict) else c)
+                 if isinstance(v, dict | list)]
+        if not level:
+            return args
+    raise ValueError(f"args nest deeper than {MAX_ARGS_DEPTH} levels")
+
+
 class CommandRequest(BaseModel):
     """A command for a device: sent now and waited for, or queued until the device is online."""
 
     name: Annotated[str, Field(min_length=1, max_length=64, examples=["ping"])]
-    args: dict[str, Any] = Field(default_factory=dict)
+    args: Annotated[dict[str, Any], AfterValidator(_shallow)] = Field(default_factory=dict)
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
     queue: bool = Field(default=False, description="queue the command until the device is online (answered 202 "
                         "at once; its outcome shows in GET .../commands)")
