@@ -239,6 +239,8 @@ class Command(Message):
     cmd_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     args: dict[str, Any] = Field(default_factory=dict)
+    expires_at: Timestamp | None = Field(
+        default=None, description="the device refuses the command after this instant (reply code ``expired``)")
 
 
 class Reply(Message):
@@ -250,6 +252,12 @@ class Reply(Message):
     ok: bool
     result: dict[str, Any] | None = None
     error: str | None = None
+    code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")] | None = Field(
+        default=None, description="why it failed, for machines: ``expired`` when the command came too late")
+
+
+REPLY_EXPIRED: Final = "expired"
+"""The reply ``code`` of a command that reached the device after its ``expires_at``."""
 
 
 class DesiredConfig(Message):

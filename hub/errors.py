@@ -17,3 +17,7 @@ class BrokerError(HubError, ConnectionError):
 
 class HubConfigError(HubError, ValueError):
     """The hub's settings are wrong."""
+
+
+class MessageTooLarge(HubError, ValueError):
+    """An outgoing message is larger than the hub or the broker accepts; it was not published."""

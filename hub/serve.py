@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -64,10 +66,14 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store.open()
         ingest.start()
+        dispatcher = asyncio.create_task(ingest.commands.run(), name="command-dispatcher")
         log.info("hub ingesting from %s:%d into %s", settings.ingest.host, settings.ingest.port, store.path)
         try:
             yield
         finally:
+            dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatcher
             ingest.stop()
             store.close()
             log.info("hub stopped")

@@ -48,6 +48,8 @@ SAMPLES = [
               result={"receipt": "KK-2570-000001"}),
     Command(cmd_id="c1", name="set_interval", args={"sensor": "pm", "interval_s": 5}),
     Reply(device="kk-aq-0007", seq=44, cmd_id="c1", ok=True, result={"interval_s": 5}),
+    Command(cmd_id="c2", name="ping", expires_at=T),
+    Reply(device="kk-aq-0007", seq=45, cmd_id="c2", ok=False, error="command expired", code="expired"),
     DesiredConfig(version=3, heartbeat_s=60, intervals={"pm": 30}),
     Ack(acked=[(1, 40), (42, 44)]),
 ]

@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 
 from edge.contract import QOS, Ack, TxOutcome, seq_ranges, topic
 from hub.commands import CommandDesk
-from hub.errors import StoreError
+from hub.errors import MessageTooLarge, StoreError
 from hub.faults import crash_point
 from hub.ingest.classify import TxRequest, classify
 from hub.metrics import HubMetrics
@@ -53,6 +53,19 @@ class IngestSettings:
 Received = tuple[str, bytes, float]
 
 
+_PACKET_TOO_LARGE = 0x95
+
+
+def _varint_len(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 16_384 else 3 if n < 2_097_152 else 4
+
+
+def publish_packet_size(topic_name: str, payload: bytes) -> int:
+    """Bytes of the MQTT v5 PUBLISH packet (QoS 1, no properties) that carries ``payload`` on ``topic_name``."""
+    remaining = 2 + len(topic_name.encode()) + 2 + 1 + len(payload)
+    return 1 + _varint_len(remaining) + remaining
+
+
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -66,11 +79,14 @@ class Ingest:
         self.settings = settings
         self.metrics = metrics
         self.router = router
-        self.commands = CommandDesk(store, self.publish, settings.root)
+        self.max_packet_size: int | None = None
+        """The broker's Maximum Packet Size from its last CONNACK (None: not announced, or not connected yet)."""
+        self.connected = threading.Event()
+        self.commands = CommandDesk(store, self.publish, settings.root, check=self.check_publishable,
+                                    connected=self.connected.is_set)
         self._queue: queue.SimpleQueue[Received | None] = queue.SimpleQueue()
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
-        self.connected = threading.Event()
 
     @property
     def subscription(self) -> str:
@@ -111,11 +127,37 @@ class Ingest:
             self._writer = None
         self._client = None
 
+    def check_publishable(self, topic_name: str, payload: bytes) -> None:
+        """Raise :class:`MessageTooLarge` when the broker announced a maximum packet size this message exceeds."""
+        limit = self.max_packet_size
+        size = publish_packet_size(topic_name, payload)
+        if limit is not None and size > limit:
+            raise MessageTooLarge(f"a message of {size} bytes on {topic_name} exceeds the broker's maximum packet "
+                                  f"size of {limit} bytes; it was not published")
+
     def publish(self, topic_name: str, payload: bytes) -> None:
-        """Publish a downlink message at QoS 1 (thread-safe)."""
+        """Publish a downlink message at QoS 1 (thread-safe); one the broker would refuse is never handed to
+        paho, which would otherwise send it again after every disconnect the broker answers it with."""
         if self._client is None:
             raise StoreError("the hub is not connected to a broker")
+        self.check_publishable(topic_name, payload)
         self._client.publish(topic_name, payload, qos=QOS)
+
+    def publish_ack(self, device: str, seqs: list[int]) -> None:
+        """Acknowledge seqs on ``down/ack``, in as many messages as the broker's maximum packet size needs."""
+        name = topic(self.settings.root, device, "down/ack")
+        parts = [seq_ranges(seqs)]
+        while parts:
+            ranges = parts.pop()
+            payload = Ack(acked=ranges).to_json()
+            try:
+                self.check_publishable(name, payload)
+            except MessageTooLarge:
+                if len(ranges) == 1:
+                    raise
+                parts += [ranges[len(ranges) // 2:], ranges[: len(ranges) // 2]]
+                continue
+            self.publish(name, payload)
 
     # -- paho callbacks (network thread) -------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
@@ -123,6 +165,8 @@ class Ingest:
         if reason_code.is_failure:
             log.error("broker %s:%d refused the hub: %s", self.settings.host, self.settings.port, reason_code)
             return
+        # MQTT v5: a client must not send a packet larger than the broker announces (Mosquitto's max_packet_size)
+        self.max_packet_size = getattr(properties, "MaximumPacketSize", None)
         client.subscribe(self.subscription, qos=QOS)
         self.connected.set()
         log.info("connected to broker %s:%d, subscribed %s (session present: %s)", self.settings.host,
@@ -131,7 +175,10 @@ class Ingest:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         self.connected.clear()
-        if reason_code != 0:
+        if reason_code == _PACKET_TOO_LARGE:
+            log.error("the broker disconnected the hub for a packet larger than its max_packet_size (%s bytes)",
+                      self.max_packet_size)
+        elif reason_code != 0:
             log.warning("lost the broker (%s); paho reconnects", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -181,7 +228,7 @@ class Ingest:
             for d in batch.deadletters:
                 self.metrics.deadletters.labels(d.reason).inc()
             for device, seqs in outcome.acks.items():
-                self.publish(topic(s.root, device, "down/ack"), Ack(acked=seq_ranges(seqs)).to_json())
+                self.publish_ack(device, seqs)
             for reply in outcome.replies:
                 self.commands.resolve(reply)
             done = time.time()

@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edge.contract import Tx, TxOutcome, TxStatus
+from edge.contract import REPLY_EXPIRED, Reply, Tx, TxOutcome, TxStatus
 from hub.errors import StoreError
 from hub.store.base import (
+    CommandOutcome,
+    CommandRecord,
     DeviceRecord,
     IngestBatch,
     IngestOutcome,
@@ -98,8 +100,13 @@ CREATE TABLE IF NOT EXISTS commands (
     ok         INTEGER,
     result     TEXT,
     error      TEXT,
-    replied_at REAL
+    replied_at REAL,
+    outcome      TEXT,
+    expires_at   REAL,
+    published_at REAL,
+    replays      INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS commands_by_device ON commands (device, sent_at);
 CREATE TABLE IF NOT EXISTS transactions (
     tx_id       TEXT PRIMARY KEY,
     device      TEXT NOT NULL,
@@ -151,6 +158,7 @@ class SQLiteStore:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)
+            _ensure_command_columns(db)
             for ensure in self._schemas:
                 ensure(db)
         except sqlite3.Error as err:
@@ -258,13 +266,8 @@ class SQLiteStore:
                 e = m.event
                 events.append((m.device, m.seq, _ms(e.ts), e.sensor, e.event, e.severity.value,
                                json.dumps(e.data, ensure_ascii=False)))
-            elif m.reply is not None:
-                r2 = m.reply
-                db.execute(
-                    "UPDATE commands SET ok = ?, result = ?, error = ?, replied_at = ? WHERE cmd_id = ?",
-                    (r2.ok, json.dumps(r2.result) if r2.result is not None else None, r2.error,
-                     m.received_at, r2.cmd_id))
-                out.replies.append(r2)
+            elif m.reply is not None and _settle_reply(db, m.reply, m.received_at):
+                out.replies.append(m.reply)
         db.executemany("INSERT INTO received (device, seq, kind) VALUES (?, ?, ?)", received)
         for d in batch.deadletters:
             _touch(seen, d.device, d.received_at)
@@ -422,29 +425,115 @@ class SQLiteStore:
         """Dead letters per reason."""
         return dict(self._r().execute("SELECT reason, COUNT(*) FROM deadletters GROUP BY reason").fetchall())
 
-    def record_command(self, cmd_id: str, device: str, name: str, args: dict[str, Any], sent_at: float) -> None:
-        """Remember a command before it is published."""
-        with self._write_lock:
-            try:
-                self._w.execute("INSERT INTO commands (cmd_id, device, name, args, sent_at) VALUES (?, ?, ?, ?, ?)",
-                                (cmd_id, device, name, json.dumps(args), sent_at))
-            except sqlite3.Error as err:
-                raise StoreError(f"cannot record command {cmd_id}: {err}") from err
+    def record_command(self, cmd_id: str, device: str, name: str, args: dict[str, Any], sent_at: float,
+                       expires_at: float | None = None, queued: bool = False) -> None:
+        """Remember a command before it is published (``sent``), or ``queued`` until its device is online."""
+        outcome = CommandOutcome.QUEUED if queued else CommandOutcome.SENT
+        self.write(lambda db: db.execute(
+            "INSERT INTO commands (cmd_id, device, name, args, sent_at, expires_at, outcome, published_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (cmd_id, device, name, json.dumps(args), sent_at, expires_at, outcome.value,
+             None if queued else sent_at)))
 
-    def command(self, cmd_id: str) -> dict[str, Any] | None:
-        """A command and its reply."""
-        row = self._r().execute("SELECT cmd_id, device, name, args, sent_at, ok, result, error, replied_at "
-                                "FROM commands WHERE cmd_id = ?", (cmd_id,)).fetchone()
-        if row is None:
-            return None
-        cmd_id, device, name, args, sent_at, ok, result, error, replied_at = row
-        return {"cmd_id": cmd_id, "device": device, "name": name, "args": json.loads(args), "sent_at": sent_at,
-                "ok": None if ok is None else bool(ok), "result": json.loads(result) if result else None,
-                "error": error, "replied_at": replied_at}
+    def command(self, cmd_id: str) -> CommandRecord | None:
+        """A command with its outcome and reply."""
+        row = self._r().execute(f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE cmd_id = ?",  # noqa: S608
+                                (cmd_id,)).fetchone()
+        return None if row is None else _command_row(row)
+
+    def commands(self, device: str, limit: int) -> list[CommandRecord]:
+        """A device's commands, newest first."""
+        rows = self._r().execute(f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE device = ? "  # noqa: S608
+                                 "ORDER BY sent_at DESC, rowid DESC LIMIT ?", (device, limit)).fetchall()
+        return [_command_row(r) for r in rows]
+
+    def settle_command(self, cmd_id: str, outcome: CommandOutcome, error: str | None = None,
+                       only_from: tuple[CommandOutcome, ...] = (CommandOutcome.SENT,)) -> bool:
+        """Give a command its outcome (timeout, expired, error) if it is still in one of ``only_from``."""
+        marks = ",".join("?" * len(only_from))
+        return bool(self.write(lambda db: db.execute(
+            f"UPDATE commands SET outcome = ?, error = coalesce(?, error) "  # noqa: S608
+            f"WHERE cmd_id = ? AND outcome IN ({marks})",
+            (outcome.value, error, cmd_id, *(o.value for o in only_from))).rowcount))
+
+    def due_commands(self, now: float) -> list[CommandRecord]:
+        """Queued, unexpired commands of devices whose link is online, oldest first."""
+        rows = self._r().execute(
+            f"SELECT {_COMMAND_COLUMNS} FROM commands c JOIN devices d USING (device) "  # noqa: S608
+            "WHERE c.outcome = 'queued' AND d.state = 'online' AND c.expires_at > ? ORDER BY c.sent_at, c.rowid",
+            (now,)).fetchall()
+        return [_command_row(r) for r in rows]
+
+    def mark_command_published(self, cmd_id: str, at: float) -> bool:
+        """Move a queued command to ``sent``; False when it is no longer queued."""
+        return bool(self.write(lambda db: db.execute(
+            "UPDATE commands SET outcome = 'sent', published_at = ? WHERE cmd_id = ? AND outcome = 'queued'",
+            (at, cmd_id)).rowcount))
+
+    def expire_commands(self, now: float, reply_grace_s: float = 0.0) -> int:
+        """Queued commands past their expiry become ``expired``, sent ones without a reply ``reply_grace_s``
+        after it ``timeout``."""
+        stale = self._r().execute(
+            "SELECT EXISTS (SELECT 1 FROM commands WHERE outcome = 'queued' AND expires_at <= ?) "
+            "OR EXISTS (SELECT 1 FROM commands WHERE outcome = 'sent' AND expires_at <= ?)",
+            (now, now - reply_grace_s)).fetchone()[0]
+        if not stale:
+            return 0
+
+        def work(db: sqlite3.Connection) -> int:
+            expired = db.execute("UPDATE commands SET outcome = 'expired', error = 'expired before the device came "
+                                 "online; never sent' WHERE outcome = 'queued' AND expires_at <= ?", (now,)).rowcount
+            timed_out = db.execute("UPDATE commands SET outcome = 'timeout' WHERE outcome = 'sent' "
+                                   "AND expires_at <= ?", (now - reply_grace_s,)).rowcount
+            return int(expired + timed_out)
+        return self.write(work)
 
     def stored_seqs(self) -> set[tuple[str, int]]:
         """Every (device, seq) stored; for tests and audits."""
         return set(self._r().execute("SELECT device, seq FROM received").fetchall())
+
+
+_COMMAND_COLUMNS = ("cmd_id, device, name, args, outcome, sent_at, published_at, expires_at, replied_at, "
+                   "result, error, replays")
+
+
+def _command_row(row: tuple[Any, ...]) -> CommandRecord:
+    cmd_id, device, name, args, outcome, sent_at, published_at, expires_at, replied_at, result, error, replays = row
+    return CommandRecord(cmd_id=cmd_id, device=device, name=name, args=json.loads(args),
+                         outcome=CommandOutcome(outcome), requested_at=sent_at, published_at=published_at,
+                         expires_at=expires_at, replied_at=replied_at,
+                         result=json.loads(result) if result else None, error=error, replays=replays)
+
+
+def _ensure_command_columns(db: sqlite3.Connection) -> None:
+    """Add the outcome columns to a commands table made before commands had outcomes, and settle its rows."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(commands)")}
+    added = [(name, decl) for name, decl in (("outcome", "TEXT"), ("expires_at", "REAL"), ("published_at", "REAL"),
+                                             ("replays", "INTEGER NOT NULL DEFAULT 0")) if name not in have]
+    for name, decl in added:
+        db.execute(f"ALTER TABLE commands ADD COLUMN {name} {decl}")
+    db.execute("UPDATE commands SET outcome = CASE WHEN ok IS NULL THEN 'timeout' WHEN ok THEN 'ok' ELSE 'error' END, "
+               "published_at = coalesce(published_at, sent_at) WHERE outcome IS NULL")
+    db.execute("CREATE INDEX IF NOT EXISTS commands_by_outcome ON commands (outcome, expires_at)")
+
+
+_REPLY_OUTCOME = {True: CommandOutcome.OK, False: CommandOutcome.ERROR}
+
+
+def _settle_reply(db: sqlite3.Connection, reply: Reply, received_at: float) -> bool:
+    """Store the first reply to a command; a later one (a replay, a second run) is only counted."""
+    first = CommandOutcome.EXPIRED if reply.code == REPLY_EXPIRED else _REPLY_OUTCOME[reply.ok]
+    late = first if first is CommandOutcome.EXPIRED else CommandOutcome.LATE
+    settled = db.execute(
+        "UPDATE commands SET ok = ?, result = ?, error = ?, replied_at = ?, "
+        "outcome = CASE outcome WHEN 'timeout' THEN ? ELSE ? END "
+        "WHERE cmd_id = ? AND device = ? AND outcome IN ('sent', 'timeout')",
+        (reply.ok, json.dumps(reply.result) if reply.result is not None else None, reply.error, received_at,
+         late.value, first.value, reply.cmd_id, reply.device)).rowcount
+    if not settled:
+        db.execute("UPDATE commands SET replays = replays + 1 WHERE cmd_id = ? AND device = ?",
+                   (reply.cmd_id, reply.device))
+    return bool(settled)
 
 
 def _already_stored(db: sqlite3.Connection, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
