@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from edge.contract import TxOutcome, topic
 from hub.api.app import create_app
+from hub.errors import StoreError
 from hub.finance import api as finance_api
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
@@ -58,7 +59,12 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     ingest = Ingest(store, settings.ingest, metrics, Router(routes))
 
     def answer_kiosk(device: str, outcome: TxOutcome) -> None:
-        ingest.publish(topic(settings.ingest.root, device, "down/tx"), outcome.to_json())
+        try:
+            ingest.publish(topic(settings.ingest.root, device, "down/tx"), outcome.to_json())
+        except StoreError as err:
+            # the outcome is committed: the kiosk resends its pending transaction and gets it then
+            log.warning("cannot tell %s about %s now (%s); it gets the outcome on its next resend",
+                        device, outcome.tx_id, err)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
-from edge.contract import TxOutcome
+from edge.contract import DeviceId, TxOutcome
+from hub.api.bounds import INT64_MAX, FiscalYear, Key, Name, Satang
 from hub.finance.fiscal import baht
 from hub.finance.ledger import ConfirmError, FinanceRoute, confirm_payment, reconcile, reverse, today
 from hub.store.sqlite import SQLiteStore
@@ -24,7 +25,7 @@ AnswerKiosk = Callable[[str, TxOutcome], None]
 class Confirmation(BaseModel):
     """The bank's (or acquirer's) notice that a PromptPay payment was received."""
 
-    amount_satang: Annotated[int, Field(gt=0)]
+    amount_satang: Annotated[int, Field(gt=0, le=INT64_MAX)]
     bank_ref: Annotated[str, Field(min_length=1, max_length=64)]
 
 
@@ -38,10 +39,18 @@ class Reversal(BaseModel):
 class CashCount(BaseModel):
     """The cash counted from one kiosk for one day."""
 
-    device: str
+    device: DeviceId
     day: date
-    counted_satang: Annotated[int, Field(ge=0)]
+    counted_satang: Satang
     counted_by: Annotated[str, Field(min_length=1, max_length=100)]
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: str) -> str:
+    """A text cell a spreadsheet will not run: one starting like a formula gets a leading quote (OWASP's rule)."""
+    return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
 
 
 def _rows(db: sqlite3.Connection, sql: str, args: list[Any]) -> list[dict[str, Any]]:
@@ -56,7 +65,7 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
     api = APIRouter(prefix="/api/finance", tags=["finance"])
 
     @api.post("/payments/{tx_id}/confirm")
-    def confirm(tx_id: str, body: Confirmation,
+    def confirm(tx_id: Key, body: Confirmation,
                 authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """The bank's callback: the payment is paid, gets its receipt number, and the kiosk gets the outcome."""
         if bank_token is not None and not hmac.compare_digest(authorization or "", f"Bearer {bank_token}"):
@@ -90,7 +99,7 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
         return store.read(lambda db: _rows(db, sql + " ORDER BY created_at DESC LIMIT ?", [*args, limit]))
 
     @api.get("/ledger")
-    def ledger(day: date | None = None, device: str | None = None,
+    def ledger(day: date | None = None, device: DeviceId | None = None,
                limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[dict[str, Any]]:
         """Ledger entries in order (payments, voids and refunds), optionally of one local date or kiosk."""
         sql = ("SELECT id, at, local_date, entry, office, fiscal_year, receipt_no, refers_to, tx_id, device, service, "
@@ -105,7 +114,7 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
         return store.read(lambda db: _rows(db, sql + " ORDER BY id LIMIT ?", [*args, limit]))
 
     @api.get("/receipts")
-    def receipts(office: str | None = None, fiscal_year: int | None = None,
+    def receipts(office: Name | None = None, fiscal_year: FiscalYear | None = None,
                  limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[dict[str, Any]]:
         """Receipts issued, in number order, with whether each was voided or refunded."""
         sql = ("SELECT p.receipt_no, p.office, p.fiscal_year, p.at AS paid_at, p.device, p.service, p.method, "
@@ -122,7 +131,7 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
                                            [*args, limit]))
 
     @api.post("/receipts/{receipt_no}/reverse")
-    def reverse_receipt(receipt_no: str, body: Reversal) -> dict[str, Any]:
+    def reverse_receipt(receipt_no: Key, body: Reversal) -> dict[str, Any]:
         """Void or refund a receipt with a compensating ledger entry (nothing is edited)."""
         try:
             entry_id = store.write(lambda db: reverse(db, receipt_no, body.entry, body.reason, datetime.now(UTC)))
@@ -167,8 +176,8 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
         for device, cash, n, counted, by in rows:
             diff = None if counted is None else counted - cash
             status = "not counted" if counted is None else "balanced" if diff == 0 else "difference"
-            writer.writerow([d, device, n, baht(cash), "" if counted is None else baht(counted),
-                             "" if diff is None else baht(diff), by or "", status])
+            writer.writerow([d, spreadsheet_text(device), n, baht(cash), "" if counted is None else baht(counted),
+                             "" if diff is None else baht(diff), spreadsheet_text(by or ""), status])
         return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="reconciliation-{d}.csv"'})
 
