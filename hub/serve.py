@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from edge.contract import TxOutcome, topic
 from hub.api.app import create_app
-from hub.errors import StoreError
+from hub.errors import HubConfigError, StoreError
 from hub.finance import api as finance_api
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
@@ -41,13 +41,35 @@ class HubSettings:
     deadletter_keep_bytes: int = 4096
     fees: Path = DEMO_FEES
     zones: Path = DEMO_ZONES
-    promptpay: PromptPaySettings = field(default_factory=lambda: PromptPaySettings(target="0801234567"))
+    promptpay: PromptPaySettings = field(default_factory=PromptPaySettings)
     bank_token: str | None = None
+
+
+def private_directory(path: Path) -> None:
+    """Create the hub's data directory for its owner only (0700), or narrow an existing one to that."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.chmod(0o700)
+    except OSError as err:
+        raise HubConfigError(f"cannot make the data directory {path} private: {err.strerror}") from err
+
+
+def _warn_about(settings: HubSettings) -> None:
+    """Say at start-up what the settings leave switched off or fake."""
+    if settings.bank_token is None:
+        log.warning("no --bank-token-file: the bank's payment confirmations will be refused, so PromptPay "
+                    "payments stay pending")
+    if not settings.promptpay.configured:
+        log.warning("PromptPay is off (no --promptpay-biller or --promptpay-target): kiosks take cash only")
+    elif settings.promptpay.demo:
+        log.warning("PromptPay in DEMO mode: QR codes go to %s, which is no account; do not use for real payments",
+                    settings.promptpay.target)
 
 
 def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     """Wire the store, metrics, router, ingest and API together (nothing is started)."""
     catalogue = load_catalogue(settings.fees)
+    _warn_about(settings)
     zones = Zones(settings.zones)
     store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes,
                         schemas=(ledger.ensure_schema, reports.ensure_schema))
@@ -90,6 +112,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
 
 def serve(settings: HubSettings) -> None:
     """Run the hub until SIGINT or SIGTERM."""
+    private_directory(settings.data)
     app, _, _ = build(settings)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again under the handler it
     # found; with these no-op handlers a graceful stop exits with status 0.

@@ -59,8 +59,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="municipal zones GeoJSON (default: the demo zones of Khon Kaen)")
     serve.add_argument("--promptpay-biller", default=_env("PROMPTPAY_BILLER"),
                        help="registered biller id: QR payments use bill payment (tag 30) with ref1 = the transaction")
-    serve.add_argument("--promptpay-target", default=_env("PROMPTPAY_TARGET", "0801234567"),
-                       help="PromptPay phone or tax id used when no biller id is set (tag 29)")
+    serve.add_argument("--promptpay-target", default=_env("PROMPTPAY_TARGET"),
+                       help="PromptPay phone or tax id used when no biller id is set (tag 29); "
+                            "without either, PromptPay is off")
+    serve.add_argument("--promptpay-demo", action="store_true",
+                       help="demo only: QR codes to a target that is no account, labelled as a demo")
     serve.add_argument("--bank-token-file", type=Path, default=_env("BANK_TOKEN_FILE"),
                        help="file with the token the bank's confirmation callback must present")
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
@@ -134,7 +137,8 @@ def _hub(args: argparse.Namespace) -> int:
                             max_payload=args.max_payload)
     extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones)) if v}
     settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
-                           promptpay=PromptPaySettings(biller_id=args.promptpay_biller, target=args.promptpay_target),
+                           promptpay=PromptPaySettings.for_demo() if args.promptpay_demo else
+                           PromptPaySettings(biller_id=args.promptpay_biller, target=args.promptpay_target),
                            bank_token=secrets["bank_token_file"], **extra)
     try:
         serve(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from hub.finance.promptpay import PromptPaySettings, bill_payment, crc16_ccitt_f
 from hub.gis import reports
 from hub.router import Router
 from hub.store.sqlite import SQLiteStore
+from tests.conftest import Broker
 
 CITIZEN = {"ref": "9f2c" * 16}
 
@@ -189,3 +191,43 @@ def test_void_is_a_compensating_entry_and_reconciliation_compares_counted_cash(
     lines = csv_text.strip().splitlines()
     assert lines[0].startswith("day,device,cash_entries,ledger_cash_baht,counted_baht,difference_baht")
     assert lines[1] == f"{day},kk-kiosk-0001,4,80.00,75.00,-5.00,Somchai,difference"
+
+
+def test_promptpay_is_off_unless_configured_and_the_kiosk_is_told_to_pay_cash(store: SQLiteStore) -> None:
+    off = Router({"fee.payment": ledger.FinanceRoute(load_catalogue(DEMO_FEES), PromptPaySettings())})
+    outcome, _ = store.apply_tx(_payment("kk-kiosk-0001-tx-qroff1", method="promptpay"), 1.0, off.decide)
+    assert outcome.status is TxStatus.REJECTED and "PromptPay is not set up" in (outcome.reason or "")
+    assert "pay in cash" in (outcome.reason or "")
+    assert store.read(lambda db: db.execute("SELECT count(*) FROM payments").fetchone()[0]) == 0
+
+
+def test_the_demo_promptpay_pays_no_one_and_says_it_is_a_demo(store: SQLiteStore) -> None:
+    demo = Router({"fee.payment": ledger.FinanceRoute(load_catalogue(DEMO_FEES), PromptPaySettings.for_demo())})
+    outcome, _ = store.apply_tx(_payment("kk-kiosk-0001-tx-qrdemo", method="promptpay"), 1.0, demo.decide)
+    assert outcome.status is TxStatus.PENDING and outcome.result["promptpay_demo"] is True
+    assert "01130066000000000" in outcome.result["promptpay"]  # +66 0...: no Thai number, no account
+
+
+def test_without_a_bank_token_every_confirmation_is_refused(store: SQLiteStore, route: ledger.FinanceRoute) -> None:
+    router = Router({"fee.payment": route})
+    store.apply_tx(_payment("kk-kiosk-0001-tx-qr0002", method="promptpay"), 1.0, router.decide)
+    app = FastAPI()
+    app.include_router(finance_api.create_router(store, route, lambda d, o: None, None))
+    r = TestClient(app).post("/api/finance/payments/kk-kiosk-0001-tx-qr0002/confirm",
+                             json={"amount_satang": 4000, "bank_ref": "B1"}, headers={"Authorization": "Bearer "})
+    assert r.status_code == 403 and "--bank-token-file" in r.json()["detail"]
+    assert store.read(lambda db: db.execute("SELECT status FROM payments").fetchone()[0]) == "pending"
+
+
+@pytest.mark.broker
+def test_the_hub_keeps_its_data_private_and_warns_about_what_is_off(tmp_path: Path, broker: Broker,
+                                                                     procs: dict[str, Any]) -> None:
+    data = tmp_path / "hub"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    hub = procs["hub"](broker.port, data=data)
+    for path in (data / "hub.sqlite", data / "hub.sqlite-wal", data / "hub.sqlite-shm"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    log = hub.log()
+    assert "PromptPay is off" in log and "confirmations will be refused" in log

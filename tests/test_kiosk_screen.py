@@ -126,7 +126,7 @@ def site(tmp_path: Path, broker: Broker, procs: dict[str, Any]) -> Iterator[Site
     token = tmp_path / "bank.token"
     token.write_text(BANK_TOKEN)
     token.chmod(0o600)
-    hub = procs["hub"](broker.port, "--bank-token-file", str(token))
+    hub = procs["hub"](broker.port, "--bank-token-file", str(token), "--promptpay-demo")
     http_port = free_port()
     kiosk = Proc(["agent", "run", "--simulate", str(kiosk_config(tmp_path, broker.port, http_port))],
                  tmp_path / "kiosk.log")

@@ -68,7 +68,10 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
     def confirm(tx_id: Key, body: Confirmation,
                 authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """The bank's callback: the payment is paid, gets its receipt number, and the kiosk gets the outcome."""
-        if bank_token is not None and not hmac.compare_digest(authorization or "", f"Bearer {bank_token}"):
+        if bank_token is None:
+            raise HTTPException(403, "bank confirmations are refused: the hub has no bank token "
+                                     "(start it with --bank-token-file)")
+        if not hmac.compare_digest(authorization or "", f"Bearer {bank_token}"):
             raise HTTPException(401, "missing or wrong bank token (Authorization: Bearer ...)")
 
         def work(db: sqlite3.Connection) -> tuple[TxOutcome, bool, str]:

@@ -186,9 +186,11 @@ class FinanceRoute:
         db.execute("INSERT INTO payments (tx_id, device, office, service, method, amount_satang, citizen_ref, status, "
                    "reference, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
                    (tx.tx_id, tx.device, office, code, method, amount, citizen, ref, format_timestamp(now)))
-        return TxOutcome(tx_id=tx.tx_id, status=TxStatus.PENDING, duplicate=False, reason=None, result={
-            "awaiting": "payment", "reference": ref, "promptpay": payload, "amount_satang": amount,
-            "service": code, "office": office})
+        result: dict[str, Any] = {"awaiting": "payment", "reference": ref, "promptpay": payload,
+                                  "amount_satang": amount, "service": code, "office": office}
+        if self.promptpay.demo:
+            result["promptpay_demo"] = True
+        return TxOutcome(tx_id=tx.tx_id, status=TxStatus.PENDING, duplicate=False, reason=None, result=result)
 
 
 class ConfirmError(ValueError):
