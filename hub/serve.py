@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import uvicorn
@@ -88,14 +90,32 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
             log.warning("cannot tell %s about %s now (%s); it gets the outcome on its next resend",
                         device, outcome.tx_id, err)
 
+    stop_expiry = threading.Event()
+
+    def expire_payments() -> None:
+        every = min(30.0, max(1.0, settings.promptpay.expire_after_s / 4))
+        while not stop_expiry.wait(every):
+            try:
+                ended = finance_api.expire_pending(store, answer_kiosk, datetime.now(UTC))
+            except StoreError as err:
+                log.warning("cannot expire pending PromptPay payments now: %s", err)
+                continue
+            if ended:
+                log.info("%d pending PromptPay payment(s) expired", ended)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store.open()
         ingest.start()
+        stop_expiry.clear()
+        expiry = threading.Thread(target=expire_payments, name="payment-expiry", daemon=True)
+        expiry.start()
         log.info("hub ingesting from %s:%d into %s", settings.ingest.host, settings.ingest.port, store.path)
         try:
             yield
         finally:
+            stop_expiry.set()
+            expiry.join()
             ingest.stop()
             store.close()
             log.info("hub stopped")

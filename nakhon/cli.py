@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--promptpay-target", default=_env("PROMPTPAY_TARGET"),
                        help="PromptPay phone or tax id used when no biller id is set (tag 29); "
                             "without either, PromptPay is off")
+    serve.add_argument("--promptpay-expiry-min", type=float,
+                       default=float(_env("PROMPTPAY_EXPIRY_MIN", "15") or 15),
+                       help="minutes a QR payment waits for the bank before it expires (default 15)")
     serve.add_argument("--promptpay-demo", action="store_true",
                        help="demo only: QR codes to a target that is no account, labelled as a demo")
     serve.add_argument("--bank-token-file", type=Path, default=_env("BANK_TOKEN_FILE"),
@@ -115,6 +118,8 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _hub(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from hub.errors import HubConfigError
     from hub.finance.promptpay import PromptPaySettings
     from hub.ingest.consumer import IngestSettings
@@ -136,11 +141,13 @@ def _hub(args: argparse.Namespace) -> int:
                             password=password, client_id=client_id, share=args.share,
                             max_payload=args.max_payload)
     extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones)) if v}
-    settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
-                           promptpay=PromptPaySettings.for_demo() if args.promptpay_demo else
-                           PromptPaySettings(biller_id=args.promptpay_biller, target=args.promptpay_target),
-                           bank_token=secrets["bank_token_file"], **extra)
     try:
+        settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
+                               promptpay=replace(PromptPaySettings.for_demo() if args.promptpay_demo else
+                                                 PromptPaySettings(biller_id=args.promptpay_biller,
+                                                                   target=args.promptpay_target),
+                                                 expire_after_s=args.promptpay_expiry_min * 60),
+                               bank_token=secrets["bank_token_file"], **extra)
         serve(settings)
     except HubConfigError as err:
         print(f"nakhon: {err}", file=sys.stderr)

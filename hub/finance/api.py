@@ -16,7 +16,18 @@ from pydantic import BaseModel, Field
 from edge.contract import DeviceId, TxOutcome
 from hub.api.bounds import INT64_MAX, FiscalYear, Key, Name, Satang
 from hub.finance.fiscal import baht
-from hub.finance.ledger import ConfirmError, FinanceRoute, confirm_payment, reconcile, reverse, today
+from hub.finance.ledger import (
+    Confirmed,
+    ConfirmError,
+    FinanceRoute,
+    confirm_payment,
+    counts,
+    due_to_expire,
+    end_payment,
+    reconcile,
+    reverse,
+    today,
+)
 from hub.store.sqlite import SQLiteStore
 
 AnswerKiosk = Callable[[str, TxOutcome], None]
@@ -59,6 +70,20 @@ def _rows(db: sqlite3.Connection, sql: str, args: list[Any]) -> list[dict[str, A
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
+def expire_pending(store: SQLiteStore, answer_kiosk: AnswerKiosk, at: datetime) -> int:
+    """End every pending PromptPay payment whose time is up and tell its kiosk; returns how many ended."""
+    def work(db: sqlite3.Connection) -> list[tuple[str, TxOutcome]]:
+        ended = [end_payment(db, tx_id, "expired", at) for tx_id in due_to_expire(db, at)]
+        for _, outcome in (e for e in ended if e is not None):
+            store.replace_tx_outcome(db, outcome.tx_id, outcome)
+        return [e for e in ended if e is not None]
+
+    ended = store.write(work)
+    for device, outcome in ended:
+        answer_kiosk(device, outcome)
+    return len(ended)
+
+
 def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerKiosk,
                   bank_token: str | None) -> APIRouter:
     """Build the finance routes over the hub's store."""
@@ -74,27 +99,51 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
         if not hmac.compare_digest(authorization or "", f"Bearer {bank_token}"):
             raise HTTPException(401, "missing or wrong bank token (Authorization: Bearer ...)")
 
-        def work(db: sqlite3.Connection) -> tuple[TxOutcome, bool, str]:
-            outcome, new = confirm_payment(db, route.catalogue, tx_id, body.amount_satang, body.bank_ref,
-                                           datetime.now(UTC))
-            device = store.replace_tx_outcome(db, tx_id, outcome)
-            return outcome, new, device
+        def work(db: sqlite3.Connection) -> tuple[Confirmed, str]:
+            confirmed = confirm_payment(db, route.catalogue, tx_id, body.amount_satang, body.bank_ref,
+                                        datetime.now(UTC))
+            return confirmed, store.replace_tx_outcome(db, tx_id, confirmed.outcome)
 
         try:
-            outcome, new, device = store.write(work)
+            confirmed, device = store.write(work)
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
         except ConfirmError as err:
             raise HTTPException(409, str(err)) from err
-        answer_kiosk(device, outcome)
-        return {"tx_id": tx_id, "already_confirmed": not new, **outcome.result}
+        answer_kiosk(device, confirmed.outcome)
+        return {"tx_id": tx_id, "already_confirmed": not confirmed.new, "late": confirmed.late,
+                **confirmed.outcome.result}
+
+    @api.post("/payments/{tx_id}/cancel")
+    def cancel(tx_id: Key) -> dict[str, Any]:
+        """Cancel a PromptPay payment still waiting for the bank; the kiosk is told and stops asking."""
+        def work(db: sqlite3.Connection) -> tuple[str, TxOutcome] | str:
+            ended = end_payment(db, tx_id, "cancelled", datetime.now(UTC))
+            if ended is not None:
+                store.replace_tx_outcome(db, tx_id, ended[1])
+                return ended
+            row = db.execute("SELECT status FROM payments WHERE tx_id = ?", (tx_id,)).fetchone()
+            if row is None:
+                raise LookupError(f"no payment for transaction {tx_id!r}")
+            return str(row[0])
+
+        try:
+            ended = store.write(work)
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from err
+        if isinstance(ended, str):
+            if ended == "paid":
+                raise HTTPException(409, f"{tx_id} is paid: void or refund its receipt instead")
+            return {"tx_id": tx_id, "status": ended, "already_ended": True}
+        answer_kiosk(*ended)
+        return {"tx_id": tx_id, "status": "cancelled", "already_ended": False}
 
     @api.get("/payments")
-    def payments(status: Literal["pending", "paid"] | None = None,
+    def payments(status: Literal["pending", "paid", "expired", "cancelled"] | None = None,
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict[str, Any]]:
-        """Payments, newest first (pending ones wait for the bank)."""
+        """Payments, newest first (pending ones wait for the bank until ``expires_at``)."""
         sql = ("SELECT tx_id, device, office, service, method, amount_satang, status, reference, created_at, "
-               "paid_at, receipt_no FROM payments")
+               "paid_at, receipt_no, kiosk_at, expires_at, ended_at FROM payments")
         args: list[Any] = []
         if status:
             sql += " WHERE status = ?"
@@ -120,8 +169,9 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
     def receipts(office: Name | None = None, fiscal_year: FiscalYear | None = None,
                  limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[dict[str, Any]]:
         """Receipts issued, in number order, with whether each was voided or refunded."""
-        sql = ("SELECT p.receipt_no, p.office, p.fiscal_year, p.at AS paid_at, p.device, p.service, p.method, "
-               "p.amount_satang, r.entry AS reversed_by, r.reason AS reversal_reason FROM ledger p "
+        sql = ("SELECT p.receipt_no, p.office, p.fiscal_year, coalesce(p.paid_at, p.at) AS paid_at, "
+               "p.at AS recorded_at, p.device, p.service, p.method, p.amount_satang, r.entry AS reversed_by, "
+               "r.reason AS reversal_reason FROM ledger p "
                "LEFT JOIN ledger r ON r.refers_to = p.id WHERE p.entry = 'payment'")
         args: list[Any] = []
         if office:
@@ -156,31 +206,41 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
 
     @api.post("/reconciliations")
     def record_count(body: CashCount) -> dict[str, Any]:
-        """Record the cash counted from a kiosk and compare it with the ledger."""
-        return store.write(lambda db: reconcile(db, body.device, body.day, body.counted_satang, body.counted_by,
-                                                datetime.now(UTC)))
+        """Record the cash counted from a known kiosk and compare it with the ledger; earlier counts stay."""
+        try:
+            return store.write(lambda db: reconcile(db, body.device, body.day, body.counted_satang, body.counted_by,
+                                                    datetime.now(UTC)))
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from err
+
+    @api.get("/reconciliations")
+    def all_counts(day: date | None = None, device: DeviceId | None = None) -> list[dict[str, Any]]:
+        """Every cash count of a local date (today by default), oldest first, with which ones were superseded."""
+        return store.read(lambda db: counts(db, day or today(), device))
 
     @api.get("/reconciliation.csv")
     def reconciliation_csv(day: date | None = None) -> Response:
         """Per kiosk for one local date: cash in the ledger, cash counted (latest count), difference."""
         d = (day or today()).isoformat()
         rows = store.read(lambda db: db.execute(
-            "SELECT k.device, coalesce(l.cash, 0), coalesce(l.n, 0), r.counted_satang, r.counted_by FROM "
+            "SELECT k.device, coalesce(l.cash, 0), coalesce(l.n, 0), r.counted_satang, r.counted_by, "
+            "coalesce(r.counts, 0) FROM "
             "(SELECT device FROM ledger WHERE local_date = ?1 AND method = 'cash' UNION "
             " SELECT device FROM reconciliations WHERE day = ?1) k "
             "LEFT JOIN (SELECT device, sum(amount_satang) AS cash, count(*) AS n FROM ledger "
             "           WHERE local_date = ?1 AND method = 'cash' GROUP BY device) l ON l.device = k.device "
-            "LEFT JOIN (SELECT device, counted_satang, counted_by, max(id) FROM reconciliations WHERE day = ?1 "
+            "LEFT JOIN (SELECT device, counted_satang, counted_by, max(id), count(*) AS counts FROM reconciliations "
+            "           WHERE day = ?1 "
             "           GROUP BY device) r ON r.device = k.device ORDER BY k.device", (d,)).fetchall())
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(["day", "device", "cash_entries", "ledger_cash_baht", "counted_baht", "difference_baht",
-                         "counted_by", "status"])
-        for device, cash, n, counted, by in rows:
+                         "counted_by", "status", "counts"])
+        for device, cash, n, counted, by, n_counts in rows:
             diff = None if counted is None else counted - cash
             status = "not counted" if counted is None else "balanced" if diff == 0 else "difference"
             writer.writerow([d, spreadsheet_text(device), n, baht(cash), "" if counted is None else baht(counted),
-                             "" if diff is None else baht(diff), spreadsheet_text(by or ""), status])
+                             "" if diff is None else baht(diff), spreadsheet_text(by or ""), status, n_counts])
         return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="reconciliation-{d}.csv"'})
 

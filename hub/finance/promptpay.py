@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hub.errors import HubConfigError
+
 _AID_CREDIT_TRANSFER = "A000000677010111"
 _AID_BILL_PAYMENT = "A000000677010112"
 _THB = "764"
@@ -91,6 +93,13 @@ class PromptPaySettings:
     target: str | None = None
     demo: bool = False
     """QR codes go to :data:`DEMO_TARGET`; every pending answer says so (``promptpay_demo``)."""
+    expire_after_s: float = 900.0
+    """How long a QR payment waits for the bank before it expires (and the kiosk is told)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.expire_after_s <= 7 * 86_400:
+            raise HubConfigError(f"a QR payment must expire after more than 0 s and at most 7 days, "
+                                 f"not {self.expire_after_s:g} s")
 
     @classmethod
     def for_demo(cls) -> PromptPaySettings:
