@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
     serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
 
+    purge = hub.add_parser("purge", help="strip personal data from records older than the retention period")
+    purge.add_argument("--data", type=Path, default=Path(_env("DATA", "./nakhon-data/hub") or ""),
+                       help="data directory (SQLite store); env NAKHON_HUB_DATA")
+    purge.add_argument("--retention-days", type=float, default=float(_env("RETENTION_DAYS", "365") or 365),
+                       help="keep personal fields this many days (default 365); env NAKHON_HUB_RETENTION_DAYS")
+    purge.add_argument("--dry-run", action="store_true", help="count what would be stripped, change nothing")
+
     demo = sub.add_parser("demo", help="run a private broker, the hub and a simulated fleet")
     demo.add_argument("--data", type=Path, default=Path("./nakhon-data/demo"),
                       help="where the demo keeps its broker, hub and outboxes (reused by the next run)")
@@ -117,7 +124,42 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _purge(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from hub.errors import StoreError
+    from hub.finance import ledger
+    from hub.gis import reports
+    from hub.retention import purge
+    from hub.store.sqlite import SQLiteStore
+
+    if not 0 <= args.retention_days <= 36_500:
+        print(f"nakhon: --retention-days must be 0 to 36500, not {args.retention_days:g}", file=sys.stderr)
+        return 2
+    path = args.data / "hub.sqlite"
+    if not path.exists():
+        print(f"nakhon: no hub store at {path}", file=sys.stderr)
+        return 2
+    older_than = datetime.now(UTC) - timedelta(days=args.retention_days)
+    store = SQLiteStore(path, schemas=(ledger.ensure_schema, reports.ensure_schema))
+    try:
+        store.open()
+        removed = store.write(lambda db: purge(db, older_than, args.dry_run))
+    except StoreError as err:
+        print(f"nakhon: {err}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    verb = "would strip" if args.dry_run else "stripped"
+    print(f"personal fields of records older than {older_than:%Y-%m-%d %H:%M} UTC ({args.retention_days:g} days):")
+    for field, count in removed.items():
+        print(f"  {field:<28} {verb} from {count} rows")
+    return 0
+
+
 def _hub(args: argparse.Namespace) -> int:
+    if args.action == "purge":
+        return _purge(args)
     from dataclasses import replace
 
     from hub.errors import HubConfigError
