@@ -177,6 +177,9 @@ def _hub(args: argparse.Namespace) -> int:
             except OSError as err:
                 print(f"nakhon: cannot read --{flag.replace('_', '-')} {path}: {err.strerror}", file=sys.stderr)
                 return 2
+            if Path(path).stat().st_mode & 0o077:
+                logging.getLogger("nakhon.hub").warning("--%s %s can be read by other users: chmod 600 it",
+                                                        flag.replace("_", "-"), path)
     password = secrets["password_file"]
     client_id = args.client_id or (f"nakhon-hub-{args.share}-{os.getpid()}" if args.share else "nakhon-hub")
     ingest = IngestSettings(host=args.broker_host, port=args.broker_port, root=args.root, username=args.username,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import stat
 import threading
@@ -20,7 +21,9 @@ from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.fiscal import BANGKOK, baht, fiscal_year, local_date, thai_date
 from hub.finance.promptpay import PromptPaySettings, bill_payment, crc16_ccitt_false, credit_transfer
 from hub.gis import reports
+from hub.ingest.consumer import IngestSettings
 from hub.router import Router
+from hub.serve import HubSettings, build
 from hub.store.sqlite import SQLiteStore
 from tests.conftest import Broker
 
@@ -226,12 +229,23 @@ def test_the_hub_keeps_its_data_private_and_warns_about_what_is_off(tmp_path: Pa
     data = tmp_path / "hub"
     data.mkdir(mode=0o755)
     data.chmod(0o755)
-    hub = procs["hub"](broker.port, data=data)
+    token = tmp_path / "bank.token"
+    token.write_text("secret\n")
+    token.chmod(0o644)
+    hub = procs["hub"](broker.port, "--bank-token-file", str(token), data=data)
     for path in (data / "hub.sqlite", data / "hub.sqlite-wal", data / "hub.sqlite-shm"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     log = hub.log()
-    assert "PromptPay is off" in log and "confirmations will be refused" in log
+    assert "PromptPay is off" in log and "can be read by other users: chmod 600 it" in log
+    assert "secret" not in log.replace("secrets", "")
+
+
+def test_the_hub_warns_at_start_up_that_confirmations_are_refused_without_a_token(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "nakhon.hub"):
+        build(HubSettings(data=tmp_path, ingest=IngestSettings(port=1), promptpay=PromptPaySettings.for_demo()))
+    assert "confirmations will be refused" in caplog.text and "PromptPay in DEMO mode" in caplog.text
 
 
 class Clock:
