@@ -25,7 +25,8 @@ from hub.ingest.consumer import IngestSettings
 from hub.router import Router
 from hub.serve import HubSettings, build
 from hub.store.sqlite import SQLiteStore
-from tests.conftest import Broker
+from tests.conftest import Broker, wait_for
+from tests.test_gis import Kiosk
 
 CITIZEN = {"ref": "9f2c" * 16}
 
@@ -363,3 +364,21 @@ def test_a_store_from_before_expiry_and_two_times_is_brought_up_to_date(tmp_path
         assert "paid_at" in {r[1] for r in store.read(lambda db: db.execute("PRAGMA table_info(ledger)").fetchall())}
     finally:
         store.close()
+
+
+@pytest.mark.broker
+def test_the_running_hub_expires_a_pending_payment_and_answers_the_kiosk(broker: Broker,
+                                                                          procs: dict[str, Any]) -> None:
+    hub = procs["hub"](broker.port, "--promptpay-demo", "--promptpay-expiry-min", "0.03")
+    kiosk = Kiosk(broker.port, "kk-kiosk-0001")
+    try:
+        wait_for(lambda: kiosk.client.is_connected(), 10, "the kiosk to connect")
+        kiosk.send("kk-kiosk-0001-tx-qrrun1", "fee.payment", {"office": "kkc-hq", "service": "garbage-monthly",
+                                                              "amount_satang": 4000, "method": "promptpay"}, None)
+        assert kiosk.answer("kk-kiosk-0001-tx-qrrun1").status is TxStatus.PENDING
+        ended = wait_for(lambda: next((a for a in kiosk.answers if a.status is TxStatus.REJECTED), None), 30,
+                         "the expiry to reach the kiosk")
+        assert ended.tx_id == "kk-kiosk-0001-tx-qrrun1" and ended.result["ended"] == "expired"
+        assert hub.get("/api/finance/payments", status="expired")[0]["tx_id"] == "kk-kiosk-0001-tx-qrrun1"
+    finally:
+        kiosk.close()
