@@ -382,3 +382,12 @@ def test_the_running_hub_expires_a_pending_payment_and_answers_the_kiosk(broker:
         assert hub.get("/api/finance/payments", status="expired")[0]["tx_id"] == "kk-kiosk-0001-tx-qrrun1"
     finally:
         kiosk.close()
+
+
+def test_the_demo_writes_its_secrets_for_their_owner_only(tmp_path: Path) -> None:
+    from nakhon.demo import _secret
+
+    value = _secret(tmp_path / "secrets" / "bank.token")
+    assert stat.S_IMODE((tmp_path / "secrets" / "bank.token").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
+    assert _secret(tmp_path / "secrets" / "bank.token") == value  # the next run reuses it
