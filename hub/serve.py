@@ -100,6 +100,9 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
             except StoreError as err:
                 log.warning("cannot expire pending PromptPay payments now: %s", err)
                 continue
+            except Exception:  # the sweep must outlive any one bad payment: it retries next round
+                log.exception("expiring pending PromptPay payments failed; trying again in %.0f s", every)
+                continue
             if ended:
                 log.info("%d pending PromptPay payment(s) expired", ended)
 
