@@ -1,9 +1,10 @@
 """The finance module's tables and rules: fee payments routed from kiosks, the ledger, receipts, reconciliation.
 
-The ledger is append-only (SQLite triggers refuse UPDATE and DELETE): a payment adds one entry, a void or a
-refund adds a compensating entry that refers to it. Receipt numbers come from a counter per office and
-fiscal year, taken in the same database transaction as the ledger entry, so they have no gaps. A PromptPay
-payment stays ``pending`` (no ledger entry, no receipt number) until the bank's confirmation arrives.
+The ledger is append-only (SQLite triggers refuse UPDATE and DELETE; only a citizen reference may be erased,
+by the retention purge): a payment adds one entry, a void or a refund adds a compensating entry that refers to
+it. Receipt numbers come from a counter per office and fiscal year, taken in the same database transaction as
+the ledger entry, so they have no gaps. A PromptPay payment stays ``pending`` (no ledger entry, no receipt
+number) until the bank's confirmation arrives, or until it expires or is cancelled.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ CREATE TRIGGER IF NOT EXISTS ledger_citizen_ref_only_erased BEFORE UPDATE OF cit
     WHEN NEW.citizen_ref IS NOT NULL
     BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: a citizen reference can only be erased'); END;
 """
-"""Nothing in the ledger changes, except that :func:`hub.finance.retention` may erase the citizen reference."""
+"""Nothing in the ledger changes, except that :func:`hub.retention.purge` may erase the citizen reference."""
 
 _ADDED_COLUMNS = {"ledger": ("paid_at TEXT",), "payments": ("kiosk_at TEXT", "expires_at TEXT", "ended_at TEXT")}
 """Columns added after the first release: stores made before get them at start-up."""
@@ -131,6 +132,7 @@ def ensure_schema(db: sqlite3.Connection) -> None:
     old_check = db.execute("SELECT sql FROM sqlite_master WHERE name = 'payments'").fetchone()[0]
     if "'expired'" not in old_check:
         _widen_payment_statuses(db, old_check)
+    db.execute("CREATE INDEX IF NOT EXISTS payments_by_status ON payments (status, expires_at)")
     db.executescript(_APPEND_ONLY)
 
 
