@@ -59,12 +59,25 @@ def _parser() -> argparse.ArgumentParser:
                        help="municipal zones GeoJSON (default: the demo zones of Khon Kaen)")
     serve.add_argument("--promptpay-biller", default=_env("PROMPTPAY_BILLER"),
                        help="registered biller id: QR payments use bill payment (tag 30) with ref1 = the transaction")
-    serve.add_argument("--promptpay-target", default=_env("PROMPTPAY_TARGET", "0801234567"),
-                       help="PromptPay phone or tax id used when no biller id is set (tag 29)")
+    serve.add_argument("--promptpay-target", default=_env("PROMPTPAY_TARGET"),
+                       help="PromptPay phone or tax id used when no biller id is set (tag 29); "
+                            "without either, PromptPay is off")
+    serve.add_argument("--promptpay-expiry-min", type=float,
+                       default=float(_env("PROMPTPAY_EXPIRY_MIN", "15") or 15),
+                       help="minutes a QR payment waits for the bank before it expires (default 15)")
+    serve.add_argument("--promptpay-demo", action="store_true",
+                       help="demo only: QR codes to a target that is no account, labelled as a demo")
     serve.add_argument("--bank-token-file", type=Path, default=_env("BANK_TOKEN_FILE"),
                        help="file with the token the bank's confirmation callback must present")
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
     serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
+
+    purge = hub.add_parser("purge", help="strip personal data from records older than the retention period")
+    purge.add_argument("--data", type=Path, default=Path(_env("DATA", "./nakhon-data/hub") or ""),
+                       help="data directory (SQLite store); env NAKHON_HUB_DATA")
+    purge.add_argument("--retention-days", type=float, default=float(_env("RETENTION_DAYS", "365") or 365),
+                       help="keep personal fields this many days (default 365); env NAKHON_HUB_RETENTION_DAYS")
+    purge.add_argument("--dry-run", action="store_true", help="count what would be stripped, change nothing")
 
     demo = sub.add_parser("demo", help="run a private broker, the hub and a simulated fleet")
     demo.add_argument("--data", type=Path, default=Path("./nakhon-data/demo"),
@@ -111,7 +124,44 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _purge(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from hub.errors import StoreError
+    from hub.finance import ledger
+    from hub.gis import reports
+    from hub.retention import purge
+    from hub.store.sqlite import SQLiteStore
+
+    if not 0 <= args.retention_days <= 36_500:
+        print(f"nakhon: --retention-days must be 0 to 36500, not {args.retention_days:g}", file=sys.stderr)
+        return 2
+    path = args.data / "hub.sqlite"
+    if not path.exists():
+        print(f"nakhon: no hub store at {path}", file=sys.stderr)
+        return 2
+    older_than = datetime.now(UTC) - timedelta(days=args.retention_days)
+    store = SQLiteStore(path, schemas=(ledger.ensure_schema, reports.ensure_schema))
+    try:
+        store.open()
+        removed = store.write(lambda db: purge(db, older_than, args.dry_run))
+    except StoreError as err:
+        print(f"nakhon: {err}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    verb = "would strip" if args.dry_run else "stripped"
+    print(f"personal fields of records older than {older_than:%Y-%m-%d %H:%M} UTC ({args.retention_days:g} days):")
+    for field, count in removed.items():
+        print(f"  {field:<28} {verb} from {count} rows")
+    return 0
+
+
 def _hub(args: argparse.Namespace) -> int:
+    if args.action == "purge":
+        return _purge(args)
+    from dataclasses import replace
+
     from hub.errors import HubConfigError
     from hub.finance.promptpay import PromptPaySettings
     from hub.ingest.consumer import IngestSettings
@@ -127,16 +177,22 @@ def _hub(args: argparse.Namespace) -> int:
             except OSError as err:
                 print(f"nakhon: cannot read --{flag.replace('_', '-')} {path}: {err.strerror}", file=sys.stderr)
                 return 2
+            if Path(path).stat().st_mode & 0o077:
+                logging.getLogger("nakhon.hub").warning("--%s %s can be read by other users: chmod 600 it",
+                                                        flag.replace("_", "-"), path)
     password = secrets["password_file"]
     client_id = args.client_id or (f"nakhon-hub-{args.share}-{os.getpid()}" if args.share else "nakhon-hub")
     ingest = IngestSettings(host=args.broker_host, port=args.broker_port, root=args.root, username=args.username,
                             password=password, client_id=client_id, share=args.share,
                             max_payload=args.max_payload)
     extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones)) if v}
-    settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
-                           promptpay=PromptPaySettings(biller_id=args.promptpay_biller, target=args.promptpay_target),
-                           bank_token=secrets["bank_token_file"], **extra)
     try:
+        settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
+                               promptpay=replace(PromptPaySettings.for_demo() if args.promptpay_demo else
+                                                 PromptPaySettings(biller_id=args.promptpay_biller,
+                                                                   target=args.promptpay_target),
+                                                 expire_after_s=args.promptpay_expiry_min * 60),
+                               bank_token=secrets["bank_token_file"], **extra)
         serve(settings)
     except HubConfigError as err:
         print(f"nakhon: {err}", file=sys.stderr)

@@ -8,12 +8,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.contract import DeviceId, Timestamp
+from hub.api.bounds import Instant, Name
+from hub.api.validation import validation_error
 from hub.commands import CommandDesk
 from hub.errors import BrokerError, MessageTooLarge, StoreError
 from hub.liveness import Liveness, assess
@@ -225,6 +228,7 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
     app = FastAPI(title="Nakhon hub", version="1", summary="Fleet registry, telemetry, dead letters and commands "
                   "of a Nakhon deployment.")
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     def _known(device: str) -> DeviceRecord:
         record = store.device(device)
@@ -261,21 +265,18 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
         return _device_view(store, _known(device))
 
     @app.get("/api/devices/{device}/readings")
-    def readings(device: DeviceId, quantity: str | None = None, since: datetime | None = None,
-                 until: datetime | None = None,
+    def readings(device: DeviceId, quantity: Name | None = None, since: Instant | None = None,
+                 until: Instant | None = None,
                  limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> ReadingsView:
         """Readings in time order with their original timestamps; ``since`` inclusive, ``until`` exclusive."""
         _known(device)
-        for name, value in (("since", since), ("until", until)):
-            if value is not None and value.tzinfo is None:
-                raise HTTPException(422, f"{name} needs a time zone, e.g. 2026-11-20T03:00:00Z")
         rows = store.readings(device, quantity, since, until, limit)
         return ReadingsView(device=device, count=len(rows), readings=[
             ReadingView(ts=r.ts, sensor=r.sensor, quantity=r.quantity, value=r.value, unit=r.unit, seq=r.seq)
             for r in rows])
 
     @app.get("/api/deadletters")
-    def deadletters(reason: str | None = None,
+    def deadletters(reason: Name | None = None,
                     limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[DeadLetterView]:
         """Refused messages, newest first, optionally of one reason."""
         out = []

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from shapely.geometry import Point, box, shape
 
+from hub.api.bounds import Name, Offset, PositiveId, row_id
 from hub.gis.ogc import FeatureLayer
 from hub.gis.reports import FeatureQuery, WorkflowError, Zones, change_status, report, reports
 from hub.store.sqlite import SQLiteStore
@@ -37,7 +38,8 @@ def reports_layer(store: SQLiteStore) -> FeatureLayer:
         return store.read(lambda db: reports(db, query, limit, offset))
 
     def one(fid: str) -> dict[str, Any] | None:
-        return store.read(lambda db: report(db, int(fid))) if fid.isdigit() else None
+        rid = row_id(fid)
+        return None if rid is None else store.read(lambda db: report(db, rid))
 
     return FeatureLayer(items, one)
 
@@ -101,9 +103,9 @@ def create_router(store: SQLiteStore, zones: Zones) -> APIRouter:
     api = APIRouter(prefix="/api/gis", tags=["gis"])
 
     @api.get("/reports")
-    def list_reports(status: Literal["new", "assigned", "resolved"] | None = None, zone: str | None = None,
+    def list_reports(status: Literal["new", "assigned", "resolved"] | None = None, zone: Name | None = None,
                      limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
+                     offset: Offset = 0) -> JSONResponse:
         """Reports as a GeoJSON FeatureCollection, oldest first."""
         features, _ = store.read(lambda db: reports(db, FeatureQuery(status=status, zone=zone), limit, offset))
         return JSONResponse(_collection(features), media_type=GEOJSON)
@@ -116,7 +118,7 @@ def create_router(store: SQLiteStore, zones: Zones) -> APIRouter:
                             headers={"Content-Disposition": 'attachment; filename="nakhon-reports.geojson"'})
 
     @api.get("/reports/{report_id}")
-    def one_report(report_id: int) -> JSONResponse:
+    def one_report(report_id: PositiveId) -> JSONResponse:
         """One report."""
         feature = store.read(lambda db: report(db, report_id))
         if feature is None:
@@ -124,7 +126,7 @@ def create_router(store: SQLiteStore, zones: Zones) -> APIRouter:
         return JSONResponse(feature, media_type=GEOJSON)
 
     @api.patch("/reports/{report_id}")
-    def update_report(report_id: int, body: StatusChange) -> JSONResponse:
+    def update_report(report_id: PositiveId, body: StatusChange) -> JSONResponse:
         """Assign, resolve or reopen a report."""
         def work(db: sqlite3.Connection) -> dict[str, Any]:
             return change_status(db, report_id, body.status, body.assignee, body.note)
@@ -137,7 +139,7 @@ def create_router(store: SQLiteStore, zones: Zones) -> APIRouter:
             raise HTTPException(409, str(err)) from err
 
     @api.get("/reports/{report_id}/history")
-    def history(report_id: int) -> list[dict[str, Any]]:
+    def history(report_id: PositiveId) -> list[dict[str, Any]]:
         """Every status the report went through."""
         rows = store.read(lambda db: db.execute("SELECT at, status, assignee, note FROM report_history WHERE "
                                                 "report_id = ? ORDER BY rowid", (report_id,)).fetchall())

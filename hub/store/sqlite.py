@@ -7,6 +7,7 @@ one per thread, which WAL lets run alongside the writer.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections import defaultdict
@@ -153,7 +154,8 @@ class SQLiteStore:
     def open(self) -> None:
         """Create the file and schema if needed."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private_file(self.path)
             db = self._connect()
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
@@ -161,7 +163,11 @@ class SQLiteStore:
             _ensure_command_columns(db)
             for ensure in self._schemas:
                 ensure(db)
-        except sqlite3.Error as err:
+            for suffix in ("-wal", "-shm"):  # SQLite gives them the store's mode; older files may predate that
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    side.chmod(0o600)
+        except (sqlite3.Error, OSError) as err:
             raise StoreError(f"cannot open the store at {self.path}: {err}") from err
         self._writer = db
 
@@ -534,6 +540,12 @@ def _settle_reply(db: sqlite3.Connection, reply: Reply, received_at: float) -> b
         db.execute("UPDATE commands SET replays = replays + 1 WHERE cmd_id = ? AND device = ?",
                    (reply.cmd_id, reply.device))
     return bool(settled)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` readable by its owner only (0600), or take a wider mode away from an existing one."""
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    path.chmod(0o600)
 
 
 def _already_stored(db: sqlite3.Connection, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
