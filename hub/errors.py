@@ -17,3 +17,8 @@ class BrokerError(HubError, ConnectionError):
 
 class HubConfigError(HubError, ValueError):
     """The hub's settings are wrong."""
+
+
+class RecordRejected(StoreError):
+    """The store refused one record it was given (a value it cannot hold, a broken constraint): retrying the same
+    records will not help, unlike a locked or full database."""

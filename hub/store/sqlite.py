@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge.contract import Tx, TxOutcome, TxStatus
-from hub.errors import StoreError
+from hub.errors import RecordRejected, StoreError
 from hub.store.base import (
     DeviceRecord,
     IngestBatch,
@@ -115,6 +115,9 @@ CREATE TABLE IF NOT EXISTS transactions (
 
 T = TypeVar("T")
 
+_REFUSED_RECORD = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, OverflowError)
+"""Errors about the records written rather than the database: the write is refused, not retried."""
+
 
 def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000 + (0.5 if value.timestamp() >= 0 else -0.5))
@@ -166,6 +169,10 @@ class SQLiteStore:
                 result = work(db)
                 db.execute("COMMIT")
                 return result
+            except _REFUSED_RECORD as err:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise RecordRejected(f"the store refused a record: {type(err).__name__}: {err}") from err
             except sqlite3.Error as err:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -327,7 +334,7 @@ class SQLiteStore:
         try:
             return self.write(lambda db: self._apply_tx(db, tx, received_at, decide))
         except StoreError as err:
-            raise StoreError(f"transaction {tx.tx_id} could not be applied: {err}") from err
+            raise type(err)(f"transaction {tx.tx_id} could not be applied: {err}") from err
 
     @staticmethod
     def _apply_tx(db: sqlite3.Connection, tx: Tx, received_at: float,
