@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -15,7 +16,7 @@ from edge.contract import DeviceId, Timestamp
 from hub.commands import CommandDesk
 from hub.errors import StoreError
 from hub.liveness import Liveness, assess
-from hub.metrics import HubMetrics
+from hub.metrics import HubMetrics, WriterState
 from hub.store.base import DeviceRecord, Store
 
 
@@ -99,8 +100,9 @@ def _device_view(store: Store, d: DeviceRecord) -> DeviceView:
 
 
 def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
-               broker_connected: Any = None) -> FastAPI:
-    """Build the API over a store; ``broker_connected()`` tells ``/healthz`` whether ingest has the broker."""
+               broker_connected: Any = None, writer_state: Callable[[], WriterState] | None = None) -> FastAPI:
+    """Build the API over a store; ``broker_connected()`` tells ``/healthz`` whether ingest has the broker,
+    ``writer_state()`` whether its writer runs and keeps up."""
     app = FastAPI(title="Nakhon hub", version="1", summary="Fleet registry, telemetry, dead letters and commands "
                   "of a Nakhon deployment.")
 
@@ -112,16 +114,22 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        """200 when the store answers and ingest holds the broker, 503 otherwise."""
+        """200 when the store answers, ingest holds the broker and its writer keeps up; 503 otherwise."""
         try:
             store.deadletter_counts()
             store_ok = True
         except StoreError:
             store_ok = False
         broker_ok = bool(broker_connected()) if broker_connected else None
-        ok = store_ok and broker_ok is not False
-        return JSONResponse({"status": "ok" if ok else "degraded", "store": store_ok, "broker": broker_ok},
-                            status_code=200 if ok else 503)
+        writer = writer_state() if writer_state else None
+        writer_ok = writer.healthy if writer else None
+        ok = store_ok and broker_ok is not False and writer_ok is not False
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "store": store_ok, "broker": broker_ok,
+                                "writer": writer_ok}
+        if writer is not None:
+            body.update(writer_running=writer.running, queue_depth=writer.queue_depth,
+                        oldest_unwritten_s=round(writer.oldest_unwritten_s, 3))
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     def prometheus() -> Response:
