@@ -299,10 +299,11 @@ class Ingest:
         request = entry.item
         tx = request.tx
         crash_point("tx-received")
-        record = self.store.device(tx.device)
-        refusal = tx_refusal(self.settings.tx_kinds_by_node, tx.device, record.node if record else None, tx.kind)
-        decide = self.router.decide if refusal is None else _refuse(refusal)
         try:
+            record = self.store.device(tx.device)
+            node = record.node if record else None
+            refusal = tx_refusal(self.settings.tx_kinds_by_node, tx.device, node, tx.kind)
+            decide = self.router.decide if refusal is None else _refuse(refusal)
             outcome, duplicate = self.store.apply_tx(tx, request.received_at, decide)
         except RecordRejected:
             raise
