@@ -255,6 +255,12 @@ def test_an_air_quality_pole_cannot_take_a_cash_payment(broker: Broker, procs: d
         pole.publish("up/tx", _raw(_tx(POLE, 1, "kk-aq-0666-pay-0001")))  # resent: the same refusal
         again = pole.answer("kk-aq-0666-pay-0001", n=2)
         assert again.duplicate and again.reason == refused.reason
+        # the pole's credentials cannot re-register it as a kiosk: the first node kind declared stays
+        claim = Status(device=POLE, state=DeviceState.ONLINE, at=now(), node="service-kiosk")
+        pole.publish("up/status", claim.to_json())
+        pole.publish("up/tx", _raw(_tx(POLE, 2, "kk-aq-0666-pay-0002")))
+        assert pole.answer("kk-aq-0666-pay-0002").status is TxStatus.REJECTED
+        assert hub.get(f"/api/devices/{POLE}")["node"] == "air-quality-pole"
         stranger.publish("up/tx", _raw(_tx("kk-aq-0667", 1, "kk-aq-0667-pay-0001")))
         assert stranger.answer("kk-aq-0667-pay-0001").status is TxStatus.REJECTED
         kiosk.publish("up/tx", _raw(_tx("kk-kiosk-0042", 1, "kk-kiosk-0042-pay-0001")))
@@ -264,7 +270,7 @@ def test_an_air_quality_pole_cannot_take_a_cash_payment(broker: Broker, procs: d
             ledger = db.execute("SELECT DISTINCT tx_id FROM ledger").fetchall()
         assert ledger == [("kk-kiosk-0042-pay-0001",)]
         letters = hub.get("/api/deadletters", reason="kind_not_allowed")
-        assert sorted(d["topic"] for d in letters) == [f"nakhon/{POLE}/up/tx", "nakhon/kk-aq-0667/up/tx"]
+        assert sorted(d["topic"] for d in letters) == [f"nakhon/{POLE}/up/tx"] * 2 + ["nakhon/kk-aq-0667/up/tx"]
     finally:
         pole.close()
         stranger.close()

@@ -316,13 +316,15 @@ class SQLiteStore:
         out.readings_stored = len(readings)
 
     def _apply_status(self, db: sqlite3.Connection, status: Any, received_at: float) -> None:
+        # the first node kind a device declares stays: it decides which transactions the hub takes from it, so a
+        # device's credentials alone must not be enough to turn it into a kiosk
         heartbeat = status.model_dump(mode="json", exclude={"v", "device", "state", "at"}, exclude_none=True)
         db.execute(
             "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) "
             "ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
             (status.device, received_at, received_at))
         db.execute(
-            "UPDATE devices SET state = ?, last_status_at = ?, node = coalesce(?, node), "
+            "UPDATE devices SET state = ?, last_status_at = ?, node = coalesce(node, ?), "
             "site = coalesce(?, site), dropped_at_edge = max(dropped_at_edge, ?), "
             "heartbeat = CASE WHEN ? THEN ? ELSE heartbeat END WHERE device = ?",
             (status.state.value, received_at, status.node, status.site, status.dropped or 0,
