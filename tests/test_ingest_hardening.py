@@ -381,3 +381,24 @@ def test_healthz_answers_503_while_the_writer_is_stuck_or_stopped(broker: Broker
     stopped = api.get("/healthz")
     assert stopped.status_code == 503 and stopped.json()["writer_running"] is False
     assert _metric(api, "nakhon_ingest_writer_up") == 0
+
+
+@pytest.mark.broker
+def test_a_message_that_breaks_classification_is_set_aside_alone(broker: Broker, ingest: Ingest,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def buggy(topic_name: str, payload: bytes, received_at: float, **kwargs: Any) -> Any:
+        if b'"seq": 3,' in payload:
+            raise RuntimeError("a bug in classification")
+        return classify(topic_name, payload, received_at, **kwargs)
+
+    monkeypatch.setattr("hub.ingest.consumer.classify", buggy)
+    device = Device(broker.port, "kk-aq-0102")
+    try:
+        for seq in range(1, 6):
+            device.client.publish("nakhon/kk-aq-0102/up/telemetry", _raw(_telemetry("kk-aq-0102", seq)), qos=1)
+        wait_for(lambda: device.acked() >= {1, 2, 4, 5}, 30, "the other four acknowledged")
+        (letter,) = wait_for(lambda: ingest.store.deadletters(10, "store_rejected"), 10, "the dead letter")
+    finally:
+        device.close()
+    assert "RuntimeError: a bug in classification" in letter.detail and b'"seq": 3,' in letter.payload
+    assert 3 not in device.acked()  # unread, so not settled: the device sends it again after the fix

@@ -71,6 +71,14 @@ class _Entry:
     item: Classified
 
 
+@dataclass(frozen=True)
+class _TxEntry:
+    """A received transaction."""
+
+    received: Received
+    request: TxRequest
+
+
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -192,35 +200,24 @@ class Ingest:
                           len(received), exc_info=err)
 
     def _process(self, received: list[Received]) -> None:
-        s = self.settings
         self.metrics.received.inc(len(received))
-        entries = [_Entry(r, classify(r[0], r[1], r[2], root=s.root, max_payload=s.max_payload, window=s.window))
-                   for r in received]
+        entries: list[_Entry] = []
+        _isolated(received, lambda rs: entries.extend([self._classify(r) for r in rs]), self._reject_unread)
         for e in entries:
             if isinstance(e.item, DeadLetter):
                 log.info("dead letter (%s) on %s: %s", e.item.reason, e.item.topic, e.item.detail)
         stored = [e for e in entries if not isinstance(e.item, TxRequest)]
         if stored:
-            self._isolated(stored, self._store)
+            _isolated(stored, self._store, self._reject)
         for e in entries:
             if isinstance(e.item, TxRequest):
-                self._isolated([e], self._apply_tx)
+                _isolated([_TxEntry(e.received, e.item)], self._apply_tx, self._reject_tx)
 
-    def _isolated(self, entries: list[_Entry], work: Callable[[list[_Entry]], None]) -> None:
-        """Run ``work``; on an unexpected error, bisect until the one message that causes it is rejected alone.
-
-        Safe to repeat: the store drops seqs it already holds and applies each ``tx_id`` once.
-        """
-        err = _guarded(work, entries)
-        if err is None:
-            return
-        if len(entries) == 1:
-            self._reject(entries[0], err)
-            return
-        log.debug("isolating an error (%s) in %d messages", err, len(entries))
-        half = len(entries) // 2
-        self._isolated(entries[:half], work)
-        self._isolated(entries[half:], work)
+    def _classify(self, received: Received) -> _Entry:
+        s = self.settings
+        topic_name, payload, at = received
+        return _Entry(received, classify(topic_name, payload, at, root=s.root, max_payload=s.max_payload,
+                                         window=s.window))
 
     def _store(self, entries: list[_Entry]) -> None:
         batch = IngestBatch()
@@ -264,21 +261,31 @@ class Ingest:
                 delay = min(delay * 2, 30.0)
 
     def _reject(self, entry: _Entry, err: Exception) -> None:
-        """Dead-letter the one message that made the store (or the code) fail, and settle it."""
-        topic_name, payload, at = entry.received
+        """Set aside the one message that made the store (or the code) fail; acknowledged when it has a seq."""
         item = entry.item
+        device, seq = (item.device, item.seq) if isinstance(item, SeqMessage) else (None, None)
+        self._store_rejected(entry.received, err, device, seq)
+
+    def _reject_unread(self, received: Received, err: Exception) -> None:
+        """Set aside a message that could not even be classified."""
+        self._store_rejected(received, err, None, None)
+
+    def _reject_tx(self, entry: _TxEntry, err: Exception) -> None:
+        """Set aside a transaction that could not be applied, and answer it (rejected, nothing applied)."""
+        self._store_rejected(entry.received, err, None, None)
+        tx = entry.request.tx
+        self._answer(tx, TxOutcome(tx_id=tx.tx_id, status=TxStatus.REJECTED, duplicate=False, result={},
+                                   reason="store_rejected: the hub could not apply this transaction; "
+                                          "ask the operator"), False)
+
+    def _store_rejected(self, received: Received, err: Exception, device: str | None, seq: int | None) -> None:
+        topic_name, payload, at = received
         self.metrics.writer_errors.inc()
         log.error("ingest writer: the message on %s could not be stored; dead-lettered as store_rejected",
                   topic_name, exc_info=err)
-        device, seq = (item.device, item.seq) if isinstance(item, SeqMessage) else (None, None)
-        letter = DeadLetter(topic=topic_name, reason=Reason.STORE_REJECTED.value,
-                            detail=f"{type(err).__name__}: {err}", received_at=at, size=len(payload),
-                            payload=payload, device=device, seq=seq)
-        self._dead_letter(letter)
-        if isinstance(item, TxRequest):
-            self._answer(item.tx, TxOutcome(
-                tx_id=item.tx.tx_id, status=TxStatus.REJECTED, duplicate=False, result={},
-                reason="store_rejected: the hub could not apply this transaction; ask the operator"), False)
+        self._dead_letter(DeadLetter(topic=topic_name, reason=Reason.STORE_REJECTED.value,
+                                     detail=f"{type(err).__name__}: {err}", received_at=at, size=len(payload),
+                                     payload=payload, device=device, seq=seq))
 
     def _dead_letter(self, letter: DeadLetter) -> None:
         """Store one dead letter outside a batch; without its seq if the store refuses that."""
@@ -293,10 +300,9 @@ class Ingest:
                                          received_at=letter.received_at, size=letter.size,
                                          payload=letter.payload))
 
-    def _apply_tx(self, entries: list[_Entry]) -> None:
+    def _apply_tx(self, entries: list[_TxEntry]) -> None:
         (entry,) = entries
-        assert isinstance(entry.item, TxRequest)
-        request = entry.item
+        request = entry.request
         tx = request.tx
         crash_point("tx-received")
         try:
@@ -325,7 +331,22 @@ class Ingest:
                  " (duplicate)" if duplicate else "")
 
 
-def _guarded(work: Callable[[T], None], arg: T) -> Exception | None:
+def _isolated(items: list[T], work: Callable[[list[T]], None], reject: Callable[[T, Exception], None]) -> None:
+    """Run ``work`` on ``items``; on an unexpected error, bisect until the one item that causes it is alone and
+    ``reject`` it. Safe to repeat: the store drops seqs it already holds and applies each ``tx_id`` once."""
+    err = _guarded(work, items)
+    if err is None:
+        return
+    if len(items) == 1:
+        reject(items[0], err)
+        return
+    log.debug("isolating an error (%s) in %d messages", err, len(items))
+    half = len(items) // 2
+    _isolated(items[:half], work, reject)
+    _isolated(items[half:], work, reject)
+
+
+def _guarded(work: Callable[[list[T]], None], arg: list[T]) -> Exception | None:
     """Run ``work`` and return the unexpected error it raised, if any, instead of letting it end the writer.
 
     The one place ingest catches every error: the writer is the whole fleet's only path into the store, so no
