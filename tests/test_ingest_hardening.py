@@ -31,11 +31,12 @@ from edge.contract import (
     now,
 )
 from hub.api.app import create_app
+from hub.errors import RecordRejected
 from hub.ingest.classify import ClockWindow, Reason, classify
 from hub.ingest.consumer import Ingest, IngestSettings
 from hub.metrics import HubMetrics
 from hub.router import Route, Router
-from hub.store.base import DeadLetter, SeqMessage
+from hub.store.base import DeadLetter, IngestBatch, SeqMessage
 from hub.store.sqlite import SQLiteStore
 from tests.conftest import Broker, Hub, wait_for
 
@@ -402,3 +403,23 @@ def test_a_message_that_breaks_classification_is_set_aside_alone(broker: Broker,
         device.close()
     assert "RuntimeError: a bug in classification" in letter.detail and b'"seq": 3,' in letter.payload
     assert 3 not in device.acked()  # unread, so not settled: the device sends it again after the fix
+
+
+def test_a_value_the_store_cannot_hold_is_a_refused_record_not_a_retryable_failure(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "hub.sqlite", schemas=(_poison,))
+    store.open()
+    try:
+        # built past the contract, as a bug elsewhere could: the store still answers with its own error
+        too_big = SeqMessage(device=POLE, seq=2**63, received_at=time.time(), telemetry=[
+            Reading(ts=now(), sensor="pm", quantity="pm2_5", value=1, unit=None)])
+        poisoned = SeqMessage(device=POLE, seq=1, received_at=time.time(), telemetry=[
+            Reading(ts=now(), sensor="poison", quantity="pm2_5", value=1, unit=None)])
+        for message in (too_big, poisoned):
+            with pytest.raises(RecordRejected):
+                store.ingest(IngestBatch(messages=[message]))
+        assert store.stored_seqs() == set()  # rolled back whole
+        store.ingest(IngestBatch(messages=[SeqMessage(device=POLE, seq=2, received_at=time.time(), telemetry=[
+            Reading(ts=now(), sensor="pm", quantity="pm2_5", value=1, unit=None)])]))
+        assert store.stored_seqs() == {(POLE, 2)}
+    finally:
+        store.close()
