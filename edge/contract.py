@@ -108,12 +108,12 @@ Timestamp = Annotated[
 ]
 """An RFC 3339 instant; always held in UTC and written with a ``Z`` suffix."""
 
-def _int64(value: int) -> int:
+def _bounded_value(value: Any) -> Any:
     _bound_scalar(value)
     return value
 
 
-Seq = Annotated[int, Field(ge=1, strict=True), AfterValidator(_int64)]
+Seq = Annotated[int, Field(ge=1, strict=True), AfterValidator(_bounded_value)]
 """The per-device outbox sequence number: strictly increasing, never reused; a JSON integer in [1, 2^63-1]
 (``true``, ``"5"`` and ``5.0`` are refused)."""
 
@@ -125,12 +125,6 @@ def is_seq(value: Any) -> bool:
 
 Scalar = bool | int | float | str
 """A reading's value: a number, a boolean or a string."""
-
-
-def _bounded_value(value: Any) -> Any:
-    _bound_scalar(value)
-    return value
-
 
 ReadingValue = Annotated[Scalar, BeforeValidator(_bounded_value)]
 """A reading's value as the contract bounds it: integers in int64, finite floats, strings up to MAX_TEXT."""
