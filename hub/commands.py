@@ -20,8 +20,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from pydantic import ValidationError
+
 from edge.contract import Command, Reply, topic
-from hub.errors import BrokerError, HubError, MessageTooLarge, StoreError
+from hub.errors import BrokerError, CommandInvalid, HubError, MessageTooLarge, StoreError
 from hub.store.base import CommandOutcome, CommandRecord, Store
 
 log = logging.getLogger("nakhon.hub.commands")
@@ -43,6 +45,17 @@ def _at(ts: float) -> datetime:
 
 def _no_check(topic_name: str, payload: bytes) -> None:
     """No broker limit known."""
+
+
+def _command(name: str, args: dict[str, Any], expires_at: float) -> Command:
+    """A new command, refused with :class:`CommandInvalid` when it breaks the contract's bounds (a device would
+    refuse it too)."""
+    try:
+        return Command(cmd_id=uuid.uuid4().hex, name=name, args=args, expires_at=_at(expires_at))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "command"
+        raise CommandInvalid(f"{where}: {first['msg']}") from err
 
 
 class CommandDesk:
@@ -79,7 +92,7 @@ class CommandDesk:
             raise BrokerError('the hub is not connected to the broker; queue the command ("queue": true) '
                               "or try again")
         at = time.time()
-        cmd = Command(cmd_id=uuid.uuid4().hex, name=name, args=args, expires_at=_at(at + timeout))
+        cmd = _command(name, args, at + timeout)
         wire = self._wire(device, cmd)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Reply] = loop.create_future()
@@ -99,7 +112,7 @@ class CommandDesk:
     async def enqueue(self, device: str, name: str, args: dict[str, Any], expires_in: float) -> CommandRecord:
         """Queue a command until its device's link is online (sent at once if it is), for ``expires_in`` seconds."""
         at = time.time()
-        cmd = Command(cmd_id=uuid.uuid4().hex, name=name, args=args, expires_at=_at(at + expires_in))
+        cmd = _command(name, args, at + expires_in)
         self._wire(device, cmd)
         await asyncio.to_thread(self._store.record_command, cmd.cmd_id, device, name, args, at, at + expires_in,
                                 True)

@@ -129,7 +129,8 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
             store.close()
             log.info("hub stopped")
 
-    app = create_app(store, metrics, ingest.commands, broker_connected=ingest.connected.is_set)
+    app = create_app(store, metrics, ingest.commands, broker_connected=ingest.connected.is_set,
+                     writer_state=ingest.writer_state)
     app.include_router(finance_api.create_router(store, finance, answer_kiosk, settings.bank_token))
     app.include_router(gis_api.create_router(store, zones))
     app.include_router(ogc.create_router({"reports": gis_api.reports_layer(store),

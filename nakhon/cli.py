@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="subscribe through $share/GROUP/ so several hub processes split the load")
     serve.add_argument("--max-payload", type=int, default=int(_env("MAX_PAYLOAD", "262144") or 262144),
                        help="larger payloads go to the dead-letter store (bytes)")
+    serve.add_argument("--max-clock-skew", type=float, default=float(_env("MAX_CLOCK_SKEW", "600") or 600),
+                       metavar="SECONDS", help="timestamps further ahead of the hub's clock are dead-lettered "
+                                               "as clock_skew")
+    serve.add_argument("--max-age", type=float, default=float(_env("MAX_AGE", "31622400") or 31622400),
+                       metavar="SECONDS", help="timestamps further behind the hub's clock are dead-lettered "
+                                               "as clock_skew (default 366 days)")
+    serve.add_argument("--max-unwritten", type=float, default=float(_env("MAX_UNWRITTEN", "60") or 60),
+                       metavar="SECONDS", help="/healthz answers 503 while a message waits longer to be stored")
     serve.add_argument("--fees", type=Path, default=_env("FEES"),
                        help="fee catalogue TOML (default: the demo catalogue)")
     serve.add_argument("--zones", type=Path, default=_env("ZONES"),
@@ -164,6 +172,7 @@ def _hub(args: argparse.Namespace) -> int:
 
     from hub.errors import HubConfigError
     from hub.finance.promptpay import PromptPaySettings
+    from hub.ingest.classify import ClockWindow
     from hub.ingest.consumer import IngestSettings
     from hub.serve import HubSettings, serve
 
@@ -184,7 +193,9 @@ def _hub(args: argparse.Namespace) -> int:
     client_id = args.client_id or (f"nakhon-hub-{args.share}-{os.getpid()}" if args.share else "nakhon-hub")
     ingest = IngestSettings(host=args.broker_host, port=args.broker_port, root=args.root, username=args.username,
                             password=password, client_id=client_id, share=args.share,
-                            max_payload=args.max_payload)
+                            max_payload=args.max_payload,
+                            window=ClockWindow(ahead_s=args.max_clock_skew, behind_s=args.max_age),
+                            max_unwritten_s=args.max_unwritten)
     extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones)) if v}
     try:
         settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,

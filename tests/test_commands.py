@@ -236,9 +236,11 @@ def test_an_oversize_request_or_command_is_refused_and_ingest_keeps_going(broker
     hub = procs["hub"](broker.port)
     procs["agent"]("kk-aq-0905", broker.port, drivers=[fast_air(interval_s=0.2)])
     wait_for(lambda: _online(hub, "kk-aq-0905"), 30, "the agent online")
-    r = _post(hub, "kk-aq-0905", {"name": "ping", "args": {"blob": "x" * 30_000}})
+    r = _post(hub, "kk-aq-0905", {"name": "ping", "args": {f"k{i}": "x" * 3_000 for i in range(10)}})
     assert r.status_code == 413 and "maximum packet size of 16384 bytes" in r.json()["detail"]
-    r = _post(hub, "kk-aq-0905", {"name": "ping", "args": {"blob": "x" * 100_000}, "queue": True})
+    r = _post(hub, "kk-aq-0905", {"name": "ping", "args": {"blob": "x" * 30_000}})
+    assert r.status_code == 422 and "longer than 4096" in r.json()["detail"]  # the contract's string bound
+    r = _post(hub, "kk-aq-0905", {"name": "ping", "args": {f"k{i}": "x" * 4_000 for i in range(25)}, "queue": True})
     assert r.status_code == 413 and "commands of at most 65536 bytes" in r.json()["detail"]
     huge = json.dumps({"name": "ping", "args": {"blob": "x" * 2_000_000}}).encode()
     r = httpx.post(f"{hub.url}/api/devices/kk-aq-0905/commands", content=huge, timeout=30,

@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.contract import Location, Tx, TxOutcome, TxStatus, now
+from edge.contract import DeviceState, Location, Status, Tx, TxOutcome, TxStatus, now
 from hub.gis.reports import DEMO_ZONES, Zones
 from tests.conftest import Broker, wait_for
 
@@ -39,6 +39,10 @@ class Kiosk:
         self.client.connect("127.0.0.1", port)
         self.client.subscribe(f"nakhon/{device}/down/tx", qos=1)
         self.client.loop_start()
+        # the hub takes reports only from a device registered as a service kiosk (its node in up/status)
+        self.client.publish(f"nakhon/{device}/up/status", Status(
+            device=device, state=DeviceState.ONLINE, at=now(), node="service-kiosk").to_json(),
+            qos=1, retain=True).wait_for_publish(10)
         self.seq = 0
 
     def send(self, tx_id: str, kind: str, data: dict[str, Any], location: Location | None) -> None:

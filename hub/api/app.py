@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
@@ -18,9 +19,9 @@ from edge.contract import DeviceId, Timestamp
 from hub.api.bounds import Instant, Name
 from hub.api.validation import validation_error
 from hub.commands import CommandDesk
-from hub.errors import BrokerError, MessageTooLarge, StoreError
+from hub.errors import BrokerError, CommandInvalid, MessageTooLarge, StoreError
 from hub.liveness import Liveness, assess
-from hub.metrics import HubMetrics
+from hub.metrics import HubMetrics, WriterState
 from hub.store.base import CommandOutcome, CommandRecord, DeviceRecord, Store
 
 
@@ -223,8 +224,10 @@ def _device_view(store: Store, d: DeviceRecord) -> DeviceView:
 
 
 def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
-               broker_connected: Any = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """Build the API over a store; ``broker_connected()`` tells ``/healthz`` whether ingest has the broker."""
+               broker_connected: Any = None, writer_state: Callable[[], WriterState] | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """Build the API over a store; ``broker_connected()`` tells ``/healthz`` whether ingest has the broker,
+    ``writer_state()`` whether its writer runs and keeps up."""
     app = FastAPI(title="Nakhon hub", version="1", summary="Fleet registry, telemetry, dead letters and commands "
                   "of a Nakhon deployment.")
     app.add_middleware(BodyLimit, limit=max_body_bytes)
@@ -238,16 +241,22 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        """200 when the store answers and ingest holds the broker, 503 otherwise."""
+        """200 when the store answers, ingest holds the broker and its writer keeps up; 503 otherwise."""
         try:
             store.deadletter_counts()
             store_ok = True
         except StoreError:
             store_ok = False
         broker_ok = bool(broker_connected()) if broker_connected else None
-        ok = store_ok and broker_ok is not False
-        return JSONResponse({"status": "ok" if ok else "degraded", "store": store_ok, "broker": broker_ok},
-                            status_code=200 if ok else 503)
+        writer = writer_state() if writer_state else None
+        writer_ok = writer.healthy if writer else None
+        ok = store_ok and broker_ok is not False and writer_ok is not False
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "store": store_ok, "broker": broker_ok,
+                                "writer": writer_ok}
+        if writer is not None:
+            body.update(writer_running=writer.running, queue_depth=writer.queue_depth,
+                        oldest_unwritten_s=round(writer.oldest_unwritten_s, 3))
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -309,6 +318,8 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
                 record = await commands.send(device, request.name, request.args, request.timeout_s)
         except MessageTooLarge as err:
             raise HTTPException(413, str(err)) from err
+        except CommandInvalid as err:
+            raise HTTPException(422, str(err)) from err
         except BrokerError as err:
             raise HTTPException(503, str(err)) from err
         error = record.error

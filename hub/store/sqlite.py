@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge.contract import REPLY_EXPIRED, Reply, Tx, TxOutcome, TxStatus
-from hub.errors import StoreError
+from hub.errors import RecordRejected, StoreError
 from hub.store.base import (
     CommandOutcome,
     CommandRecord,
@@ -123,6 +123,9 @@ CREATE TABLE IF NOT EXISTS transactions (
 
 T = TypeVar("T")
 
+_REFUSED_RECORD = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, OverflowError)
+"""Errors about the records written rather than the database: the write is refused, not retried."""
+
 
 def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000 + (0.5 if value.timestamp() >= 0 else -0.5))
@@ -180,6 +183,10 @@ class SQLiteStore:
                 result = work(db)
                 db.execute("COMMIT")
                 return result
+            except _REFUSED_RECORD as err:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise RecordRejected(f"the store refused a record: {type(err).__name__}: {err}") from err
             except sqlite3.Error as err:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -318,13 +325,15 @@ class SQLiteStore:
         out.readings_stored = len(readings)
 
     def _apply_status(self, db: sqlite3.Connection, status: Any, received_at: float) -> None:
+        # the first node kind a device declares stays: it decides which transactions the hub takes from it, so a
+        # device's credentials alone must not be enough to turn it into a kiosk
         heartbeat = status.model_dump(mode="json", exclude={"v", "device", "state", "at"}, exclude_none=True)
         db.execute(
             "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) "
             "ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
             (status.device, received_at, received_at))
         db.execute(
-            "UPDATE devices SET state = ?, last_status_at = ?, node = coalesce(?, node), "
+            "UPDATE devices SET state = ?, last_status_at = ?, node = coalesce(node, ?), "
             "site = coalesce(?, site), dropped_at_edge = max(dropped_at_edge, ?), "
             "heartbeat = CASE WHEN ? THEN ? ELSE heartbeat END WHERE device = ?",
             (status.state.value, received_at, status.node, status.site, status.dropped or 0,
@@ -336,7 +345,7 @@ class SQLiteStore:
         try:
             return self.write(lambda db: self._apply_tx(db, tx, received_at, decide))
         except StoreError as err:
-            raise StoreError(f"transaction {tx.tx_id} could not be applied: {err}") from err
+            raise type(err)(f"transaction {tx.tx_id} could not be applied: {err}") from err
 
     @staticmethod
     def _apply_tx(db: sqlite3.Connection, tx: Tx, received_at: float,
