@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -134,6 +134,35 @@ class LoadedConfig:
     drivers: tuple[tuple[drivers.DriverKind, drivers.DriverConfig], ...]
     password: str | None
 
+    def resolve(self, named: Path) -> Path:
+        """A path the config names: relative paths are relative to the config file's folder."""
+        return named if named.is_absolute() else self.path.parent / named
+
+
+_BROKER_FILES = ("ca_file", "cert_file", "key_file")
+
+
+def _broker_file_problems(device: DeviceConfig, resolve: Callable[[Path], Path]) -> list[str]:
+    problems = []
+    for key in _BROKER_FILES:
+        named = getattr(device.broker, key)
+        if named is not None and not resolve(named).is_file():
+            problems.append(f"broker.{key}: no such file {resolve(named)}")
+    if device.broker.key_file is not None and device.broker.cert_file is None:
+        problems.append("broker.key_file: a client key needs its certificate in broker.cert_file")
+    return problems
+
+
+def _driver_file_problems(entries: list[tuple[int, drivers.DriverConfig]],
+                          resolve: Callable[[Path], Path]) -> list[str]:
+    """Path-valued driver settings that name nothing, except ``sim_*`` (used only under ``--simulate``)."""
+    problems = []
+    for index, conf in entries:
+        for key, value in conf:
+            if isinstance(value, Path) and not key.startswith("sim_") and not resolve(value).exists():
+                problems.append(f"drivers[{index}].{key} ({conf.name}): no such file {resolve(value)}")
+    return problems
+
 
 def _location(loc: tuple[int | str, ...]) -> str:
     out = ""
@@ -200,8 +229,12 @@ def _read_secret(path: Path, config_path: Path, key: str) -> str:
     return text
 
 
-def load(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
-    """Read, override from the environment, and validate a device config; raise :class:`ConfigError`."""
+def load(path: Path | str, environ: Mapping[str, str] | None = None, check_files: bool = False) -> LoadedConfig:
+    """Read, override from the environment, and validate a device config; raise :class:`ConfigError`.
+
+    The broker's files (password, CA, certificate, key) must always exist; ``check_files`` (``agent check``)
+    also checks every file a driver setting names, which on a device means its hardware is in place.
+    """
     path = Path(path)
     env = os.environ if environ is None else environ
     try:
@@ -219,6 +252,7 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedCo
         raise ConfigError(f"{path}: " + f"\n{path}: ".join(_describe(err))) from err
 
     resolved: list[tuple[drivers.DriverKind, drivers.DriverConfig]] = []
+    indexed: list[tuple[int, drivers.DriverConfig]] = []
     names: dict[str, int] = {}
     claimed: dict[str, int] = {}
     for index, entry in enumerate(device.drivers):
@@ -251,6 +285,7 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedCo
             else:
                 claimed[claim] = index
         resolved.append((kind, config))
+        indexed.append((index, config))
     if device.kiosk is not None:
         kinds = {conf.name: kind.kind for kind, conf in resolved}
         for key, kind_name in (("card_reader", "thai_id_card"), ("printer", "escpos_printer")):
@@ -259,6 +294,14 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedCo
                 problems.append(f"kiosk.{key}: {name!r} is not the name of a {kind_name} entry in [[drivers]]")
         if device.kiosk.reports and device.location is None:
             problems.append("kiosk.reports: problem reports need the kiosk's location = { lat = ..., lon = ... }")
+    def relative(named: Path) -> Path:
+        return named if named.is_absolute() else path.parent / named
+
+    problems += _broker_file_problems(device, relative)
+    if check_files:
+        problems += _driver_file_problems(indexed, relative)
+        if device.broker.password_file is not None and not relative(device.broker.password_file).is_file():
+            problems.append(f"broker.password_file: no such file {relative(device.broker.password_file)}")
     if problems:
         raise ConfigError(f"{path}: " + f"\n{path}: ".join(problems))
 
