@@ -332,9 +332,10 @@ def test_cards_in_and_out_of_the_simulated_reader(key_file: Path, run_driver: Ca
 
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[0]))
     inserted = events.wait("card.inserted")
-    assert inserted.data == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
-                             "name_en": "Mr. Somchai Jaidee"}
-    assert driver.card == inserted.data
+    assert inserted.private == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
+                                "name_en": "Mr. Somchai Jaidee"}
+    assert inserted.data == {"fields": ["citizen_ref", "name_th", "name_en"]}  # what is published: no values
+    assert driver.card == inserted.private
     readers.remove()
     assert events.wait("card.removed").data == {}
     assert driver.card is None
@@ -354,7 +355,7 @@ def test_a_card_swapped_during_the_settle_delay_is_read_once(key_file: Path, run
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[0]))
     time.sleep(0.1)
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[1]))  # the citizen pushes the wrong card back in at once
-    assert events.wait("card.inserted").data["name_en"] == "Miss Malee Srisuk"
+    assert events.wait("card.inserted").private["name_en"] == "Miss Malee Srisuk"
     time.sleep(0.2)
     assert events.names() == ["reader.ready", "card.inserted"]
 
@@ -367,7 +368,7 @@ def test_a_card_swapped_at_once_is_a_removal_and_an_insertion(key_file: Path,
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[0]))
     events.wait("card.inserted")
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[1]))  # faster than the reader polls: pcscd's event counter tells
-    assert events.wait("card.inserted", after=2).data["name_en"] == "Miss Malee Srisuk"
+    assert events.wait("card.inserted", after=2).private["name_en"] == "Miss Malee Srisuk"
     assert events.names() == ["reader.ready", "card.inserted", "card.removed", "card.inserted"]
     assert driver.card is not None and driver.card["name_en"] == "Miss Malee Srisuk"
 
@@ -382,7 +383,7 @@ def test_simulate_runs_a_kiosk_with_visitors_and_a_throwaway_key() -> None:
         driver.start(events)
         try:
             kiosk.insert(sim.ThaiIdCard(sim.CITIZENS[2]))  # the first visitor is early
-            assert events.wait("card.inserted").data["name_en"] == "Mrs. Boonmee Meesuk"
+            assert events.wait("card.inserted").private["name_en"] == "Mrs. Boonmee Meesuk"
         finally:
             driver.stop()
     assert not simulated.hmac_key_file.exists()
@@ -512,12 +513,12 @@ def test_pcscd_a_full_read_publishes_only_the_configured_fields(
     with sim.VpcdCard(card, pcscd.port):
         inserted = events.wait("card.inserted")
     removed = events.wait("card.removed")
-    assert inserted.data == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
-                             "name_en": "Mr. Somchai Jaidee"}
+    assert inserted.private == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
+                                "name_en": "Mr. Somchai Jaidee"}
     assert removed.data == {}
     assert driver.card is None
     assert card.commands == 7  # SELECT, then READ + GET RESPONSE for the id and both names; nothing else
-    no_personal_data(events, VALID_ID, "1985", "มิตรภาพ")
+    no_personal_data(events, VALID_ID, "1985", "มิตรภาพ", "สมชาย", "Somchai")
     for trace in (VALID_ID, *APDU_TRACES):
         assert trace not in caplog.text
     assert "card read" in caplog.text
@@ -530,9 +531,9 @@ def test_pcscd_a_3b67_card_with_short_answers(pcscd: Pcscd, key_file: Path, run_
     events.wait("reader.ready")
     with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[2], atr=sim.ATR_3B67, io_buffer=0x40), pcscd.port):
         inserted = events.wait("card.inserted")
-    photo = base64.b64decode(inserted.data.pop("photo"))
-    assert inserted.data == {"citizen_id_masked": "3-4001-xxxxx-xx-3", "birth_date": "1947",
-                             "expiry_date": "lifelong"}
+    photo = base64.b64decode(inserted.private.pop("photo"))
+    assert inserted.private == {"citizen_id_masked": "3-4001-xxxxx-xx-3", "birth_date": "1947",
+                                "expiry_date": "lifelong"}
     assert Image.open(io.BytesIO(photo)).size == (96, 120)
 
 
@@ -548,7 +549,7 @@ def test_pcscd_a_card_pulled_mid_read_then_the_next_card(pcscd: Pcscd, key_file:
     events.wait("card.removed")
     seen = len(events.got)
     with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[0]), pcscd.port):
-        assert events.wait("card.inserted", after=seen).data["name_en"] == "Mr. Somchai Jaidee"
+        assert events.wait("card.inserted", after=seen).private["name_en"] == "Mr. Somchai Jaidee"
     no_personal_data(events, "Malee", "3409900123451")
 
 
@@ -575,4 +576,4 @@ def test_pcscd_restarted_the_driver_recovers(pcscd: Pcscd, key_file: Path, run_d
     pcscd.start()
     events.wait("reader.ready", timeout=10, after=events.names().index("reader.lost"))
     with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[0]), pcscd.port):
-        assert events.wait("card.inserted").data["citizen"] == {"ref": ref_of(VALID_ID)}
+        assert events.wait("card.inserted").private["citizen"] == {"ref": ref_of(VALID_ID)}

@@ -205,7 +205,7 @@ class Kiosk:
             return
         s = self.session
         if event.event == "card.inserted":
-            self._present = dict(event.data)
+            self._present = dict(event.private)
             if s.step == "identify":
                 self._use_card()
         elif event.event == "card.removed":

@@ -2,8 +2,10 @@
 
 The driver watches one reader, waits for an inserted card to settle, reads the personal applet (SELECT, the READ
 commands and the T=0 GET RESPONSE exchange) in SHARED mode, checks the citizen id's check digit and emits
-``card.inserted`` with only the configured fields, then ``card.removed``. The raw citizen id never leaves the driver:
-it is published as ``citizen.ref``, an HMAC-SHA256 under a key provisioned per deployment, or masked for a receipt.
+``card.inserted``, then ``card.removed``. The event publishes only which fields were read; the configured fields
+themselves go to the kiosk's flow in memory (:attr:`DriverEvent.private`) and leave the device only inside the
+transaction that needs them. The raw citizen id never leaves the driver: it becomes ``citizen.ref``, an HMAC-SHA256
+under a key provisioned per deployment, or is masked for a receipt.
 Card data lives in memory only and is dropped when the card leaves; no APDU data is ever logged.
 """
 
@@ -744,7 +746,7 @@ class Driver:
 
     @property
     def card(self) -> Mapping[str, Any] | None:
-        """What ``card.inserted`` published for the card in the reader; None when there is none."""
+        """The configured fields of the card in the reader (``card.inserted``'s private data); None without one."""
         return self._card
 
     def start(self, emit: EmitEvent) -> None:
@@ -848,7 +850,9 @@ class Driver:
             raise
         self._card = event_data(card, self._config.fields, self._key)
         log.info("%s: card read, publishing %s", self._what, ", ".join(self._config.fields))
-        emit(DriverEvent("card.inserted", Severity.INFO, dict(self._card)))
+        # the event says which fields were read; their values (names, ids) stay with the kiosk's flow
+        emit(DriverEvent("card.inserted", Severity.INFO, {"fields": list(self._config.fields)},
+                         private=dict(self._card)))
 
     def _removed(self, emit: EmitEvent) -> None:
         self._card, self._card_events = None, None
