@@ -197,12 +197,46 @@ def test_status_words(sw: str, step: idc.Step) -> None:
     assert idc.status_step(*bytes.fromhex(sw))[0] is step
 
 
+def _segment(marker: int, body: bytes) -> bytes:
+    return bytes((0xFF, marker)) + (len(body) + 2).to_bytes(2, "big") + body
+
+
 def test_the_photo_keeps_its_0x20_bytes_and_loses_the_padding() -> None:
-    jpeg = b"\xff\xd8\xff\xe0" + b"\x20" * 600 + b"scan data\x20\x20\xff\xd9"  # 0x20 across the part boundaries
+    portrait = sim.portrait_jpeg(3)
+    jpeg = portrait[:2] + _segment(0xFE, b"\x20" * 600) + portrait[2:]  # a comment of 0x20s across part boundaries
     card = sim.ThaiIdCard(sim.CITIZENS[0], photo=jpeg)
     assert idc.read_card(card.process, card.atr, set(), photo=True)["photo"] == jpeg
     with pytest.raises(idc.CardReadError, match="not a JPEG"):
         idc.extract_photo(b"\x20" * 5100)
+    with pytest.raises(idc.CardReadError, match="not a complete JPEG"):
+        idc.extract_photo(jpeg[:-2] + b"\x20" * 100)  # cut before its end marker: refused, not published broken
+
+
+def _with_exif_thumbnail(main: Image.Image, thumbnail: Image.Image) -> bytes:
+    """A JPEG whose EXIF (APP1) carries a JPEG thumbnail, as cameras and card personalisation software write."""
+    small = io.BytesIO()
+    thumbnail.save(small, "JPEG", quality=40)
+    thumb = small.getvalue()
+    # TIFF, little-endian: an empty IFD0 pointing to IFD1, which locates the thumbnail (tags 0x0201/0x0202)
+    ifd1 = (2).to_bytes(2, "little") + b"".join(
+        tag.to_bytes(2, "little") + (4).to_bytes(2, "little") + (1).to_bytes(4, "little") + value.to_bytes(4, "little")
+        for tag, value in ((0x0201, 44), (0x0202, len(thumb)))) + (0).to_bytes(4, "little")
+    tiff = b"II*\x00" + (8).to_bytes(4, "little") + (0).to_bytes(2, "little") + (14).to_bytes(4, "little") + ifd1
+    out = io.BytesIO()
+    main.save(out, "JPEG", quality=50, exif=b"Exif\x00\x00" + tiff + thumb)
+    return out.getvalue()
+
+
+def test_a_photo_with_an_exif_thumbnail_is_read_whole() -> None:
+    main = Image.open(io.BytesIO(sim.portrait_jpeg(5)))
+    jpeg = _with_exif_thumbnail(main, main.resize((24, 30)))
+    assert jpeg.find(b"\xff\xd9") < len(jpeg) - 2  # the thumbnail's end marker comes first
+    card = sim.ThaiIdCard(sim.CITIZENS[0], photo=jpeg)
+    photo = idc.read_card(card.process, card.atr, set(), photo=True)["photo"]
+    assert photo == jpeg
+    image = Image.open(io.BytesIO(photo))
+    image.load()  # decodes the whole image: a photo cut at the thumbnail's end would fail here
+    assert image.size == (96, 120)
 
 
 @pytest.mark.parametrize(("code", "error", "meaning"), [
