@@ -91,6 +91,14 @@ class KioskService(_Section):
         ("cash", "promptpay")))
 
 
+class KioskZone(_Section):
+    """A municipal zone as the kiosk names it (copied from the hub's zones GeoJSON by provisioning)."""
+
+    code: Annotated[str, Field(min_length=1, max_length=64)]
+    name_th: Annotated[str, Field(min_length=1, max_length=200)]
+    name_en: Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class KioskSettings(_Section):
     """A service kiosk: its office, its screen, and which drivers are its card reader and printer."""
 
@@ -101,8 +109,11 @@ class KioskSettings(_Section):
     printer: str | None = Field(default=None, description="name of the escpos_printer driver entry")
     answer_timeout_s: Annotated[float, Field(gt=0, le=600)] = 20.0
     idle_reset_s: Annotated[float, Field(gt=0)] = 120.0
+    error_reset_s: Annotated[float, Field(gt=0)] = Field(
+        default=20.0, description="how long an error screen stays before the kiosk returns to the start")
     reports: bool = Field(default=True, description="offer problem reports at the kiosk's location")
     services: list[KioskService] = Field(default_factory=list)
+    zones: list[KioskZone] = Field(default_factory=list, description="names of the zones a report may land in")
 
 
 class DeviceConfig(_Section):

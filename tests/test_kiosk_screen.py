@@ -344,15 +344,20 @@ def test_the_english_switch_changes_the_screen_and_back(screen: KioskScreen, sit
 
 
 def test_a_problem_report_shows_its_report_number(screen: KioskScreen, site: Site) -> None:
-    description = "น้ำท่วมขังหน้าโรงเรียน สูงประมาณ 30 เซนติเมตร"
+    description = "อยู่ใกล้ทางแยก, อันตรายต่อผู้สัญจร"
     screen.open(LANDSCAPE)
     start_anonymously(screen)
     screen.tap("service-report")
     screen.wait_step("report")
-    assert not screen.find("send-report").is_enabled()
+    screen.shot("report-category")
     screen.tap("category-flooding")
-    assert screen.find("category-flooding").get_attribute("aria-pressed") == "true"
-    screen.find("report-description").send_keys(description)
+    assert screen.text("report-category") == "น้ำท่วมขัง"
+    for phrase in ("phrase-1", "phrase-2", "phrase-3"):  # no keyboard: the citizen taps preset phrases
+        screen.tap(phrase)
+    screen.tap("phrase-2")  # a second tap takes a phrase back
+    assert screen.find("phrase-2").get_attribute("aria-pressed") == "false"
+    assert screen.text("report-description") == description
+    assert screen.driver.find_elements(By.CSS_SELECTOR, "textarea, input") == []
     screen.shot("report")
 
     screen.tap("send-report")
@@ -360,6 +365,8 @@ def test_a_problem_report_shows_its_report_number(screen: KioskScreen, site: Sit
     report_no = screen.text("report-no")
     assert report_no.isdigit()
     assert screen.text("category") == "น้ำท่วมขัง"
+    zone = screen.text("zone")
+    assert zone.startswith("เขต: เขต ") and "zone-" not in zone  # the zone's name, not its code
     screen.shot("report-done")
 
     stored = site.hub.get(f"/api/gis/reports/{report_no}")

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiomqtt
 from pydantic import ValidationError
@@ -69,6 +69,9 @@ from edge.drivers import (
     PolledDriver,
 )
 from edge.errors import ConfigError, DriverError, NakhonError, OutboxError, OutboxFull, PublishRefused
+
+if TYPE_CHECKING:
+    from edge.agents.kiosk import Kiosk
 
 log = logging.getLogger("nakhon.agent")
 
@@ -235,6 +238,8 @@ class Agent:
         """Called on the event loop for every driver event, after it is committed (the kiosk flow listens)."""
         self.tx_listeners: list[Callable[[TxOutcome], Awaitable[None]]] = []
         """Awaited for every ``down/tx`` answer before its transaction leaves the outbox."""
+        self.kiosk: Kiosk | None = None
+        """The kiosk flow, on a device configured as a kiosk, once it runs."""
 
     # -- helpers -------------------------------------------------------------------------------
     def uptime(self) -> float:
@@ -382,10 +387,7 @@ class Agent:
         tasks.append(self._supervised("events", self._write_events))
         tasks.append(self._supervised("housekeeping", self._housekeeping))
         if self.cfg.kiosk is not None:
-            from edge.agents.kiosk import Kiosk
-
-            settings = self.cfg.kiosk
-            tasks.append(self._supervised("kiosk", lambda: Kiosk(self, settings).run(), backoff_max_s=30))
+            tasks.append(self._supervised("kiosk", self._run_kiosk, backoff_max_s=30))
         link = self._supervised("connection", self._connection_loop, backoff_max_s=self.cfg.agent.backoff_max_s)
         try:
             await self._stopping.wait()
@@ -405,6 +407,13 @@ class Agent:
             await asyncio.to_thread(self.outbox.close)
             await asyncio.to_thread(simulators.close)
             log.info("agent %s stopped", self.cfg.device)
+
+    async def _run_kiosk(self) -> None:
+        from edge.agents.kiosk import Kiosk
+
+        assert self.cfg.kiosk is not None
+        self.kiosk = Kiosk(self, self.cfg.kiosk)  # a fresh flow after a restart: the journal keeps what matters
+        await self.kiosk.run()
 
     def _start_simulators(self, stack: contextlib.ExitStack) -> None:
         for name, stream in self.streams.items():

@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS set_aside (
 """
 
 
-def _translate(err: sqlite3.Error | OSError, doing: str) -> OutboxError:
+def storage_error(err: sqlite3.Error | OSError, doing: str) -> OutboxError:
     """The outbox error for a failed write: :class:`OutboxDiskFull` when the disk is full."""
     full = (isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL) or \
         (isinstance(err, OSError) and err.errno == errno.ENOSPC)
@@ -204,7 +204,7 @@ class Outbox:
                     if full:
                         db.execute(f"PRAGMA synchronous={self._limits.synchronous.upper()}")
             except (sqlite3.Error, OSError) as err:
-                raise _translate(err, f"cannot commit a {klass} record to {self._path}") from err
+                raise storage_error(err, f"cannot commit a {klass} record to {self._path}") from err
             self._counts[klass] = self._counts[klass] - max(0, excess) + 1
             return OutboxRecord(seq=seq, klass=klass, payload=payload, key=key, created=created)
 
@@ -254,7 +254,7 @@ class Outbox:
                     _rollback(db)
                     raise
             except (sqlite3.Error, OSError) as err:
-                raise _translate(err, f"cannot set record {seq} aside in {self._path}") from err
+                raise storage_error(err, f"cannot set record {seq} aside in {self._path}") from err
             if row is None:
                 return False
             self._counts[RecordClass(row[0])] -= 1
@@ -293,7 +293,7 @@ class Outbox:
                     db.execute("COMMIT")
                 except (sqlite3.Error, OSError) as err:
                     _rollback(db)
-                    raise _translate(err, f"cannot expire old records in {self._path}") from err
+                    raise storage_error(err, f"cannot expire old records in {self._path}") from err
                 self._counts[klass] -= n
                 total += n
         return total
