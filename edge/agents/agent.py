@@ -276,19 +276,22 @@ class Agent:
         try:
             await asyncio.to_thread(self.outbox.append, klass, build, key)
         except OutboxError as err:
-            self._outbox_failed(err)
+            self.storage_failed(err)
             return False
-        self._outbox_ok()
+        self.storage_ok()
         self._outbox_changed.set()
         return True
 
-    def _outbox_failed(self, err: OutboxError, lost: bool = True) -> None:
+    def storage_failed(self, err: OutboxError, lost: bool = True) -> None:
+        """Report that the device's storage refused a write (``outbox_error`` in the heartbeat, logged once);
+        ``lost`` counts a record that is gone for good."""
         self.unstored += lost
         if self.outbox_error is None:  # once per episode: the heartbeat carries the rest
             log.error("outbox cannot take records: %s; sampling goes on, unstored records are counted", err)
         self.outbox_error = self.last_error = str(err)
 
-    def _outbox_ok(self) -> None:
+    def storage_ok(self) -> None:
+        """A write succeeded again: clear ``outbox_error``."""
         if self.outbox_error is not None:
             log.warning("outbox takes records again (%d record(s) could not be stored meanwhile)", self.unstored)
             self.outbox_error = None
@@ -313,9 +316,9 @@ class Agent:
         except OutboxFull:
             raise
         except OutboxError as err:
-            self._outbox_failed(err, lost=False)  # the citizen is told at once: nothing is lost
+            self.storage_failed(err, lost=False)  # the citizen is told at once: nothing is lost
             raise
-        self._outbox_ok()
+        self.storage_ok()
         self._outbox_changed.set()
         log.info("transaction %s (%s) committed as seq %d", tx_id, kind, record.seq)
         return Tx.model_validate_json(record.payload)
@@ -681,7 +684,7 @@ class Agent:
         try:
             moved = await asyncio.to_thread(self.outbox.set_aside, record.seq, str(err))
         except OutboxError as failure:
-            self._outbox_failed(failure)
+            self.storage_failed(failure)
             return  # still queued: the next resend meets the same refusal and tries again
         self._inflight.pop(record.seq, None)
         self._refusals.pop(record.seq, None)

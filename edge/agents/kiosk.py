@@ -319,6 +319,8 @@ class Kiosk:
         except OutboxError as err:
             # nothing was committed, so nothing is sent nor charged: the citizen is told at once
             log.error("transaction refused before it was taken: %s", err)
+            if not isinstance(err, OutboxFull):
+                self.agent.storage_failed(err, lost=False)
             self._holders.pop(tx_id, None)
             with contextlib.suppress(OutboxError):
                 await asyncio.to_thread(self.journal.forget, tx_id)
