@@ -27,7 +27,7 @@ from edge import config as config_module
 from edge.agents.agent import Agent, finite
 from edge.agents.mqtt import publish_packet_size
 from edge.agents.outbox import RecordClass
-from edge.contract import Event, Scalar, Severity, now
+from edge.contract import Ack, Event, Scalar, Severity, TxOutcome, TxStatus, now
 from edge.drivers.sim_air_quality import Config as AirConfig
 from edge.drivers.sim_air_quality import Driver as SimulatedAirQuality
 from edge.errors import ConfigError
@@ -154,6 +154,52 @@ def test_a_driver_raising_an_unexpected_error_is_logged_reported_and_restarted(
     with_traceback = [r for r in failures if r.exc_info is not None]
     assert len(with_traceback) == 1  # the traceback once; a repeat of the same error is one line
     assert with_traceback[0].exc_info is not None and with_traceback[0].exc_info[0] is KeyError
+
+
+def test_a_failing_downlink_handler_is_reported_and_the_downlink_comes_back(
+        tmp_path: Path, broker: Broker, heartbeats: Callable[..., Heartbeats],
+        caplog: pytest.LogCaptureFixture) -> None:
+    agent = Agent(_loaded(tmp_path, "kk-kiosk-0105", broker.port, fast_air(interval_s=0.1)))
+    answered: list[str] = []
+
+    async def receipt_printer(outcome: TxOutcome) -> None:
+        """A listener with a bug on its first answer (what a kiosk's receipt code could do)."""
+        answered.append(outcome.tx_id)
+        if len(answered) == 1:
+            raise RuntimeError("receipt layout bug")
+
+    agent.tx_listeners.append(receipt_printer)
+    status = heartbeats("kk-kiosk-0105")
+    hub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fake-hub", protocol=mqtt.MQTTv5)
+    hub.connect("127.0.0.1", broker.port)
+    hub.loop_start()
+
+    def answer(tx_id: str) -> None:
+        outcome = TxOutcome(tx_id=tx_id, status=TxStatus.REJECTED, duplicate=False, reason="test", result={})
+        hub.publish("nakhon/kk-kiosk-0105/down/tx", outcome.to_json(), qos=1).wait_for_publish(10)
+
+    async def scenario() -> None:
+        answer("kk-kiosk-0105-first")
+        failed = await until(lambda: (s := status.latest()) and (s.get("tasks") or {}).get("downlink") and s, 20,
+                             "the downlink failure in the heartbeat")
+        assert failed["tasks"]["downlink"]["error"] == "RuntimeError: receipt layout bug"
+        await until(lambda: (s := status.latest()) and s["tasks"]["downlink"]["state"] == "ok"
+                    and s["tasks"]["downlink"]["restarts"] == 1, 20, "the downlink restarted")
+        answer("kk-kiosk-0105-second")
+        await until(lambda: len(answered) == 2, 20, "the restarted downlink handling the next answer")
+        depth = agent.outbox.depth()
+        assert depth > 0
+        hub.publish("nakhon/kk-kiosk-0105/down/ack", Ack(acked=[(1, agent.outbox.last_seq())]).to_json(), qos=1)
+        await until(lambda: agent.outbox.depth() < depth, 20, "acknowledgements handled again")
+
+    try:
+        with caplog.at_level(logging.INFO, logger="nakhon.agent"):
+            run_agent(agent, scenario)
+    finally:
+        hub.loop_stop()
+        hub.disconnect()
+    tracebacks = [r for r in caplog.records if r.exc_info is not None and "task downlink failed" in r.getMessage()]
+    assert len(tracebacks) == 1
 
 
 def _fill_disk(agent: Agent, free_pages: int) -> None:
