@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
+import socket
 import sqlite3
 import threading
 import tomllib
@@ -23,7 +25,7 @@ from selenium.webdriver.remote.webelement import WebElement
 
 from edge import config as config_module
 from edge.agents.agent import Agent
-from edge.contract import tx_reference
+from edge.contract import DeviceState, tx_reference
 from hub.broker import free_port
 from tests.conftest import ROOT, Broker, Hub, Proc, wait_for
 
@@ -569,10 +571,11 @@ class InProcessKiosk:
         self._loop = asyncio.get_running_loop()
         await self.agent.run()
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         self._thread.start()
-        wait_for(lambda: self.agent.kiosk is not None and self.agent.kiosk.server is not None
-                 and self.agent.kiosk.server.started, 30, "the kiosk screen")
+        if wait:
+            wait_for(lambda: self.agent.kiosk is not None and self.agent.kiosk.server is not None
+                     and self.agent.kiosk.server.started, 30, "the kiosk screen")
 
     def stop(self) -> None:
         if self._loop is not None:
@@ -625,3 +628,28 @@ def test_on_a_full_disk_a_payment_is_refused_in_thai_and_english_and_the_kiosk_r
     finally:
         browser.get("about:blank")
         kiosk.stop()
+
+
+def test_a_screen_that_cannot_listen_is_reported_and_comes_up_once_its_port_is_free(
+        broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    http_port = free_port()
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", http_port))
+    squatter.listen()
+    kiosk = InProcessKiosk(kiosk_config(tmp_path, broker.port, http_port))
+    with caplog.at_level(logging.INFO, logger="nakhon"):
+        kiosk.start(wait=False)
+        try:
+            failed = wait_for(lambda: kiosk.agent.tasks.get("kiosk"), 30, "the kiosk task reported")
+            assert failed.state == "unavailable" and "cannot listen on 127.0.0.1" in str(failed.error)
+            assert "kiosk" in (kiosk.agent.status(DeviceState.ONLINE).tasks or {})  # in the heartbeat
+            assert kiosk.agent.streams["receipt"].state == "ok"  # the rest of the agent runs on
+            squatter.close()
+            wait_for(lambda: (kiosk.agent.tasks["kiosk"].state == "ok"
+                              and httpx.get(f"http://127.0.0.1:{http_port}/api/state", timeout=2).status_code == 200),
+                     60, "the screen up on its port")
+        finally:
+            squatter.close()
+            kiosk.stop()
+    assert "task kiosk failed" in caplog.text

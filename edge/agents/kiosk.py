@@ -198,6 +198,7 @@ class Kiosk:
             while True:
                 await asyncio.wait({serving}, timeout=1)
                 if serving.done():
+                    serving.result()  # raises why it stopped
                     raise KioskScreenError(f"the kiosk screen on port {self.settings.http_port} stopped")
                 self._reset_if_idle()
         finally:
