@@ -311,6 +311,32 @@ def test_a_message_over_the_broker_maximum_packet_size_is_set_aside_and_the_rest
     assert "maximum packet size of 4096" in aside[0][1]
 
 
+def test_a_record_the_broker_refuses_for_now_is_kept_and_retried_with_a_growing_delay(
+        tmp_path: Path, broker_factory: Callable[..., Broker]) -> None:
+    guarded = broker_factory(accounts={"kk-aq-0002": "secret-two"})
+    secret = tmp_path / "two.pw"
+    secret.write_text("secret-two\n")
+    secret.chmod(0o600)
+    # kk-aq-0002's credentials on a device that claims to be kk-aq-0001: the ACL refuses it (0x87, not authorized)
+    path = agent_config(tmp_path / "kk-aq-0001.toml", "kk-aq-0001", guarded.port, drivers=[], username="kk-aq-0002",
+                        password_file=secret, heartbeat_s=3600, resend_after_s=0.5)
+    agent = Agent(config_module.load(path, environ={}))
+    agent.outbox.open()
+    agent.outbox.append(RecordClass.EVENT, lambda seq: Event(device="kk-aq-0001", seq=seq, ts=now(), sensor="sos",
+                                                             event="sos.pressed", severity=Severity.CRITICAL, data={}))
+    agent.outbox.close()
+
+    async def scenario() -> None:
+        started = time.monotonic()
+        await until(lambda: agent.publish_errors >= 4, 30, "the birth and three refusals of the record")
+        # resent after 1 s, then 2 s (0.5 s each without the backoff): a refusal is never a tight loop
+        assert time.monotonic() - started >= 2.5
+        assert agent.outbox.depth() == 1 and agent.set_aside == 0  # kept: fixing the ACL lets it through
+        assert "Not authorized" in str(agent.last_error)
+
+    run_agent(agent, scenario)
+
+
 def test_packet_size_counts_the_mqtt_framing() -> None:
     assert publish_packet_size("a/b", b"") == 1 + 1 + 2 + 3 + 2 + 1
     assert publish_packet_size("t", b"x" * 200) == 1 + 2 + 2 + 1 + 2 + 1 + 200
