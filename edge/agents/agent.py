@@ -643,6 +643,8 @@ class Agent:
         while True:
             self._outbox_changed.clear()
             records = await asyncio.to_thread(self.outbox.pending, window)
+            for gone in self._refusals.keys() - {r.seq for r in records}:
+                del self._refusals[gone]  # dropped or settled meanwhile (refused records are the oldest)
             t = time.monotonic()
             due = [r for r in records if t - self._inflight.get(r.seq, -resend) >= resend]
             for record in due:

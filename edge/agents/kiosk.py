@@ -187,11 +187,11 @@ class Kiosk:
     async def run(self) -> None:
         """Serve the screen and follow card events and answers until cancelled."""
         await asyncio.to_thread(self.journal.open)
-        self.agent.event_listeners.append(self._on_event)
-        self.agent.tx_listeners.append(self._on_answer)
         config = uvicorn.Config(self.app(), host=self.settings.http_host, port=self.settings.http_port,
                                 log_level="warning", access_log=False, lifespan="off")
         self.server = _ScreenServer(config)
+        self.agent.event_listeners.append(self._on_event)
+        self.agent.tx_listeners.append(self._on_answer)
         serving = asyncio.create_task(self._serve(self.server), name="kiosk-screen")
         log.info("kiosk screen on http://%s:%d/", self.settings.http_host, self.settings.http_port)
         try:
