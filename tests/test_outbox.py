@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from edge.agents.outbox import Outbox, RecordClass
+from edge.agents.outbox import Outbox, RecordClass, storage_error
 from edge.config import OutboxConfig
 from edge.contract import Event, Reading, Severity, Telemetry, Tx, now
 from edge.errors import OutboxDiskFull, OutboxFull
@@ -133,3 +134,10 @@ def test_a_full_disk_is_reported_as_such_keeps_every_record_and_heals(tmp_path: 
     db.execute("PRAGMA max_page_count = 1000000")  # space is back
     assert box.append(RecordClass.TX, _tx, key="tx-00000001").seq == full_at + 1
     box.close()
+
+
+def test_a_write_failing_with_enospc_is_a_full_disk_and_other_errors_are_not() -> None:
+    full = storage_error(OSError(errno.ENOSPC, "No space left on device"), "cannot commit")
+    assert isinstance(full, OutboxDiskFull) and "the disk is full" in str(full)
+    other = storage_error(sqlite3.OperationalError("database is locked"), "cannot commit")
+    assert not isinstance(other, OutboxDiskFull) and str(other) == "cannot commit: database is locked"
