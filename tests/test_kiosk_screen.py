@@ -518,19 +518,19 @@ def test_the_language_goes_back_to_thai_for_the_next_citizen(screen: KioskScreen
         assert (site.kiosk_state() or {}).get("lang") == "th"
 
 
-@pytest.mark.parametrize("site", [{"idle_reset_s": 3}], indirect=True)
+@pytest.mark.parametrize("site", [{"idle_reset_s": 6}], indirect=True)
 def test_an_idle_kiosk_returns_to_the_thai_notice_from_any_screen(screen: KioskScreen, site: Site) -> None:
     screen.open(LANDSCAPE)
     screen.tap("lang-switch")
     wait_for(lambda: (site.kiosk_state() or {}).get("lang") == "en", 5, "English")
-    wait_for(lambda: (site.kiosk_state() or {}).get("lang") == "th", 15, "the untouched notice back in Thai")
+    wait_for(lambda: (site.kiosk_state() or {}).get("lang") == "th", 25, "the untouched notice back in Thai")
     wait_for(lambda: screen.text("heading") == "ประกาศความเป็นส่วนตัว", 5, "the Thai notice on the screen")
     screen.tap("lang-switch")
     start_anonymously(screen)
     screen.tap("service-garbage-monthly")
     screen.wait_step("payment")
     assert screen.text("heading") == "Choose how to pay"
-    screen.wait_step("notice", timeout=15)
+    screen.wait_step("notice", timeout=25)
     wait_for(lambda: screen.text("heading") == "ประกาศความเป็นส่วนตัว", 5, "the Thai notice after idling")
 
 
