@@ -196,6 +196,17 @@ class StreamHealth(BaseModel):
     state: Literal["ok", "unavailable", "starting"]
     interval_s: float | None = None
     error: str | None = None
+    refused_values: int | None = Field(default=None, description="NaN or infinite values refused at the edge")
+
+
+class TaskHealth(BaseModel):
+    """State of one of the agent's own tasks (connection, publisher, heartbeat...), carried in its heartbeat."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    state: Literal["ok", "unavailable"]
+    error: str | None = Field(default=None, description="the last unexpected error, kept after a restart")
+    restarts: int = 0
 
 
 class Location(BaseModel):
@@ -228,6 +239,10 @@ class Status(Message):
     node: str | None = None
     site: str | None = None
     location: Location | None = None
+    tasks: dict[str, TaskHealth] | None = Field(default=None, description="agent tasks that failed at least once")
+    outbox_error: str | None = Field(default=None, description="why the outbox cannot take records right now")
+    unstored: int | None = Field(default=None, description="records lost because the outbox could not take them")
+    set_aside: int | None = Field(default=None, description="records the broker refused for good, kept locally")
 
 
 class Reading(BaseModel):

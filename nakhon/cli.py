@@ -114,7 +114,7 @@ def _agent(args: argparse.Namespace) -> int:
     from edge.errors import ConfigError, OutboxError
 
     try:
-        loaded = config.load(args.config)
+        loaded = config.load(args.config, check_files=args.action == "check")
     except ConfigError as err:
         print(f"nakhon: invalid config\n{err}", file=sys.stderr)
         return 2

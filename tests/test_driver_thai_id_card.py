@@ -197,12 +197,46 @@ def test_status_words(sw: str, step: idc.Step) -> None:
     assert idc.status_step(*bytes.fromhex(sw))[0] is step
 
 
+def _segment(marker: int, body: bytes) -> bytes:
+    return bytes((0xFF, marker)) + (len(body) + 2).to_bytes(2, "big") + body
+
+
 def test_the_photo_keeps_its_0x20_bytes_and_loses_the_padding() -> None:
-    jpeg = b"\xff\xd8\xff\xe0" + b"\x20" * 600 + b"scan data\x20\x20\xff\xd9"  # 0x20 across the part boundaries
+    portrait = sim.portrait_jpeg(3)
+    jpeg = portrait[:2] + _segment(0xFE, b"\x20" * 600) + portrait[2:]  # a comment of 0x20s across part boundaries
     card = sim.ThaiIdCard(sim.CITIZENS[0], photo=jpeg)
     assert idc.read_card(card.process, card.atr, set(), photo=True)["photo"] == jpeg
     with pytest.raises(idc.CardReadError, match="not a JPEG"):
         idc.extract_photo(b"\x20" * 5100)
+    with pytest.raises(idc.CardReadError, match="not a complete JPEG"):
+        idc.extract_photo(jpeg[:-2] + b"\x20" * 100)  # cut before its end marker: refused, not published broken
+
+
+def _with_exif_thumbnail(main: Image.Image, thumbnail: Image.Image) -> bytes:
+    """A JPEG whose EXIF (APP1) carries a JPEG thumbnail, as cameras and card personalisation software write."""
+    small = io.BytesIO()
+    thumbnail.save(small, "JPEG", quality=40)
+    thumb = small.getvalue()
+    # TIFF, little-endian: an empty IFD0 pointing to IFD1, which locates the thumbnail (tags 0x0201/0x0202)
+    ifd1 = (2).to_bytes(2, "little") + b"".join(
+        tag.to_bytes(2, "little") + (4).to_bytes(2, "little") + (1).to_bytes(4, "little") + value.to_bytes(4, "little")
+        for tag, value in ((0x0201, 44), (0x0202, len(thumb)))) + (0).to_bytes(4, "little")
+    tiff = b"II*\x00" + (8).to_bytes(4, "little") + (0).to_bytes(2, "little") + (14).to_bytes(4, "little") + ifd1
+    out = io.BytesIO()
+    main.save(out, "JPEG", quality=50, exif=b"Exif\x00\x00" + tiff + thumb)
+    return out.getvalue()
+
+
+def test_a_photo_with_an_exif_thumbnail_is_read_whole() -> None:
+    main = Image.open(io.BytesIO(sim.portrait_jpeg(5)))
+    jpeg = _with_exif_thumbnail(main, main.resize((24, 30)))
+    assert jpeg.find(b"\xff\xd9") < len(jpeg) - 2  # the thumbnail's end marker comes first
+    card = sim.ThaiIdCard(sim.CITIZENS[0], photo=jpeg)
+    photo = idc.read_card(card.process, card.atr, set(), photo=True)["photo"]
+    assert photo == jpeg
+    image = Image.open(io.BytesIO(photo))
+    image.load()  # decodes the whole image: a photo cut at the thumbnail's end would fail here
+    assert image.size == (96, 120)
 
 
 @pytest.mark.parametrize(("code", "error", "meaning"), [
@@ -332,9 +366,10 @@ def test_cards_in_and_out_of_the_simulated_reader(key_file: Path, run_driver: Ca
 
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[0]))
     inserted = events.wait("card.inserted")
-    assert inserted.data == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
-                             "name_en": "Mr. Somchai Jaidee"}
-    assert driver.card == inserted.data
+    assert inserted.private == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
+                                "name_en": "Mr. Somchai Jaidee"}
+    assert inserted.data == {"fields": ["citizen_ref", "name_th", "name_en"]}  # what is published: no values
+    assert driver.card == inserted.private
     readers.remove()
     assert events.wait("card.removed").data == {}
     assert driver.card is None
@@ -354,7 +389,7 @@ def test_a_card_swapped_during_the_settle_delay_is_read_once(key_file: Path, run
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[0]))
     time.sleep(0.1)
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[1]))  # the citizen pushes the wrong card back in at once
-    assert events.wait("card.inserted").data["name_en"] == "Miss Malee Srisuk"
+    assert events.wait("card.inserted").private["name_en"] == "Miss Malee Srisuk"
     time.sleep(0.2)
     assert events.names() == ["reader.ready", "card.inserted"]
 
@@ -367,7 +402,7 @@ def test_a_card_swapped_at_once_is_a_removal_and_an_insertion(key_file: Path,
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[0]))
     events.wait("card.inserted")
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[1]))  # faster than the reader polls: pcscd's event counter tells
-    assert events.wait("card.inserted", after=2).data["name_en"] == "Miss Malee Srisuk"
+    assert events.wait("card.inserted", after=2).private["name_en"] == "Miss Malee Srisuk"
     assert events.names() == ["reader.ready", "card.inserted", "card.removed", "card.inserted"]
     assert driver.card is not None and driver.card["name_en"] == "Miss Malee Srisuk"
 
@@ -382,7 +417,7 @@ def test_simulate_runs_a_kiosk_with_visitors_and_a_throwaway_key() -> None:
         driver.start(events)
         try:
             kiosk.insert(sim.ThaiIdCard(sim.CITIZENS[2]))  # the first visitor is early
-            assert events.wait("card.inserted").data["name_en"] == "Mrs. Boonmee Meesuk"
+            assert events.wait("card.inserted").private["name_en"] == "Mrs. Boonmee Meesuk"
         finally:
             driver.stop()
     assert not simulated.hmac_key_file.exists()
@@ -512,12 +547,12 @@ def test_pcscd_a_full_read_publishes_only_the_configured_fields(
     with sim.VpcdCard(card, pcscd.port):
         inserted = events.wait("card.inserted")
     removed = events.wait("card.removed")
-    assert inserted.data == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
-                             "name_en": "Mr. Somchai Jaidee"}
+    assert inserted.private == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
+                                "name_en": "Mr. Somchai Jaidee"}
     assert removed.data == {}
     assert driver.card is None
     assert card.commands == 7  # SELECT, then READ + GET RESPONSE for the id and both names; nothing else
-    no_personal_data(events, VALID_ID, "1985", "มิตรภาพ")
+    no_personal_data(events, VALID_ID, "1985", "มิตรภาพ", "สมชาย", "Somchai")
     for trace in (VALID_ID, *APDU_TRACES):
         assert trace not in caplog.text
     assert "card read" in caplog.text
@@ -530,9 +565,9 @@ def test_pcscd_a_3b67_card_with_short_answers(pcscd: Pcscd, key_file: Path, run_
     events.wait("reader.ready")
     with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[2], atr=sim.ATR_3B67, io_buffer=0x40), pcscd.port):
         inserted = events.wait("card.inserted")
-    photo = base64.b64decode(inserted.data.pop("photo"))
-    assert inserted.data == {"citizen_id_masked": "3-4001-xxxxx-xx-3", "birth_date": "1947",
-                             "expiry_date": "lifelong"}
+    photo = base64.b64decode(inserted.private.pop("photo"))
+    assert inserted.private == {"citizen_id_masked": "3-4001-xxxxx-xx-3", "birth_date": "1947",
+                                "expiry_date": "lifelong"}
     assert Image.open(io.BytesIO(photo)).size == (96, 120)
 
 
@@ -548,7 +583,7 @@ def test_pcscd_a_card_pulled_mid_read_then_the_next_card(pcscd: Pcscd, key_file:
     events.wait("card.removed")
     seen = len(events.got)
     with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[0]), pcscd.port):
-        assert events.wait("card.inserted", after=seen).data["name_en"] == "Mr. Somchai Jaidee"
+        assert events.wait("card.inserted", after=seen).private["name_en"] == "Mr. Somchai Jaidee"
     no_personal_data(events, "Malee", "3409900123451")
 
 
@@ -575,4 +610,4 @@ def test_pcscd_restarted_the_driver_recovers(pcscd: Pcscd, key_file: Path, run_d
     pcscd.start()
     events.wait("reader.ready", timeout=10, after=events.names().index("reader.lost"))
     with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[0]), pcscd.port):
-        assert events.wait("card.inserted").data["citizen"] == {"ref": ref_of(VALID_ID)}
+        assert events.wait("card.inserted").private["citizen"] == {"ref": ref_of(VALID_ID)}
