@@ -32,7 +32,7 @@ from edge.contract import (
 )
 from hub.api.app import create_app
 from hub.errors import RecordRejected
-from hub.ingest.classify import ClockWindow, Reason, classify
+from hub.ingest.classify import ClockWindow, Reason, TxRefused, classify
 from hub.ingest.consumer import Ingest, IngestSettings
 from hub.metrics import HubMetrics
 from hub.router import Route, Router
@@ -99,6 +99,8 @@ KILLERS: list[tuple[str, str, bytes, str]] = [
 def test_each_killer_is_classified_as_a_dead_letter_with_its_own_reason(suffix: str, payload: bytes,
                                                                         reason: str) -> None:
     item = classify(f"nakhon/{POLE}/{suffix}", payload, time.time(), window=ClockWindow())
+    if isinstance(item, TxRefused):  # a transaction that names its tx_id is also answered
+        item = item.letter
     assert isinstance(item, DeadLetter)
     assert (item.reason, item.size) == (reason, len(payload))
     assert item.detail
@@ -128,7 +130,8 @@ def test_an_out_of_bounds_message_from_its_own_device_is_acknowledged_except_a_t
     tx = _tx(POLE, 11, "kk-aq-0666-tx-0002")
     tx["data"]["amount_satang"] = 2**64
     refused = classify(f"nakhon/{POLE}/up/tx", _raw(tx), time.time())
-    assert isinstance(refused, DeadLetter) and refused.reason == "out_of_bounds" and refused.seq is None
+    assert isinstance(refused, TxRefused) and refused.tx_id == "kk-aq-0666-tx-0002"  # answered, never acked
+    assert refused.letter.reason == "out_of_bounds" and refused.letter.seq is None
 
 
 def test_the_clock_window_is_the_hubs_setting() -> None:
@@ -275,6 +278,30 @@ def test_an_air_quality_pole_cannot_take_a_cash_payment(broker: Broker, procs: d
     finally:
         pole.close()
         stranger.close()
+        kiosk.close()
+
+
+def test_a_transaction_that_breaks_the_contract_is_answered_rejected_and_a_kiosk_clock_never_refuses_one(
+        broker: Broker, procs: dict[str, Any]) -> None:
+    procs["hub"](broker.port)
+    kiosk = Device(broker.port, "kk-kiosk-0043", node="service-kiosk")
+    try:
+        huge = _tx("kk-kiosk-0043", 1, "kk-kiosk-0043-pay-0001")
+        huge["data"]["amount_satang"] = 2**64
+        kiosk.publish("up/tx", _raw(huge))
+        refused = kiosk.answer("kk-kiosk-0043-pay-0001")
+        assert refused.status is TxStatus.REJECTED and refused.reason is not None
+        assert refused.reason.startswith("out_of_bounds") and refused.result == {}
+        future = {**_tx("kk-kiosk-0043", 2, "kk-kiosk-0043-pay-0002"), "created_at": "2100-01-01T00:00:00Z"}
+        kiosk.publish("up/tx", _raw(future))
+        paid = kiosk.answer("kk-kiosk-0043-pay-0002")
+        assert paid.status is TxStatus.ACCEPTED and paid.result["receipt_no"]
+        broken_copy = {**future, "data": {**future["data"], "amount_satang": -1}}
+        kiosk.publish("up/tx", _raw(broken_copy))  # a broken copy of an applied one: its outcome stands
+        again = kiosk.answer("kk-kiosk-0043-pay-0002", n=2)
+        assert again.duplicate and again.status is TxStatus.ACCEPTED
+        assert again.result["receipt_no"] == paid.result["receipt_no"]
+    finally:
         kiosk.close()
 
 

@@ -76,9 +76,10 @@ def _telemetry_stamps(m: Any) -> Iterator[tuple[str, datetime]]:
 _STAMPS: dict[type, Callable[[Any], Iterator[tuple[str, datetime]]]] = {
     Telemetry: _telemetry_stamps,
     Event: lambda m: iter((("ts", m.ts),)),
-    Tx: lambda m: iter((("created_at", m.created_at),)),
 }
-"""The timestamps of each model that the hub holds against its clock (a status is stamped on receipt)."""
+"""The timestamps of each model that the hub holds against its clock. A status is stamped on receipt; a
+transaction's ``created_at`` is not refused (a citizen's payment must not fail on a kiosk's clock): finance
+decides which time dates it."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,16 @@ class TxRequest:
     received_at: float
 
 
-Classified = SeqMessage | StatusUpdate | TxRequest | DeadLetter
+@dataclass(frozen=True)
+class TxRefused:
+    """A transaction that breaks the contract but names its ``tx_id``: dead-lettered, and answered ``rejected``
+    so that the kiosk stops sending it and tells the citizen."""
+
+    letter: DeadLetter
+    tx_id: str
+
+
+Classified = SeqMessage | StatusUpdate | TxRequest | TxRefused | DeadLetter
 
 _MODELS: dict[str, type[Telemetry | Event | Reply | Tx | Status]] = {
     "up/telemetry": Telemetry,
@@ -154,7 +164,8 @@ def classify(topic: str, payload: bytes, received_at: float, *, root: str = DEFA
     return StatusUpdate(status=message, received_at=received_at)
 
 
-def _diagnose(topic: str, payload: bytes, at: float, device: str, err: ValidationError) -> DeadLetter:
+def _diagnose(topic: str, payload: bytes, at: float, device: str,
+              err: ValidationError) -> DeadLetter | TxRefused:
     try:
         data: Any = json.loads(payload)
     except RecursionError:
@@ -170,9 +181,14 @@ def _diagnose(topic: str, payload: bytes, at: float, device: str, err: Validatio
                      f"payload device {claimed!r} published on the topic of {device!r}")
     reason, detail = _reason(err, data)
     seq = data.get("seq")
-    trusted = claimed == device and is_seq(seq) and not topic.endswith("/up/tx")
-    return _dead(topic, payload, at, reason, detail,
-                 device=device if trusted else None, seq=seq if trusted else None)
+    is_tx = topic.endswith("/up/tx")
+    trusted = claimed == device and is_seq(seq) and not is_tx
+    letter = _dead(topic, payload, at, reason, detail,
+                   device=device if trusted else None, seq=seq if trusted else None)
+    tx_id = data.get("tx_id")
+    if is_tx and claimed == device and isinstance(tx_id, str) and 8 <= len(tx_id) <= 64:
+        return TxRefused(letter=letter, tx_id=tx_id)
+    return letter
 
 
 def _reason(err: ValidationError, data: Any) -> tuple[Reason, str]:

@@ -25,12 +25,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.contract import QOS, Ack, Tx, TxOutcome, TxStatus, seq_ranges, topic
+from edge.contract import QOS, Ack, Tx, TxOutcome, TxStatus, parse_topic, seq_ranges, topic
 from hub.commands import CommandDesk
 from hub.errors import MessageTooLarge, RecordRejected, StoreError
 from hub.faults import crash_point
 from hub.ingest.access import TX_KINDS_BY_NODE, tx_refusal
-from hub.ingest.classify import Classified, ClockWindow, Reason, TxRequest, classify
+from hub.ingest.classify import Classified, ClockWindow, Reason, TxRefused, TxRequest, classify
 from hub.metrics import HubMetrics, WriterState
 from hub.router import Router
 from hub.store.base import DeadLetter, IngestBatch, IngestOutcome, SeqMessage, StatusUpdate, Store
@@ -251,14 +251,17 @@ class Ingest:
         entries: list[_Entry] = []
         _isolated(received, lambda rs: entries.extend([self._classify(r) for r in rs]), self._reject_unread)
         for e in entries:
-            if isinstance(e.item, DeadLetter):
-                log.info("dead letter (%s) on %s: %s", e.item.reason, e.item.topic, e.item.detail)
+            letter = e.item.letter if isinstance(e.item, TxRefused) else e.item
+            if isinstance(letter, DeadLetter):
+                log.info("dead letter (%s) on %s: %s", letter.reason, letter.topic, letter.detail)
         stored = [e for e in entries if not isinstance(e.item, TxRequest)]
         if stored:
             _isolated(stored, self._store, self._reject)
         for e in entries:
             if isinstance(e.item, TxRequest):
                 _isolated([_TxEntry(e.received, e.item)], self._apply_tx, self._reject_tx)
+            elif isinstance(e.item, TxRefused):
+                self._refuse_tx(e.item)
 
     def _classify(self, received: Received) -> _Entry:
         s = self.settings
@@ -275,6 +278,8 @@ class Ingest:
                 batch.statuses.append(e.item)
             elif isinstance(e.item, DeadLetter):
                 batch.deadletters.append(e.item)
+            elif isinstance(e.item, TxRefused):
+                batch.deadletters.append(e.item.letter)
         outcome = self._commit(batch)
         self._settled(batch, outcome)
         for reply in outcome.replies:
@@ -369,6 +374,22 @@ class Ingest:
             self._dead_letter(DeadLetter(topic=topic_name, reason=Reason.KIND_NOT_ALLOWED.value, detail=refusal,
                                          received_at=at, size=len(payload), payload=payload))
         self._answer(tx, outcome, duplicate)
+
+    def _refuse_tx(self, refused: TxRefused) -> None:
+        """Answer a transaction that breaks the contract (already dead-lettered): rejected, nothing applied."""
+        letter = refused.letter
+        parsed = parse_topic(letter.topic, self.settings.root)
+        if parsed is None:
+            return
+        known = self.store.tx_outcome(refused.tx_id, parsed.device)
+        if known is not None:  # applied before from a valid copy: its outcome stands
+            outcome = TxOutcome.model_validate({**known.model_dump(), "duplicate": True})
+        else:
+            outcome = TxOutcome(tx_id=refused.tx_id, status=TxStatus.REJECTED, duplicate=False, result={},
+                                reason=f"{letter.reason}: {letter.detail}"[:500])
+        self.metrics.transactions.labels(outcome.status.value).inc()
+        self.publish(topic(self.settings.root, parsed.device, "down/tx"), outcome.to_json())
+        log.info("transaction %s from %s: rejected (%s)", refused.tx_id, parsed.device, letter.reason)
 
     def _answer(self, tx: Tx, outcome: TxOutcome, duplicate: bool) -> None:
         answer = TxOutcome.model_validate({**outcome.model_dump(), "duplicate": duplicate})

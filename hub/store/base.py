@@ -175,6 +175,9 @@ class Store(Protocol):
     def apply_tx(self, tx: Tx, received_at: float, decide: TxDecision) -> tuple[TxOutcome, bool]:
         """Apply ``tx`` exactly once: returns its outcome and whether it had been applied before."""
 
+    def tx_outcome(self, tx_id: str, device: str) -> TxOutcome | None:
+        """The recorded outcome of ``device``'s transaction ``tx_id``, or None if it was never applied."""
+
     def devices(self) -> list[DeviceRecord]:
         """Every device in the registry."""
 

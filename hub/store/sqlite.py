@@ -375,6 +375,12 @@ class SQLiteStore:
                 (tx.device, received_at, received_at, tx.seq, tx.seq))
         return outcome, False
 
+    def tx_outcome(self, tx_id: str, device: str) -> TxOutcome | None:
+        """The recorded outcome of ``device``'s transaction ``tx_id``, or None if it was never applied."""
+        row = self.read(lambda db: db.execute("SELECT outcome FROM transactions WHERE tx_id = ? AND device = ?",
+                                              (tx_id, device)).fetchone())
+        return TxOutcome.model_validate_json(row[0]) if row else None
+
     # -- queries -------------------------------------------------------------------------------
     _DEVICE_COLUMNS = ("device, node, site, state, first_seen, last_seen, last_status_at, min_seq, max_seq, "
                        "received, duplicates, dropped_at_edge, heartbeat")
