@@ -257,7 +257,8 @@ def test_an_output_is_driven_by_command(broker: Broker, procs: dict[str, Any]) -
     def command(args: dict[str, Any]) -> dict[str, Any]:
         r = httpx.post(f"{hub.url}/api/devices/kk-kiosk-0501/commands",
                        json={"name": "output", "args": args, "timeout_s": 10}, timeout=30)
-        return r.json()
+        answer: dict[str, Any] = r.json()
+        return answer
 
     on = command({"sensor": "status-led", "on": True})
     assert on["outcome"] == "ok" and on["result"]["state"]["on"] is True

@@ -15,7 +15,7 @@ from edge.contract import Tx, TxOutcome, TxStatus, now
 from hub.finance import api as finance_api
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
-from hub.finance.fiscal import baht, fiscal_year, thai_date
+from hub.finance.fiscal import BANGKOK, baht, fiscal_year, thai_date
 from hub.finance.promptpay import PromptPaySettings, bill_payment, crc16_ccitt_false, credit_transfer
 from hub.gis import reports
 from hub.router import Router
@@ -179,7 +179,7 @@ def test_void_is_a_compensating_entry_and_reconciliation_compares_counted_cash(
     ledger_rows = client.get("/api/finance/ledger").json()
     assert [e["amount_satang"] for e in ledger_rows] == [4000, 4000, 4000, -4000]
     assert client.get("/api/finance/receipts").json()[1]["reversed_by"] == "void"
-    day = datetime.now(UTC).astimezone(ledger.BANGKOK).date().isoformat()
+    day = datetime.now(UTC).astimezone(BANGKOK).date().isoformat()
     summary = client.get("/api/finance/summary", params={"day": day}).json()
     assert summary["total_satang"] == 8000 and summary["total_baht"] == "80.00"
     check = client.post("/api/finance/reconciliations", json={"device": "kk-kiosk-0001", "day": day,

@@ -48,7 +48,9 @@ class Kiosk:
         self.client.publish(f"nakhon/{self.device}/up/tx", tx.to_json(), qos=1).wait_for_publish(10)
 
     def answer(self, tx_id: str) -> TxOutcome:
-        return wait_for(lambda: next((a for a in self.answers if a.tx_id == tx_id), None), 30, f"the answer to {tx_id}")
+        answer: TxOutcome = wait_for(lambda: next((a for a in self.answers if a.tx_id == tx_id), None), 30,
+                                     f"the answer to {tx_id}")
+        return answer
 
     def close(self) -> None:
         self.client.loop_stop()
