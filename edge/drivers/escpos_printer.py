@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 import serial
 from escpos.capabilities import Profile
@@ -310,6 +310,9 @@ class Driver:
     and falls silent, or whose port fails, is reported ``printer.offline`` and, when it comes back,
     ``printer.online``. After a port failure the port is opened again at the next poll or print.
     """
+
+    receipt_model: ClassVar[type[Receipt]] = Receipt
+    """What ``print_receipt`` takes: the kiosk builds receipts through this, not by importing this module."""
 
     def __init__(self, config: Config) -> None:
         self._config = config

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from edge.contract import TxOutcome
 from hub.finance.fiscal import baht
 from hub.finance.ledger import ConfirmError, FinanceRoute, confirm_payment, reconcile, reverse, today
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import SqlStore
 
 AnswerKiosk = Callable[[str, TxOutcome], None]
 
@@ -50,7 +50,7 @@ def _rows(db: sqlite3.Connection, sql: str, args: list[Any]) -> list[dict[str, A
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerKiosk,
+def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKiosk,
                   bank_token: str | None) -> APIRouter:
     """Build the finance routes over the hub's store."""
     api = APIRouter(prefix="/api/finance", tags=["finance"])
