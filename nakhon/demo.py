@@ -59,6 +59,14 @@ def _secret(path: Path) -> str:
     return value
 
 
+def broker_settings(data: Path, port: int) -> BrokerSettings:
+    """The demo's Mosquitto: the hub and one account per device of the fleet, passwords kept in ``data/secrets``."""
+    secrets_dir = data / "secrets"
+    accounts = {HUB_USER: _secret(secrets_dir / f"{HUB_USER}.password")}
+    accounts.update({n.device: _secret(secrets_dir / f"{n.device}.password") for n in FLEET})
+    return BrokerSettings(directory=data / "broker", port=port, accounts=accounts)
+
+
 def _get_json(url: str) -> object:
     with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (our own loopback URL)
         return json.loads(response.read())
@@ -92,12 +100,10 @@ class Demo:
     def start(self) -> None:
         """Start broker, hub and fleet; return once the hub answers."""
         secrets_dir = self.data / "secrets"
-        accounts = {HUB_USER: _secret(secrets_dir / f"{HUB_USER}.password")}
         _secret(secrets_dir / "bank.token")
         _secret(secrets_dir / "citizen-ref.key")
-        accounts.update({n.device: _secret(secrets_dir / f"{n.device}.password") for n in FLEET})
         broker_port = free_port()
-        self.broker = Mosquitto(BrokerSettings(directory=self.data / "broker", port=broker_port, accounts=accounts))
+        self.broker = Mosquitto(broker_settings(self.data, broker_port))
         self.broker.start()
         print(f"broker    mosquitto on 127.0.0.1:{broker_port} (log: {self.data / 'broker' / 'mosquitto.log'})")
         self.hub = self._spawn(

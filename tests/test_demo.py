@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nakhon.demo import FLEET
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.broker
@@ -79,7 +81,9 @@ def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> 
     secrets_before = {p.name: p.read_text() for p in (data / "secrets").iterdir()}
     conf = (data / "broker" / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "use_username_as_clientid true" in conf
-    assert "pattern write nakhon/%u/up/#" in (data / "broker" / "acl").read_text()
+    access = json.loads((data / "broker" / "dynamic-security.json").read_text())
+    assert access["defaultACLAccess"]["subscribe"] is False
+    assert {c["username"] for c in access["clients"]} == {"nakhon-hub", *(n.device for n in FLEET)}
     assert all(oct(p.stat().st_mode)[-3:] == "600" for p in (data / "secrets").iterdir())
 
     proc, api, _ = _run_demo(data)
