@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from edge.contract import DeviceId, Timestamp
+from hub.api.docs import add_offline_docs
 from hub.commands import CommandDesk
 from hub.errors import StoreError
 from hub.liveness import Liveness, assess
@@ -182,4 +183,5 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
                                result=reply.result, error=reply.error)
         return JSONResponse(answer.model_dump(mode="json"), status_code=200)
 
+    add_offline_docs(app)
     return app
