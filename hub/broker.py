@@ -196,6 +196,6 @@ class Mosquitto:
         self.stop()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the password and ACL files."""
+        """SIGHUP: re-read the password file (the access control file is read at start only)."""
         if self.process is not None:
             self.process.send_signal(signal.SIGHUP)
