@@ -114,6 +114,7 @@ class Supervised:
     restart_at: float | None = None
     delay_s: float = BACKOFF_MIN_S
     restarts: int = 0
+    stopping: bool = False
 
     def start(self) -> None:
         """Spawn ``nakhon ARGS`` with its output appended to its log."""
@@ -127,7 +128,7 @@ class Supervised:
 
     def check(self, now: float) -> str | None:
         """Restart the process when it is due; a line for the operator when something happened."""
-        if self.process is None:
+        if self.process is None or self.stopping:
             return None
         if self.restart_at is not None:
             if now < self.restart_at:
@@ -138,18 +139,24 @@ class Supervised:
         status = self.process.poll()
         if status is None:
             return None
-        self.delay_s = BACKOFF_MIN_S if now - self.started_at >= STABLE_S else min(BACKOFF_MAX_S, self.delay_s * 2)
-        self.restart_at = now + self.delay_s
-        return f"{self.name} exited with status {status}; starting it again in {self.delay_s:g} s (log: {self.log})"
+        if now - self.started_at >= STABLE_S:
+            self.delay_s = BACKOFF_MIN_S
+        delay, self.delay_s = self.delay_s, min(BACKOFF_MAX_S, self.delay_s * 2)
+        self.restart_at = now + delay
+        return f"{self.name} exited with status {status}; starting it again in {delay:g} s (log: {self.log})"
+
+    def terminate(self) -> None:
+        """SIGTERM (once): the process stops cleanly; it is not started again."""
+        if self.process is not None and self.process.poll() is None and not self.stopping:
+            self.process.send_signal(signal.SIGTERM)
+        self.stopping = True
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 15 s; no restart after this."""
+        """SIGTERM unless sent already, then SIGKILL after 15 s."""
+        self.terminate()
         proc, self.process = self.process, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        _wait(proc)
+        if proc is not None:
+            _wait(proc)
 
 
 class Demo:
@@ -253,8 +260,7 @@ class Demo:
     def stop(self) -> None:
         """Agents first (they announce offline), then the hub, then the broker (which saves its state)."""
         for agent in self.agents.values():
-            if agent.process is not None and agent.process.poll() is None:
-                agent.process.send_signal(signal.SIGTERM)
+            agent.terminate()
         for agent in self.agents.values():
             agent.stop()
         if self.hub is not None:

@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from hub.broker import free_port
-from nakhon.demo import FLEET
+from nakhon.demo import FLEET, Supervised
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.broker
@@ -93,6 +94,27 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_process_that_keeps_failing_is_restarted_with_growing_delays(tmp_path: Path) -> None:
+    failing = Supervised("kk-bad-0001", ["agent", "check", str(tmp_path / "missing.toml")], tmp_path / "bad.log",
+                         {"PYTHONPATH": str(ROOT)})
+    failing.start()
+    lines: list[str | None] = []
+    now = time.monotonic()
+    for delay in (1, 2, 4, 8, 16, 30, 30):
+        assert failing.process is not None
+        failing.process.wait(30)
+        lines.append(failing.check(now))
+        assert failing.check(now + delay - 0.01) is None  # not before its time
+        now += delay
+        lines.append(failing.check(now))
+    failing.stop()
+    assert lines[0] == f"kk-bad-0001 exited with status 2; starting it again in 1 s (log: {tmp_path / 'bad.log'})"
+    delays = [re.findall(r"again in (\d+) s", line or "") for line in lines[0::2]]
+    assert delays == [["1"], ["2"], ["4"], ["8"], ["16"], ["30"], ["30"]]
+    assert lines[-1] == "kk-bad-0001 started again (restart 7)"
+    assert "missing.toml" in (tmp_path / "bad.log").read_text()  # the log says why
 
 
 def test_a_port_in_use_is_refused_with_what_to_do(tmp_path: Path) -> None:
