@@ -157,6 +157,15 @@ def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> 
         wait_for(lambda: _answers(f"{api}/healthz"), 60, "the restarted hub to answer on the same port")
         os.kill(_pid_of(data, "agent", "run", "NAKHON_DEVICE=kk-wl-0001"), signal.SIGKILL)
         wait_for(lambda: "kk-wl-0001 started again (restart 1)" in run.output(), 30, "the agent to be restarted")
+        os.kill(_pid_of(data, "-c"), signal.SIGKILL)
+        wait_for(lambda: "broker exited with status -9; started it again" in run.output(), 30,
+                 "the demo to start the broker again")
+
+        def stored() -> int:
+            return sum(d["received"] for d in httpx.get(f"{api}/api/devices", timeout=10).json())
+
+        before = stored()
+        wait_for(lambda: stored() > before + 5, 60, "the fleet's data to flow again through the restarted broker")
         first_seq = httpx.get(f"{api}/api/devices/kk-aq-0001", timeout=10).json()["last_seq"]
     finally:
         out = run.stop()
