@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a private broker, the hub and a simulated fleet")
     demo.add_argument("--data", type=Path, default=Path("./nakhon-data/demo"),
                       help="where the demo keeps its broker, hub and outboxes (reused by the next run)")
-    demo.add_argument("--http-port", type=int, default=0, help="API port (default: a free one)")
+    demo.add_argument("--hub-port", "--http-port", dest="hub_port", type=int, default=8080,
+                      help="the hub's API port (8080; 0: any free port)")
+    demo.add_argument("--kiosk-port", type=int, default=8088, help="the kiosk screen's port (8088; 0: any free port)")
     return p
 
 
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return _hub(args)
     from nakhon.demo import run_demo
 
-    return run_demo(args.data, args.http_port)
+    return run_demo(args.data, args.hub_port, args.kiosk_port)
 
 
 def _agent(args: argparse.Namespace) -> int:

@@ -7,8 +7,11 @@ import time
 from datetime import datetime
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.contract import Reading, Telemetry, now
 from tests.conftest import Agent, Broker, Hub, fast_air, wait_for
 
 pytestmark = pytest.mark.broker
@@ -125,7 +128,27 @@ def test_agent_killed_mid_stream_loses_nothing_and_continues_its_seq(
     with hub.db() as db:
         seqs = [s for (s,) in db.execute("SELECT DISTINCT seq FROM readings WHERE device='kk-aq-0401' ORDER BY seq")]
     assert seqs == list(range(1, len(seqs) + 1))  # continuous: the restart reused no seq and skipped none
-    assert hub.get("/api/devices/kk-aq-0401")["duplicates"] >= 0
+    device = hub.get("/api/devices/kk-aq-0401")
+    assert device["received"] == len(produced)  # a resend after the kill is counted once
+    duplicates = device["duplicates"]
+    _replay(broker.port, Telemetry(device="kk-aq-0401", seq=1, sent_at=now(), readings=[
+        Reading(ts=now(), sensor="pm", quantity="pm2_5", value=1.0, unit="ug/m3")]))
+    wait_for(lambda: hub.get("/api/devices/kk-aq-0401")["duplicates"] == duplicates + 1, 30,
+             "the replayed seq 1 to count as a duplicate")
+    assert hub.get("/api/devices/kk-aq-0401")["received"] == len(produced)
+    assert hub.stored() == stored
+
+
+def _replay(broker_port: int, message: Telemetry) -> None:
+    """Publish one telemetry message as its device would, and wait for the broker's PUBACK."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="replayer", protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", broker_port)
+    client.loop_start()
+    try:
+        client.publish(f"nakhon/{message.device}/up/telemetry", message.to_json(), qos=1).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
 
 
 def test_commands_reach_the_device_and_the_api_returns_its_reply(broker: Broker, procs: dict[str, Any]) -> None:
@@ -257,7 +280,8 @@ def test_an_output_is_driven_by_command(broker: Broker, procs: dict[str, Any]) -
     def command(args: dict[str, Any]) -> dict[str, Any]:
         r = httpx.post(f"{hub.url}/api/devices/kk-kiosk-0501/commands",
                        json={"name": "output", "args": args, "timeout_s": 10}, timeout=30)
-        return r.json()
+        answer: dict[str, Any] = r.json()
+        return answer
 
     on = command({"sensor": "status-led", "on": True})
     assert on["outcome"] == "ok" and on["result"]["state"]["on"] is True

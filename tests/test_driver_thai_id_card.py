@@ -4,6 +4,7 @@ real PC/SC stack (pcscd with vsmartcard's vpcd reader and the project's virtual 
 from __future__ import annotations
 
 import base64
+import ctypes
 import hashlib
 import hmac
 import io
@@ -447,6 +448,39 @@ def _free_port_pair() -> int:
     pytest.fail("no pair of free ports")
 
 
+CLONE_NEWNET = 0x40000000
+
+
+class CardInNamespace(sim.VpcdCard):
+    """A :class:`sim.VpcdCard` whose socket is opened in pcscd's network namespace (the only place vpcd listens)."""
+
+    def __init__(self, card: sim.ThaiIdCard, port: int, netns: Path) -> None:
+        super().__init__(card, port)
+        self._netns = netns
+
+    def insert(self) -> None:
+        """Connect from a thread that joined the namespace; the socket stays in it, whichever thread uses it."""
+        failure: list[OSError] = []
+
+        def connect() -> None:
+            try:
+                fd = os.open(self._netns, os.O_RDONLY)
+                try:
+                    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), f"setns({self._netns})")
+                finally:
+                    os.close(fd)
+                super(CardInNamespace, self).insert()
+            except OSError as err:  # DeviceUnavailable included; raised again in the test's thread below
+                failure.append(err)
+
+        thread = threading.Thread(target=connect, name="vpcd-card-netns")  # only this thread joins the namespace
+        thread.start()
+        thread.join()
+        if failure:
+            raise failure[0]
+
+
 class Pcscd:
     """pcscd in the foreground with one vpcd reader config; the tests start and stop it."""
 
@@ -463,9 +497,13 @@ class Pcscd:
             f"LIBPATH {VPCD_DRIVER}\nCHANNELID 0x{self.port:04X}\n")
 
     def start(self) -> None:
+        # vpcd listens on every interface: pcscd runs in a network namespace of its own that has only loopback
+        # (its client socket is a file, /run/pcscd/pcscd.comm, which every namespace sees)
         with open(self.directory / "pcscd.log", "ab") as log:
-            self.process = subprocess.Popen(["pcscd", "--foreground", "--config", str(self.directory / "conf")],
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec pcscd --foreground --config "$1"',
+                 "pcscd-in-netns", str(self.directory / "conf")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
         def ready() -> bool:
             assert self.process is not None
@@ -489,6 +527,16 @@ class Pcscd:
             self.process.wait()
         self.process = None
         wait_for(lambda: not PCSCD_SOCKET.exists(), 5, "pcscd to remove its socket")
+
+    @property
+    def netns(self) -> Path:
+        """pcscd's network namespace, where vpcd listens."""
+        assert self.process is not None
+        return Path(f"/proc/{self.process.pid}/ns/net")
+
+    def card(self, card: sim.ThaiIdCard) -> CardInNamespace:
+        """A virtual card for this pcscd's reader, inserted from inside its network namespace."""
+        return CardInNamespace(card, self.port, self.netns)
 
     def slot_empty(self) -> bool:
         """True once pcscd has noticed that the last card left (it polls vpcd a few times a second)."""
@@ -544,7 +592,7 @@ def test_pcscd_a_full_read_publishes_only_the_configured_fields(
     driver, events = run_driver(on_pcscd(pcscd, key_file))
     events.wait("reader.ready")
     card = sim.ThaiIdCard(sim.CITIZENS[0])
-    with sim.VpcdCard(card, pcscd.port):
+    with pcscd.card(card):
         inserted = events.wait("card.inserted")
     removed = events.wait("card.removed")
     assert inserted.private == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
@@ -563,7 +611,7 @@ def test_pcscd_a_3b67_card_with_short_answers(pcscd: Pcscd, key_file: Path, run_
     _, events = run_driver(on_pcscd(pcscd, key_file, fields=["citizen_id_masked", "birth_date", "expiry_date",
                                                              "photo"]))
     events.wait("reader.ready")
-    with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[2], atr=sim.ATR_3B67, io_buffer=0x40), pcscd.port):
+    with pcscd.card(sim.ThaiIdCard(sim.CITIZENS[2], atr=sim.ATR_3B67, io_buffer=0x40)):
         inserted = events.wait("card.inserted")
     photo = base64.b64decode(inserted.private.pop("photo"))
     assert inserted.private == {"citizen_id_masked": "3-4001-xxxxx-xx-3", "birth_date": "1947",
@@ -576,13 +624,13 @@ def test_pcscd_a_card_pulled_mid_read_then_the_next_card(pcscd: Pcscd, key_file:
                                                          run_driver: Callable[..., Any]) -> None:
     _, events = run_driver(on_pcscd(pcscd, key_file))
     events.wait("reader.ready")
-    with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[1], pull_after=4), pcscd.port) as pulled:
+    with pcscd.card(sim.ThaiIdCard(sim.CITIZENS[1], pull_after=4)) as pulled:
         failed = events.wait("card.read_failed")
         assert pulled.pulled.is_set()
     assert "pulled out" in failed.data["reason"]
     events.wait("card.removed")
     seen = len(events.got)
-    with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[0]), pcscd.port):
+    with pcscd.card(sim.ThaiIdCard(sim.CITIZENS[0])):
         assert events.wait("card.inserted", after=seen).private["name_en"] == "Mr. Somchai Jaidee"
     no_personal_data(events, "Malee", "3409900123451")
 
@@ -592,7 +640,7 @@ def test_pcscd_a_forged_card_is_refused(pcscd: Pcscd, key_file: Path, run_driver
     _, events = run_driver(on_pcscd(pcscd, key_file, fields=list(ALL_BUT_PHOTO)))
     events.wait("reader.ready")
     card = sim.ThaiIdCard(sim.FORGED)
-    with sim.VpcdCard(card, pcscd.port):
+    with pcscd.card(card):
         rejected = events.wait("card.rejected")
     events.wait("card.removed")
     assert rejected.data == {"reason": "the citizen id on the card fails its check digit (damaged or forged card)"}
@@ -609,5 +657,20 @@ def test_pcscd_restarted_the_driver_recovers(pcscd: Pcscd, key_file: Path, run_d
     assert "pcscd" in lost.data["reason"]
     pcscd.start()
     events.wait("reader.ready", timeout=10, after=events.names().index("reader.lost"))
-    with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[0]), pcscd.port):
+    with pcscd.card(sim.ThaiIdCard(sim.CITIZENS[0])):
         assert events.wait("card.inserted").private["citizen"] == {"ref": ref_of(VALID_ID)}
+
+
+@pytest.mark.pcsc
+def test_pcscd_vpcd_listens_only_in_a_private_network_namespace(pcscd: Pcscd) -> None:
+    """vpcd binds every interface: from the machine's own network nothing may reach it."""
+    listening = subprocess.run(["nsenter", f"--net={pcscd.netns}", "ss", "-ltnH"], capture_output=True, text=True,
+                               check=True).stdout
+    assert f":{pcscd.port} " in listening  # vpcd is there, inside
+    links = subprocess.run(["nsenter", f"--net={pcscd.netns}", "ip", "-o", "link"], capture_output=True, text=True,
+                           check=True).stdout
+    assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
+    outside = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
+    assert f":{pcscd.port} " not in outside
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", pcscd.port), timeout=2):
+        pass

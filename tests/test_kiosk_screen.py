@@ -239,14 +239,20 @@ class KioskScreen:
         self.taken.append(path)
 
 
+def console_log(browser: Chrome) -> list[dict[str, Any]]:
+    """The browser console's entries since the last call."""
+    entries: list[dict[str, Any]] = browser.get_log("browser")  # type: ignore[no-untyped-call]  # selenium: unannotated
+    return entries
+
+
 @pytest.fixture
 def screen(browser: Chrome, site: Site, tmp_path: Path) -> Iterator[KioskScreen]:
     """The kiosk page for one test; fails the test if the page threw a JavaScript error."""
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    browser.get_log("browser")  # type: ignore[no-untyped-call]  # start with an empty console
+    console_log(browser)  # start with an empty console
     yield KioskScreen(browser, site.url, shots)
-    console = browser.get_log("browser")  # type: ignore[no-untyped-call]
+    console = console_log(browser)
     browser.get("about:blank")  # stop polling a kiosk that is about to go away
     thrown = [entry["message"] for entry in console if entry["source"] == "javascript"]
     assert not thrown, f"the page threw: {thrown}"

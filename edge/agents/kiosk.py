@@ -20,7 +20,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -377,10 +377,11 @@ class Kiosk:
             return False
         return True
 
-    def _receipt_model(self) -> Any:
-        from edge.drivers.escpos_printer import Receipt
-
-        return Receipt
+    def _receipt_model(self) -> Callable[..., Any]:
+        """The configured printer driver's ``receipt_model`` (the kiosk knows no driver module); else nothing."""
+        stream = self.agent.streams.get(self.settings.printer) if self.settings.printer else None
+        model = getattr(stream.driver, "receipt_model", None) if stream is not None else None
+        return model if callable(model) else _no_receipt
 
     def _slip(self, entry: dict[str, Any]) -> Any:
         summary = entry["summary"]
@@ -464,3 +465,7 @@ class Kiosk:
             return self.state()
 
         return app
+
+
+def _no_receipt(**fields: Any) -> None:
+    """Without a printer there is nothing to print."""

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.contract import DeviceId, Timestamp
 from hub.api.bounds import Instant, Name
+from hub.api.docs import add_offline_docs
 from hub.api.validation import validation_error
 from hub.commands import CommandDesk
 from hub.errors import BrokerError, CommandInvalid, MessageTooLarge, StoreError
@@ -336,4 +337,5 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
         _known(device)
         return [_command_view(c) for c in store.commands(device, limit)]
 
+    add_offline_docs(app)
     return app

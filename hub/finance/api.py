@@ -28,7 +28,7 @@ from hub.finance.ledger import (
     reverse,
     today,
 )
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import SqlStore
 
 AnswerKiosk = Callable[[str, TxOutcome], None]
 
@@ -70,7 +70,7 @@ def _rows(db: sqlite3.Connection, sql: str, args: list[Any]) -> list[dict[str, A
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def expire_pending(store: SQLiteStore, answer_kiosk: AnswerKiosk, at: datetime) -> int:
+def expire_pending(store: SqlStore, answer_kiosk: AnswerKiosk, at: datetime) -> int:
     """End every pending PromptPay payment whose time is up and tell its kiosk; returns how many ended."""
     def work(db: sqlite3.Connection) -> list[tuple[str, TxOutcome]]:
         ended = [end_payment(db, tx_id, "expired", at) for tx_id in due_to_expire(db, at)]
@@ -84,7 +84,7 @@ def expire_pending(store: SQLiteStore, answer_kiosk: AnswerKiosk, at: datetime) 
     return len(ended)
 
 
-def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerKiosk,
+def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKiosk,
                   bank_token: str | None) -> APIRouter:
     """Build the finance routes over the hub's store."""
     api = APIRouter(prefix="/api/finance", tags=["finance"])

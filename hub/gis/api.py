@@ -15,7 +15,7 @@ from shapely.geometry import Point, box, shape
 from hub.api.bounds import Name, Offset, PositiveId, row_id
 from hub.gis.ogc import FeatureLayer
 from hub.gis.reports import FeatureQuery, WorkflowError, Zones, change_status, report, reports
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import SqlStore
 
 GEOJSON = "application/geo+json"
 
@@ -32,7 +32,7 @@ def _collection(features: list[dict[str, Any]]) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": features}
 
 
-def reports_layer(store: SQLiteStore) -> FeatureLayer:
+def reports_layer(store: SqlStore) -> FeatureLayer:
     """Problem reports as an OGC layer."""
     def items(query: FeatureQuery, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
         return store.read(lambda db: reports(db, query, limit, offset))
@@ -50,7 +50,7 @@ def _gps_fix(db: sqlite3.Connection, device: str) -> dict[str, Any]:
     return {q: v for q, v, _ in rows}
 
 
-def device_features(store: SQLiteStore) -> list[dict[str, Any]]:
+def device_features(store: SqlStore) -> list[dict[str, Any]]:
     """Where each device is: its configured location, else its latest GPS fix."""
     features = []
     for d in store.devices():
@@ -68,7 +68,7 @@ def device_features(store: SQLiteStore) -> list[dict[str, Any]]:
     return features
 
 
-def devices_layer(store: SQLiteStore) -> FeatureLayer:
+def devices_layer(store: SqlStore) -> FeatureLayer:
     """Device locations as an OGC layer."""
     def items(query: FeatureQuery, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
         features = device_features(store)
@@ -98,7 +98,7 @@ def zones_layer(zones: Zones) -> FeatureLayer:
     return FeatureLayer(items, lambda fid: next((f for f in features if f["id"] == fid), None))
 
 
-def create_router(store: SQLiteStore, zones: Zones) -> APIRouter:
+def create_router(store: SqlStore, zones: Zones) -> APIRouter:
     """Build the GIS routes."""
     api = APIRouter(prefix="/api/gis", tags=["gis"])
 

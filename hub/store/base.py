@@ -7,13 +7,16 @@ commit, so a message delivered twice, even to two hub processes, is stored once.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from edge.contract import Event, Reading, Reply, Status, Tx, TxOutcome
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -220,3 +223,24 @@ class Store(Protocol):
     def expire_commands(self, now: float, reply_grace_s: float = 0.0) -> int:
         """Settle what outlived its expiry: queued commands become ``expired``, sent ones without a reply
         ``reply_grace_s`` after it ``timeout``."""
+
+
+class SqlStore(Store, Protocol):
+    """A store whose domain modules (finance, GIS) run their own SQL inside its transactions.
+
+    ``write`` runs ``work`` in one write transaction (committed when it returns, rolled back when it raises) and
+    ``read`` on a read connection; both return what ``work`` returned. Finance and GIS depend on this interface,
+    never on an engine module, so another engine can sit behind the same code.
+    """
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in a write transaction."""
+        ...
+
+    def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on a read connection."""
+        ...
+
+    def replace_tx_outcome(self, db: sqlite3.Connection, tx_id: str, outcome: TxOutcome) -> str:
+        """Inside :meth:`write`: store the later outcome of a transaction; returns the device to answer."""
+        ...
