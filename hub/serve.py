@@ -13,7 +13,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from edge.contract import TxOutcome, topic
+from hub import audit as audit_log
 from hub.api.app import create_app
+from hub.auth import accounts as auth_accounts
+from hub.auth.web import protect
 from hub.finance import api as finance_api
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
@@ -41,7 +44,8 @@ class HubSettings:
     fees: Path = DEMO_FEES
     zones: Path = DEMO_ZONES
     promptpay: PromptPaySettings = field(default_factory=lambda: PromptPaySettings(target="0801234567"))
-    bank_token: str | None = None
+    bank_secret: str | None = None
+    public_ogc: bool = False
 
 
 def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
@@ -49,7 +53,9 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     catalogue = load_catalogue(settings.fees)
     zones = Zones(settings.zones)
     store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes,
-                        schemas=(ledger.ensure_schema, reports.ensure_schema))
+                        schemas=(ledger.ensure_schema, reports.ensure_schema, auth_accounts.ensure_schema,
+                                 audit_log.ensure_schema))
+    audit = audit_log.AuditLog(store)
     metrics = HubMetrics(store)
     finance = ledger.FinanceRoute(catalogue, settings.promptpay)
     gis = reports.ReportRoute(zones)
@@ -72,12 +78,13 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
             store.close()
             log.info("hub stopped")
 
-    app = create_app(store, metrics, ingest.commands, broker_connected=ingest.connected.is_set)
-    app.include_router(finance_api.create_router(store, finance, answer_kiosk, settings.bank_token))
-    app.include_router(gis_api.create_router(store, zones))
+    app = create_app(store, metrics, ingest.commands, broker_connected=ingest.connected.is_set, audit=audit)
+    app.include_router(finance_api.create_router(store, finance, answer_kiosk, settings.bank_secret, audit))
+    app.include_router(gis_api.create_router(store, zones, audit))
     app.include_router(ogc.create_router({"reports": gis_api.reports_layer(store),
                                           "devices": gis_api.devices_layer(store),
                                           "zones": gis_api.zones_layer(zones)}))
+    protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
     app.router.lifespan_context = lifespan
     return app, store, ingest
 

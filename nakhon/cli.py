@@ -61,10 +61,17 @@ def _parser() -> argparse.ArgumentParser:
                        help="registered biller id: QR payments use bill payment (tag 30) with ref1 = the transaction")
     serve.add_argument("--promptpay-target", default=_env("PROMPTPAY_TARGET", "0801234567"),
                        help="PromptPay phone or tax id used when no biller id is set (tag 29)")
-    serve.add_argument("--bank-token-file", type=Path, default=_env("BANK_TOKEN_FILE"),
-                       help="file with the token the bank's confirmation callback must present")
+    serve.add_argument("--bank-secret-file", "--bank-token-file", dest="bank_secret_file", type=Path,
+                       default=_env("BANK_SECRET_FILE"),
+                       help="file with the secret the bank signs its confirmation callbacks with (docs/finance.md)")
+    serve.add_argument("--public-ogc", action="store_true", default=_env("PUBLIC_OGC") == "1",
+                       help="serve the GIS layers (/ogc) without sign-in")
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
     serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
+
+    from hub.auth import admin
+
+    admin.add_parsers(hub, _env("DATA", "./nakhon-data/hub") or "")
 
     demo = sub.add_parser("demo", help="run a private broker, the hub and a simulated fleet")
     demo.add_argument("--data", type=Path, default=Path("./nakhon-data/demo"),
@@ -112,13 +119,17 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _hub(args: argparse.Namespace) -> int:
+    from hub.auth import admin
+
+    if args.action in admin.ACTIONS:
+        return admin.run(args)
     from hub.errors import HubConfigError
     from hub.finance.promptpay import PromptPaySettings
     from hub.ingest.consumer import IngestSettings
     from hub.serve import HubSettings, serve
 
     secrets: dict[str, str | None] = {}
-    for flag in ("password_file", "bank_token_file"):
+    for flag in ("password_file", "bank_secret_file"):
         path = getattr(args, flag)
         secrets[flag] = None
         if path:
@@ -135,7 +146,7 @@ def _hub(args: argparse.Namespace) -> int:
     extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones)) if v}
     settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
                            promptpay=PromptPaySettings(biller_id=args.promptpay_biller, target=args.promptpay_target),
-                           bank_token=secrets["bank_token_file"], **extra)
+                           bank_secret=secrets["bank_secret_file"], public_ogc=args.public_ogc, **extra)
     try:
         serve(settings)
     except HubConfigError as err:

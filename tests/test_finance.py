@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from edge.contract import Tx, TxOutcome, TxStatus, now
+from hub.audit import AuditLog
+from hub.auth import signature
+from hub.auth.web import guarded_app
 from hub.finance import api as finance_api
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
@@ -20,6 +23,7 @@ from hub.finance.promptpay import PromptPaySettings, bill_payment, crc16_ccitt_f
 from hub.gis import reports
 from hub.router import Router
 from hub.store.sqlite import SQLiteStore
+from tests.conftest import AUTH_SCHEMAS, signed_client
 
 CITIZEN = {"ref": "9f2c" * 16}
 
@@ -52,7 +56,7 @@ def test_thai_fiscal_years_and_money() -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Any:
-    s = SQLiteStore(tmp_path / "hub.sqlite", schemas=(ledger.ensure_schema, reports.ensure_schema))
+    s = SQLiteStore(tmp_path / "hub.sqlite", schemas=(ledger.ensure_schema, reports.ensure_schema, *AUTH_SCHEMAS))
     s.open()
     yield s
     s.close()
@@ -130,9 +134,15 @@ def test_concurrent_kiosks_get_gapless_unique_receipts_per_office_and_fiscal_yea
 
 
 def _app(store: SQLiteStore, route: ledger.FinanceRoute, answered: list[tuple[str, TxOutcome]]) -> TestClient:
-    app = FastAPI()
-    app.include_router(finance_api.create_router(store, route, lambda d, o: answered.append((d, o)), "bank-secret"))
-    return TestClient(app)
+    app = guarded_app()
+    app.include_router(finance_api.create_router(store, route, lambda d, o: answered.append((d, o)), "bank-secret",
+                                                 AuditLog(store)))
+    return signed_client(app, store, "finance")
+
+
+def _signed(body: dict[str, Any], secret: str = "bank-secret") -> dict[str, Any]:  # noqa: S107
+    raw = json.dumps(body).encode()
+    return {"content": raw, "headers": {"Content-Type": "application/json", **signature.headers(secret, raw)}}
 
 
 def test_a_promptpay_payment_is_pending_until_the_bank_confirms_it(store: SQLiteStore,
@@ -147,20 +157,19 @@ def test_a_promptpay_payment_is_pending_until_the_bank_confirms_it(store: SQLite
     client = _app(store, route, answered)
     url = f"/api/finance/payments/{tx.tx_id}/confirm"
     assert client.post(url, json={"amount_satang": 4000, "bank_ref": "B1"}).status_code == 401
-    auth = {"Authorization": "Bearer bank-secret"}
-    bad = client.post(url, json={"amount_satang": 3999, "bank_ref": "B1"}, headers=auth)
+    bad = client.post(url, **_signed({"amount_satang": 3999, "bank_ref": "B1"}))
     assert bad.status_code == 409
-    ok = client.post(url, json={"amount_satang": 4000, "bank_ref": "B1"}, headers=auth)
+    ok = client.post(url, **_signed({"amount_satang": 4000, "bank_ref": "B1"}))
     assert ok.status_code == 200 and ok.json()["receipt_no"].endswith("-000001") and not ok.json()["already_confirmed"]
     assert answered[0][0] == "kk-kiosk-0001" and answered[0][1].status is TxStatus.ACCEPTED
-    again = client.post(url, json={"amount_satang": 4000, "bank_ref": "B1"}, headers=auth)
+    again = client.post(url, **_signed({"amount_satang": 4000, "bank_ref": "B1"}))
     assert again.json()["already_confirmed"] and again.json()["receipt_no"] == ok.json()["receipt_no"]
     redelivered, duplicate = store.apply_tx(tx, 2.0, router.decide)  # the kiosk asks again: the final answer
     assert duplicate and redelivered.status is TxStatus.ACCEPTED
     assert redelivered.result["receipt_no"] == ok.json()["receipt_no"]
     assert store.read(lambda db: db.execute("SELECT count(*) FROM ledger").fetchone()[0]) == 1
-    assert client.post("/api/finance/payments/nope/confirm", json={"amount_satang": 1, "bank_ref": "x"},
-                       headers={"Authorization": "Bearer bank-secret"}).status_code == 404
+    assert client.post("/api/finance/payments/nope/confirm",
+                       **_signed({"amount_satang": 1, "bank_ref": "x"})).status_code == 404
 
 
 def test_void_is_a_compensating_entry_and_reconciliation_compares_counted_cash(

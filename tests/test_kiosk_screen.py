@@ -20,6 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 
 from edge.contract import tx_reference
+from hub.auth import signature
 from hub.broker import free_port
 from tests.conftest import ROOT, Broker, Hub, Proc, wait_for
 
@@ -34,7 +35,7 @@ pytestmark = [
 
 FIRMWARE_CONFIG = ROOT / "firmware-configs" / "service-kiosk.toml"
 PAGE = ROOT / "edge" / "agents" / "kiosk_screen" / "index.html"
-BANK_TOKEN = "bank-callback-token"
+BANK_SECRET = "bank-callback-secret"
 ANSWER_TIMEOUT_S = 3
 RECEIPT_NO = re.compile(r"^KKC-25\d\d-\d{6}$")
 CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -113,20 +114,20 @@ class Site:
 
     def confirm_payment(self, tx_id: str, amount_satang: int) -> dict[str, Any]:
         """What the bank's callback does when the citizen has paid the QR."""
-        r = httpx.post(f"{self.hub.url}/api/finance/payments/{tx_id}/confirm", timeout=10,
-                       json={"amount_satang": amount_satang, "bank_ref": "BANK-0001"},
-                       headers={"Authorization": f"Bearer {BANK_TOKEN}"})
+        body = json.dumps({"amount_satang": amount_satang, "bank_ref": "BANK-0001"}).encode()
+        r = httpx.post(f"{self.hub.url}/api/finance/payments/{tx_id}/confirm", timeout=10, content=body,
+                       headers={"Content-Type": "application/json", **signature.headers(BANK_SECRET, body)})
         assert r.status_code == 200, r.text
         return r.json()  # type: ignore[no-any-return]
 
 
 @pytest.fixture
 def site(tmp_path: Path, broker: Broker, procs: dict[str, Any]) -> Iterator[Site]:
-    """The broker, the hub (with a bank callback token) and the kiosk agent, started and linked."""
-    token = tmp_path / "bank.token"
-    token.write_text(BANK_TOKEN)
-    token.chmod(0o600)
-    hub = procs["hub"](broker.port, "--bank-token-file", str(token))
+    """The broker, the hub (with the bank's signing secret) and the kiosk agent, started and linked."""
+    secret = tmp_path / "bank.secret"
+    secret.write_text(BANK_SECRET)
+    secret.chmod(0o600)
+    hub = procs["hub"](broker.port, "--bank-secret-file", str(secret))
     http_port = free_port()
     kiosk = Proc(["agent", "run", "--simulate", str(kiosk_config(tmp_path, broker.port, http_port))],
                  tmp_path / "kiosk.log")

@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from edge.contract import DeviceId, Timestamp
+from hub.audit import AuditLog
+from hub.auth.web import CurrentActor, guarded_app
 from hub.commands import CommandDesk
 from hub.errors import StoreError
 from hub.liveness import Liveness, assess
@@ -99,9 +101,9 @@ def _device_view(store: Store, d: DeviceRecord) -> DeviceView:
 
 
 def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
-               broker_connected: Any = None) -> FastAPI:
+               broker_connected: Any = None, *, audit: AuditLog) -> FastAPI:
     """Build the API over a store; ``broker_connected()`` tells ``/healthz`` whether ingest has the broker."""
-    app = FastAPI(title="Nakhon hub", version="1", summary="Fleet registry, telemetry, dead letters and commands "
+    app = guarded_app(title="Nakhon hub", version="1", summary="Fleet registry, telemetry, dead letters and commands "
                   "of a Nakhon deployment.")
 
     def _known(device: str) -> DeviceRecord:
@@ -169,10 +171,13 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
         return out
 
     @app.post("/api/devices/{device}/commands", responses={504: {"model": CommandAnswer}})
-    def command(device: DeviceId, request: CommandRequest) -> JSONResponse:
+    def command(device: DeviceId, request: CommandRequest, actor: CurrentActor) -> JSONResponse:
         """Send a command and wait for the reply; 504 with ``outcome: timeout`` when none comes in time."""
         _known(device)
         result = commands.send(device, request.name, request.args, request.timeout_s)
+        outcome = "timeout" if result.reply is None else "ok" if result.reply.ok else "error"
+        audit.record(actor, "device.command", f"device/{device}", None,
+                     {"cmd_id": result.cmd_id, "name": request.name, "args": request.args, "outcome": outcome})
         if result.reply is None:
             answer = CommandAnswer(cmd_id=result.cmd_id, device=device, outcome="timeout",
                                    error=f"no reply within {request.timeout_s:g} s; is the device online?")

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import csv
-import hmac
 import io
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
 from edge.contract import TxOutcome
+from hub.audit import Actor, AuditLog
+from hub.auth.web import CurrentActor, signed_by
 from hub.finance.fiscal import baht
 from hub.finance.ledger import ConfirmError, FinanceRoute, confirm_payment, reconcile, reverse, today
 from hub.store.sqlite import SQLiteStore
@@ -51,21 +52,24 @@ def _rows(db: sqlite3.Connection, sql: str, args: list[Any]) -> list[dict[str, A
 
 
 def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerKiosk,
-                  bank_token: str | None) -> APIRouter:
-    """Build the finance routes over the hub's store."""
+                  bank_secret: str | None, audit: AuditLog) -> APIRouter:
+    """Build the finance routes over the hub's store; the bank signs its callbacks with ``bank_secret``."""
     api = APIRouter(prefix="/api/finance", tags=["finance"])
 
-    @api.post("/payments/{tx_id}/confirm")
-    def confirm(tx_id: str, body: Confirmation,
-                authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        """The bank's callback: the payment is paid, gets its receipt number, and the kiosk gets the outcome."""
-        if bank_token is not None and not hmac.compare_digest(authorization or "", f"Bearer {bank_token}"):
-            raise HTTPException(401, "missing or wrong bank token (Authorization: Bearer ...)")
+    @api.post("/payments/{tx_id}/confirm", dependencies=[Depends(signed_by(bank_secret))])
+    def confirm(tx_id: str, body: Confirmation, actor: CurrentActor) -> dict[str, Any]:
+        """The bank's callback, signed (docs/finance.md): the payment is paid, gets its receipt number, and the
+        kiosk gets the outcome."""
+        bank = Actor(user="bank", address=actor.address, via="signature")
 
         def work(db: sqlite3.Connection) -> tuple[TxOutcome, bool, str]:
             outcome, new = confirm_payment(db, route.catalogue, tx_id, body.amount_satang, body.bank_ref,
                                            datetime.now(UTC))
             device = store.replace_tx_outcome(db, tx_id, outcome)
+            if new:
+                audit.record(bank, "payment.confirm", f"payment/{tx_id}", {"status": "pending"},
+                             {"status": "paid", "bank_ref": body.bank_ref,
+                              "receipt_no": outcome.result.get("receipt_no")}, db=db)
             return outcome, new, device
 
         try:
@@ -82,7 +86,7 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict[str, Any]]:
         """Payments, newest first (pending ones wait for the bank)."""
         sql = ("SELECT tx_id, device, office, service, method, amount_satang, status, reference, created_at, "
-               "paid_at, receipt_no FROM payments")
+               "paid_at, receipt_no, citizen_ref FROM payments")
         args: list[Any] = []
         if status:
             sql += " WHERE status = ?"
@@ -94,7 +98,7 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
                limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[dict[str, Any]]:
         """Ledger entries in order (payments, voids and refunds), optionally of one local date or kiosk."""
         sql = ("SELECT id, at, local_date, entry, office, fiscal_year, receipt_no, refers_to, tx_id, device, service, "
-               "method, amount_satang, reason FROM ledger WHERE 1 = 1")
+               "method, amount_satang, reason, by_user FROM ledger WHERE 1 = 1")
         args: list[Any] = []
         if day:
             sql += " AND local_date = ?"
@@ -122,10 +126,16 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
                                            [*args, limit]))
 
     @api.post("/receipts/{receipt_no}/reverse")
-    def reverse_receipt(receipt_no: str, body: Reversal) -> dict[str, Any]:
+    def reverse_receipt(receipt_no: str, body: Reversal, actor: CurrentActor) -> dict[str, Any]:
         """Void or refund a receipt with a compensating ledger entry (nothing is edited)."""
+        def work(db: sqlite3.Connection) -> int:
+            entry_id = reverse(db, receipt_no, body.entry, body.reason, datetime.now(UTC), by=actor.user)
+            audit.record(actor, f"receipt.{body.entry}", f"receipt/{receipt_no}", {"reversed": False},
+                         {"reversed": True, "entry": body.entry, "reason": body.reason, "ledger_id": entry_id}, db=db)
+            return entry_id
+
         try:
-            entry_id = store.write(lambda db: reverse(db, receipt_no, body.entry, body.reason, datetime.now(UTC)))
+            entry_id = store.write(work)
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
         except ConfirmError as err:
@@ -143,10 +153,16 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
         return {"day": d, "total_satang": total, "total_baht": baht(total), "rows": rows}
 
     @api.post("/reconciliations")
-    def record_count(body: CashCount) -> dict[str, Any]:
+    def record_count(body: CashCount, actor: CurrentActor) -> dict[str, Any]:
         """Record the cash counted from a kiosk and compare it with the ledger."""
-        return store.write(lambda db: reconcile(db, body.device, body.day, body.counted_satang, body.counted_by,
-                                                datetime.now(UTC)))
+        def work(db: sqlite3.Connection) -> dict[str, Any]:
+            result = reconcile(db, body.device, body.day, body.counted_satang, body.counted_by, datetime.now(UTC),
+                               recorded_by=actor.user)
+            audit.record(actor, "cash.count", f"reconciliation/{body.device}/{body.day.isoformat()}", None, result,
+                         db=db)
+            return result
+
+        return store.write(work)
 
     @api.get("/reconciliation.csv")
     def reconciliation_csv(day: date | None = None) -> Response:

@@ -17,6 +17,7 @@ from edge.contract import Tx, TxOutcome, TxStatus, format_timestamp, tx_referenc
 from hub.finance.catalogue import Catalogue
 from hub.finance.fiscal import BANGKOK, fiscal_year, local_date
 from hub.finance.promptpay import PromptPaySettings
+from hub.store.sqlite import ensure_column
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     method       TEXT NOT NULL,
     amount_satang INTEGER NOT NULL,
     citizen_ref  TEXT,
-    reason       TEXT
+    reason       TEXT,
+    by_user      TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_receipts ON ledger (receipt_no) WHERE receipt_no IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_one_reversal ON ledger (refers_to) WHERE refers_to IS NOT NULL;
@@ -72,7 +74,8 @@ CREATE TABLE IF NOT EXISTS reconciliations (
     ledger_satang  INTEGER NOT NULL,
     entries        INTEGER NOT NULL,
     counted_by     TEXT NOT NULL,
-    at             TEXT NOT NULL
+    at             TEXT NOT NULL,
+    recorded_by    TEXT
 );
 """
 
@@ -95,8 +98,10 @@ class Receipt:
 
 
 def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the finance tables if needed."""
+    """Create the finance tables if needed (and the columns naming the user, in older stores)."""
     db.executescript(SCHEMA)
+    ensure_column(db, "ledger", "by_user", "TEXT")
+    ensure_column(db, "reconciliations", "recorded_by", "TEXT")
 
 
 def _next_receipt(db: sqlite3.Connection, catalogue: Catalogue, office: str, fy: int) -> str:
@@ -218,8 +223,10 @@ def confirm_payment(db: sqlite3.Connection, catalogue: Catalogue, tx_id: str, am
                      result=_receipt_result(catalogue, receipt)), True
 
 
-def reverse(db: sqlite3.Connection, receipt_no: str, entry: str, reason: str, at: datetime) -> int:
-    """Add a void or refund entry compensating the payment with this receipt number; returns its id."""
+def reverse(db: sqlite3.Connection, receipt_no: str, entry: str, reason: str, at: datetime,
+            by: str | None = None) -> int:
+    """Add a void or refund entry compensating the payment with this receipt number, made by user ``by``;
+    returns its id."""
     row = db.execute("SELECT id, office, fiscal_year, tx_id, device, service, method, amount_satang, citizen_ref "
                      "FROM ledger WHERE receipt_no = ? AND entry = 'payment'", (receipt_no,)).fetchone()
     if row is None:
@@ -229,9 +236,9 @@ def reverse(db: sqlite3.Connection, receipt_no: str, entry: str, reason: str, at
     pid, office, fy, tx_id, device, service, method, amount, citizen = row
     cur = db.execute(
         "INSERT INTO ledger (at, local_date, entry, office, fiscal_year, refers_to, tx_id, device, service, method, "
-        "amount_satang, citizen_ref, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "amount_satang, citizen_ref, reason, by_user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (format_timestamp(at), local_date(at).isoformat(), entry, office, fy, pid, tx_id, device, service, method,
-         -amount, citizen, reason))
+         -amount, citizen, reason, by))
     return int(cur.lastrowid or 0)
 
 
@@ -243,15 +250,17 @@ def cash_in_ledger(db: sqlite3.Connection, device: str, day: date) -> tuple[int,
 
 
 def reconcile(db: sqlite3.Connection, device: str, day: date, counted_satang: int, counted_by: str,
-              at: datetime) -> dict[str, Any]:
-    """Record the cash counted from a kiosk against what its ledger says; returns the comparison."""
+              at: datetime, recorded_by: str | None = None) -> dict[str, Any]:
+    """Record the cash counted from a kiosk against what its ledger says (entered by user ``recorded_by``);
+    returns the comparison."""
     ledger, entries = cash_in_ledger(db, device, day)
-    db.execute("INSERT INTO reconciliations (device, day, counted_satang, ledger_satang, entries, counted_by, at) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?)",
-               (device, day.isoformat(), counted_satang, ledger, entries, counted_by, format_timestamp(at)))
+    db.execute("INSERT INTO reconciliations (device, day, counted_satang, ledger_satang, entries, counted_by, at, "
+               "recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               (device, day.isoformat(), counted_satang, ledger, entries, counted_by, format_timestamp(at),
+                recorded_by))
     return {"device": device, "day": day.isoformat(), "counted_satang": counted_satang, "ledger_satang": ledger,
             "difference_satang": counted_satang - ledger, "entries": entries, "counted_by": counted_by,
-            "balanced": counted_satang == ledger}
+            "balanced": counted_satang == ledger, "recorded_by": recorded_by}
 
 
 def today() -> date:

@@ -447,6 +447,12 @@ class SQLiteStore:
         return set(self._r().execute("SELECT device, seq FROM received").fetchall())
 
 
+def ensure_column(db: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
+    """Add a column to a table created by an older version of the hub, if it lacks it."""
+    if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
 def _already_stored(db: sqlite3.Connection, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
     """Which of these (device, seq) the store already holds: one query per device and 500 seqs."""
     by_device: dict[str, list[int]] = defaultdict(list)
