@@ -161,6 +161,48 @@ def signed_client(app: FastAPI, store: SQLiteStore, *roles: str, name: str = "te
     return TestClient(app, headers={"Authorization": f"Bearer {token}"})
 
 
+HUB_BANK_SECRET = "bank-signing-secret-for-tests"
+
+
+@dataclass
+class HubApp:
+    """The hub's whole app (as ``nakhon hub serve`` builds it) on an open store, without ingest running."""
+
+    app: FastAPI
+    store: SQLiteStore
+
+    def client(self, *roles: str, name: str | None = None) -> TestClient:
+        """A TestClient sending the API token of a user with these roles (created if needed)."""
+        users = accounts.Accounts(self.store)
+        user = name or "-".join(("u", *roles))
+        if users.user(user) is None:
+            users.add_user(user, list(roles), TEST_PASSWORD)
+        return TestClient(self.app, headers={"Authorization": f"Bearer {users.add_token(user, 'tests')[1]}"})
+
+    def anonymous(self) -> TestClient:
+        """A TestClient with no credentials."""
+        return TestClient(self.app)
+
+
+def build_hub_app(data: Path, public_ogc: bool = False) -> HubApp:
+    """Build the hub app on ``data`` and open its store."""
+    from hub.ingest.consumer import IngestSettings
+    from hub.serve import HubSettings, build
+
+    app, store, _ = build(HubSettings(data=data, ingest=IngestSettings(port=free_port()),
+                                      bank_secret=HUB_BANK_SECRET, public_ogc=public_ogc))
+    store.open()
+    return HubApp(app, store)
+
+
+@pytest.fixture
+def hub_app(tmp_path: Path) -> Iterator[HubApp]:
+    """The hub app on a fresh store, for TestClient tests; see :meth:`HubApp.client` to sign in."""
+    made = build_hub_app(tmp_path / "hub")
+    yield made
+    made.store.close()
+
+
 class Hub(Proc):
     """``nakhon hub serve`` on a free HTTP port, with an admin API token (``auth``) its helpers send."""
 

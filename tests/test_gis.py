@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -124,17 +125,21 @@ def test_ogc_api_features_paging_and_filters(reports_hub: Any) -> None:
 @pytest.mark.skipif(shutil.which("ogrinfo") is None, reason="GDAL's ogrinfo is not installed (Debian gdal-bin)")
 def test_gdal_reads_the_layers_through_its_oapif_driver(reports_hub: Any) -> None:
     hub, _ = reports_hub
-    listing = subprocess.run(["ogrinfo", "-ro", "-q", f"OAPIF:{hub.url}/ogc"], capture_output=True, text=True,
+    refused = subprocess.run(["ogrinfo", "-ro", "-q", f"OAPIF:{hub.url}/ogc"], capture_output=True, text=True,
                              timeout=60)
+    assert refused.returncode != 0 and "401" in refused.stderr
+    gdal = {**os.environ, "GDAL_HTTP_HEADERS": f"Authorization: Bearer {hub.token}"}
+    listing = subprocess.run(["ogrinfo", "-ro", "-q", f"OAPIF:{hub.url}/ogc"], capture_output=True, text=True,
+                             timeout=60, env=gdal)
     assert listing.returncode == 0, listing.stderr
     for layer in ("reports", "devices", "zones"):
         assert layer in listing.stdout
     features = subprocess.run(["ogrinfo", "-ro", "-al", f"OAPIF:{hub.url}/ogc", "reports"], capture_output=True,
-                              text=True, timeout=60)
+                              text=True, timeout=60, env=gdal)
     assert features.returncode == 0, features.stderr
     assert "Feature Count: 5" in features.stdout
     assert "POINT (102.8 16.45)" in features.stdout
     assert "category (String) = streetlight" in features.stdout
     zones = subprocess.run(["ogrinfo", "-ro", "-so", f"OAPIF:{hub.url}/ogc", "zones"], capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=60, env=gdal)
     assert "Feature Count: 4" in zones.stdout
