@@ -157,6 +157,9 @@ def test_commands_reach_the_device_and_the_api_returns_its_reply(broker: Broker,
     assert command("ping").json()["outcome"] == "ok"  # still alive after all that
     assert httpx.post(f"{hub.url}/api/devices/kk-zz-9999/commands", headers=hub.auth,
                       json={"name": "ping"}).status_code == 404
+    audited = hub.get("/api/audit", object="device/kk-aq-0501")
+    assert [(a["user"], a["after"]["name"], a["after"]["outcome"]) for a in audited][-3:] == [
+        ("admin", "self_destruct", "error"), ("admin", "reload_config", "ok"), ("admin", "ping", "ok")]
 
 
 def test_command_to_an_offline_device_times_out(broker: Broker, procs: dict[str, Any]) -> None:
