@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hub.broker import BrokerSettings, Mosquitto, free_port
 from hub.errors import BrokerError
+from hub.store.sqlite import SQLiteStore
 
 FIRMWARE_CONFIGS = Path(__file__).resolve().parents[1] / "firmware-configs"
 HUB_USER = "nakhon-hub"
@@ -59,9 +60,35 @@ def _secret(path: Path) -> str:
     return value
 
 
-def _get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (our own loopback URL)
+def _get_json(url: str, token: str | None = None) -> object:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (our own loopback URL)
         return json.loads(response.read())
+
+
+ADMIN = "admin"
+
+
+def _admin_account(hub_data: Path, secrets_dir: Path) -> str:
+    """Create the demo's ``admin`` user (password in ``secrets/admin.password``) and an API token for it
+    (``secrets/admin.token``, used for the status line) on the first run; returns the token."""
+    from hub import audit
+    from hub.auth import accounts
+
+    store = SQLiteStore(hub_data / "hub.sqlite", schemas=(accounts.ensure_schema, audit.ensure_schema))
+    store.open()
+    try:
+        users = accounts.Accounts(store)
+        if users.user(ADMIN) is None:
+            users.add_user(ADMIN, ["admin"], _secret(secrets_dir / f"{ADMIN}.password"))
+            audit.AuditLog(store).record(audit.CLI, "user.add", f"user/{ADMIN}", None, {"roles": ["admin"]})
+        token_file = secrets_dir / f"{ADMIN}.token"
+        if not token_file.exists():
+            token_file.write_text(users.add_token(ADMIN, "nakhon demo")[1] + "\n")
+            token_file.chmod(0o600)
+        return token_file.read_text().strip()
+    finally:
+        store.close()
 
 
 class Demo:
@@ -75,6 +102,7 @@ class Demo:
         self.hub: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.stop_requested = threading.Event()
+        self.token: str | None = None
 
     @property
     def api(self) -> str:
@@ -93,7 +121,8 @@ class Demo:
         """Start broker, hub and fleet; return once the hub answers."""
         secrets_dir = self.data / "secrets"
         accounts = {HUB_USER: _secret(secrets_dir / f"{HUB_USER}.password")}
-        _secret(secrets_dir / "bank.token")
+        _secret(secrets_dir / "bank.secret")
+        self.token = _admin_account(self.data / "hub", secrets_dir)
         _secret(secrets_dir / "citizen-ref.key")
         accounts.update({n.device: _secret(secrets_dir / f"{n.device}.password") for n in FLEET})
         broker_port = free_port()
@@ -103,7 +132,7 @@ class Demo:
         self.hub = self._spawn(
             ["hub", "serve", "--data", str(self.data / "hub"), "--broker-port", str(broker_port),
              "--username", HUB_USER, "--password-file", str(secrets_dir / f"{HUB_USER}.password"),
-             "--bank-token-file", str(secrets_dir / "bank.token"), "--http-port", str(self.http_port)], "hub.log", {})
+             "--bank-secret-file", str(secrets_dir / "bank.secret"), "--http-port", str(self.http_port)], "hub.log", {})
         for node in FLEET:
             env = {
                 "NAKHON_DEVICE": node.device,
@@ -137,7 +166,7 @@ class Demo:
     def summary(self) -> str:
         """One line on the fleet as the hub sees it."""
         try:
-            devices = _get_json(f"{self.api}/api/devices")
+            devices = _get_json(f"{self.api}/api/devices", self.token)
         except (urllib.error.URLError, OSError, ValueError) as err:
             return f"hub not answering: {err}"
         assert isinstance(devices, list)
@@ -178,6 +207,8 @@ def run_demo(data: Path, http_port: int = 0) -> int:
     try:
         demo.start()
         print(f"\nHub API: {demo.api}   (devices: {demo.api}/api/devices, docs: {demo.api}/docs)")
+        print(f"Sign in as {ADMIN!r} with the password in {demo.data / 'secrets' / (ADMIN + '.password')} "
+              f"(API token for scripts: {demo.data / 'secrets' / (ADMIN + '.token')})")
         print(f"Kiosk screen: http://127.0.0.1:{demo.kiosk_port}/   (receipts print to "
               f"{demo.data / 'logs' / 'kk-kiosk-0001-paper.log'})")
         print(f"GIS for QGIS/GDAL (OGC API - Features): {demo.api}/ogc")

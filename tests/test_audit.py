@@ -3,6 +3,7 @@ report transitions name the user in their own records; only admin reads it."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -80,8 +81,11 @@ def test_a_refused_change_leaves_no_audit_row(hub_app: HubApp) -> None:
 def test_the_audit_log_is_append_only_in_the_database(hub_app: HubApp) -> None:
     AuditLog(hub_app.store).record(Actor(user="malee", address="10.0.0.5"), "cash.count", "reconciliation/x")
     for sql in ("UPDATE audit SET user = 'someone else'", "DELETE FROM audit"):
+        def edit(db: sqlite3.Connection, sql: str = sql) -> None:
+            db.execute(sql)
+
         with pytest.raises(StoreError, match="append-only"):
-            hub_app.store.write(lambda db, sql=sql: db.execute(sql))
+            hub_app.store.write(edit)
     assert [e.user for e in AuditLog(hub_app.store).entries()] == ["malee"]
 
 

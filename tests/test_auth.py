@@ -263,7 +263,7 @@ def test_user_and_token_commands_on_the_data_directory(tmp_path: Path, capsys: p
     app = build_hub_app(tmp_path / "hub")
     try:
         def status(tok: str) -> int:
-            return app.anonymous().get("/api/devices", headers={"Authorization": f"Bearer {tok}"}).status_code
+            return int(app.anonymous().get("/api/devices", headers={"Authorization": f"Bearer {tok}"}).status_code)
 
         assert status(token) == 200
         signin = app.anonymous().post("/api/session", json={"name": "somchai", "password": password})

@@ -57,24 +57,36 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     return out
 
 
+def _signed_in(api: str, data: Path) -> httpx.Client:
+    """An HTTP client signed in as the demo's admin with the password the demo generated."""
+    client = httpx.Client(base_url=api, timeout=10)
+    password = (data / "secrets" / "admin.password").read_text().strip()
+    assert client.post("/api/session", json={"name": "admin", "password": password}).status_code == 200
+    return client
+
+
 def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> None:
     data = tmp_path / "demo"
     proc, api, lines = _run_demo(data)
     try:
+        assert httpx.get(f"{api}/api/devices", timeout=10).status_code == 401
+        hub = _signed_in(api, data)
+
         def online() -> set[str]:
-            got = {d["device"] for d in httpx.get(f"{api}/api/devices", timeout=10).json()
+            got = {d["device"] for d in hub.get("/api/devices", timeout=10).json()
                    if d["state"] == "online" and d["received"] > 0}
             return got if len(got) == 6 else set()
 
         assert {"kk-aq-0001", "kk-wl-0001"} <= wait_for(online, 60, "the six devices online with data")
-        wait_for(lambda: httpx.get(f"{api}/api/devices/kk-aq-0001/readings", params={"quantity": "pm2_5"},
-                                   timeout=10).json()["count"] > 0, 60, "PM2.5 readings")
-        first_seq = httpx.get(f"{api}/api/devices/kk-aq-0001", timeout=10).json()["last_seq"]
+        wait_for(lambda: hub.get("/api/devices/kk-aq-0001/readings", params={"quantity": "pm2_5"},
+                                 timeout=10).json()["count"] > 0, 60, "PM2.5 readings")
+        first_seq = hub.get("/api/devices/kk-aq-0001", timeout=10).json()["last_seq"]
         assert "0/0" not in "".join(lines)
     finally:
         out = _stop(proc)
     assert proc.returncode == 0, out
     assert "stopped; the next run reuses" in out
+    assert f"Sign in as 'admin' with the password in {data / 'secrets' / 'admin.password'}" in out
     assert _processes_using(data) == []
     secrets_before = {p.name: p.read_text() for p in (data / "secrets").iterdir()}
     conf = (data / "broker" / "mosquitto.conf").read_text()
@@ -84,9 +96,10 @@ def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> 
 
     proc, api, _ = _run_demo(data)
     try:
-        wait_for(lambda: (httpx.get(f"{api}/api/devices/kk-aq-0001", timeout=10).json().get("last_seq") or 0)
+        hub = _signed_in(api, data)
+        wait_for(lambda: (hub.get("/api/devices/kk-aq-0001", timeout=10).json().get("last_seq") or 0)
                  > first_seq, 60, "the second run to continue the seq")
-        device = httpx.get(f"{api}/api/devices/kk-aq-0001", timeout=10).json()
+        device = hub.get("/api/devices/kk-aq-0001", timeout=10).json()
         assert device["lost"] == 0
         assert device["duplicates"] >= 0
     finally:
