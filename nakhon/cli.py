@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="registered biller id: QR payments use bill payment (tag 30) with ref1 = the transaction")
     serve.add_argument("--promptpay-target", default=_env("PROMPTPAY_TARGET", "0801234567"),
                        help="PromptPay phone or tax id used when no biller id is set (tag 29)")
-    serve.add_argument("--bank-secret-file", "--bank-token-file", dest="bank_secret_file", type=Path,
+    serve.add_argument("--bank-secret-file", type=Path,
                        default=_env("BANK_SECRET_FILE"),
                        help="file with the secret the bank signs its confirmation callbacks with (docs/finance.md)")
     serve.add_argument("--public-ogc", action="store_true", default=_env("PUBLIC_OGC") == "1",
