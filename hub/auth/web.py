@@ -144,7 +144,8 @@ async def _authenticate(accounts: Accounts, request: Request) -> tuple[User | No
 
 
 class PersonalDataFilter:
-    """ASGI middleware removing personal fields from JSON answers to users without a personal-data role."""
+    """ASGI middleware removing personal fields from JSON answers to anyone without a personal-data role
+    (viewers, and anonymous callers of public routes)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -159,7 +160,7 @@ class PersonalDataFilter:
 
 def _needs_redaction(state: dict[str, Any]) -> bool:
     actor = state.get("actor")
-    return isinstance(actor, Actor) and actor.via in ("session", "token") and not actor.roles & PERSONAL_DATA_ROLES
+    return isinstance(actor, Actor) and not actor.roles & PERSONAL_DATA_ROLES
 
 
 def _redacting(send: Send, state: dict[str, Any]) -> Send:
@@ -178,7 +179,12 @@ def _redacting(send: Send, state: dict[str, Any]) -> Send:
             chunks.append(message.get("body", b""))
             if message.get("more_body"):
                 return
-            body = json.dumps(redact(json.loads(b"".join(chunks) or b"null")), ensure_ascii=False).encode()
+            raw = b"".join(chunks)
+            if not raw:  # HEAD, or an empty answer
+                await send(start)
+                await send(message)
+                return
+            body = json.dumps(redact(json.loads(raw)), ensure_ascii=False).encode()
             headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
             await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
