@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
 from edge.contract import TxOutcome
-from hub.audit import Actor, AuditLog
+from hub.audit import AuditLog
 from hub.auth.web import CurrentActor, signed_by
 from hub.finance.fiscal import baht
 from hub.finance.ledger import ConfirmError, FinanceRoute, confirm_payment, reconcile, reverse, today
@@ -60,14 +60,12 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
     def confirm(tx_id: str, body: Confirmation, actor: CurrentActor) -> dict[str, Any]:
         """The bank's callback, signed (docs/finance.md): the payment is paid, gets its receipt number, and the
         kiosk gets the outcome."""
-        bank = Actor(user="bank", address=actor.address, via="signature")
-
         def work(db: sqlite3.Connection) -> tuple[TxOutcome, bool, str]:
             outcome, new = confirm_payment(db, route.catalogue, tx_id, body.amount_satang, body.bank_ref,
                                            datetime.now(UTC))
             device = store.replace_tx_outcome(db, tx_id, outcome)
             if new:
-                audit.record(bank, "payment.confirm", f"payment/{tx_id}", {"status": "pending"},
+                audit.record(actor, "payment.confirm", f"payment/{tx_id}", {"status": "pending"},
                              {"status": "paid", "bank_ref": body.bank_ref,
                               "receipt_no": outcome.result.get("receipt_no")}, db=db)
             return outcome, new, device
