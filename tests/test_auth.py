@@ -90,6 +90,10 @@ def test_only_healthz_answers_without_sign_in(hub_app: HubApp) -> None:
     assert hub_app.anonymous().get("/healthz").status_code in (200, 503)
     assert hub_app.anonymous().get("/metrics").status_code == 401
     assert hub_app.client("viewer").get("/metrics").status_code == 200
+    basic = hub_app.anonymous().get("/api/devices", headers={"Authorization": "Basic YWRtaW46YWRtaW4="})
+    assert basic.status_code == 401 and "Bearer" in basic.json()["detail"]
+    schemes = hub_app.app.openapi()["components"]["securitySchemes"]
+    assert schemes["HTTPBearer"]["scheme"] == "bearer"  # so /docs can send a token
 
 
 def test_a_cookie_session_needs_the_csrf_token_for_changes_and_ends_on_sign_out(hub_app: HubApp) -> None:

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -87,8 +88,14 @@ class GuardSettings:
     public_ogc: bool
 
 
-async def guard(request: Request) -> None:
-    """The dependency every API route runs first: look the route up in the table and admit or refuse."""
+BEARER = HTTPBearer(auto_error=False, description="a personal API token (nakhon hub token add NAME)")
+
+
+async def guard(request: Request,
+                bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None) -> None:
+    """The dependency every API route runs first: look the route up in the table and admit or refuse.
+
+    ``bearer`` declares the token scheme in the OpenAPI document, so ``/docs`` can send a token too."""
     settings = getattr(request.app.state, "nakhon_guard", None)
     route = request.scope.get("route")
     path = getattr(route, "path", "")
@@ -100,7 +107,7 @@ async def guard(request: Request) -> None:
         request.state.actor = Actor(user="bank" if access.signed else "anonymous", address=address,
                                     via="signature" if access.signed else "public")
         return
-    user, via, problem = await _authenticate(settings.accounts, request)
+    user, via, problem = await _authenticate(settings.accounts, request, bearer)
     if user is None:
         raise HTTPException(401, problem, headers={"WWW-Authenticate": 'Bearer realm="nakhon"'})
     if not access.admits(user.roles):
@@ -120,14 +127,13 @@ def guarded_app(**kwargs: Any) -> FastAPI:
     return FastAPI(dependencies=GUARD, **kwargs)
 
 
-async def _authenticate(accounts: Accounts, request: Request) -> tuple[User | None, str, str]:
+async def _authenticate(accounts: Accounts, request: Request,
+                        bearer: HTTPAuthorizationCredentials | None) -> tuple[User | None, str, str]:
     """(user or None, how, problem): a problem along with a user is a CSRF refusal."""
-    authorization = request.headers.get("authorization", "")
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not value or len(value) > 200:
+    if request.headers.get("authorization"):
+        if bearer is None or len(bearer.credentials) > 200:
             return None, "token", "Authorization must be 'Bearer <token>'"
-        user = await to_thread.run_sync(accounts.token_user, value.strip())
+        user = await to_thread.run_sync(accounts.token_user, bearer.credentials.strip())
         return user, "token", "" if user else "unknown, revoked or disabled token"
     session = request.cookies.get(COOKIE, "")[:100]
     if not session:
