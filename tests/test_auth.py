@@ -42,10 +42,9 @@ def _dump(hub_app: HubApp) -> str:
     return "\n".join(hub_app.store.read(lambda db: list(db.iterdump())))
 
 
-def test_every_route_of_the_hub_has_an_access_rule_and_every_rule_a_route(hub_app: HubApp) -> None:
+def test_every_route_of_the_hub_has_an_access_rule(hub_app: HubApp) -> None:
     assert unguarded(hub_app.app) == []
     assert open_plain_routes(hub_app.app) == []
-    assert sorted(set(POLICY) - set(route_keys(hub_app.app))) == []
     assert [k for k, a in POLICY.items() if a.public] == [
         ("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
         ("GET", "/redoc"), ("POST", "/api/session")]
