@@ -301,3 +301,18 @@ def test_policy_roles_are_known() -> None:
     assert all(a.roles <= set(ROLES) for a in POLICY.values())
     assert PUBLIC.admits(frozenset()) is False and Access(roles=frozenset({"gis"})).admits(frozenset({"admin"}))
 
+
+
+def test_a_session_expires_after_eight_hours_and_ends_when_the_user_is_disabled(hub_app: HubApp) -> None:
+    clock = [1_800_000_000.0]
+    users = Accounts(hub_app.store, clock=lambda: clock[0])
+    users.add_user("noi", ["gis"], TEST_PASSWORD)
+    first, second = users.open_session("noi", "10.0.0.7"), users.open_session("noi", "10.0.0.7")
+    clock[0] += 8 * 3600 - 1
+    assert users.session_user(first) is not None
+    clock[0] += 2
+    assert users.session_user(first) is None
+    users.disable("noi")
+    clock[0] -= 2
+    assert users.session_user(second) is None
+    assert users.verify("noi", TEST_PASSWORD) is None
