@@ -53,10 +53,10 @@ FLEET = (
 def _secret(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = secrets.token_urlsafe(24)
-    path.write_text(value + "\n")
-    path.chmod(0o600)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(value + "\n")
     return value
 
 
@@ -132,7 +132,8 @@ class Demo:
         self.hub = self._spawn(
             ["hub", "serve", "--data", str(self.data / "hub"), "--broker-port", str(broker_port),
              "--username", HUB_USER, "--password-file", str(secrets_dir / f"{HUB_USER}.password"),
-             "--bank-secret-file", str(secrets_dir / "bank.secret"), "--http-port", str(self.http_port)], "hub.log", {})
+             "--bank-secret-file", str(secrets_dir / "bank.secret"), "--promptpay-demo",
+             "--http-port", str(self.http_port)], "hub.log", {})
         for node in FLEET:
             env = {
                 "NAKHON_DEVICE": node.device,
@@ -212,6 +213,9 @@ def run_demo(data: Path, http_port: int = 0) -> int:
         print(f"Kiosk screen: http://127.0.0.1:{demo.kiosk_port}/   (receipts print to "
               f"{demo.data / 'logs' / 'kk-kiosk-0001-paper.log'})")
         print(f"GIS for QGIS/GDAL (OGC API - Features): {demo.api}/ogc")
+        print("PromptPay: DEMO QR codes that pay no one; confirm one with POST "
+              f"{demo.api}/api/finance/payments/TX_ID/confirm signed with the secret in "
+              f"{demo.data / 'secrets' / 'bank.secret'} (nakhon hub bank-sign, see README)")
         print("Press Ctrl-C to stop.\n", flush=True)
         while not demo.stop_requested.wait(15):
             print(f"{time.strftime('%H:%M:%S')}  {demo.summary()}", flush=True)

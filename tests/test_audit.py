@@ -67,7 +67,7 @@ def test_a_report_transition_names_the_user_in_its_history_and_in_the_audit_log(
     assert [(r["action"], r["object"], r["before"]["status"], r["after"]["status"]) for r in rows] == [
         ("report.assigned", f"report/{rid}", "new", "assigned"),
         ("report.resolved", f"report/{rid}", "assigned", "resolved")]
-    assert rows[1]["before"]["assignee"] == "Electrical team" and rows[1]["after"]["note"] == "replaced"
+    assert rows[1]["before"]["assignee"] == "Electrical team" and rows[1]["after"]["with_note"] is True
 
 
 def test_a_refused_change_leaves_no_audit_row(hub_app: HubApp) -> None:

@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.contract import Location, Tx, TxOutcome, TxStatus, now
+from edge.contract import DeviceState, Location, Status, Tx, TxOutcome, TxStatus, now
 from hub.gis.reports import DEMO_ZONES, Zones
 from tests.conftest import Broker, wait_for
 
@@ -40,6 +40,10 @@ class Kiosk:
         self.client.connect("127.0.0.1", port)
         self.client.subscribe(f"nakhon/{device}/down/tx", qos=1)
         self.client.loop_start()
+        # the hub takes reports only from a device registered as a service kiosk (its node in up/status)
+        self.client.publish(f"nakhon/{device}/up/status", Status(
+            device=device, state=DeviceState.ONLINE, at=now(), node="service-kiosk").to_json(),
+            qos=1, retain=True).wait_for_publish(10)
         self.seq = 0
 
     def send(self, tx_id: str, kind: str, data: dict[str, Any], location: Location | None) -> None:
@@ -49,7 +53,9 @@ class Kiosk:
         self.client.publish(f"nakhon/{self.device}/up/tx", tx.to_json(), qos=1).wait_for_publish(10)
 
     def answer(self, tx_id: str) -> TxOutcome:
-        return wait_for(lambda: next((a for a in self.answers if a.tx_id == tx_id), None), 30, f"the answer to {tx_id}")
+        answer: TxOutcome = wait_for(lambda: next((a for a in self.answers if a.tx_id == tx_id), None), 30,
+                                     f"the answer to {tx_id}")
+        return answer
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -127,7 +127,7 @@ def site(tmp_path: Path, broker: Broker, procs: dict[str, Any]) -> Iterator[Site
     secret = tmp_path / "bank.secret"
     secret.write_text(BANK_SECRET)
     secret.chmod(0o600)
-    hub = procs["hub"](broker.port, "--bank-secret-file", str(secret))
+    hub = procs["hub"](broker.port, "--bank-secret-file", str(secret), "--promptpay-demo")
     http_port = free_port()
     kiosk = Proc(["agent", "run", "--simulate", str(kiosk_config(tmp_path, broker.port, http_port))],
                  tmp_path / "kiosk.log")
@@ -418,3 +418,19 @@ def test_the_screen_says_when_the_kiosk_is_offline_or_unreachable(screen: KioskS
     assert "ติดต่อระบบของตู้ไม่ได้" in screen.wait_visible("connection-error").text
     assert screen.visible("step-notice") is not None  # the last screen stays, never a blank page
     screen.shot("kiosk-unreachable")
+
+
+def test_a_promptpay_payment_the_hub_cancels_ends_on_the_screen_in_thai(screen: KioskScreen, site: Site) -> None:
+    screen.open(LANDSCAPE)
+    start_anonymously(screen)
+    screen.tap("service-garbage-monthly")
+    screen.wait_step("payment")
+    screen.tap("method-promptpay")
+    screen.wait_step("awaiting_payment")
+    (pending,) = site.hub.get("/api/finance/payments", status="pending")
+    r = httpx.post(f"{site.hub.url}/api/finance/payments/{pending['tx_id']}/cancel", timeout=10,
+                   headers=site.hub.auth)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    screen.wait_step("rejected")
+    message = screen.wait_visible("message")
+    assert message.get_attribute("data-message") == "payment_cancelled" and "ไม่มีการหักเงิน" in message.text

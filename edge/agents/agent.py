@@ -32,6 +32,7 @@ from edge.agents.mqtt import CheckedClient
 from edge.agents.outbox import Outbox, OutboxRecord, RecordClass
 from edge.contract import (
     QOS,
+    REPLY_EXPIRED,
     Ack,
     CitizenRef,
     Command,
@@ -48,6 +49,7 @@ from edge.contract import (
     Tx,
     TxOutcome,
     TxStatus,
+    format_timestamp,
     now,
     topic,
 )
@@ -561,7 +563,13 @@ class Agent:
         handler = COMMANDS.get(cmd.name)
         result: dict[str, Any] | None = None
         error: str | None = None
-        if handler is None:
+        code: str | None = None
+        at = now()
+        if cmd.expires_at is not None and at >= cmd.expires_at:
+            code = REPLY_EXPIRED
+            error = (f"command expired at {format_timestamp(cmd.expires_at)} "
+                     f"(device clock {format_timestamp(at)}); not carried out")
+        elif handler is None:
             error = f"unknown command {cmd.name!r}; this agent knows: {', '.join(sorted(COMMANDS))}"
         else:
             try:
@@ -570,7 +578,8 @@ class Agent:
                 error = str(err)
         log.info("command %s (%s): %s", cmd.name, cmd.cmd_id, "ok" if error is None else error)
         await self._commit(RecordClass.REPLY, lambda seq: Reply(
-            device=self.cfg.device, seq=seq, cmd_id=cmd.cmd_id, ok=error is None, result=result, error=error))
+            device=self.cfg.device, seq=seq, cmd_id=cmd.cmd_id, ok=error is None, result=result, error=error,
+            code=code))
 
     def _apply_desired(self, desired: DesiredConfig) -> None:
         if desired.version <= self.config_version:

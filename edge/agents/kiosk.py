@@ -309,6 +309,8 @@ class Kiosk:
             self.session.step = {TxStatus.ACCEPTED: "done", TxStatus.REJECTED: "rejected",
                                  TxStatus.PENDING: "awaiting_payment"}[outcome.status]  # type: ignore[assignment]
             self.session.touched = time.monotonic()
+            if outcome.result.get("ended") in ("expired", "cancelled"):  # a QR payment the hub ended unpaid
+                self.session.message = f"payment_{outcome.result['ended']}"
         if outcome.status is TxStatus.PENDING:
             return
         timeout = self._timeouts.pop(outcome.tx_id, None)

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from shapely.geometry import Point, box, shape
 
+from hub.api.bounds import Name, Offset, PositiveId, row_id
 from hub.audit import AuditLog
 from hub.auth.web import CurrentActor
 from hub.gis.ogc import FeatureLayer
@@ -39,7 +40,8 @@ def reports_layer(store: SQLiteStore) -> FeatureLayer:
         return store.read(lambda db: reports(db, query, limit, offset))
 
     def one(fid: str) -> dict[str, Any] | None:
-        return store.read(lambda db: report(db, int(fid))) if fid.isdigit() else None
+        rid = row_id(fid)
+        return None if rid is None else store.read(lambda db: report(db, rid))
 
     return FeatureLayer(items, one)
 
@@ -103,9 +105,9 @@ def create_router(store: SQLiteStore, zones: Zones, audit: AuditLog) -> APIRoute
     api = APIRouter(prefix="/api/gis", tags=["gis"])
 
     @api.get("/reports")
-    def list_reports(status: Literal["new", "assigned", "resolved"] | None = None, zone: str | None = None,
+    def list_reports(status: Literal["new", "assigned", "resolved"] | None = None, zone: Name | None = None,
                      limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
+                     offset: Offset = 0) -> JSONResponse:
         """Reports as a GeoJSON FeatureCollection, oldest first."""
         features, _ = store.read(lambda db: reports(db, FeatureQuery(status=status, zone=zone), limit, offset))
         return JSONResponse(_collection(features), media_type=GEOJSON)
@@ -118,7 +120,7 @@ def create_router(store: SQLiteStore, zones: Zones, audit: AuditLog) -> APIRoute
                             headers={"Content-Disposition": 'attachment; filename="nakhon-reports.geojson"'})
 
     @api.get("/reports/{report_id}")
-    def one_report(report_id: int) -> JSONResponse:
+    def one_report(report_id: PositiveId) -> JSONResponse:
         """One report."""
         feature = store.read(lambda db: report(db, report_id))
         if feature is None:
@@ -126,15 +128,16 @@ def create_router(store: SQLiteStore, zones: Zones, audit: AuditLog) -> APIRoute
         return JSONResponse(feature, media_type=GEOJSON)
 
     @api.patch("/reports/{report_id}")
-    def update_report(report_id: int, body: StatusChange, actor: CurrentActor) -> JSONResponse:
+    def update_report(report_id: PositiveId, body: StatusChange, actor: CurrentActor) -> JSONResponse:
         """Assign, resolve or reopen a report."""
         def work(db: sqlite3.Connection) -> dict[str, Any]:
             before = (report(db, report_id) or {}).get("properties", {})
             after = change_status(db, report_id, body.status, body.assignee, body.note, by=actor.user)
+            # whether a note came, not its text: the audit log keeps rows for ever, the purge erases notes
             audit.record(actor, f"report.{body.status}", f"report/{report_id}",
                          {k: before.get(k) for k in ("status", "assignee")},
-                         {"status": body.status, "assignee": after["properties"]["assignee"], "note": body.note},
-                         db=db)
+                         {"status": body.status, "assignee": after["properties"]["assignee"],
+                          "with_note": body.note is not None}, db=db)
             return after
 
         try:
@@ -145,7 +148,7 @@ def create_router(store: SQLiteStore, zones: Zones, audit: AuditLog) -> APIRoute
             raise HTTPException(409, str(err)) from err
 
     @api.get("/reports/{report_id}/history")
-    def history(report_id: int) -> list[dict[str, Any]]:
+    def history(report_id: PositiveId) -> list[dict[str, Any]]:
         """Every status the report went through."""
         rows = store.read(lambda db: db.execute("SELECT at, status, assignee, note, by_user FROM report_history "
                                                 "WHERE report_id = ? ORDER BY rowid", (report_id,)).fetchall())
