@@ -17,7 +17,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from edge.contract import TxOutcome, topic
+from hub import audit as audit_log
 from hub.api.app import create_app
+from hub.auth import accounts as auth_accounts
+from hub.auth.web import protect
 from hub.errors import HubConfigError, StoreError
 from hub.finance import api as finance_api
 from hub.finance import ledger
@@ -46,7 +49,8 @@ class HubSettings:
     fees: Path = DEMO_FEES
     zones: Path = DEMO_ZONES
     promptpay: PromptPaySettings = field(default_factory=PromptPaySettings)
-    bank_token: str | None = None
+    bank_secret: str | None = None
+    public_ogc: bool = False
 
 
 def private_directory(path: Path) -> None:
@@ -60,8 +64,8 @@ def private_directory(path: Path) -> None:
 
 def _warn_about(settings: HubSettings) -> None:
     """Say at start-up what the settings leave switched off or fake."""
-    if settings.bank_token is None:
-        log.warning("no --bank-token-file: the bank's payment confirmations will be refused, so PromptPay "
+    if settings.bank_secret is None:
+        log.warning("no --bank-secret-file: the bank's payment confirmations will be refused, so PromptPay "
                     "payments stay pending")
     if not settings.promptpay.configured:
         log.warning("PromptPay is off (no --promptpay-biller or --promptpay-target): kiosks take cash only")
@@ -76,7 +80,9 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     _warn_about(settings)
     zones = Zones(settings.zones)
     store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes,
-                        schemas=(ledger.ensure_schema, reports.ensure_schema))
+                        schemas=(ledger.ensure_schema, reports.ensure_schema, auth_accounts.ensure_schema,
+                                 audit_log.ensure_schema))
+    audit = audit_log.AuditLog(store)
     metrics = HubMetrics(store)
     finance = ledger.FinanceRoute(catalogue, settings.promptpay)
     gis = reports.ReportRoute(zones)
@@ -130,12 +136,13 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
             log.info("hub stopped")
 
     app = create_app(store, metrics, ingest.commands, broker_connected=ingest.connected.is_set,
-                     writer_state=ingest.writer_state)
-    app.include_router(finance_api.create_router(store, finance, answer_kiosk, settings.bank_token))
-    app.include_router(gis_api.create_router(store, zones))
+                     writer_state=ingest.writer_state, audit=audit)
+    app.include_router(finance_api.create_router(store, finance, answer_kiosk, settings.bank_secret, audit))
+    app.include_router(gis_api.create_router(store, zones, audit))
     app.include_router(ogc.create_router({"reports": gis_api.reports_layer(store),
                                           "devices": gis_api.devices_layer(store),
                                           "zones": gis_api.zones_layer(zones)}))
+    protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
     app.router.lifespan_context = lifespan
     return app, store, ingest
 

@@ -75,10 +75,17 @@ def _parser() -> argparse.ArgumentParser:
                        help="minutes a QR payment waits for the bank before it expires (default 15)")
     serve.add_argument("--promptpay-demo", action="store_true",
                        help="demo only: QR codes to a target that is no account, labelled as a demo")
-    serve.add_argument("--bank-token-file", type=Path, default=_env("BANK_TOKEN_FILE"),
-                       help="file with the token the bank's confirmation callback must present")
+    serve.add_argument("--bank-secret-file", type=Path,
+                       default=_env("BANK_SECRET_FILE"),
+                       help="file with the secret the bank signs its confirmation callbacks with (docs/finance.md)")
+    serve.add_argument("--public-ogc", action="store_true", default=_env("PUBLIC_OGC") == "1",
+                       help="serve the GIS layers (/ogc) without sign-in")
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
     serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
+
+    from hub.auth import admin
+
+    admin.add_parsers(hub, _env("DATA", "./nakhon-data/hub") or "")
 
     purge = hub.add_parser("purge", help="strip personal data from records older than the retention period")
     purge.add_argument("--data", type=Path, default=Path(_env("DATA", "./nakhon-data/hub") or ""),
@@ -135,8 +142,10 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _purge(args: argparse.Namespace) -> int:
+    import sqlite3
     from datetime import UTC, datetime, timedelta
 
+    from hub import audit
     from hub.errors import StoreError
     from hub.finance import ledger
     from hub.gis import reports
@@ -151,10 +160,18 @@ def _purge(args: argparse.Namespace) -> int:
         print(f"nakhon: no hub store at {path}", file=sys.stderr)
         return 2
     older_than = datetime.now(UTC) - timedelta(days=args.retention_days)
-    store = SQLiteStore(path, schemas=(ledger.ensure_schema, reports.ensure_schema))
+    store = SQLiteStore(path, schemas=(ledger.ensure_schema, reports.ensure_schema, audit.ensure_schema))
+
+    def work(db: sqlite3.Connection) -> dict[str, int]:
+        removed = purge(db, older_than, args.dry_run)
+        if not args.dry_run:
+            audit.AuditLog(store).record(audit.CLI, "data.purge", "store", None,
+                                         {"older_than": older_than.isoformat(), "stripped": removed}, db=db)
+        return removed
+
     try:
         store.open()
-        removed = store.write(lambda db: purge(db, older_than, args.dry_run))
+        removed = store.write(work)
     except StoreError as err:
         print(f"nakhon: {err}", file=sys.stderr)
         return 1
@@ -168,6 +185,10 @@ def _purge(args: argparse.Namespace) -> int:
 
 
 def _hub(args: argparse.Namespace) -> int:
+    from hub.auth import admin
+
+    if args.action in admin.ACTIONS:
+        return admin.run(args)
     if args.action == "purge":
         return _purge(args)
     from dataclasses import replace
@@ -179,7 +200,7 @@ def _hub(args: argparse.Namespace) -> int:
     from hub.serve import HubSettings, serve
 
     secrets: dict[str, str | None] = {}
-    for flag in ("password_file", "bank_token_file"):
+    for flag in ("password_file", "bank_secret_file"):
         path = getattr(args, flag)
         secrets[flag] = None
         if path:
@@ -205,7 +226,7 @@ def _hub(args: argparse.Namespace) -> int:
                                                  PromptPaySettings(biller_id=args.promptpay_biller,
                                                                    target=args.promptpay_target),
                                                  expire_after_s=args.promptpay_expiry_min * 60),
-                               bank_token=secrets["bank_token_file"], **extra)
+                               bank_secret=secrets["bank_secret_file"], public_ogc=args.public_ogc, **extra)
         serve(settings)
     except HubConfigError as err:
         print(f"nakhon: {err}", file=sys.stderr)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hub.broker import BrokerSettings, Mosquitto, free_port
 from hub.errors import BrokerError
+from hub.store.sqlite import SQLiteStore
 
 
 class DemoError(RuntimeError):
@@ -73,9 +74,35 @@ def broker_settings(data: Path, port: int) -> BrokerSettings:
     return BrokerSettings(directory=data / "broker", port=port, accounts=accounts)
 
 
-def _get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (our own loopback URL)
+def _get_json(url: str, token: str | None = None) -> object:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (our own loopback URL)
         return json.loads(response.read())
+
+
+ADMIN = "admin"
+
+
+def _admin_account(hub_data: Path, secrets_dir: Path) -> str:
+    """Create the demo's ``admin`` user (password in ``secrets/admin.password``) and an API token for it
+    (``secrets/admin.token``, used for the status line) on the first run; returns the token."""
+    from hub import audit
+    from hub.auth import accounts
+
+    store = SQLiteStore(hub_data / "hub.sqlite", schemas=(accounts.ensure_schema, audit.ensure_schema))
+    store.open()
+    try:
+        users = accounts.Accounts(store)
+        if users.user(ADMIN) is None:
+            users.add_user(ADMIN, ["admin"], _secret(secrets_dir / f"{ADMIN}.password"))
+            audit.AuditLog(store).record(audit.CLI, "user.add", f"user/{ADMIN}", None, {"roles": ["admin"]})
+        token_file = secrets_dir / f"{ADMIN}.token"
+        if not token_file.exists():
+            token_file.write_text(users.add_token(ADMIN, "nakhon demo")[1] + "\n")
+            token_file.chmod(0o600)
+        return token_file.read_text().strip()
+    finally:
+        store.close()
 
 
 DEFAULT_HUB_PORT = 8080
@@ -170,6 +197,7 @@ class Demo:
         self.hub: Supervised | None = None
         self.agents: dict[str, Supervised] = {}
         self.stop_requested = threading.Event()
+        self.token: str | None = None
 
     @property
     def api(self) -> str:
@@ -182,7 +210,8 @@ class Demo:
         self.kiosk_port = _port_or_free(self.kiosk_port, "--kiosk-port")
         secrets_dir = self.data / "secrets"
         logs = self.data / "logs"
-        _secret(secrets_dir / "bank.token")
+        _secret(secrets_dir / "bank.secret")
+        self.token = _admin_account(self.data / "hub", secrets_dir)
         _secret(secrets_dir / "citizen-ref.key")
         broker_port = free_port()
         self.broker = Mosquitto(broker_settings(self.data, broker_port))
@@ -191,7 +220,7 @@ class Demo:
         self.hub = Supervised("hub", [
             "hub", "serve", "--data", str(self.data / "hub"), "--broker-port", str(broker_port),
             "--username", HUB_USER, "--password-file", str(secrets_dir / f"{HUB_USER}.password"),
-            "--bank-token-file", str(secrets_dir / "bank.token"), "--promptpay-demo",
+            "--bank-secret-file", str(secrets_dir / "bank.secret"), "--promptpay-demo",
             "--http-port", str(self.http_port)],
             logs / "hub.log", {})
         self.hub.start()
@@ -247,7 +276,7 @@ class Demo:
     def summary(self) -> str:
         """One line on the fleet as the hub sees it."""
         try:
-            devices = _get_json(f"{self.api}/api/devices")
+            devices = _get_json(f"{self.api}/api/devices", self.token)
         except (urllib.error.URLError, OSError, ValueError) as err:
             restarting = self.hub is not None and self.hub.restart_at is not None
             hint = "it is being restarted" if restarting else f"see {self.data / 'logs' / 'hub.log'}"
@@ -290,11 +319,14 @@ def run_demo(data: Path, hub_port: int = DEFAULT_HUB_PORT, kiosk_port: int = DEF
     try:
         demo.start()
         print(f"\nHub API: {demo.api}   (devices: {demo.api}/api/devices, docs: {demo.api}/docs)")
+        print(f"Sign in as {ADMIN!r} with the password in {demo.data / 'secrets' / (ADMIN + '.password')} "
+              f"(API token for scripts: {demo.data / 'secrets' / (ADMIN + '.token')})")
         print(f"Kiosk screen: http://127.0.0.1:{demo.kiosk_port}/   (receipts print to "
               f"{demo.data / 'logs' / 'kk-kiosk-0001-paper.log'})")
         print(f"GIS for QGIS/GDAL (OGC API - Features): {demo.api}/ogc")
         print("PromptPay: DEMO QR codes that pay no one; confirm one with POST "
-              f"{demo.api}/api/finance/payments/TX_ID/confirm and the token in {demo.data / 'secrets' / 'bank.token'}")
+              f"{demo.api}/api/finance/payments/TX_ID/confirm signed with the secret in "
+              f"{demo.data / 'secrets' / 'bank.secret'} (nakhon hub bank-sign, see README)")
         print("Press Ctrl-C to stop.\n", flush=True)
         next_summary = time.monotonic() + SUMMARY_EVERY_S
         while not demo.stop_requested.wait(0.5):

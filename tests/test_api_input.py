@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from fastapi.testclient import TestClient
 
 from edge.contract import Location, Tx, TxStatus, now
 from hub.api.validation import MAX_ECHO, MAX_ERRORS
+from hub.auth import signature
+from hub.auth.accounts import Accounts
 from hub.finance import ledger
 from hub.finance.catalogue import load_catalogue
 from hub.finance.fiscal import local_date
@@ -24,21 +27,24 @@ from hub.ingest.consumer import IngestSettings
 from hub.router import Router
 from hub.serve import HubSettings, build
 from hub.store.sqlite import SQLiteStore
+from tests.conftest import TEST_PASSWORD
 
 KIOSK = "kk-kiosk-0001"
-BANK_TOKEN = "bank-secret-for-tests"
+BANK_SECRET = "bank-secret-for-tests"
 HUGE = "99999999999999999999999"
 
 
 @dataclass
 class HubApp:
-    """The hub's whole API in-process over a store in tmp_path, with one kiosk, a payment and a report."""
+    """The hub's whole API in-process over a store in tmp_path, with one kiosk, a payment and a report; ``client``
+    sends the API token of an admin (``token``)."""
 
     app: FastAPI
     client: TestClient
     store: SQLiteStore
     router: Router
     settings: HubSettings
+    token: str
 
     def tx(self, tx: Tx) -> Any:
         """Apply a transaction as ingest would."""
@@ -47,7 +53,7 @@ class HubApp:
 
 def hub_settings(tmp_path: Path, **extra: Any) -> HubSettings:
     """Settings of a hub whose broker is never reached (nothing is started)."""
-    return HubSettings(data=tmp_path / "hub", ingest=IngestSettings(port=1), bank_token=BANK_TOKEN,
+    return HubSettings(data=tmp_path / "hub", ingest=IngestSettings(port=1), bank_secret=BANK_SECRET,
                        promptpay=PromptPaySettings(target="0000000000"), **extra)
 
 
@@ -58,12 +64,22 @@ def make_hub_app(tmp_path: Path, **extra: Any) -> HubApp:
     store.open()
     router = Router({"fee.payment": ledger.FinanceRoute(load_catalogue(settings.fees), settings.promptpay),
                      "issue.report": ReportRoute(Zones(settings.zones))})
-    hub = HubApp(app, TestClient(app, raise_server_exceptions=False), store, router, settings)
+    users = Accounts(store)
+    users.add_user("admin", ["admin"], TEST_PASSWORD)
+    _, token = users.add_token("admin", "tests")
+    client = TestClient(app, raise_server_exceptions=False, headers={"Authorization": f"Bearer {token}"})
+    hub = HubApp(app, client, store, router, settings, token)
     hub.tx(Tx(device=KIOSK, seq=1, tx_id=f"{KIOSK}-tx-000001", kind="fee.payment", created_at=now(),
               data={"office": "kkc-hq", "service": "garbage-monthly", "amount_satang": 4000, "method": "cash"}))
     hub.tx(Tx(device=KIOSK, seq=2, tx_id=f"{KIOSK}-r-000001", kind="issue.report", created_at=now(),
               data={"category": "pothole", "description": "หลุมบ่อหน้าตลาด"}, location=Location(lat=16.45, lon=102.8)))
     return hub
+
+
+def signed_body(body: Any) -> dict[str, Any]:
+    """Request arguments sending ``body`` as JSON signed as the bank signs it (other routes ignore the headers)."""
+    raw = json.dumps(body).encode()
+    return {"content": raw, "headers": {"Content-Type": "application/json", **signature.headers(BANK_SECRET, raw)}}
 
 
 @pytest.fixture
@@ -87,7 +103,7 @@ def hub(tmp_path: Path) -> Iterator[HubApp]:
 ])
 def test_integers_and_times_beyond_what_the_store_holds_are_refused_with_422(
         hub: HubApp, method: str, path: str, body: dict[str, Any] | None) -> None:
-    r = hub.client.request(method, path, json=body, headers={"Authorization": f"Bearer {BANK_TOKEN}"})
+    r = hub.client.request(method, path, **signed_body(body))
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert detail and all(d["msg"] for d in detail)
@@ -152,7 +168,6 @@ def test_a_payment_with_a_bounded_amount_still_goes_through(hub: HubApp) -> None
                         data={"office": "kkc-hq", "service": "garbage-monthly", "amount_satang": 4000,
                               "method": "promptpay"}))
     assert outcome.status is TxStatus.PENDING
-    r = hub.client.post(f"/api/finance/payments/{KIOSK}-tx-qr0001/confirm", json={"amount_satang": 4000,
-                                                                                  "bank_ref": "B1"},
-                        headers={"Authorization": f"Bearer {BANK_TOKEN}"})
+    r = hub.client.post(f"/api/finance/payments/{KIOSK}-tx-qr0001/confirm",
+                        **signed_body({"amount_satang": 4000, "bank_ref": "B1"}))
     assert r.status_code == 200 and r.json()["receipt_no"].endswith("-000002")

@@ -96,7 +96,7 @@ def _commands(hub: Hub, device: str, **params: Any) -> list[dict[str, Any]]:
 
 
 def _post(hub: Hub, device: str, body: dict[str, Any], timeout: float = 90) -> httpx.Response:
-    return httpx.post(f"{hub.url}/api/devices/{device}/commands", json=body, timeout=timeout)
+    return httpx.post(f"{hub.url}/api/devices/{device}/commands", json=body, headers=hub.auth, timeout=timeout)
 
 
 def test_sixty_commands_waiting_on_a_silent_device_leave_the_api_to_everyone(
@@ -110,7 +110,7 @@ def test_sixty_commands_waiting_on_a_silent_device_leave_the_api_to_everyone(
         wait_for(lambda: len(fake_device.received()) == 60, 60, "60 commands at the device")
         waiting = _commands(hub, fake_device.device, limit=100)
         assert [c["outcome"] for c in waiting] == ["sent"] * 60
-        r = httpx.get(f"{hub.url}/api/devices", timeout=30)
+        r = httpx.get(f"{hub.url}/api/devices", headers=hub.auth, timeout=30)
         assert r.status_code == 200 and fake_device.device in [d["device"] for d in r.json()]
         assert not any(f.done() for f in pending)  # served while all 60 still wait
         for cmd in fake_device.received():
@@ -174,7 +174,7 @@ def test_every_command_expires_and_a_late_or_expired_reply_is_kept_as_such(
     assert [c["cmd_id"] for c in history] == [second.cmd_id, cmd.cmd_id]  # newest first
     assert [c["outcome"] for c in history] == ["expired", "late"]
     assert [c["cmd_id"] for c in _commands(hub, fake_device.device, limit=1)] == [second.cmd_id]
-    assert httpx.get(f"{hub.url}/api/devices/kk-zz-9999/commands").status_code == 404
+    assert httpx.get(f"{hub.url}/api/devices/kk-zz-9999/commands", headers=hub.auth).status_code == 404
 
 
 def test_the_agent_refuses_an_expired_command_and_runs_a_current_one(broker: Broker, procs: dict[str, Any]) -> None:
@@ -228,6 +228,10 @@ def test_a_command_queued_for_an_offline_device_is_sent_when_it_comes_back(broke
     now_sent = r.json()["cmd_id"]
     wait_for(lambda: any(c["cmd_id"] == now_sent and c["outcome"] == "ok" for c in _commands(hub, "kk-aq-0904")),
              30, "the queued command to an online device answered")
+    audited = hub.get("/api/audit", object="device/kk-aq-0904")
+    assert [(a["user"], a["action"], a["after"]["cmd_id"], a["after"]["queue"]) for a in audited] == [
+        ("admin", "device.command", cmd_id, True) for cmd_id in (kept, short, now_sent)]
+    assert [a["after"]["outcome"] for a in audited[:2]] == ["queued", "queued"]
 
 
 def test_an_oversize_request_or_command_is_refused_and_ingest_keeps_going(broker_factory: Any,
@@ -244,7 +248,7 @@ def test_an_oversize_request_or_command_is_refused_and_ingest_keeps_going(broker
     assert r.status_code == 413 and "commands of at most 65536 bytes" in r.json()["detail"]
     huge = json.dumps({"name": "ping", "args": {"blob": "x" * 2_000_000}}).encode()
     r = httpx.post(f"{hub.url}/api/devices/kk-aq-0905/commands", content=huge, timeout=30,
-                   headers={"Content-Type": "application/json"})
+                   headers={"Content-Type": "application/json", **hub.auth})
     assert r.status_code == 413 and "at most 262144 bytes" in r.json()["detail"]
 
     def chunks() -> Iterator[bytes]:
@@ -254,10 +258,10 @@ def test_an_oversize_request_or_command_is_refused_and_ingest_keeps_going(broker
         yield b'"}}'
 
     r = httpx.post(f"{hub.url}/api/devices/kk-aq-0905/commands", content=chunks(), timeout=30,
-                   headers={"Content-Type": "application/json"})
+                   headers={"Content-Type": "application/json", **hub.auth})
     assert r.status_code == 413 and "at most 262144 bytes" in r.json()["detail"]
     r = httpx.patch(f"{hub.url}/api/gis/reports/1", content=huge, timeout=30,
-                    headers={"Content-Type": "application/json"})
+                    headers={"Content-Type": "application/json", **hub.auth})
     assert r.status_code == 413  # every endpoint, not only commands
     deep: dict[str, Any] = {}
     for _ in range(300):

@@ -96,6 +96,14 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _signed_in(api: str, data: Path) -> httpx.Client:
+    """An HTTP client signed in as the demo's admin with the password the demo generated."""
+    client = httpx.Client(base_url=api, timeout=10)
+    password = (data / "secrets" / "admin.password").read_text().strip()
+    assert client.post("/api/session", json={"name": "admin", "password": password}).status_code == 200
+    return client
+
+
 def test_a_process_that_keeps_failing_is_restarted_with_growing_delays(tmp_path: Path) -> None:
     failing = Supervised("kk-bad-0001", ["agent", "check", str(tmp_path / "missing.toml")], tmp_path / "bad.log",
                          {"PYTHONPATH": str(ROOT)})
@@ -138,14 +146,16 @@ def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> 
         api = run.api()
         assert api == f"http://127.0.0.1:{hub_port}"
         assert f"Kiosk screen: http://127.0.0.1:{kiosk_port}/" in run.output()
+        assert httpx.get(f"{api}/api/devices", timeout=10).status_code == 401
+        hub = _signed_in(api, data)
 
         def online() -> set[str]:
-            got = {d["device"] for d in httpx.get(f"{api}/api/devices", timeout=10).json()
+            got = {d["device"] for d in hub.get("/api/devices", timeout=10).json()
                    if d["state"] == "online" and d["received"] > 0}
             return got if len(got) == 6 else set()
 
         assert {"kk-aq-0001", "kk-wl-0001"} <= wait_for(online, 60, "the six devices online with data")
-        wait_for(lambda: httpx.get(f"{api}/api/devices/kk-aq-0001/readings", params={"quantity": "pm2_5"},
+        wait_for(lambda: hub.get("/api/devices/kk-aq-0001/readings", params={"quantity": "pm2_5"},
                                    timeout=10).json()["count"] > 0, 60, "PM2.5 readings")
         assert _answers(f"http://127.0.0.1:{kiosk_port}/")
         assert "0/0" not in run.output()
@@ -162,15 +172,16 @@ def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> 
                  "the demo to start the broker again")
 
         def stored() -> int:
-            return sum(d["received"] for d in httpx.get(f"{api}/api/devices", timeout=10).json())
+            return sum(d["received"] for d in hub.get("/api/devices", timeout=10).json())
 
         before = stored()
         wait_for(lambda: stored() > before + 5, 60, "the fleet's data to flow again through the restarted broker")
-        first_seq = httpx.get(f"{api}/api/devices/kk-aq-0001", timeout=10).json()["last_seq"]
+        first_seq = hub.get("/api/devices/kk-aq-0001", timeout=10).json()["last_seq"]
     finally:
         out = run.stop()
     assert run.proc.returncode == 0, out
     assert "stopped; the next run reuses" in out
+    assert f"Sign in as 'admin' with the password in {data / 'secrets' / 'admin.password'}" in out
     assert _processes_using(data) == []
     secrets_before = {p.name: p.read_text() for p in (data / "secrets").iterdir()}
     conf = (data / "broker" / "mosquitto.conf").read_text()
@@ -183,9 +194,10 @@ def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> 
     run = DemoRun(data, hub_port, kiosk_port)
     try:
         api = run.api()
-        wait_for(lambda: (httpx.get(f"{api}/api/devices/kk-aq-0001", timeout=10).json().get("last_seq") or 0)
+        hub = _signed_in(api, data)
+        wait_for(lambda: (hub.get("/api/devices/kk-aq-0001", timeout=10).json().get("last_seq") or 0)
                  > first_seq, 60, "the second run to continue the seq")
-        device = httpx.get(f"{api}/api/devices/kk-aq-0001", timeout=10).json()
+        device = hub.get("/api/devices/kk-aq-0001", timeout=10).json()
         assert device["lost"] == 0
         # seqs 1..last_seq each stored once, over both runs: a resend counted as new would break the equality
         assert device["received"] == device["last_seq"]

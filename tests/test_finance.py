@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import stat
@@ -11,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from edge.contract import Tx, TxOutcome, TxStatus, format_timestamp, now
+from hub.audit import AuditLog
+from hub.auth import signature
+from hub.auth.web import guarded_app
 from hub.finance import api as finance_api
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
@@ -25,7 +28,7 @@ from hub.ingest.consumer import IngestSettings
 from hub.router import Router
 from hub.serve import HubSettings, build
 from hub.store.sqlite import SQLiteStore
-from tests.conftest import Broker, wait_for
+from tests.conftest import AUTH_SCHEMAS, Broker, signed_client, wait_for
 from tests.test_gis import Kiosk
 
 CITIZEN = {"ref": "9f2c" * 16}
@@ -59,7 +62,7 @@ def test_thai_fiscal_years_and_money() -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Any:
-    s = SQLiteStore(tmp_path / "hub.sqlite", schemas=(ledger.ensure_schema, reports.ensure_schema))
+    s = SQLiteStore(tmp_path / "hub.sqlite", schemas=(ledger.ensure_schema, reports.ensure_schema, *AUTH_SCHEMAS))
     s.open()
     yield s
     s.close()
@@ -137,9 +140,15 @@ def test_concurrent_kiosks_get_gapless_unique_receipts_per_office_and_fiscal_yea
 
 
 def _app(store: SQLiteStore, route: ledger.FinanceRoute, answered: list[tuple[str, TxOutcome]]) -> TestClient:
-    app = FastAPI()
-    app.include_router(finance_api.create_router(store, route, lambda d, o: answered.append((d, o)), "bank-secret"))
-    return TestClient(app)
+    app = guarded_app()
+    app.include_router(finance_api.create_router(store, route, lambda d, o: answered.append((d, o)), "bank-secret",
+                                                 AuditLog(store)))
+    return signed_client(app, store, "finance")
+
+
+def _signed(body: dict[str, Any], secret: str = "bank-secret") -> dict[str, Any]:  # noqa: S107
+    raw = json.dumps(body).encode()
+    return {"content": raw, "headers": {"Content-Type": "application/json", **signature.headers(secret, raw)}}
 
 
 def test_a_promptpay_payment_is_pending_until_the_bank_confirms_it(store: SQLiteStore,
@@ -154,20 +163,19 @@ def test_a_promptpay_payment_is_pending_until_the_bank_confirms_it(store: SQLite
     client = _app(store, route, answered)
     url = f"/api/finance/payments/{tx.tx_id}/confirm"
     assert client.post(url, json={"amount_satang": 4000, "bank_ref": "B1"}).status_code == 401
-    auth = {"Authorization": "Bearer bank-secret"}
-    bad = client.post(url, json={"amount_satang": 3999, "bank_ref": "B1"}, headers=auth)
+    bad = client.post(url, **_signed({"amount_satang": 3999, "bank_ref": "B1"}))
     assert bad.status_code == 409
-    ok = client.post(url, json={"amount_satang": 4000, "bank_ref": "B1"}, headers=auth)
+    ok = client.post(url, **_signed({"amount_satang": 4000, "bank_ref": "B1"}))
     assert ok.status_code == 200 and ok.json()["receipt_no"].endswith("-000001") and not ok.json()["already_confirmed"]
     assert answered[0][0] == "kk-kiosk-0001" and answered[0][1].status is TxStatus.ACCEPTED
-    again = client.post(url, json={"amount_satang": 4000, "bank_ref": "B1"}, headers=auth)
+    again = client.post(url, **_signed({"amount_satang": 4000, "bank_ref": "B1"}))
     assert again.json()["already_confirmed"] and again.json()["receipt_no"] == ok.json()["receipt_no"]
     redelivered, duplicate = store.apply_tx(tx, 2.0, router.decide)  # the kiosk asks again: the final answer
     assert duplicate and redelivered.status is TxStatus.ACCEPTED
     assert redelivered.result["receipt_no"] == ok.json()["receipt_no"]
     assert store.read(lambda db: db.execute("SELECT count(*) FROM ledger").fetchone()[0]) == 1
-    assert client.post("/api/finance/payments/nope/confirm", json={"amount_satang": 1, "bank_ref": "x"},
-                       headers={"Authorization": "Bearer bank-secret"}).status_code == 404
+    assert client.post("/api/finance/payments/nope/confirm",
+                       **_signed({"amount_satang": 1, "bank_ref": "x"})).status_code == 404
 
 
 def test_void_is_a_compensating_entry_and_reconciliation_compares_counted_cash(
@@ -213,14 +221,15 @@ def test_the_demo_promptpay_pays_no_one_and_says_it_is_a_demo(store: SQLiteStore
     assert "01130066000000000" in outcome.result["promptpay"]  # +66 0...: no Thai number, no account
 
 
-def test_without_a_bank_token_every_confirmation_is_refused(store: SQLiteStore, route: ledger.FinanceRoute) -> None:
+def test_without_a_bank_secret_every_confirmation_is_refused(store: SQLiteStore,
+                                                             route: ledger.FinanceRoute) -> None:
     router = Router({"fee.payment": route})
     store.apply_tx(_payment("kk-kiosk-0001-tx-qr0002", method="promptpay"), 1.0, router.decide)
-    app = FastAPI()
-    app.include_router(finance_api.create_router(store, route, lambda d, o: None, None))
-    r = TestClient(app).post("/api/finance/payments/kk-kiosk-0001-tx-qr0002/confirm",
-                             json={"amount_satang": 4000, "bank_ref": "B1"}, headers={"Authorization": "Bearer "})
-    assert r.status_code == 403 and "--bank-token-file" in r.json()["detail"]
+    app = guarded_app()
+    app.include_router(finance_api.create_router(store, route, lambda d, o: None, None, AuditLog(store)))
+    r = signed_client(app, store, "finance").post("/api/finance/payments/kk-kiosk-0001-tx-qr0002/confirm",
+                                                  **_signed({"amount_satang": 4000, "bank_ref": "B1"}))
+    assert r.status_code == 503 and "--bank-secret-file" in r.json()["detail"]
     assert store.read(lambda db: db.execute("SELECT status FROM payments").fetchone()[0]) == "pending"
 
 
@@ -230,19 +239,19 @@ def test_the_hub_keeps_its_data_private_and_warns_about_what_is_off(tmp_path: Pa
     data = tmp_path / "hub"
     data.mkdir(mode=0o755)
     data.chmod(0o755)
-    token = tmp_path / "bank.token"
-    token.write_text("secret\n")
-    token.chmod(0o644)
-    hub = procs["hub"](broker.port, "--bank-token-file", str(token), data=data)
+    secret = tmp_path / "bank.secret"
+    secret.write_text("zq81-bank-signing-value\n")
+    secret.chmod(0o644)
+    hub = procs["hub"](broker.port, "--bank-secret-file", str(secret), data=data)
     for path in (data / "hub.sqlite", data / "hub.sqlite-wal", data / "hub.sqlite-shm"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     log = hub.log()
     assert "PromptPay is off" in log and "can be read by other users: chmod 600 it" in log
-    assert "secret" not in log.replace("secrets", "")
+    assert "zq81" not in log
 
 
-def test_the_hub_warns_at_start_up_that_confirmations_are_refused_without_a_token(
+def test_the_hub_warns_at_start_up_that_confirmations_are_refused_without_a_secret(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, "nakhon.hub"):
         build(HubSettings(data=tmp_path, ingest=IngestSettings(port=1), promptpay=PromptPaySettings.for_demo()))
@@ -280,8 +289,8 @@ def test_a_pending_promptpay_payment_expires_and_the_kiosk_is_told_it_ended(stor
     assert duplicate and resent.status is TxStatus.REJECTED and resent.result["ended"] == "expired"
     client = _app(store, route, answered)
     assert client.get("/api/finance/payments", params={"status": "expired"}).json()[0]["tx_id"] == tx.tx_id
-    late = client.post(f"/api/finance/payments/{tx.tx_id}/confirm", json={"amount_satang": 4000, "bank_ref": "B9"},
-                       headers={"Authorization": "Bearer bank-secret"})
+    late = client.post(f"/api/finance/payments/{tx.tx_id}/confirm", **_signed({"amount_satang": 4000,
+                                                                                  "bank_ref": "B9"}))
     assert late.status_code == 200 and late.json()["late"] == "expired" and late.json()["receipt_no"]
 
 
@@ -387,7 +396,7 @@ def test_the_running_hub_expires_a_pending_payment_and_answers_the_kiosk(broker:
 def test_the_demo_writes_its_secrets_for_their_owner_only(tmp_path: Path) -> None:
     from nakhon.demo import _secret
 
-    value = _secret(tmp_path / "secrets" / "bank.token")
-    assert stat.S_IMODE((tmp_path / "secrets" / "bank.token").stat().st_mode) == 0o600
+    value = _secret(tmp_path / "secrets" / "bank.secret")
+    assert stat.S_IMODE((tmp_path / "secrets" / "bank.secret").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
-    assert _secret(tmp_path / "secrets" / "bank.token") == value  # the next run reuses it
+    assert _secret(tmp_path / "secrets" / "bank.secret") == value  # the next run reuses it

@@ -31,6 +31,7 @@ from edge.contract import (
     now,
 )
 from hub.api.app import create_app
+from hub.audit import AuditLog
 from hub.errors import RecordRejected
 from hub.ingest.classify import ClockWindow, Reason, TxRefused, classify
 from hub.ingest.consumer import Ingest, IngestSettings
@@ -38,7 +39,7 @@ from hub.metrics import HubMetrics
 from hub.router import Route, Router
 from hub.store.base import DeadLetter, IngestBatch, SeqMessage
 from hub.store.sqlite import SQLiteStore
-from tests.conftest import Broker, Hub, wait_for
+from tests.conftest import AUTH_SCHEMAS, Broker, Hub, signed_client, wait_for
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 POLE = "kk-aq-0666"
@@ -322,7 +323,7 @@ class _Exploding:
 
 @pytest.fixture
 def ingest(broker: Broker, tmp_path: Path) -> Iterator[Ingest]:
-    store = SQLiteStore(tmp_path / "hub.sqlite", schemas=(_poison,))
+    store = SQLiteStore(tmp_path / "hub.sqlite", schemas=(_poison, *AUTH_SCHEMAS))
     store.open()
     routes: dict[str, Route] = {"fee.payment": _Exploding()}
     settings = IngestSettings(port=broker.port, client_id="hub-under-test", max_unwritten_s=0.5, batch_max=50)
@@ -335,8 +336,10 @@ def ingest(broker: Broker, tmp_path: Path) -> Iterator[Ingest]:
 
 
 def _client(ingest: Ingest) -> TestClient:
-    return TestClient(create_app(ingest.store, ingest.metrics, ingest.commands,
-                                 broker_connected=ingest.connected.is_set, writer_state=ingest.writer_state))
+    store = ingest.store
+    assert isinstance(store, SQLiteStore)
+    return signed_client(create_app(store, ingest.metrics, ingest.commands, broker_connected=ingest.connected.is_set,
+                                    writer_state=ingest.writer_state, audit=AuditLog(store)), store)
 
 
 def _metric(api: TestClient, name: str) -> float:

@@ -26,6 +26,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from edge import config as config_module
 from edge.agents.agent import Agent
 from edge.contract import DeviceState, tx_reference
+from hub.auth import signature
 from hub.broker import free_port
 from tests.conftest import ROOT, Broker, Hub, Proc, wait_for
 
@@ -40,7 +41,7 @@ pytestmark = [
 
 FIRMWARE_CONFIG = ROOT / "firmware-configs" / "service-kiosk.toml"
 PAGE = ROOT / "edge" / "agents" / "kiosk_screen" / "index.html"
-BANK_TOKEN = "bank-callback-token"
+BANK_SECRET = "bank-callback-secret"
 ANSWER_TIMEOUT_S = 3
 RECEIPT_NO = re.compile(r"^KKC-25\d\d-\d{6}$")
 CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -121,21 +122,21 @@ class Site:
 
     def confirm_payment(self, tx_id: str, amount_satang: int) -> dict[str, Any]:
         """What the bank's callback does when the citizen has paid the QR."""
-        r = httpx.post(f"{self.hub.url}/api/finance/payments/{tx_id}/confirm", timeout=10,
-                       json={"amount_satang": amount_satang, "bank_ref": "BANK-0001"},
-                       headers={"Authorization": f"Bearer {BANK_TOKEN}"})
+        body = json.dumps({"amount_satang": amount_satang, "bank_ref": "BANK-0001"}).encode()
+        r = httpx.post(f"{self.hub.url}/api/finance/payments/{tx_id}/confirm", timeout=10, content=body,
+                       headers={"Content-Type": "application/json", **signature.headers(BANK_SECRET, body)})
         assert r.status_code == 200, r.text
         return r.json()  # type: ignore[no-any-return]
 
 
 @pytest.fixture
 def site(request: pytest.FixtureRequest, tmp_path: Path, broker: Broker, procs: dict[str, Any]) -> Iterator[Site]:
-    """The broker, the hub (with a bank callback token) and the kiosk agent, started and linked; a test may
+    """The broker, the hub (with the bank's signing secret) and the kiosk agent, started and linked; a test may
     change ``[kiosk]`` settings with ``@pytest.mark.parametrize("site", [{...}], indirect=True)``."""
-    token = tmp_path / "bank.token"
-    token.write_text(BANK_TOKEN)
-    token.chmod(0o600)
-    hub = procs["hub"](broker.port, "--bank-token-file", str(token), "--promptpay-demo")
+    secret = tmp_path / "bank.secret"
+    secret.write_text(BANK_SECRET)
+    secret.chmod(0o600)
+    hub = procs["hub"](broker.port, "--bank-secret-file", str(secret), "--promptpay-demo")
     http_port = free_port()
     config = kiosk_config(tmp_path, broker.port, http_port, **getattr(request, "param", {}))
     kiosk = Proc(["agent", "run", "--simulate", str(config)],
@@ -465,7 +466,8 @@ def test_a_promptpay_payment_the_hub_cancels_ends_on_the_screen_in_thai(screen: 
     screen.tap("method-promptpay")
     screen.wait_step("awaiting_payment")
     (pending,) = site.hub.get("/api/finance/payments", status="pending")
-    r = httpx.post(f"{site.hub.url}/api/finance/payments/{pending['tx_id']}/cancel", timeout=10)
+    r = httpx.post(f"{site.hub.url}/api/finance/payments/{pending['tx_id']}/cancel", timeout=10,
+                   headers=site.hub.auth)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     screen.wait_step("rejected")
     message = screen.wait_visible("message")

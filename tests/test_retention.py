@@ -78,6 +78,9 @@ def test_purge_strips_personal_fields_of_old_records_only_and_reports_per_table(
         assert json.loads(db.execute("SELECT data FROM events").fetchone()[0]) == {"reader": "vpcd 0"}
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute("UPDATE ledger SET citizen_ref = 'someone else'")
+        audited = db.execute("SELECT user, action, after FROM audit").fetchall()  # one row: the dry run added none
+        assert [(u, a, json.loads(after)["stripped"]["ledger.citizen_ref"]) for u, a, after in audited] == [
+            ("cli", "data.purge", 1)]
     assert main(["hub", "purge", "--data", str(tmp_path), "--retention-days", "365"]) == 0
     assert f"{'ledger.citizen_ref':<28} stripped from 0 rows" in capsys.readouterr().out
 

@@ -211,7 +211,7 @@ def test_twenty_kiosks_paying_at_once_through_two_hub_processes_get_gapless_rece
 
 def _transactions_answered(hub: Hub) -> float:
     total = 0.0
-    for line in httpx.get(f"{hub.url}/metrics", timeout=10).text.splitlines():
+    for line in httpx.get(f"{hub.url}/metrics", headers=hub.auth, timeout=10).text.splitlines():
         if line.startswith("nakhon_transactions_total{"):
             total += float(line.split()[-1])
     return total

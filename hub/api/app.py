@@ -19,6 +19,8 @@ from edge.contract import DeviceId, Timestamp
 from hub.api.bounds import Instant, Name
 from hub.api.docs import add_offline_docs
 from hub.api.validation import validation_error
+from hub.audit import AuditLog
+from hub.auth.web import CurrentActor, guarded_app
 from hub.commands import CommandDesk
 from hub.errors import BrokerError, CommandInvalid, MessageTooLarge, StoreError
 from hub.liveness import Liveness, assess
@@ -226,10 +228,10 @@ def _device_view(store: Store, d: DeviceRecord) -> DeviceView:
 
 def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
                broker_connected: Any = None, writer_state: Callable[[], WriterState] | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, *, audit: AuditLog) -> FastAPI:
     """Build the API over a store; ``broker_connected()`` tells ``/healthz`` whether ingest has the broker,
     ``writer_state()`` whether its writer runs and keeps up."""
-    app = FastAPI(title="Nakhon hub", version="1", summary="Fleet registry, telemetry, dead letters and commands "
+    app = guarded_app(title="Nakhon hub", version="1", summary="Fleet registry, telemetry, dead letters and commands "
                   "of a Nakhon deployment.")
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -304,7 +306,7 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
     @app.post("/api/devices/{device}/commands", responses={
         202: {"model": CommandAnswer, "description": "queued"}, 413: {"description": "command too large"},
         503: {"description": "the hub has no broker"}, 504: {"model": CommandAnswer}})
-    async def command(device: DeviceId, request: CommandRequest) -> JSONResponse:
+    async def command(device: DeviceId, request: CommandRequest, actor: CurrentActor) -> JSONResponse:
         """Send a command and wait for the reply (504 with ``outcome: timeout`` when none comes in time), or queue
         it with ``"queue": true`` (202) until the device is online."""
         await asyncio.to_thread(_known, device)
@@ -323,6 +325,9 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
             raise HTTPException(422, str(err)) from err
         except BrokerError as err:
             raise HTTPException(503, str(err)) from err
+        await asyncio.to_thread(audit.record, actor, "device.command", f"device/{device}", None, {
+            "cmd_id": record.cmd_id, "name": request.name, "args": request.args, "queue": request.queue,
+            "outcome": record.outcome.value})
         error = record.error
         if record.outcome is CommandOutcome.TIMEOUT:
             error = f"no reply within {request.timeout_s:g} s; is the device online?"

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import csv
-import hmac
 import io
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
 from edge.contract import DeviceId, TxOutcome
 from hub.api.bounds import INT64_MAX, FiscalYear, Key, Name, Satang
+from hub.audit import AuditLog
+from hub.auth.web import CurrentActor, signed_by
 from hub.finance.fiscal import baht
 from hub.finance.ledger import (
     Confirmed,
@@ -85,24 +86,23 @@ def expire_pending(store: SqlStore, answer_kiosk: AnswerKiosk, at: datetime) -> 
 
 
 def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKiosk,
-                  bank_token: str | None) -> APIRouter:
-    """Build the finance routes over the hub's store."""
+                  bank_secret: str | None, audit: AuditLog) -> APIRouter:
+    """Build the finance routes over the hub's store; the bank signs its callbacks with ``bank_secret``."""
     api = APIRouter(prefix="/api/finance", tags=["finance"])
 
-    @api.post("/payments/{tx_id}/confirm")
-    def confirm(tx_id: Key, body: Confirmation,
-                authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        """The bank's callback: the payment is paid, gets its receipt number, and the kiosk gets the outcome."""
-        if bank_token is None:
-            raise HTTPException(403, "bank confirmations are refused: the hub has no bank token "
-                                     "(start it with --bank-token-file)")
-        if not hmac.compare_digest(authorization or "", f"Bearer {bank_token}"):
-            raise HTTPException(401, "missing or wrong bank token (Authorization: Bearer ...)")
-
+    @api.post("/payments/{tx_id}/confirm", dependencies=[Depends(signed_by(bank_secret))])
+    def confirm(tx_id: Key, body: Confirmation, actor: CurrentActor) -> dict[str, Any]:
+        """The bank's callback, signed (docs/finance.md): the payment is paid, gets its receipt number, and the
+        kiosk gets the outcome."""
         def work(db: sqlite3.Connection) -> tuple[Confirmed, str]:
             confirmed = confirm_payment(db, route.catalogue, tx_id, body.amount_satang, body.bank_ref,
                                         datetime.now(UTC))
-            return confirmed, store.replace_tx_outcome(db, tx_id, confirmed.outcome)
+            device = store.replace_tx_outcome(db, tx_id, confirmed.outcome)
+            if confirmed.new:
+                audit.record(actor, "payment.confirm", f"payment/{tx_id}", {"status": confirmed.late or "pending"},
+                             {"status": "paid", "bank_ref": body.bank_ref,
+                              "receipt_no": confirmed.outcome.result.get("receipt_no")}, db=db)
+            return confirmed, device
 
         try:
             confirmed, device = store.write(work)
@@ -115,12 +115,14 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
                 **confirmed.outcome.result}
 
     @api.post("/payments/{tx_id}/cancel")
-    def cancel(tx_id: Key) -> dict[str, Any]:
+    def cancel(tx_id: Key, actor: CurrentActor) -> dict[str, Any]:
         """Cancel a PromptPay payment still waiting for the bank; the kiosk is told and stops asking."""
         def work(db: sqlite3.Connection) -> tuple[str, TxOutcome] | str:
             ended = end_payment(db, tx_id, "cancelled", datetime.now(UTC))
             if ended is not None:
                 store.replace_tx_outcome(db, tx_id, ended[1])
+                audit.record(actor, "payment.cancel", f"payment/{tx_id}", {"status": "pending"},
+                             {"status": "cancelled"}, db=db)
                 return ended
             row = db.execute("SELECT status FROM payments WHERE tx_id = ?", (tx_id,)).fetchone()
             if row is None:
@@ -143,7 +145,7 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict[str, Any]]:
         """Payments, newest first (pending ones wait for the bank until ``expires_at``)."""
         sql = ("SELECT tx_id, device, office, service, method, amount_satang, status, reference, created_at, "
-               "paid_at, receipt_no, kiosk_at, expires_at, ended_at FROM payments")
+               "paid_at, receipt_no, kiosk_at, expires_at, ended_at, citizen_ref FROM payments")
         args: list[Any] = []
         if status:
             sql += " WHERE status = ?"
@@ -155,7 +157,7 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
                limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[dict[str, Any]]:
         """Ledger entries in order (payments, voids and refunds), optionally of one local date or kiosk."""
         sql = ("SELECT id, at, local_date, entry, office, fiscal_year, receipt_no, refers_to, tx_id, device, service, "
-               "method, amount_satang, reason FROM ledger WHERE 1 = 1")
+               "method, amount_satang, reason, by_user FROM ledger WHERE 1 = 1")
         args: list[Any] = []
         if day:
             sql += " AND local_date = ?"
@@ -184,10 +186,16 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
                                            [*args, limit]))
 
     @api.post("/receipts/{receipt_no}/reverse")
-    def reverse_receipt(receipt_no: Key, body: Reversal) -> dict[str, Any]:
+    def reverse_receipt(receipt_no: Key, body: Reversal, actor: CurrentActor) -> dict[str, Any]:
         """Void or refund a receipt with a compensating ledger entry (nothing is edited)."""
+        def work(db: sqlite3.Connection) -> int:
+            entry_id = reverse(db, receipt_no, body.entry, body.reason, datetime.now(UTC), by=actor.user)
+            audit.record(actor, f"receipt.{body.entry}", f"receipt/{receipt_no}", {"reversed": False},
+                         {"reversed": True, "entry": body.entry, "reason": body.reason, "ledger_id": entry_id}, db=db)
+            return entry_id
+
         try:
-            entry_id = store.write(lambda db: reverse(db, receipt_no, body.entry, body.reason, datetime.now(UTC)))
+            entry_id = store.write(work)
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
         except ConfirmError as err:
@@ -205,11 +213,18 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
         return {"day": d, "total_satang": total, "total_baht": baht(total), "rows": rows}
 
     @api.post("/reconciliations")
-    def record_count(body: CashCount) -> dict[str, Any]:
+    def record_count(body: CashCount, actor: CurrentActor) -> dict[str, Any]:
         """Record the cash counted from a known kiosk and compare it with the ledger; earlier counts stay."""
+        def work(db: sqlite3.Connection) -> dict[str, Any]:
+            result = reconcile(db, body.device, body.day, body.counted_satang, body.counted_by, datetime.now(UTC),
+                               recorded_by=actor.user)
+            after = {k: v for k, v in result.items() if k != "earlier_counts"}
+            audit.record(actor, "cash.count", f"reconciliation/{body.device}/{body.day.isoformat()}", None, after,
+                         db=db)
+            return result
+
         try:
-            return store.write(lambda db: reconcile(db, body.device, body.day, body.counted_satang, body.counted_by,
-                                                    datetime.now(UTC)))
+            return store.write(work)
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
 

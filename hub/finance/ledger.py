@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     amount_satang INTEGER NOT NULL,
     citizen_ref  TEXT,
     reason       TEXT,
-    paid_at      TEXT
+    paid_at      TEXT,
+    by_user      TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_receipts ON ledger (receipt_no) WHERE receipt_no IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_one_reversal ON ledger (refers_to) WHERE refers_to IS NOT NULL;
@@ -76,15 +77,17 @@ CREATE TABLE IF NOT EXISTS reconciliations (
     ledger_satang  INTEGER NOT NULL,
     entries        INTEGER NOT NULL,
     counted_by     TEXT NOT NULL,
-    at             TEXT NOT NULL
+    at             TEXT NOT NULL,
+    recorded_by    TEXT
 );
 """
 
 _APPEND_ONLY = """
 DROP TRIGGER IF EXISTS ledger_append_only_update;
+DROP TRIGGER IF EXISTS ledger_append_only_columns;
 CREATE TRIGGER IF NOT EXISTS ledger_append_only_columns BEFORE UPDATE OF
     id, at, local_date, entry, office, fiscal_year, receipt_no, refers_to, tx_id, device, service, method,
-    amount_satang, reason, paid_at ON ledger
+    amount_satang, reason, paid_at, by_user ON ledger
     BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: add a compensating entry'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_citizen_ref_only_erased BEFORE UPDATE OF citizen_ref ON ledger
     WHEN NEW.citizen_ref IS NOT NULL
@@ -92,7 +95,9 @@ CREATE TRIGGER IF NOT EXISTS ledger_citizen_ref_only_erased BEFORE UPDATE OF cit
 """
 """Nothing in the ledger changes, except that :func:`hub.retention.purge` may erase the citizen reference."""
 
-_ADDED_COLUMNS = {"ledger": ("paid_at TEXT",), "payments": ("kiosk_at TEXT", "expires_at TEXT", "ended_at TEXT")}
+_ADDED_COLUMNS = {"ledger": ("paid_at TEXT", "by_user TEXT"),
+                  "payments": ("kiosk_at TEXT", "expires_at TEXT", "ended_at TEXT"),
+                  "reconciliations": ("recorded_by TEXT",)}
 """Columns added after the first release: stores made before get them at start-up."""
 
 KIOSK_CLOCK_TRUSTED = timedelta(days=30)
@@ -319,8 +324,10 @@ def due_to_expire(db: sqlite3.Connection, at: datetime) -> list[str]:
                                      "AND expires_at <= ?", (format_timestamp(at),))]
 
 
-def reverse(db: sqlite3.Connection, receipt_no: str, entry: str, reason: str, at: datetime) -> int:
-    """Add a void or refund entry compensating the payment with this receipt number; returns its id."""
+def reverse(db: sqlite3.Connection, receipt_no: str, entry: str, reason: str, at: datetime,
+            by: str | None = None) -> int:
+    """Add a void or refund entry compensating the payment with this receipt number, made by user ``by``;
+    returns its id."""
     row = db.execute("SELECT id, office, fiscal_year, tx_id, device, service, method, amount_satang, citizen_ref "
                      "FROM ledger WHERE receipt_no = ? AND entry = 'payment'", (receipt_no,)).fetchone()
     if row is None:
@@ -330,9 +337,9 @@ def reverse(db: sqlite3.Connection, receipt_no: str, entry: str, reason: str, at
     pid, office, fy, tx_id, device, service, method, amount, citizen = row
     cur = db.execute(
         "INSERT INTO ledger (at, local_date, entry, office, fiscal_year, refers_to, tx_id, device, service, method, "
-        "amount_satang, citizen_ref, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "amount_satang, citizen_ref, reason, by_user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (format_timestamp(at), local_date(at).isoformat(), entry, office, fy, pid, tx_id, device, service, method,
-         -amount, citizen, reason))
+         -amount, citizen, reason, by))
     return int(cur.lastrowid or 0)
 
 
@@ -344,25 +351,26 @@ def cash_in_ledger(db: sqlite3.Connection, device: str, day: date) -> tuple[int,
 
 
 def reconcile(db: sqlite3.Connection, device: str, day: date, counted_satang: int, counted_by: str,
-              at: datetime) -> dict[str, Any]:
-    """Record the cash counted from a known kiosk against what its ledger says; returns the comparison, with the
-    earlier counts of the same kiosk and day (kept: the latest stands)."""
+              at: datetime, recorded_by: str | None = None) -> dict[str, Any]:
+    """Record the cash counted from a known kiosk against what its ledger says (entered by user ``recorded_by``);
+    returns the comparison, with the earlier counts of the same kiosk and day (kept: the latest stands)."""
     if db.execute("SELECT 1 FROM devices WHERE device = ?", (device,)).fetchone() is None:
         raise LookupError(f"no device {device!r} in the registry: cash is counted only from known kiosks")
     ledger, entries = cash_in_ledger(db, device, day)
     earlier = counts(db, day, device)
     cur = db.execute("INSERT INTO reconciliations (device, day, counted_satang, ledger_satang, entries, counted_by, "
-                     "at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (device, day.isoformat(), counted_satang, ledger, entries, counted_by, format_timestamp(at)))
+                     "at, recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (device, day.isoformat(), counted_satang, ledger, entries, counted_by, format_timestamp(at),
+                      recorded_by))
     return {"id": cur.lastrowid, "device": device, "day": day.isoformat(), "counted_satang": counted_satang,
             "ledger_satang": ledger, "difference_satang": counted_satang - ledger, "entries": entries,
-            "counted_by": counted_by, "balanced": counted_satang == ledger,
+            "counted_by": counted_by, "balanced": counted_satang == ledger, "recorded_by": recorded_by,
             "earlier_counts": [{**c, "superseded": True} for c in earlier]}
 
 
 def counts(db: sqlite3.Connection, day: date, device: str | None = None) -> list[dict[str, Any]]:
     """Every cash count of a day, oldest first; each says whether a later count of its kiosk superseded it."""
-    sql = ("SELECT id, device, day, counted_satang, ledger_satang, entries, counted_by, at, "
+    sql = ("SELECT id, device, day, counted_satang, ledger_satang, entries, counted_by, at, recorded_by, "
            "id < max(id) OVER (PARTITION BY device) AS superseded FROM reconciliations WHERE day = ?")
     args: list[Any] = [day.isoformat()]
     if device is not None:

@@ -13,6 +13,8 @@ from pydantic import BaseModel, Field
 from shapely.geometry import Point, box, shape
 
 from hub.api.bounds import Name, Offset, PositiveId, row_id
+from hub.audit import AuditLog
+from hub.auth.web import CurrentActor
 from hub.gis.ogc import FeatureLayer
 from hub.gis.reports import FeatureQuery, WorkflowError, Zones, change_status, report, reports
 from hub.store.base import SqlStore
@@ -98,7 +100,7 @@ def zones_layer(zones: Zones) -> FeatureLayer:
     return FeatureLayer(items, lambda fid: next((f for f in features if f["id"] == fid), None))
 
 
-def create_router(store: SqlStore, zones: Zones) -> APIRouter:
+def create_router(store: SqlStore, zones: Zones, audit: AuditLog) -> APIRouter:
     """Build the GIS routes."""
     api = APIRouter(prefix="/api/gis", tags=["gis"])
 
@@ -126,10 +128,17 @@ def create_router(store: SqlStore, zones: Zones) -> APIRouter:
         return JSONResponse(feature, media_type=GEOJSON)
 
     @api.patch("/reports/{report_id}")
-    def update_report(report_id: PositiveId, body: StatusChange) -> JSONResponse:
+    def update_report(report_id: PositiveId, body: StatusChange, actor: CurrentActor) -> JSONResponse:
         """Assign, resolve or reopen a report."""
         def work(db: sqlite3.Connection) -> dict[str, Any]:
-            return change_status(db, report_id, body.status, body.assignee, body.note)
+            before = (report(db, report_id) or {}).get("properties", {})
+            after = change_status(db, report_id, body.status, body.assignee, body.note, by=actor.user)
+            # whether a note came, not its text: the audit log keeps rows for ever, the purge erases notes
+            audit.record(actor, f"report.{body.status}", f"report/{report_id}",
+                         {k: before.get(k) for k in ("status", "assignee")},
+                         {"status": body.status, "assignee": after["properties"]["assignee"],
+                          "with_note": body.note is not None}, db=db)
+            return after
 
         try:
             return JSONResponse(store.write(work), media_type=GEOJSON)
@@ -141,9 +150,9 @@ def create_router(store: SqlStore, zones: Zones) -> APIRouter:
     @api.get("/reports/{report_id}/history")
     def history(report_id: PositiveId) -> list[dict[str, Any]]:
         """Every status the report went through."""
-        rows = store.read(lambda db: db.execute("SELECT at, status, assignee, note FROM report_history WHERE "
-                                                "report_id = ? ORDER BY rowid", (report_id,)).fetchall())
-        return [{"at": at, "status": s, "assignee": a, "note": n} for at, s, a, n in rows]
+        rows = store.read(lambda db: db.execute("SELECT at, status, assignee, note, by_user FROM report_history "
+                                                "WHERE report_id = ? ORDER BY rowid", (report_id,)).fetchall())
+        return [{"at": at, "status": s, "assignee": a, "note": n, "by": by} for at, s, a, n, by in rows]
 
     @api.get("/zones")
     def zone_layer() -> JSONResponse:
