@@ -63,7 +63,6 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
-    ("GET", "/redoc"): PUBLIC,
     ("POST", "/api/session"): PUBLIC,
     ("GET", "/api/session"): READ,
     ("DELETE", "/api/session"): READ,

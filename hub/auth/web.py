@@ -50,10 +50,12 @@ def policy_key(method: str, path: str) -> tuple[str, str]:
 
 
 def route_keys(app: FastAPI) -> list[tuple[str, str]]:
-    """(method, path template) of every route of the app: its OpenAPI operations and its plain routes."""
+    """(method, path template) of every route of the app: its OpenAPI operations, the API routes left out of the
+    OpenAPI document, and its plain routes."""
     keys = [(method.upper(), path) for path, item in app.openapi().get("paths", {}).items() for method in item]
     for route in app.routes:
-        if not isinstance(route, APIRoute):
+        hidden = isinstance(route, APIRoute) and not route.include_in_schema
+        if hidden or not isinstance(route, APIRoute):
             keys += [(m, getattr(route, "path", "")) for m in sorted(getattr(route, "methods", None) or ())
                      if m != "HEAD"]
     return keys
@@ -123,7 +125,9 @@ GUARD = [Depends(guard)]
 
 
 def guarded_app(**kwargs: Any) -> FastAPI:
-    """A FastAPI app whose every API route, included before or after, runs :func:`guard` first."""
+    """A FastAPI app whose every API route, included before or after, runs :func:`guard` first (and without
+    ReDoc, which loads from a CDN: the hub serves ``/docs`` itself, see :mod:`hub.api.docs`)."""
+    kwargs.setdefault("redoc_url", None)
     return FastAPI(dependencies=GUARD, **kwargs)
 
 
