@@ -14,7 +14,6 @@ from shapely.prepared import PreparedGeometry, prep
 
 from edge.contract import REPORT_CATEGORIES, Tx, TxOutcome, TxStatus, format_timestamp
 from hub.errors import HubConfigError
-from hub.store.sqlite import ensure_column
 
 DEMO_ZONES = Path(__file__).with_name("demo-zones.geojson")
 
@@ -98,7 +97,8 @@ class Zones:
 def ensure_schema(db: sqlite3.Connection) -> None:
     """Create the GIS tables if needed (and the column naming the user, in older stores)."""
     db.executescript(SCHEMA)
-    ensure_column(db, "report_history", "by_user", "TEXT")
+    if "by_user" not in {row[1] for row in db.execute("PRAGMA table_info(report_history)")}:
+        db.execute("ALTER TABLE report_history ADD COLUMN by_user TEXT")
 
 
 class ReportRoute:

@@ -514,12 +514,6 @@ class SQLiteStore:
         return set(self._r().execute("SELECT device, seq FROM received").fetchall())
 
 
-def ensure_column(db: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
-    """Add a column to a table created by an older version of the hub, if it lacks it."""
-    if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-
-
 _COMMAND_COLUMNS = ("cmd_id, device, name, args, outcome, sent_at, published_at, expires_at, replied_at, "
                    "result, error, replays")
 
