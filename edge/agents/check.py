@@ -39,6 +39,7 @@ from edge.errors import ConfigError, DriverError
 SERVICE_USER = "nakhon"
 CERT_WARN_DAYS = 30
 NET_TIMEOUT_S = 5.0
+CERT_REFUSAL_WAIT_S = 1.0
 
 
 class Verdict(StrEnum):
@@ -381,6 +382,37 @@ def _mqtt_outcomes(loaded: config_module.LoadedConfig, tls: ssl.SSLContext | Non
         session.client.loop_stop()
 
 
+def _handshake(tls: ssl.SSLContext, raw: socket.socket, host: str, port: int, client_cert: bool) -> Outcome:
+    """The TLS handshake, then a short wait: under TLS 1.3 a broker refuses a client certificate only after it."""
+    refused_fix = "ask the hub operator whether the device is registered and active, and get a new certificate"
+    plain_fix = "broker.tls is on but this port is a plain MQTT listener: use the TLS port (8883)"
+    try:
+        with tls.wrap_socket(raw, server_hostname=host) as wrapped:
+            version = wrapped.version()
+            wrapped.settimeout(CERT_REFUSAL_WAIT_S)
+            try:
+                closed = wrapped.recv(1) == b""
+            except TimeoutError:
+                closed = False
+    except ssl.SSLCertVerificationError as err:
+        what, fix = VERIFY_ERRORS.get(err.verify_code, (err.verify_message, "tell the hub operator"))
+        return Outcome("TLS", Verdict.FAIL, f"{what} ({err.verify_message})", fix)
+    except ssl.SSLError as err:
+        if "ALERT" in str(err.reason):
+            return Outcome("TLS", Verdict.FAIL, f"the broker refused the device certificate ({err.reason})",
+                           refused_fix)
+        return Outcome("TLS", Verdict.FAIL, f"no TLS on {host}:{port} ({err.reason or err})", plain_fix)
+    except OSError as err:  # Mosquitto drops a TLS hello on a plain listener without a word
+        return Outcome("TLS", Verdict.FAIL, f"the broker closed the connection during the TLS handshake "
+                       f"({err.strerror or err})", "broker.tls is on but this port is probably a plain MQTT "
+                       "listener: use the TLS port (8883)")
+    if closed:
+        return Outcome("TLS", Verdict.FAIL, "the broker closed the connection right after the handshake"
+                       + (": it refused the device certificate" if client_cert else ""), refused_fix)
+    return Outcome("TLS", Verdict.OK, f"handshake done ({version}), broker certificate verified against "
+                   "broker.ca_file" + (", device certificate accepted" if client_cert else ""))
+
+
 def _broker_outcomes(loaded: config_module.LoadedConfig, clock_now: datetime) -> Iterator[Outcome]:
     b = loaded.device.broker
     try:
@@ -423,22 +455,9 @@ def _broker_outcomes(loaded: config_module.LoadedConfig, clock_now: datetime) ->
                 yield Outcome("TLS", Verdict.FAIL, f"the key does not fit the certificate or a file is damaged "
                               f"({err.reason or err})", "copy key and certificate from the same bundle")
                 return
-            try:
-                with tls.wrap_socket(raw, server_hostname=b.host) as wrapped:
-                    yield Outcome("TLS", Verdict.OK, f"handshake done ({wrapped.version()}), broker certificate "
-                                  "verified against broker.ca_file")
-            except ssl.SSLCertVerificationError as err:
-                what, fix = VERIFY_ERRORS.get(err.verify_code, (err.verify_message, "tell the hub operator"))
-                yield Outcome("TLS", Verdict.FAIL, f"{what} ({err.verify_message})", fix)
-                return
-            except ssl.SSLError as err:
-                yield Outcome("TLS", Verdict.FAIL, f"no TLS on {b.host}:{b.port} ({err.reason or err})",
-                              "broker.tls is on but this port is a plain MQTT listener: use the TLS port (8883)")
-                return
-            except OSError as err:  # Mosquitto drops a TLS hello on a plain listener without a word
-                yield Outcome("TLS", Verdict.FAIL, f"the broker closed the connection during the TLS handshake "
-                              f"({err.strerror or err})", "broker.tls is on but this port is probably a plain MQTT "
-                              "listener: use the TLS port (8883)")
+            handshake = _handshake(tls, raw, b.host, b.port, b.cert_file is not None)
+            yield handshake
+            if handshake.verdict is Verdict.FAIL:
                 return
     yield from _mqtt_outcomes(loaded, tls)
 
