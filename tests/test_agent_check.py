@@ -340,3 +340,16 @@ def test_cli_connect_flag_prints_lines_and_fails(write_config: ConfigWriter) -> 
                            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert plain.returncode == 0, plain.stderr
     assert "valid; device kk-aq-0001" in plain.stdout
+
+
+def test_missing_password_file_has_its_own_line_and_the_rest_still_runs(write_config: ConfigWriter,
+                                                                         tmp_path: Path) -> None:
+    secret = tmp_path / "secrets" / "broker.password"
+    path = write_config({"port": free_port(), "password_file": str(secret)})
+    seen = {o.step: o for o in outcomes(path)}
+    assert seen["config"].verdict is Verdict.OK
+    assert seen["file broker.password_file"].verdict is Verdict.FAIL
+    assert f"{secret} does not exist" in seen["file broker.password_file"].detail
+    assert seen["reading pm"].verdict is Verdict.OK
+    assert seen["broker"].verdict is Verdict.SKIP
+    assert [s for s, o in seen.items() if o.verdict is Verdict.FAIL] == ["file broker.password_file"]

@@ -131,8 +131,7 @@ def _file_outcomes(loaded: config_module.LoadedConfig, account: Account) -> Iter
     for index, (_, conf) in enumerate(loaded.drivers):
         named += [(f"drivers[{index}].{key}", value) for key, value in conf
                   if isinstance(value, Path) and not key.startswith("sim_") and key != "devices_dir"]
-    for key, named_path in named:
-        path = loaded.resolve(named_path)
+    for key, path in [("config", loaded.path), *[(k, loaded.resolve(p)) for k, p in named]]:
         if not path.is_file():
             yield Outcome(f"file {key}", Verdict.FAIL, f"{path} does not exist",
                           "copy it from the device's bundle, or correct the path in the config")
@@ -467,7 +466,7 @@ def run(path: Path, *, simulate: bool = False, account: Account | None = None, c
         read_timeout: float = 45.0) -> Iterator[Outcome]:
     """Every step of the check in order; a step that cannot run because an earlier one failed is skipped."""
     try:
-        loaded = config_module.load(path)
+        loaded = config_module.load(path, secrets=False)
     except ConfigError as err:
         yield Outcome("config", Verdict.FAIL, str(err).replace("\n", "\n    "), "correct the lines above")
         return
@@ -501,7 +500,13 @@ def run(path: Path, *, simulate: bool = False, account: Account | None = None, c
                 if isinstance(driver, ClockSource):
                     clocks.append(driver)
     clock_now = datetime.now(UTC)
-    yield from _broker_outcomes(loaded, clock_now)
+    try:
+        loaded = config_module.load(path)
+    except ConfigError as err:
+        first = str(err).splitlines()[0].split(": ", 1)[-1]
+        yield Outcome("broker", Verdict.SKIP, f"skipped: its files are not usable yet ({first})")
+    else:
+        yield from _broker_outcomes(loaded, clock_now)
 
     synced, what = clock()
     gps = next((c for c in clocks if c.time_offer() is not None), None)
