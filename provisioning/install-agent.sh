@@ -127,6 +127,8 @@ else
   if [ ! -f "$root/etc/nakhon/hub.env" ]; then
     printf '%s\n' "# NAKHON_HUB_* settings of \`nakhon hub serve\` (see its --help), one per line" \
       "NAKHON_HUB_BROKER_HOST=127.0.0.1" "NAKHON_HUB_BROKER_PORT=1883" "NAKHON_HUB_HTTP_HOST=0.0.0.0" \
+      "# the hub's own broker account (its password file mode 600, owner nakhon):" \
+      "#NAKHON_HUB_USERNAME=nakhon-hub" "#NAKHON_HUB_PASSWORD_FILE=/etc/nakhon/secrets/hub.password" \
       > "$root/etc/nakhon/hub.env"
     chmod 640 "$root/etc/nakhon/hub.env"
   fi
