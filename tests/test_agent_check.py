@@ -353,3 +353,26 @@ def test_missing_password_file_has_its_own_line_and_the_rest_still_runs(write_co
     assert seen["reading pm"].verdict is Verdict.OK
     assert seen["broker"].verdict is Verdict.SKIP
     assert [s for s, o in seen.items() if o.verdict is Verdict.FAIL] == ["file broker.password_file"]
+
+
+def test_driver_presence_checks_without_simulate(write_config: ConfigWriter, tmp_path: Path) -> None:
+    w1 = tmp_path / "w1"
+    w1.mkdir()
+    drivers = (f'[[drivers]]\nkind = "ds18b20"\nname = "air-temp"\ndevices_dir = "{w1}"\n'
+               '[[drivers]]\nkind = "gpio"\nname = "sos"\ndevice = "button"\npin = 17\nevent = "sos"\n'
+               'pin_factory = "mock"\n'
+               '[[drivers]]\nkind = "modbus_meter"\nname = "meter"\nport = "socket://127.0.0.1:1"\n')
+    path = write_config({"port": free_port()}, drivers=drivers)
+    seen = {o.step: o for o in outcomes(path)}
+    assert seen["device air-temp"].verdict is Verdict.FAIL
+    assert f"no 1-wire probe 28-* in {w1}" in seen["device air-temp"].detail
+    assert "dtoverlay=w1-gpio" in (seen["device air-temp"].fix or "")
+    assert seen["device sos"].verdict is Verdict.OK and "mock pins" in seen["device sos"].detail
+    assert seen["device meter"].verdict is Verdict.OK and "nothing to look for" in seen["device meter"].detail
+    assert seen["device pm"].detail == "sim_air_quality needs no device file"
+    probe = w1 / "28-0316a2799cff"
+    probe.mkdir()
+    (probe / "w1_slave").write_text("f1 01 4b 46 7f ff 0c 10 2d : crc=2d YES\nf1 01 4b 46 7f ff 0c 10 2d t=31062\n")
+    seen = {o.step: o for o in outcomes(path)}
+    assert seen["device air-temp"].detail == f"1-wire probe 28-0316a2799cff in {w1}"
+    assert seen["reading air-temp"].detail == "temperature=31.062"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import glob
 import os
 import pwd
 import queue
@@ -153,74 +152,18 @@ def _file_outcomes(loaded: config_module.LoadedConfig, account: Account) -> Iter
 
 
 # -- devices -------------------------------------------------------------------------------------------
-def _serial_present(conf: DriverConfig, account: Account) -> Outcome:
-    port = str(getattr(conf, "port", ""))
+def _device_outcome(kind: DriverKind, conf: DriverConfig, account: Account) -> Outcome:
+    """The driver's own presence check, then the service user's permissions on the file it opens."""
     step = f"device {conf.name}"
-    if "://" in port:
-        return Outcome(step, Verdict.OK, f"{port} (a network or loop port, nothing to look for)")
-    if not os.path.exists(port):
-        return Outcome(step, Verdict.FAIL, f"serial port {port} does not exist",
-                       "for /dev/serial0 enable the UART (sudo raspi-config nonint do_serial_hw 0; "
-                       "sudo raspi-config nonint do_serial_cons 1) and reboot; for a USB adapter plug it in "
-                       "and look at ls /dev/ttyUSB* /dev/ttyACM*")
-    if not account.may(Path(port), os.R_OK | os.W_OK):
-        return Outcome(step, Verdict.FAIL, f"{port} exists but user {account.name} may not open it",
-                       f"sudo usermod -aG dialout {account.name}, then restart the agent")
-    return Outcome(step, Verdict.OK, f"serial port {port} present")
-
-
-def _gpio_present(conf: DriverConfig, account: Account) -> Outcome:
-    chips = sorted(glob.glob("/dev/gpiochip*"))
-    step = f"device {conf.name}"
-    if not chips:
-        return Outcome(step, Verdict.FAIL, "no GPIO controller (/dev/gpiochip*) on this machine",
-                       "run on the Raspberry Pi, or add --simulate to check the rest on a laptop")
-    if not account.may(Path(chips[0]), os.R_OK | os.W_OK):
-        return Outcome(step, Verdict.FAIL, f"user {account.name} may not use {chips[0]}",
-                       f"sudo usermod -aG gpio {account.name}, then restart the agent")
-    return Outcome(step, Verdict.OK, f"GPIO controller {chips[0]} present")
-
-
-def _w1_present(conf: DriverConfig, account: Account) -> Outcome:
-    folder = Path(getattr(conf, "devices_dir", "/sys/bus/w1/devices"))
-    probes = sorted(p.name for p in folder.glob("28-*")) if folder.is_dir() else []
-    wanted = getattr(conf, "probe", None)
-    if wanted in probes or (wanted is None and probes):
-        return Outcome(f"device {conf.name}", Verdict.OK, f"1-wire probe {wanted or probes[0]} in {folder}")
-    return Outcome(f"device {conf.name}", Verdict.FAIL, f"no 1-wire probe {wanted or '28-*'} in {folder}",
-                   "add dtoverlay=w1-gpio to /boot/firmware/config.txt, reboot, and check the probe's "
-                   "wiring and its 4.7 kOhm pull-up")
-
-
-def _pcsc_present(conf: DriverConfig, account: Account) -> Outcome:
-    from smartcard.Exceptions import SmartcardException
-    from smartcard.pcsc.PCSCExceptions import BaseSCardException
-    from smartcard.System import readers
-
-    step = f"device {conf.name}"
-    try:
-        names = [str(r) for r in readers()]
-    except (SmartcardException, BaseSCardException) as err:
-        return Outcome(step, Verdict.FAIL, f"pcscd does not answer ({err})",
-                       "sudo apt-get install pcscd && sudo systemctl enable --now pcscd.socket")
-    wanted = getattr(conf, "reader", None)
-    if not names:
-        return Outcome(step, Verdict.FAIL, "pcscd sees no card reader",
-                       "plug the reader in (pcsc_scan lists what pcscd sees)")
-    if wanted is not None and not any(wanted in n for n in names):
-        return Outcome(step, Verdict.FAIL, f"no reader named {wanted!r}; pcscd sees: {', '.join(names)}",
-                       "correct the driver's reader = ... in the config")
-    return Outcome(step, Verdict.OK, f"card reader {wanted or names[0]} through pcscd")
-
-
-PRESENCE: dict[str, Callable[[DriverConfig, Account], Outcome]] = {
-    "pms5003": _serial_present, "nmea_gps": _serial_present, "modbus_meter": _serial_present,
-    "serial_scanner": _serial_present, "escpos_printer": _serial_present,
-    "gpio": _gpio_present, "hcsr04": _gpio_present,
-    "ds18b20": _w1_present,
-    "thai_id_card": _pcsc_present,
-}
-"""How to tell that a driver's hardware is there, by driver kind (kinds not listed need no hardware)."""
+    if kind.present is None:
+        return Outcome(step, Verdict.OK, f"{kind.kind} needs no device file")
+    found = kind.present(conf)
+    if not found.ok:
+        return Outcome(step, Verdict.FAIL, found.detail, found.fix)
+    if found.device_file is not None and not account.may(Path(found.device_file), os.R_OK | os.W_OK):
+        return Outcome(step, Verdict.FAIL, f"{found.device_file} exists but user {account.name} may not open it",
+                       f"sudo usermod -aG {found.group or 'GROUP'} {account.name}, then restart the agent")
+    return Outcome(step, Verdict.OK, found.detail)
 
 
 def _read_once(kind: DriverKind, conf: DriverConfig, timeout: float) -> tuple[Outcome, Any]:
@@ -485,15 +428,13 @@ def run(path: Path, *, simulate: bool = False, account: Account | None = None, c
                     yield Outcome(f"device {conf.name}", Verdict.FAIL, f"its simulator did not start: {err}")
                     continue
                 yield Outcome(f"device {conf.name}", Verdict.OK, "simulated (--simulate)")
-            elif kind.kind in PRESENCE:
-                present = PRESENCE[kind.kind](conf, who)
+            else:
+                present = _device_outcome(kind, conf, who)
                 yield present
                 if present.verdict is Verdict.FAIL:
                     if kind.polled:
                         yield Outcome(f"reading {conf.name}", Verdict.SKIP, "skipped: its device is missing")
                     continue
-            else:
-                yield Outcome(f"device {conf.name}", Verdict.OK, f"{kind.kind} needs no device file")
             if kind.polled:
                 reading, driver = _read_once(kind, conf, read_timeout)
                 yield reading
