@@ -376,3 +376,16 @@ def test_driver_presence_checks_without_simulate(write_config: ConfigWriter, tmp
     seen = {o.step: o for o in outcomes(path)}
     assert seen["device air-temp"].detail == f"1-wire probe 28-0316a2799cff in {w1}"
     assert seen["reading air-temp"].detail == "temperature=31.062"
+
+
+def test_gps_time_passes_the_clock_step_when_the_system_clock_is_not_synchronised(write_config: ConfigWriter) -> None:
+    from edge.drivers._nmea_gps_sim import BusGps
+
+    with BusGps(cold_start_s=0.0, rate_hz=5.0, seed=3) as receiver:
+        path = write_config({"port": free_port()}, drivers=f'[[drivers]]\nkind = "nmea_gps"\nname = "gps"\n'
+                                                           f'port = "{receiver.path}"\nvehicle_id = "kk-bus-07"\n')
+        seen = {o.step: o for o in check.run(path, account=Account.default(), clock=lambda: (False, "probe"))}
+    assert seen["device gps"].verdict is Verdict.OK
+    assert "fix=True" in seen["reading gps"].detail
+    assert seen["clock"].verdict is Verdict.OK
+    assert "not synchronised (probe), but the GPS gives the time" in seen["clock"].detail
