@@ -389,3 +389,20 @@ def test_gps_time_passes_the_clock_step_when_the_system_clock_is_not_synchronise
     assert "fix=True" in seen["reading gps"].detail
     assert seen["clock"].verdict is Verdict.OK
     assert "not synchronised (probe), but the GPS gives the time" in seen["clock"].detail
+
+
+def test_card_reader_presence(tmp_path: Path) -> None:
+    from edge.drivers import thai_id_card
+
+    key = tmp_path / "citizen-ref.key"
+    key.write_text("00" * 32 + "\n")
+    conf = thai_id_card.Config(kind="thai_id_card", name="id-card", hmac_key_file=key, reader="Kiosk reader",
+                               backend=thai_id_card.Backend.SIMULATED)
+    gone = thai_id_card.present(conf)
+    assert not gone.ok
+    assert "pcscd does not answer" in gone.detail
+    assert "systemctl enable --now pcscd.socket" in (gone.fix or "")
+    with thai_id_card.simulate(conf) as running:
+        found = thai_id_card.present(running)
+        assert found.ok, found
+        assert found.detail == f"card reader {running.reader} through pcscd"
