@@ -191,16 +191,11 @@ def _read_once(kind: DriverKind, conf: DriverConfig, timeout: float) -> tuple[Ou
 
 
 # -- broker --------------------------------------------------------------------------------------------
+_WRONG_CA = ("the broker's certificate is not signed by the CA in broker.ca_file",
+             "wrong CA file: use the ca.pem of this deployment (from the device's bundle)")
 VERIFY_ERRORS: dict[int, tuple[str, str]] = {
     10: ("the broker's certificate has expired", "the hub operator must renew the broker's certificate"),
-    18: ("the broker's certificate is not signed by the CA in broker.ca_file",
-         "wrong CA file: use the ca.pem of this deployment (from the device's bundle)"),
-    19: ("the broker's certificate is not signed by the CA in broker.ca_file",
-         "wrong CA file: use the ca.pem of this deployment (from the device's bundle)"),
-    20: ("the broker's certificate is not signed by the CA in broker.ca_file",
-         "wrong CA file: use the ca.pem of this deployment (from the device's bundle)"),
-    21: ("the broker's certificate is not signed by the CA in broker.ca_file",
-         "wrong CA file: use the ca.pem of this deployment (from the device's bundle)"),
+    18: _WRONG_CA, 19: _WRONG_CA, 20: _WRONG_CA, 21: _WRONG_CA,
     62: ("broker.host does not match the names in the broker's certificate",
          "set broker.host to the name the hub operator gave (the one in the broker's certificate)"),
 }
