@@ -57,8 +57,9 @@ class CertAuthority:
         self.path = folder / f"{name}.pem"
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cn: str, *, days: float = 365, expired: bool = False, server: bool = False) -> Issued:
-        """A leaf certificate for ``cn``; ``expired`` ended yesterday."""
+    def issue(self, cn: str, *, days: float = 365, expired: bool = False, server: tuple[str, ...] = ()) -> Issued:
+        """A leaf certificate for ``cn``; ``expired`` ended yesterday; ``server`` names (DNS or IP) make it a
+        server's."""
         key = ec.generate_private_key(ec.SECP256R1())
         start = datetime.now(UTC) - timedelta(days=10 if expired else 1)
         end = datetime.now(UTC) - timedelta(days=1) if expired else datetime.now(UTC) + timedelta(days=days)
@@ -68,7 +69,8 @@ class CertAuthority:
                    .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end))
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                [x509.IPAddress(ipaddress.ip_address(n)) if n[0].isdigit() else x509.DNSName(n) for n in server]),
+                critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         stem = self.folder / f"{cn}-{'expired' if expired else int(days)}"
         issued = Issued(stem.with_suffix(".crt"), stem.with_suffix(".key"))
@@ -89,12 +91,13 @@ class TlsBroker:
 
 
 @pytest.fixture
-def tls_broker(tmp_path: Path) -> Iterator[TlsBroker]:
-    """A TLS Mosquitto on a free loopback port, stopped by PID at the end."""
+def tls_broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TlsBroker]:
+    """A TLS Mosquitto on a free loopback port, stopped by PID at the end; its certificate names localhost and
+    127.0.0.1 unless the test gives other names (indirect parametrisation)."""
     folder = tmp_path / "tls-broker"
     folder.mkdir()
     ca = CertAuthority(folder, "city-ca")
-    server = ca.issue("localhost", server=True)
+    server = ca.issue("broker", server=getattr(request, "param", ("localhost", "127.0.0.1")))
     port = free_port()
     conf = folder / "mosquitto.conf"
     conf.write_text("\n".join([
@@ -406,3 +409,11 @@ def test_card_reader_presence(tmp_path: Path) -> None:
         found = thai_id_card.present(running)
         assert found.ok, found
         assert found.detail == f"card reader {running.reader} through pcscd"
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("tls_broker", [("hub.khonkaen.example",)], indirect=True)
+def test_broker_host_not_in_the_brokers_certificate(tls_broker: TlsBroker, write_config: ConfigWriter) -> None:
+    bad = failed(write_config(device_tls(tls_broker, tls_broker.ca.issue(DEVICE))))
+    assert list(bad) == ["TLS"]
+    assert "broker.host does not match the names in the broker's certificate" in bad["TLS"].detail

@@ -193,11 +193,12 @@ def _read_once(kind: DriverKind, conf: DriverConfig, timeout: float) -> tuple[Ou
 # -- broker --------------------------------------------------------------------------------------------
 _WRONG_CA = ("the broker's certificate is not signed by the CA in broker.ca_file",
              "wrong CA file: use the ca.pem of this deployment (from the device's bundle)")
+_WRONG_HOST = ("broker.host does not match the names in the broker's certificate",
+               "set broker.host to the name the hub operator gave (the one in the broker's certificate)")
 VERIFY_ERRORS: dict[int, tuple[str, str]] = {
     10: ("the broker's certificate has expired", "the hub operator must renew the broker's certificate"),
     18: _WRONG_CA, 19: _WRONG_CA, 20: _WRONG_CA, 21: _WRONG_CA,
-    62: ("broker.host does not match the names in the broker's certificate",
-         "set broker.host to the name the hub operator gave (the one in the broker's certificate)"),
+    62: _WRONG_HOST, 64: _WRONG_HOST,
 }
 """OpenSSL verify codes -> what the technician reads and what to do."""
 
