@@ -128,6 +128,9 @@ def _agent(args: argparse.Namespace) -> int:
     from edge import config
     from edge.errors import ConfigError, OutboxError
 
+    if args.action == "check" and not args.connect and (args.simulate or args.user):
+        print("nakhon: --simulate and --user go with --connect", file=sys.stderr)
+        return 2
     if args.action == "check" and args.connect:
         from edge.agents import check
 

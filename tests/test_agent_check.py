@@ -343,6 +343,10 @@ def test_cli_connect_flag_prints_lines_and_fails(write_config: ConfigWriter) -> 
                            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert plain.returncode == 0, plain.stderr
     assert "valid; device kk-aq-0001" in plain.stdout
+    alone = subprocess.run([sys.executable, "-m", "nakhon.cli", "agent", "check", "--simulate", str(path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert alone.returncode == 2
+    assert "--simulate and --user go with --connect" in alone.stderr
 
 
 def test_missing_password_file_has_its_own_line_and_the_rest_still_runs(write_config: ConfigWriter,
