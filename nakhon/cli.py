@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="run every driver against its simulator (no hardware needed)")
     check = agent.add_parser("check", help="validate a device config and exit (0 when valid)")
     check.add_argument("config", type=Path)
+    from provisioning import cli as provisioning_cli
+
+    provisioning_cli.add_enroll_parser(agent)
 
     hub = sub.add_parser("hub", help="run the hub").add_subparsers(dest="action", required=True)
     serve = hub.add_parser("serve", help="ingest, store and serve the API until SIGTERM")
@@ -80,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="file with the secret the bank signs its confirmation callbacks with (docs/finance.md)")
     serve.add_argument("--public-ogc", action="store_true", default=_env("PUBLIC_OGC") == "1",
                        help="serve the GIS layers (/ogc) without sign-in")
+    serve.add_argument("--deployment", type=Path, default=_env("DEPLOYMENT"),
+                       help="a provisioned deployment (nakhon provision init): HTTPS, CSR signing, and the "
+                            "registry enforced; env NAKHON_HUB_DEPLOYMENT")
+    serve.add_argument("--registry", choices=("open", "enforce"), default=_env("REGISTRY"),
+                       help="enforce: dead-letter as unregistered what devices that are not active send "
+                            "(default: enforce with --deployment, else open)")
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
     serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
 
@@ -93,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--retention-days", type=float, default=float(_env("RETENTION_DAYS", "365") or 365),
                        help="keep personal fields this many days (default 365); env NAKHON_HUB_RETENTION_DAYS")
     purge.add_argument("--dry-run", action="store_true", help="count what would be stripped, change nothing")
+
+    provisioning_cli.add_parsers(sub)
 
     demo = sub.add_parser("demo", help="run a private broker, the hub and a simulated fleet")
     demo.add_argument("--data", type=Path, default=Path("./nakhon-data/demo"),
@@ -111,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         return _agent(args)
     if args.command == "hub":
         return _hub(args)
+    if args.command == "provision":
+        from provisioning import cli as provisioning_cli
+
+        return provisioning_cli.run(args)
     from nakhon.demo import run_demo
 
     return run_demo(args.data, args.hub_port, args.kiosk_port)
@@ -119,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 def _agent(args: argparse.Namespace) -> int:
     # a stop that arrives while the agent is still starting ends it cleanly; run_agent then takes over
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.action == "enroll":
+        from provisioning import cli as provisioning_cli
+
+        return provisioning_cli.run_enroll(args)
     from edge import config
     from edge.errors import ConfigError, OutboxError
 
@@ -213,6 +232,16 @@ def _hub(args: argparse.Namespace) -> int:
                 logging.getLogger("nakhon.hub").warning("--%s %s can be read by other users: chmod 600 it",
                                                         flag.replace("_", "-"), path)
     password = secrets["password_file"]
+    if args.deployment is not None and args.username is None:
+        from hub.provision import deployment
+
+        try:
+            chosen, paths = deployment.load(args.deployment)
+            password = paths.hub_password.read_text(encoding="utf-8").strip()
+        except (HubConfigError, OSError) as err:
+            print(f"nakhon: --deployment {args.deployment}: {err}", file=sys.stderr)
+            return 2
+        args.username, args.broker_port = deployment.HUB_USER, chosen.hub_port
     client_id = args.client_id or (f"nakhon-hub-{args.share}-{os.getpid()}" if args.share else "nakhon-hub")
     ingest = IngestSettings(host=args.broker_host, port=args.broker_port, root=args.root, username=args.username,
                             password=password, client_id=client_id, share=args.share,
@@ -226,7 +255,10 @@ def _hub(args: argparse.Namespace) -> int:
                                                  PromptPaySettings(biller_id=args.promptpay_biller,
                                                                    target=args.promptpay_target),
                                                  expire_after_s=args.promptpay_expiry_min * 60),
-                               bank_secret=secrets["bank_secret_file"], public_ogc=args.public_ogc, **extra)
+                               bank_secret=secrets["bank_secret_file"], public_ogc=args.public_ogc,
+                               deployment=args.deployment,
+                               enforce_registry=None if args.registry is None else args.registry == "enforce",
+                               **extra)
         serve(settings)
     except HubConfigError as err:
         print(f"nakhon: {err}", file=sys.stderr)
