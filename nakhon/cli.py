@@ -35,9 +35,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="run every driver against its simulator (no hardware needed)")
     check = agent.add_parser("check", help="validate a device config and exit (0 when valid)")
     check.add_argument("config", type=Path)
-    from provisioning import cli as provisioning_cli
+    from nakhon import provision as provision_cli
 
-    provisioning_cli.add_enroll_parser(agent)
+    provision_cli.add_enroll_parser(agent)
 
     hub = sub.add_parser("hub", help="run the hub").add_subparsers(dest="action", required=True)
     serve = hub.add_parser("serve", help="ingest, store and serve the API until SIGTERM")
@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep personal fields this many days (default 365); env NAKHON_HUB_RETENTION_DAYS")
     purge.add_argument("--dry-run", action="store_true", help="count what would be stripped, change nothing")
 
-    provisioning_cli.add_parsers(sub)
+    provision_cli.add_parsers(sub)
 
     demo = sub.add_parser("demo", help="run a private broker, the hub and a simulated fleet")
     demo.add_argument("--data", type=Path, default=Path("./nakhon-data/demo"),
@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "hub":
         return _hub(args)
     if args.command == "provision":
-        from provisioning import cli as provisioning_cli
+        from nakhon import provision as provision_cli
 
-        return provisioning_cli.run(args)
+        return provision_cli.run(args)
     from nakhon.demo import run_demo
 
     return run_demo(args.data, args.hub_port, args.kiosk_port)
@@ -135,9 +135,9 @@ def _agent(args: argparse.Namespace) -> int:
     # a stop that arrives while the agent is still starting ends it cleanly; run_agent then takes over
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.action == "enroll":
-        from provisioning import cli as provisioning_cli
+        from nakhon import provision as provision_cli
 
-        return provisioning_cli.run_enroll(args)
+        return provision_cli.run_enroll(args)
     from edge import config
     from edge.errors import ConfigError, OutboxError
 

@@ -27,8 +27,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.broker import free_port
 from hub.provision import deployment, pki
-from provisioning.client import Hub as HubClient
-from provisioning.enroll import enroll
+from nakhon.enroll import enroll
+from nakhon.hubclient import Hub as HubClient
 from tests.conftest import ROOT, Broker, Hub, Proc, agent_config, fast_air, user_token, wait_for
 
 NOT_AUTHORIZED = 0x87

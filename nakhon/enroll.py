@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub.provision import config, pki
-from provisioning.client import Hub
+from nakhon.hubclient import Hub
 
 CONFIG_FILE = "device.toml"
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hub.errors import HubError
-from provisioning.client import ApiError, Hub
+from nakhon.hubclient import ApiError, Hub
 
 IMPORT_CHUNK = 100
-SAMPLE_CSV = Path(__file__).with_name("devices-sample.csv")
+SAMPLE_CSV = Path(__file__).resolve().parents[1] / "provisioning" / "devices-sample.csv"
 
 
 def _hub_args(p: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     add.add_argument("--code-hours", type=float, default=24.0, help="the code expires after this (default 24)")
     add.add_argument("--out", type=Path, default=Path("."), help="folder for the device's config (ID.toml)")
     imp = device.add_parser("import", help="register many devices from a CSV (device,node,site,lat,lon)")
-    imp.add_argument("csv", type=Path, help=f"see {SAMPLE_CSV.name} beside this module")
+    imp.add_argument("csv", type=Path, help=f"columns device,node,site,lat,lon; a sample: {SAMPLE_CSV}")
     for verb, text in (("code", "a new enrollment code (the last one expired or was lost)"),
                        ("rotate", "an enrollment code for a new certificate of an active device"),
                        ("suspend", "stop a device's access at once (resume brings it back)"),
@@ -89,7 +89,7 @@ def add_enroll_parser(agent: argparse._SubParsersAction) -> None:  # type: ignor
 
 def run_enroll(args: argparse.Namespace) -> int:
     """``nakhon agent enroll``."""
-    from provisioning.enroll import enroll
+    from nakhon.enroll import enroll
 
     try:
         done = enroll(Hub(args.hub.rstrip("/"), args.ca), args.code, args.dir, args.keep_config)
@@ -219,7 +219,7 @@ def _list(hub: Hub, args: argparse.Namespace) -> int:
 
 def _bundle(hub: Hub, args: argparse.Namespace) -> int:
     """Enroll on the device's behalf here (the key is made on this machine: the offline fallback)."""
-    from provisioning.enroll import enroll
+    from nakhon.enroll import enroll
 
     out: Path = args.out or Path(f"{args.id}-bundle.tar")
     code = hub.call("POST", f"/api/provision/devices/{args.id}/code", {"ttl_s": 600})["code"]
