@@ -18,7 +18,7 @@ ROLES: dict[str, str] = {
     "admin": "users, rules, settings, the audit log; passes every check",
 }
 
-PERSONAL_DATA_ROLES = frozenset(ROLES) - {"viewer"}
+PERSONAL_DATA_ROLES = frozenset(ROLES) - {"viewer", "technician"}
 """Roles that see personal data (citizen references and names, report contact fields)."""
 
 PERSONAL_FIELDS = frozenset({"citizen", "citizen_ref", "citizen_name", "contact", "contact_name", "contact_phone",

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from edge.contract import DeviceId
 from hub.auth.web import CurrentActor
@@ -66,15 +66,16 @@ def _iso(at: float) -> str:
 def _check_row(row: ImportRow) -> NewDevice:
     """Validate an import row as a :class:`NewDevice`; raise RegistryError with the first problem."""
     try:
-        model = NewDevice.model_validate({"device": row.device, "node": row.node, "site": row.site,
-                                          "lat": float(row.lat) if row.lat else None,
-                                          "lon": float(row.lon) if row.lon else None})
+        lat, lon = (float(v) if v else None for v in (row.lat, row.lon))
     except ValueError as err:
-        first = err.errors()[0] if hasattr(err, "errors") else None
-        raise RegistryError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else str(err),
-                            422) from err
+        raise RegistryError(f"lat/lon: not a number ({err})", 400) from err
+    try:
+        model = NewDevice(device=row.device, node=row.node, site=row.site, lat=lat, lon=lon)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise RegistryError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", 400) from err
     if model.node not in config.nodes():
-        raise RegistryError(f"node: no template {model.node!r} in firmware-configs/", 422)
+        raise RegistryError(f"node: no template {model.node!r} in firmware-configs/", 400)
     return model
 
 
@@ -92,7 +93,7 @@ def create_router(registry: Registry, broker_host: str, broker_port: int) -> API
     def add(body: NewDevice, actor: CurrentActor) -> dict[str, Any]:
         """Register a device as pending; answers its agent config and (unless turned off) an enrollment code."""
         if body.node not in config.nodes():
-            raise HTTPException(422, f"no template for node {body.node!r} (known: {', '.join(config.nodes())})")
+            raise HTTPException(400, f"no template for node {body.node!r} (known: {', '.join(config.nodes())})")
         try:
             entry = registry.add(actor, body.device, body.node, body.site, body.lat, body.lon)
             out: dict[str, Any] = {**entry.as_dict(), "config": rendered(entry)}

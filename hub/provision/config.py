@@ -45,7 +45,7 @@ def render(entry: Entry, broker_host: str, broker_port: int, root: str) -> str:
     template = TEMPLATES / f"{entry.node}.toml"
     if not template.is_file():
         raise RegistryError(f"no template for node {entry.node!r} in firmware-configs/ "
-                            f"(known: {', '.join(nodes())})", 422)
+                            f"(known: {', '.join(nodes())})", 400)
     lines = [f"# {entry.device}: written by Nakhon's provisioning from firmware-configs/{entry.node}.toml",
              f"device = {json.dumps(entry.device)}", f"node = {json.dumps(entry.node)}",
              f"site = {json.dumps(entry.site, ensure_ascii=False)}"]

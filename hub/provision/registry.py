@@ -259,7 +259,7 @@ class Registry:
         Every refusal (unknown, used or expired code; bad CSR) is audited with the caller's address.
         """
         if self.issuer is None:
-            raise RegistryError("this hub has no issuing CA (serve it with --deployment DIR)", 503)
+            raise RegistryError("this hub has no issuing CA (serve it with --deployment DIR)", 409)
         issuer = self.issuer
         now = self.clock()
         digest = code_digest(code)
