@@ -26,6 +26,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.broker import free_port
+from hub.provision import config as config_templates
 from hub.provision import deployment, pki
 from nakhon.enroll import enroll
 from nakhon.hubclient import Hub as HubClient
@@ -479,3 +480,35 @@ def test_an_unregistered_devices_messages_are_dead_lettered_as_unregistered(
     metrics = httpx.get(f"{hub.url}/metrics", headers=hub.auth).text
     assert 'nakhon_deadletters_total{reason="unregistered"}' in metrics
     assert json.loads(json.dumps(letters))[0]["reason"] == "unregistered"
+
+
+@pytest.mark.parametrize("node", config_templates.nodes())
+def test_every_node_template_renders_a_valid_tls_config(tmp_path: Path, node: str) -> None:
+    from edge import config as edge_config
+    from hub.provision.registry import Entry, Status
+
+    entry = Entry("kk-test-0001", node, "Khon Kaen \u0e02\u0e2d\u0e19\u0e41\u0e01\u0e48\u0e19", 16.4, 102.8,
+                  Status.ACTIVE, 0.0, "tech")
+    for name in (config_templates.CA_FILE, config_templates.CERT_FILE, config_templates.KEY_FILE):
+        (tmp_path / name).write_text("x")
+    (tmp_path / config_templates.KEY_FILE).chmod(0o600)
+    path = tmp_path / "device.toml"
+    path.write_text(config_templates.render(entry, "mqtt.example", 8883, "nakhon"))
+    loaded = edge_config.load(path)
+    assert loaded.device.device == "kk-test-0001" and loaded.device.broker.tls
+    assert loaded.device.broker.port == 8883 and loaded.device.site == entry.site
+    assert loaded.resolve(loaded.device.broker.cert_file or Path()) == tmp_path / "device.pem"
+
+
+def test_a_broker_restored_without_the_devices_access_gets_it_back_from_the_registry(site: Site) -> None:
+    folder = site.enrolled("kk-aq-0510")
+    chosen, _ = deployment.load(site.base)
+    site.broker.stop()
+    site.paths.dynsec.write_text(json.dumps(deployment.access(chosen, [])))  # as init wrote it: no device
+    site.broker.start()
+    client = device_client(site.broker.port, site.paths.chain, folder / "device.pem", folder / "device.key")
+    assert client.connected.wait(10), client.refused
+    wait_for(lambda: client.publish("nakhon/kk-aq-0510/up/status") == 0, 30,
+             "the hub to grant the active device its topics again")
+    assert client.publish("nakhon/kk-aq-0504/up/status") == NOT_AUTHORIZED
+    client.close()

@@ -365,8 +365,13 @@ class Registry:
         answered with an error the plugin logs and that changes nothing.
         """
         commands: list[dict[str, object]] = []
+        certified = {d for (d,) in self.store.read(lambda db: db.execute(
+            "SELECT DISTINCT device FROM certificates").fetchall())}
         for e in self.entries():
-            commands += grant(self.root, e.device) if e.status is Status.ACTIVE else withdraw(e.device)
+            if e.status is Status.ACTIVE:
+                commands += grant(self.root, e.device)
+            elif e.status is not Status.PENDING or e.device in certified:  # a never-enrolled one has no role
+                commands += withdraw(e.device)
         for start in range(0, len(commands), 200):
             self._send(commands[start:start + 200])
 
