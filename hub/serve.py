@@ -128,6 +128,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store.open()
+        registry.refresh_crl()
         ingest.start()
         dispatcher = asyncio.create_task(ingest.commands.run(), name="command-dispatcher")
         stop_expiry.clear()

@@ -305,6 +305,8 @@ def test_enrollment_end_to_end_code_csr_certificate_readings_reach_the_hub(site:
     series = 'nakhon_device_cert_expiry_seconds{device="kk-aq-0501"}'
     line = next(m for m in metrics.splitlines() if m.startswith(series))
     assert 396 * 86_400 < float(line.split()[-1]) <= 397 * 86_400
+    crl = next(m for m in metrics.splitlines() if m.startswith("nakhon_crl_expiry_seconds "))
+    assert 364 * 86_400 < float(crl.split()[-1]) <= 365 * 86_400
 
 
 def test_an_expired_code_is_refused_and_audited(site: Site) -> None:

@@ -24,8 +24,9 @@ from hub.errors import HubConfigError
 
 DEVICE_DAYS = 397
 """Lifetime of a device certificate (rotate before it ends: ``nakhon provision certs expiring``)."""
-CRL_DAYS = 30
-"""A CRL past its nextUpdate makes Mosquitto refuse every client: the hub re-signs it well before."""
+CRL_DAYS = 365
+"""A CRL past its nextUpdate makes Mosquitto refuse every client: the hub re-signs it at each start and each
+revocation, and ``nakhon_crl_expiry_seconds`` shows how long the broker's copy has left."""
 
 
 class CsrRefused(HubConfigError):

@@ -22,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -383,6 +384,21 @@ class Registry:
         with self._lock:
             self._active = None
 
+    def refresh_crl(self) -> None:
+        """Re-sign the CRL from the registry (at the hub's start): a full year of validity again."""
+        self.store.read(self._write_crl)
+
+    def crl_expiry_seconds(self) -> float | None:
+        """Seconds until the CRL on disk passes its nextUpdate (None without a deployment or a readable CRL)."""
+        if self.crl_path is None:
+            return None
+        try:
+            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        ends = crl.next_update_utc
+        return None if ends is None else ends.timestamp() - self.clock()
+
     def _write_crl(self, db: sqlite3.Connection) -> None:
         if self.issuer is None or self.crl_path is None:
             return
@@ -404,3 +420,8 @@ class ExpiryCollector(Collector):
         for device, left in sorted(self._registry.expiry_seconds().items()):
             family.add_metric([device], left)
         yield family
+        crl = self._registry.crl_expiry_seconds()
+        if crl is not None:
+            yield GaugeMetricFamily("nakhon_crl_expiry_seconds",
+                                    "seconds until the CRL file passes its nextUpdate (then the broker refuses "
+                                    "every device once it reloads it)", value=crl)
