@@ -30,7 +30,7 @@ from hub.provision import config as config_templates
 from hub.provision import deployment, pki
 from nakhon.enroll import enroll
 from nakhon.hubclient import Hub as HubClient
-from tests.conftest import ROOT, Broker, Hub, Proc, agent_config, fast_air, user_token, wait_for
+from tests.conftest import ROOT, Broker, Hub, HubApp, Proc, agent_config, fast_air, user_token, wait_for
 
 NOT_AUTHORIZED = 0x87
 
@@ -330,6 +330,13 @@ def test_refused_at_the_broker_expired_foreign_ca_and_other_devices_topics(site:
     foreign = pki.Issuer(other_key, other_cert).client("kk-aq-0503", key.public_key())
     assert refused_at_handshake(port, chain, *write_identity(site.tmp / "bad", "foreign", key, foreign))
 
+    # a certificate of the right CA for a device the registry does not know: it connects, and may publish nothing
+    stranger = issuer.client("kk-aq-0599", key.public_key())
+    unknown = device_client(port, chain, *write_identity(site.tmp / "bad", "stranger", key, stranger))
+    assert unknown.connected.wait(10), unknown.refused
+    assert unknown.publish("nakhon/kk-aq-0599/up/status") == NOT_AUTHORIZED
+    unknown.close()
+
     a, b = site.enrolled("kk-aq-0504"), site.enrolled("kk-aq-0505")
     assert b.exists()
     client = device_client(port, chain, a / "device.pem", a / "device.key")
@@ -514,3 +521,20 @@ def test_a_broker_restored_without_the_devices_access_gets_it_back_from_the_regi
              "the hub to grant the active device its topics again")
     assert client.publish("nakhon/kk-aq-0504/up/status") == NOT_AUTHORIZED
     client.close()
+
+
+def test_the_technician_role_registers_but_neither_retires_nor_commands(hub_app: HubApp) -> None:
+    tech = hub_app.client("technician")
+    body = {"device": "kk-aq-0601", "node": "air-quality-pole", "site": "x"}
+    made = tech.post("/api/provision/devices", json=body)
+    assert made.status_code == 201 and made.json()["status"] == "pending" and len(made.json()["code"]) >= 20
+    assert tech.post("/api/provision/devices", json=body).status_code == 409
+    assert tech.post("/api/provision/devices", json={**body, "device": "kk-aq-0602", "node": "toaster"}
+                     ).status_code == 400
+    assert tech.delete("/api/devices/kk-aq-0601").status_code == 403
+    assert tech.post("/api/devices/kk-aq-0601/commands", json={"name": "ping"}).status_code == 403
+    assert hub_app.client("viewer").post("/api/provision/devices/kk-aq-0601/suspend").status_code == 403
+    # a hub without a deployment has no CA to sign with: enrollment is refused, not failed
+    csr = pki.make_csr("x", pki.new_key()).decode()
+    refused = hub_app.anonymous().post("/api/provision/enroll", json={"code": made.json()["code"], "csr": csr})
+    assert refused.status_code == 409 and "no issuing CA" in refused.text
