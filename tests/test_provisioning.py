@@ -538,3 +538,25 @@ def test_the_technician_role_registers_but_neither_retires_nor_commands(hub_app:
     csr = pki.make_csr("x", pki.new_key()).decode()
     refused = hub_app.anonymous().post("/api/provision/enroll", json={"code": made.json()["code"], "csr": csr})
     assert refused.status_code == 409 and "no issuing CA" in refused.text
+
+
+def test_init_as_root_gives_the_broker_its_files_and_nobody_else(tmp_path: Path) -> None:
+    import grp
+    import pwd
+
+    base = tmp_path / "deployment"
+    notes = deployment.init(base, deployment.Deployment(device_port=free_port(), hub_port=free_port()))
+    _, paths = deployment.load(base)
+    conf = paths.conf.read_text().splitlines()
+    if os.geteuid() != 0:
+        assert f"user {pwd.getpwuid(os.geteuid()).pw_name}" in conf and "the broker runs as" in notes[-1]
+        return
+    assert "user mosquitto" in conf
+    group = grp.getgrnam("mosquitto").gr_gid
+    for path in (paths.conf, paths.server_key, paths.passwd):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, group, 0o640), path
+    assert paths.data.stat().st_uid == pwd.getpwnam("mosquitto").pw_uid
+    assert paths.dynsec.stat().st_uid == pwd.getpwnam("mosquitto").pw_uid
+    for secret in (paths.root_key, paths.issuing_key, paths.hub_password):
+        assert (secret.stat().st_uid, secret.stat().st_mode & 0o777) == (0, 0o600)
