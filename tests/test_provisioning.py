@@ -467,6 +467,10 @@ def test_bundle_suspend_resume_and_retire(site: Site) -> None:
     again = site.hub.call("POST", "/api/provision/devices", site.tech,
                           json={"device": "kk-aq-0508", "node": "air-quality-pole", "site": "x"})
     assert again.status_code == 409 and "retired" in again.text
+    listed = site.tech_cli("provision", "device", "list")
+    assert any(line.split()[:2] == ["kk-aq-0508", "retired"] for line in listed.stdout.splitlines()), listed.stdout
+    no_code = site.tech_cli("provision", "device", "code", "kk-aq-0508")
+    assert no_code.returncode == 1 and "is retired: no enrollment code" in no_code.stderr
 
 
 def test_an_unregistered_devices_messages_are_dead_lettered_as_unregistered(
