@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from hub.audit import AuditLog
 from hub.broker import free_port
 from hub.provision import config as config_templates
 from hub.provision import deployment, pki
@@ -564,3 +565,31 @@ def test_init_as_root_gives_the_broker_its_files_and_nobody_else(tmp_path: Path)
     assert paths.dynsec.stat().st_uid == pwd.getpwnam("mosquitto").pw_uid
     for secret in (paths.root_key, paths.issuing_key, paths.hub_password):
         assert (secret.stat().st_uid, secret.stat().st_mode & 0o777) == (0, 0o600)
+
+
+def test_repeated_refused_enrollments_from_one_address_are_slowed(tmp_path: Path) -> None:
+    import getpass
+
+    from hub.ingest.consumer import IngestSettings
+    from hub.serve import HubSettings, build
+
+    deployment.init(tmp_path / "dep", deployment.Deployment(), broker_user=getpass.getuser())
+    app, store, _ = build(HubSettings(data=tmp_path / "hub", ingest=IngestSettings(port=free_port()),
+                                      deployment=tmp_path / "dep"))
+    store.open()
+    try:
+        client = HubApp(app, store).anonymous()
+        csr = pki.make_csr("x", pki.new_key()).decode()
+
+        def attempt() -> float:
+            started = time.monotonic()
+            r = client.post("/api/provision/enroll", json={"code": "not-a-code-at-all", "csr": csr})
+            assert r.status_code == 403 and "unknown enrollment code" in r.text
+            return time.monotonic() - started
+
+        assert max(attempt() for _ in range(3)) < 0.9
+        assert attempt() >= 0.9
+        refusals = [a.action for a in AuditLog(store).entries(obj="device/enrollment")]
+        assert refusals == ["device.enroll_refused"] * 4
+    finally:
+        store.close()

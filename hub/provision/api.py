@@ -7,6 +7,7 @@ enrollment route is public, authenticated by the single-use code it redeems.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -14,9 +15,12 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field, ValidationError
 
 from edge.contract import DeviceId
+from hub.auth.throttle import SignInThrottle
 from hub.auth.web import CurrentActor
 from hub.provision import config
-from hub.provision.registry import CODE_TTL_S, Entry, Registry, RegistryError, Status
+from hub.provision.registry import CODE_TTL_S, EnrollmentRefused, Entry, Registry, RegistryError, Status
+
+log = logging.getLogger("nakhon.hub.provision")
 
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 Lat = Annotated[float, Field(ge=-90, le=90)]
@@ -158,13 +162,27 @@ def create_router(registry: Registry, broker_host: str, broker_port: int) -> API
     _status_route("resume", Status.ACTIVE)
     _status_route("revoke", Status.PENDING, revoke=True)
 
+    throttle = SignInThrottle()
+
     @router.post("/enroll")
     async def enroll(body: Enrollment, actor: CurrentActor) -> dict[str, Any]:
-        """Redeem an enrollment code with a CSR: the device's certificate, the CA chain and its config."""
+        """Redeem an enrollment code with a CSR: the device's certificate, the CA chain and its config.
+
+        Refusals from one address slow its next attempts as failed sign-ins do (after 3, 1 s doubling to 30 s).
+        """
+        key = f"enroll:{actor.address}"
+        wait = throttle.delay(key, actor.address)
+        if wait:
+            log.info("enrollment from %s held %.1f s after repeated refusals", actor.address, wait)
+            await asyncio.sleep(wait)
         try:
             done = await asyncio.to_thread(registry.enroll, actor, body.code, body.csr.encode())
+        except EnrollmentRefused as err:
+            throttle.failed(key, actor.address)
+            raise refused(err) from err
         except RegistryError as err:
             raise refused(err) from err
+        throttle.succeeded(key)
         entry = registry.entry(done.device)
         assert entry is not None
         return {"device": done.device, "certificate": done.certificate.decode(), "ca": done.chain.decode(),
