@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--simulate", action="store_true", help="with --connect: run drivers on their simulators")
     check.add_argument("--user", help="with --connect: the service user whose permissions the file checks use "
                                       "(default: nakhon when run as root, else you)")
+    from nakhon import provision as provision_cli
+
+    provision_cli.add_enroll_parser(agent)
 
     hub = sub.add_parser("hub", help="run the hub").add_subparsers(dest="action", required=True)
     serve = hub.add_parser("serve", help="ingest, store and serve the API until SIGTERM")
@@ -86,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="file with the secret the bank signs its confirmation callbacks with (docs/finance.md)")
     serve.add_argument("--public-ogc", action="store_true", default=_env("PUBLIC_OGC") == "1",
                        help="serve the GIS layers (/ogc) without sign-in")
+    serve.add_argument("--deployment", type=Path, default=_env("DEPLOYMENT"),
+                       help="a provisioned deployment (nakhon provision init): HTTPS, CSR signing, and the "
+                            "registry enforced; env NAKHON_HUB_DEPLOYMENT")
+    serve.add_argument("--registry", choices=("open", "enforce"), default=_env("REGISTRY"),
+                       help="enforce: dead-letter as unregistered what devices that are not active send "
+                            "(default: enforce with --deployment, else open)")
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
     serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
 
@@ -99,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--retention-days", type=float, default=float(_env("RETENTION_DAYS", "365") or 365),
                        help="keep personal fields this many days (default 365); env NAKHON_HUB_RETENTION_DAYS")
     purge.add_argument("--dry-run", action="store_true", help="count what would be stripped, change nothing")
+
+    provision_cli.add_parsers(sub)
 
     demo = sub.add_parser("demo", help="run a private broker, the hub and a simulated fleet")
     demo.add_argument("--data", type=Path, default=Path("./nakhon-data/demo"),
@@ -117,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         return _agent(args)
     if args.command == "hub":
         return _hub(args)
+    if args.command == "provision":
+        from nakhon import provision as provision_cli
+
+        return provision_cli.run(args)
     from nakhon.demo import run_demo
 
     return run_demo(args.data, args.hub_port, args.kiosk_port)
@@ -125,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 def _agent(args: argparse.Namespace) -> int:
     # a stop that arrives while the agent is still starting ends it cleanly; run_agent then takes over
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.action == "enroll":
+        from nakhon import provision as provision_cli
+
+        return provision_cli.run_enroll(args)
     from edge import config
     from edge.errors import ConfigError, OutboxError
 
@@ -226,6 +245,16 @@ def _hub(args: argparse.Namespace) -> int:
                 logging.getLogger("nakhon.hub").warning("--%s %s can be read by other users: chmod 600 it",
                                                         flag.replace("_", "-"), path)
     password = secrets["password_file"]
+    if args.deployment is not None and args.username is None:
+        from hub.provision import deployment
+
+        try:
+            chosen, paths = deployment.load(args.deployment)
+            password = paths.hub_password.read_text(encoding="utf-8").strip()
+        except (HubConfigError, OSError) as err:
+            print(f"nakhon: --deployment {args.deployment}: {err}", file=sys.stderr)
+            return 2
+        args.username, args.broker_port = deployment.HUB_USER, chosen.hub_port
     client_id = args.client_id or (f"nakhon-hub-{args.share}-{os.getpid()}" if args.share else "nakhon-hub")
     ingest = IngestSettings(host=args.broker_host, port=args.broker_port, root=args.root, username=args.username,
                             password=password, client_id=client_id, share=args.share,
@@ -239,7 +268,10 @@ def _hub(args: argparse.Namespace) -> int:
                                                  PromptPaySettings(biller_id=args.promptpay_biller,
                                                                    target=args.promptpay_target),
                                                  expire_after_s=args.promptpay_expiry_min * 60),
-                               bank_secret=secrets["bank_secret_file"], public_ogc=args.public_ogc, **extra)
+                               bank_secret=secrets["bank_secret_file"], public_ogc=args.public_ogc,
+                               deployment=args.deployment,
+                               enforce_registry=None if args.registry is None else args.registry == "enforce",
+                               **extra)
         serve(settings)
     except HubConfigError as err:
         print(f"nakhon: {err}", file=sys.stderr)

@@ -114,6 +114,10 @@ class Ingest:
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
         self._in_hand_since: float | None = None
+        self.admits: Callable[[str], bool] | None = None
+        """The registry's check of a sending device (None: every device is taken, as without a deployment)."""
+        self.on_connected: Callable[[], None] | None = None
+        """Called on paho's thread after each (re)connection, once subscribed (the registry syncs the broker)."""
         metrics.watch_writer(self.writer_state)
 
     @property
@@ -197,6 +201,8 @@ class Ingest:
         self.max_packet_size = getattr(properties, "MaximumPacketSize", None)
         client.subscribe(self.subscription, qos=QOS)
         self.connected.set()
+        if self.on_connected is not None:
+            self.on_connected()
         log.info("connected to broker %s:%d, subscribed %s (session present: %s)", self.settings.host,
                  self.settings.port, self.subscription, flags.session_present)
 
@@ -267,7 +273,7 @@ class Ingest:
         s = self.settings
         topic_name, payload, at = received
         return _Entry(received, classify(topic_name, payload, at, root=s.root, max_payload=s.max_payload,
-                                         window=s.window))
+                                         window=s.window, admits=self.admits))
 
     def _store(self, entries: list[_Entry]) -> None:
         batch = IngestBatch()
