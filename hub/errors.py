@@ -17,3 +17,11 @@ class BrokerError(HubError, ConnectionError):
 
 class HubConfigError(HubError, ValueError):
     """The hub's settings are wrong."""
+
+
+class AlarmError(HubError, ValueError):
+    """An alarm action that its state does not allow (acknowledging a cleared alarm)."""
+
+
+class NotifyError(HubError, ConnectionError):
+    """A notification channel did not take a message."""

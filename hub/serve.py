@@ -13,6 +13,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from edge.contract import TxOutcome, topic
+from hub.alarms import api as alarms_api
+from hub.alarms import store as alarms_store
+from hub.alarms.rules import DEMO_RULES, load_rules
+from hub.alarms.service import AlarmService
+from hub.api import events as events_api
 from hub.api.app import create_app
 from hub.finance import api as finance_api
 from hub.finance import ledger
@@ -42,6 +47,7 @@ class HubSettings:
     zones: Path = DEMO_ZONES
     promptpay: PromptPaySettings = field(default_factory=lambda: PromptPaySettings(target="0801234567"))
     bank_token: str | None = None
+    rules: Path = DEMO_RULES
 
 
 def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
@@ -49,13 +55,14 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     catalogue = load_catalogue(settings.fees)
     zones = Zones(settings.zones)
     store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes,
-                        schemas=(ledger.ensure_schema, reports.ensure_schema))
+                        schemas=(ledger.ensure_schema, reports.ensure_schema, alarms_store.ensure_schema))
+    alarms = AlarmService(store, load_rules(settings.rules))
     metrics = HubMetrics(store)
     finance = ledger.FinanceRoute(catalogue, settings.promptpay)
     gis = reports.ReportRoute(zones)
     routes: dict[str, Route] = {kind: finance for kind in finance.KINDS}
     routes.update({kind: gis for kind in gis.KINDS})
-    ingest = Ingest(store, settings.ingest, metrics, Router(routes))
+    ingest = Ingest(store, settings.ingest, metrics, Router(routes), observer=alarms.engine)
 
     def answer_kiosk(device: str, outcome: TxOutcome) -> None:
         ingest.publish(topic(settings.ingest.root, device, "down/tx"), outcome.to_json())
@@ -63,12 +70,14 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store.open()
+        alarms.start()
         ingest.start()
         log.info("hub ingesting from %s:%d into %s", settings.ingest.host, settings.ingest.port, store.path)
         try:
             yield
         finally:
             ingest.stop()
+            alarms.stop()
             store.close()
             log.info("hub stopped")
 
@@ -78,6 +87,8 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     app.include_router(ogc.create_router({"reports": gis_api.reports_layer(store),
                                           "devices": gis_api.devices_layer(store),
                                           "zones": gis_api.zones_layer(zones)}))
+    app.include_router(events_api.create_router(store, alarms.feed))
+    app.include_router(alarms_api.create_router(alarms.engine))
     app.router.lifespan_context = lifespan
     return app, store, ingest
 

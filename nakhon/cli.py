@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="PromptPay phone or tax id used when no biller id is set (tag 29)")
     serve.add_argument("--bank-token-file", type=Path, default=_env("BANK_TOKEN_FILE"),
                        help="file with the token the bank's confirmation callback must present")
+    serve.add_argument("--rules", type=Path, default=_env("RULES"),
+                       help="alarm rules and notification channels TOML (default: the demo rules); see docs/alarms.md")
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
     serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
 
@@ -132,7 +134,7 @@ def _hub(args: argparse.Namespace) -> int:
     ingest = IngestSettings(host=args.broker_host, port=args.broker_port, root=args.root, username=args.username,
                             password=password, client_id=client_id, share=args.share,
                             max_payload=args.max_payload)
-    extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones)) if v}
+    extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones), ("rules", args.rules)) if v}
     settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
                            promptpay=PromptPaySettings(biller_id=args.promptpay_biller, target=args.promptpay_target),
                            bank_token=secrets["bank_token_file"], **extra)

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -53,6 +53,13 @@ class IngestSettings:
 Received = tuple[str, bytes, float]
 
 
+class IngestObserver(Protocol):
+    """Told about every batch right after it commits and before it is acknowledged (the alarm engine)."""
+
+    def committed(self, batch: IngestBatch) -> None:
+        """Look at a committed batch; returns once what it derived is committed too."""
+
+
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -61,8 +68,10 @@ def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
 class Ingest:
     """Subscribes ``{root}/+/up/#`` (optionally shared), stores what arrives, acknowledges and answers."""
 
-    def __init__(self, store: Store, settings: IngestSettings, metrics: HubMetrics, router: Router) -> None:
+    def __init__(self, store: Store, settings: IngestSettings, metrics: HubMetrics, router: Router,
+                 observer: IngestObserver | None = None) -> None:
         self.store = store
+        self.observer = observer
         self.settings = settings
         self.metrics = metrics
         self.router = router
@@ -175,6 +184,8 @@ class Ingest:
         self.metrics.received.inc(len(received))
         if len(batch):
             outcome = self._commit(batch)
+            if self.observer is not None:
+                self.observer.committed(batch)
             self.metrics.stored.inc(outcome.new_messages)
             self.metrics.readings.inc(outcome.readings_stored)
             self.metrics.duplicates.inc(outcome.duplicates)

@@ -1,0 +1,189 @@
+"""The alarm API: alarms and their actions, rules (admin), notifications with every attempt, and the Thai AQI."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from edge.contract import DeviceId
+from hub import aqi
+from hub.alarms import store as sql
+from hub.alarms.engine import AlarmEngine
+from hub.alarms.rules import RULE, AlarmSeverity, AnyRule
+from hub.api.actor import current_actor
+from hub.errors import AlarmError
+
+audit_log = logging.getLogger("nakhon.audit")
+
+Comment = Annotated[str | None, Field(max_length=1000)]
+
+
+def _audit(user: str, action: str, obj: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    """Every state change the alarm API makes goes through here (the audit log plugs in at this one place)."""
+    audit_log.info("%s %s %s: %s -> %s", user, action, obj, (before or {}).get("state"), (after or {}).get("state"))
+
+
+class ActionRequest(BaseModel):
+    """An optional comment with an action."""
+
+    comment: Comment = None
+
+
+class ShelveRequest(BaseModel):
+    """Shelve until a time (or for a number of seconds), with a reason."""
+
+    until: datetime | None = None
+    for_s: Annotated[float | None, Field(gt=0, le=30 * 86_400)] = None
+    comment: Comment = None
+
+
+def _when(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _view(alarm: dict[str, Any]) -> dict[str, Any]:
+    out = dict(alarm)
+    for k in ("first_seen", "last_seen", "acked_at", "cleared_at", "shelved_until"):
+        out[k] = _when(alarm[k])
+    out.pop("next_step", None)
+    return out
+
+
+def create_router(engine: AlarmEngine) -> APIRouter:
+    """Alarm, rule, notification and AQI endpoints over the engine."""
+    router = APIRouter()
+    store = engine.store
+
+    @router.get("/api/alarms")
+    def alarms(state: Literal["active", "acknowledged", "shelved", "cleared"] | None = None,
+               severity: AlarmSeverity | None = None,
+               device: Annotated[str | None, Query(max_length=64)] = None,
+               rule: Annotated[str | None, Query(max_length=64)] = None,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+        """Alarms newest first, filtered by state, severity, device and rule."""
+        filters = {"state": state, "severity": severity.value if severity else None, "device": device, "rule": rule}
+        return [_view(a) for a in store.read(lambda db: sql.alarms(db, filters, limit))]
+
+    @router.get("/api/alarms/{alarm_id}")
+    def alarm(alarm_id: int) -> dict[str, Any]:
+        """One alarm with its history (who did what) and its notifications."""
+        found = store.read(lambda db: sql.alarm(db, alarm_id))
+        if found is None:
+            raise HTTPException(404, f"no alarm {alarm_id}")
+        out = _view(found)
+        out["history"] = [{**h, "at": _when(h["at"])} for h in store.read(lambda db: sql.history(db, alarm_id))]
+        out["notifications"] = store.read(lambda db: sql.notifications(db, alarm_id, None, None, 100))
+        return out
+
+    def _act(alarm_id: int, action: str, user: str, comment: str | None, until: float | None = None,
+             ) -> dict[str, Any]:
+        before = store.read(lambda db: sql.alarm(db, alarm_id))
+        try:
+            after = engine.act(alarm_id, action, user, comment, until)
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from err
+        except AlarmError as err:
+            raise HTTPException(409, str(err)) from err
+        _audit(user, f"alarm.{action}", f"alarm:{alarm_id}", before, after)
+        return _view(after)
+
+    @router.post("/api/alarms/{alarm_id}/ack")
+    def ack(alarm_id: int, user: Annotated[str, Depends(current_actor)],
+            request: Annotated[ActionRequest | None, Body()] = None) -> dict[str, Any]:
+        """Acknowledge an active alarm (stops its escalation)."""
+        return _act(alarm_id, "ack", user, request.comment if request else None)
+
+    @router.post("/api/alarms/{alarm_id}/clear")
+    def clear(alarm_id: int, user: Annotated[str, Depends(current_actor)],
+              request: Annotated[ActionRequest | None, Body()] = None) -> dict[str, Any]:
+        """Clear an alarm (the only way a latched one clears)."""
+        return _act(alarm_id, "clear", user, request.comment if request else None)
+
+    @router.post("/api/alarms/{alarm_id}/comment")
+    def comment(alarm_id: int, request: ActionRequest, user: Annotated[str, Depends(current_actor)],
+                ) -> dict[str, Any]:
+        """Add a comment to an alarm's history."""
+        if not request.comment:
+            raise HTTPException(422, "comment is required")
+        return _act(alarm_id, "comment", user, request.comment)
+
+    @router.post("/api/alarms/{alarm_id}/shelve")
+    def shelve(alarm_id: int, request: ShelveRequest, user: Annotated[str, Depends(current_actor)],
+               ) -> dict[str, Any]:
+        """Hide an alarm (no notifications, no escalation) until a time; it then returns to its state."""
+        if (request.until is None) == (request.for_s is None):
+            raise HTTPException(422, "give exactly one of until or for_s")
+        if request.until is not None and request.until.tzinfo is None:
+            raise HTTPException(422, "until needs a time zone, e.g. 2026-11-20T03:00:00Z")
+        until = request.until.timestamp() if request.until else engine.clock() + (request.for_s or 0)
+        return _act(alarm_id, "shelve", user, request.comment, until)
+
+    @router.get("/api/alarm-rules")
+    def rules() -> list[dict[str, Any]]:
+        """Every rule, with where it comes from (``file`` or ``api``)."""
+        return [{**r.model_dump(mode="json"), "source": "file" if r.id in engine.file_rules else "api"}
+                for r in engine.rules.values()]
+
+    @router.put("/api/alarm-rules/{rule_id}")
+    def put_rule(rule_id: str, body: Annotated[dict[str, Any], Body()],
+                 user: Annotated[str, Depends(current_actor)]) -> dict[str, Any]:
+        """Add or replace a rule (admin); rules from the rules file are changed in the file."""
+        try:
+            rule: AnyRule = RULE.validate_python({**body, "id": rule_id})
+            before = engine.rules.get(rule_id)
+            engine.put_rule(rule, user)
+        except ValueError as err:
+            raise HTTPException(422 if not isinstance(err, AlarmError) else 409, str(err)) from err
+        after = rule.model_dump(mode="json")
+        _audit(user, "alarm-rule.put", f"alarm-rule:{rule_id}", before.model_dump(mode="json") if before else None,
+               after)
+        return after
+
+    @router.delete("/api/alarm-rules/{rule_id}", status_code=204)
+    def delete_rule(rule_id: str, user: Annotated[str, Depends(current_actor)]) -> None:
+        """Remove a rule added through the API."""
+        before = engine.rules.get(rule_id)
+        try:
+            deleted = engine.delete_rule(rule_id)
+        except AlarmError as err:
+            raise HTTPException(409, str(err)) from err
+        if not deleted:
+            raise HTTPException(404, f"no API rule {rule_id!r}")
+        _audit(user, "alarm-rule.delete", f"alarm-rule:{rule_id}", before.model_dump(mode="json") if before else None,
+               None)
+
+    @router.get("/api/notifications")
+    def notifications(alarm: int | None = None, channel: Annotated[str | None, Query(max_length=64)] = None,
+                      state: Literal["pending", "sent", "failed"] | None = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+        """Notifications newest first, each with every attempt and its outcome."""
+        return store.read(lambda db: sql.notifications(db, alarm, channel, state, limit))
+
+    @router.get("/api/devices/{device}/aqi")
+    def device_aqi(device: DeviceId) -> dict[str, Any]:
+        """The Thai AQI of a device: from 24-hour averages (None below 12 hours of data) and the last hour's."""
+        now = engine.clock()
+        since = int((now - 86_400) * 1000)
+        rows = store.read(lambda db: db.execute(
+            "SELECT quantity, ts, value FROM readings WHERE device = ? AND quantity IN ('pm2_5', 'pm10') "
+            "AND ts >= ?", (device, since)).fetchall())
+        if not rows and store.device(device) is None:
+            raise HTTPException(404, f"no device {device!r} in the registry")
+        samples: dict[str, list[tuple[float, float]]] = {"pm2_5": [], "pm10": []}
+        for quantity, ts, value in rows:
+            if isinstance(value, int | float):
+                samples[quantity].append((ts / 1000, float(value)))
+        daily = {p: v for p, s in samples.items() if (v := aqi.daily_average(s, now)) is not None}
+        hourly = {p: v for p, s in samples.items() if (v := aqi.hourly_average(s, now)) is not None}
+        day_value, hour_value = aqi.thai_aqi(daily), aqi.thai_aqi(hourly)
+        return {"device": device, "quantity": "aqi_th", "at": _when(now),
+                "averages_24h": {p: round(v, 1) for p, v in daily.items()},
+                "averages_1h": {p: round(v, 1) for p, v in hourly.items()},
+                "aqi_24h": day_value.model_dump(mode="json") if day_value else None,
+                "aqi_1h": hour_value.model_dump(mode="json") if hour_value else None}
+
+    return router
