@@ -23,7 +23,7 @@ if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 # fonts-thai-tlwg: the Thai fonts receipts are rendered with; gdal-bin: GDAL reads the OGC API in the tests.
 packages=(python3 python3-venv python3-dev python3-pip build-essential mosquitto mosquitto-clients sqlite3
           ca-certificates pcscd libpcsclite-dev swig fonts-thai-tlwg)
-if [ "$mode" = test ]; then packages+=(vsmartcard-vpcd gdal-bin); fi
+if [ "$mode" = test ]; then packages+=(vsmartcard-vpcd gdal-bin openssl); fi  # openssl: the SMTP test certificate
 
 echo "==> Debian packages: ${packages[*]}"
 $sudo apt-get update -qq

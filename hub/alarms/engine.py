@@ -237,7 +237,7 @@ class AlarmEngine:
         averages: dict[str, float] = {}
         for pollutant in _AQI_INPUTS:
             hours = self._hours.get((device, pollutant), {})
-            samples = [(h * 3600 + 1800.0, s / n) for h, (s, n) in hours.items()]
+            samples = [(h * 3600.0, s / n) for h, (s, n) in hours.items()]
             avg = aqi.daily_average(samples, at)
             if avg is not None:
                 averages[pollutant] = avg
