@@ -310,3 +310,24 @@ def test_the_demo_rules_load_and_a_bad_file_says_where(tmp_path: Path) -> None:
                    'escalation = [{ channels = ["nowhere"] }]\n')
     with pytest.raises(HubConfigError, match=r"rules\.0\.threshold.*exactly one of above or below"):
         load_rules(bad)
+
+
+def test_readings_that_change_no_alarm_cost_no_write_and_a_batch_trips_once(
+        make_rig: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig = make_rig([rule("hot", "threshold", quantity="temperature", above=40, clear=38)])
+    writes: list[int] = []
+    real_write = rig.store.write
+
+    def counting(work: Any) -> Any:
+        writes.append(1)
+        return real_write(work)
+
+    monkeypatch.setattr(rig.engine.store, "write", counting)
+    readings = [Reading(ts=datetime.fromtimestamp(T0 + i, UTC), sensor="t", quantity="temperature",
+                        value=20.0 + i % 3, unit="C") for i in range(50)]
+    rig.engine.committed(IngestBatch(messages=[SeqMessage("dev-a", 1, T0, telemetry=readings)]))
+    assert writes == []
+    hot = [r.model_copy(update={"value": 45.0}) for r in readings[:3]]
+    rig.engine.committed(IngestBatch(messages=[SeqMessage("dev-a", 2, T0, telemetry=hot)]))
+    assert writes == [1]
+    assert [(a["state"], a["count"]) for a in rig.alarms()] == [("active", 1)]

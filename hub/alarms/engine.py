@@ -85,6 +85,9 @@ class _Write:
     raised: bool = False
 
 
+_Op = Callable[[sqlite3.Connection, _Write], None]
+
+
 class AlarmEngine:
     """Rules, the alarms they raise, and the operator's actions on them."""
 
@@ -155,13 +158,31 @@ class AlarmEngine:
 
     # -- the ingest observer -------------------------------------------------------------------
     def committed(self, batch: IngestBatch) -> None:
-        """Evaluate what ingest just committed; retried until it commits, since the batch is not acked before."""
-        if not batch.messages and not batch.statuses:
+        """Evaluate what ingest just committed; retried until it commits, since the batch is not acked before.
+
+        Readings are judged in memory and open a write only when an alarm changes, so telemetry costs ingest no
+        extra transaction; statuses and events always write (the stream carries them).
+        """
+        now = self.clock()
+        ops: list[_Op] = []
+        if batch.statuses or any(m.event is not None for m in batch.messages):
+            ops.append(lambda db, out: self._evaluate(db, out, batch))
+        for m in batch.messages:
+            for r in m.telemetry or ():
+                self._last_reading[(m.device, r.sensor)] = now
+                if isinstance(r.value, int | float) and not isinstance(r.value, bool):
+                    self._reading(ops, m.device, r.sensor, r.quantity, float(r.value), r.ts.timestamp())
+        if not ops:
             return
+
+        def run(db: sqlite3.Connection, out: _Write) -> None:
+            for op in ops:
+                op(db, out)
+
         delay = 0.2
         while True:
             try:
-                self._transact(lambda db, out: self._evaluate(db, out, batch))
+                self._transact(run)
                 return
             except StoreError as err:
                 log.error("alarm evaluation did not commit (%s); retrying in %.1f s", err, delay)
@@ -199,12 +220,7 @@ class AlarmEngine:
             elif info.offline_since is None:
                 info.offline_since = now
         for m in batch.messages:
-            if m.telemetry is not None:
-                for r in m.telemetry:
-                    self._last_reading[(m.device, r.sensor)] = now
-                    if isinstance(r.value, int | float) and not isinstance(r.value, bool):
-                        self._reading(db, out, m.device, r.sensor, r.quantity, float(r.value), r.ts.timestamp())
-            elif m.event is not None:
+            if m.event is not None:
                 e = m.event
                 data = {"device": m.device, "seq": m.seq, "ts": e.ts.timestamp(), "sensor": e.sensor,
                         "event": e.event, "severity": e.severity.value, "data": e.data}
@@ -218,9 +234,8 @@ class AlarmEngine:
                     elif rule.ends(e.event):
                         self._auto_clear(db, out, rule, m.device, now, e.event)
 
-    def _reading(self, db: sqlite3.Connection, out: _Write, device: str, sensor: str, quantity: str,
-                 value: float, ts: float) -> None:
-        self._quantity(db, out, device, sensor, quantity, value, ts)
+    def _reading(self, ops: list[_Op], device: str, sensor: str, quantity: str, value: float, ts: float) -> None:
+        self._quantity(ops, device, sensor, quantity, value, ts)
         if quantity in _AQI_INPUTS:
             hours = self._hours.setdefault((device, quantity), {})
             acc = hours.setdefault(int(ts // 3600), [0.0, 0.0])
@@ -230,7 +245,7 @@ class AlarmEngine:
                 del hours[old]
             value_th = self.aqi_of(device, ts)
             if value_th is not None:
-                self._quantity(db, out, device, sensor, AQI_QUANTITY, float(value_th.aqi), ts)
+                self._quantity(ops, device, sensor, AQI_QUANTITY, float(value_th.aqi), ts)
 
     def aqi_of(self, device: str, at: float) -> aqi.AqiValue | None:
         """The device's Thai AQI from the 24-hour averages the engine has seen (None below 12 hours of data)."""
@@ -243,24 +258,25 @@ class AlarmEngine:
                 averages[pollutant] = avg
         return aqi.thai_aqi(averages) if averages else None
 
-    def _quantity(self, db: sqlite3.Connection, out: _Write, device: str, sensor: str, quantity: str,
-                  value: float, ts: float) -> None:
+    def _quantity(self, ops: list[_Op], device: str, sensor: str, quantity: str, value: float, ts: float) -> None:
+        """Judge one value in memory; an alarm change is queued in ``ops`` (the condition is marked at once, so
+        the next value of the same batch sees it)."""
         for rule in self.rules.values():
             if not isinstance(rule, ThresholdRule | RateRule) or rule.quantity != quantity:
                 continue
             if not self._scoped(rule, device):
                 continue
             key = (rule.id, device)
-            detail = {"quantity": quantity, "reading_ts": ts}
+            detail: dict[str, Any] = {"quantity": quantity, "reading_ts": ts}
             if isinstance(rule, ThresholdRule):
                 if key in self._on:
                     if rule.clears(value):
-                        self._auto_clear(db, out, rule, device, self.clock(), f"{quantity} = {value:g}")
+                        self._queue_clear(ops, rule, device, f"{quantity} = {value:g}")
                 elif rule.trips(value):
                     since = self._pending.setdefault(key, ts)
                     if ts - since >= rule.for_s:
                         self._pending.pop(key, None)
-                        self._raise(db, out, rule, device, sensor, value, {**detail, "since": since}, self.clock())
+                        self._queue_raise(ops, rule, device, sensor, value, {**detail, "since": since})
                 else:
                     self._pending.pop(key, None)
                 continue
@@ -272,9 +288,18 @@ class AlarmEngine:
             change = value - base
             tripped = change >= rule.change if rule.change > 0 else change <= rule.change
             if tripped and key not in self._on:
-                self._raise(db, out, rule, device, sensor, value, {**detail, "change": change}, self.clock())
+                self._queue_raise(ops, rule, device, sensor, value, {**detail, "change": change})
             elif not tripped and key in self._on:
-                self._auto_clear(db, out, rule, device, self.clock(), f"{quantity} change {change:g}")
+                self._queue_clear(ops, rule, device, f"{quantity} change {change:g}")
+
+    def _queue_raise(self, ops: list[_Op], rule: AnyRule, device: str, sensor: str, value: float,
+                     detail: dict[str, Any]) -> None:
+        self._on.add((rule.id, device))
+        ops.append(lambda db, out: self._raise(db, out, rule, device, sensor, value, detail, self.clock()))
+
+    def _queue_clear(self, ops: list[_Op], rule: AnyRule, device: str, why: str) -> None:
+        self._on.discard((rule.id, device))
+        ops.append(lambda db, out: self._clear_open(db, out, rule, device, self.clock(), why))
 
     def _of(self, kind: type[Any]) -> list[Any]:
         return [r for r in self.rules.values() if isinstance(r, kind)]
@@ -397,6 +422,10 @@ class AlarmEngine:
         if (rule.id, device) not in self._on:
             return
         self._on.discard((rule.id, device))
+        self._clear_open(db, out, rule, device, now, why)
+
+    def _clear_open(self, db: sqlite3.Connection, out: _Write, rule: AnyRule, device: str, now: float,
+                    why: str) -> None:
         existing = sql.open_alarm(db, rule.id, device)
         if existing is None or existing["latched"]:
             return
