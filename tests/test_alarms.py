@@ -19,6 +19,7 @@ from hub.alarms.rules import DEMO_RULES, RulesFile, load_rules
 from hub.errors import HubConfigError
 from hub.store.base import IngestBatch, SeqMessage, StatusUpdate
 from hub.store.sqlite import SQLiteStore
+from tests.conftest import Broker, fast_air, wait_for
 
 T0 = 1_790_000_000.0
 WEBHOOK = {"id": "hook-a", "type": "webhook", "url": "http://127.0.0.1:9/a", "secret_file": "/nonexistent"}
@@ -331,3 +332,30 @@ def test_readings_that_change_no_alarm_cost_no_write_and_a_batch_trips_once(
     rig.engine.committed(IngestBatch(messages=[SeqMessage("dev-a", 2, T0, telemetry=hot)]))
     assert writes == [1]
     assert [(a["state"], a["count"]) for a in rig.alarms()] == [("active", 1)]
+
+
+@pytest.mark.broker
+def test_rules_on_a_real_agent_threshold_offline_with_grace_and_no_data_suppressed(
+        tmp_path: Path, broker: Broker, procs: Any) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rules]]\nid = "pm-any"\ntype = "threshold"\nquantity = "pm2_5"\nabove = 0\nclear = -1\nfor_s = 0.5\n'
+        'title_th = "ฝุ่น"\ntitle_en = "dust"\n\n'
+        '[[rules]]\nid = "quiet"\ntype = "no_data"\nintervals = 3\ntitle_th = "เงียบ"\ntitle_en = "quiet"\n\n'
+        '[[rules]]\nid = "down"\ntype = "offline"\ngrace_s = 2\nseverity = "major"\ntitle_th = "หลุด"\n'
+        'title_en = "down"\n')
+    hub = procs["hub"](broker.port, "--rules", str(rules))
+    agent = procs["agent"]("aq-real-1", broker.port, drivers=[fast_air(interval_s=0.2)], heartbeat_s=1.0)
+
+    def states() -> dict[str, str]:
+        return {a["rule"]: a["state"] for a in hub.get("/api/alarms", device="aq-real-1")}
+
+    wait_for(lambda: states().get("pm-any") == "active", 30, "the threshold alarm from simulated PM2.5")
+    agent.kill()  # no goodbye: the broker publishes the agent's last will, "lost"
+    wait_for(lambda: hub.get("/api/devices/aq-real-1")["state"] == "lost", 30, "the last will")
+    wait_for(lambda: states().get("down") == "active", 10, "the offline alarm after its grace")
+    lost = hub.get("/api/alarms", rule="down")[0]
+    assert lost["detail"]["link"] == "lost"
+    assert "quiet" not in states(), "an offline device raised a no-data alarm"
+    agent.start()
+    wait_for(lambda: states().get("down") == "cleared", 30, "the offline alarm cleared by the device's return")
