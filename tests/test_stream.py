@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable
@@ -11,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from hub.alarms import feed as feed_module
+from hub.alarms.feed import Feed, FeedItem
 from tests.conftest import Broker, Hub, wait_for
-
-pytestmark = pytest.mark.broker
 
 BUTTON = {"kind": "sim_button", "name": "sos", "event": "sos.pressed", "mean_gap_s": 0.15, "seed": 3}
 
@@ -84,6 +85,7 @@ def _pressed(reader: SseReader) -> list[int]:
     return [e["seq"] for e in reader.of("event") if e["event"] == "sos.pressed"]
 
 
+@pytest.mark.broker
 def test_the_stream_carries_device_state_events_and_alarms(broker: Broker, procs: Any) -> None:
     hub, agent = _start(broker, procs)
     reader = SseReader(lambda: hub.url).start()
@@ -99,6 +101,7 @@ def test_the_stream_carries_device_state_events_and_alarms(broker: Broker, procs
         reader.stop()
 
 
+@pytest.mark.broker
 def test_reconnecting_with_last_event_id_resumes_without_a_gap_also_after_a_restart(
         broker: Broker, procs: Any) -> None:
     hub, _agent = _start(broker, procs)
@@ -123,6 +126,7 @@ def test_reconnecting_with_last_event_id_resumes_without_a_gap_also_after_a_rest
     assert sorted(seen) == [s for s in stored if s <= max(seen)], "an event was missed"
 
 
+@pytest.mark.broker
 def test_events_newest_first_with_filters_and_cursor_paging(broker: Broker, procs: Any, tmp_path: Path) -> None:
     hub, agent = _start(broker, procs)
     wait_for(lambda: len(hub.get("/api/events", limit=100)["events"]) >= 7, 30, "seven events")
@@ -150,3 +154,28 @@ def test_events_newest_first_with_filters_and_cursor_paging(broker: Broker, proc
     assert older and all(e["ts"] < middle for e in older)
     r = httpx.get(f"{hub.url}/api/events", params={"cursor": "bm9wZQ"}, timeout=10)
     assert r.status_code == 422
+
+
+def test_the_ring_answers_a_resume_only_when_it_reaches_back_and_a_slow_client_is_told_to_reconnect() -> None:
+    async def scenario() -> tuple[int, FeedItem | None]:
+        feed = Feed()
+        sub = feed.subscribe(asyncio.get_running_loop())
+        feed.publish([FeedItem(i, "event", "{}") for i in range(1, feed_module.QUEUE_MAX + 10)])
+        await asyncio.sleep(0)
+        delivered = sub.queue.qsize()
+        last = None
+        while not sub.queue.empty():
+            last = sub.queue.get_nowait()
+        feed.unsubscribe(sub)
+        return delivered, last
+
+    delivered, last = asyncio.run(scenario())
+    assert delivered == feed_module.QUEUE_MAX + 1
+    assert last is None, "a client that fell behind must be told to reconnect"
+    feed = Feed()
+    assert feed.from_ring(0) is None  # empty (after a restart): the stored feed answers
+    feed.publish([FeedItem(i, "event", "{}") for i in range(1, feed_module.RING_MAX + 11)])
+    assert feed.from_ring(5) is None
+    ring = feed.from_ring(10)
+    assert ring is not None
+    assert [i.id for i in ring][:2] == [11, 12]

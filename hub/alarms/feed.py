@@ -71,7 +71,8 @@ class Subscriber:
     queue: asyncio.Queue[FeedItem | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_MAX + 1))
     overflowed: bool = False
 
-    def _put(self, item: FeedItem) -> None:
+    def offer(self, item: FeedItem) -> None:
+        """Queue a row on the client's loop; past QUEUE_MAX the client is told to reconnect instead."""
         if self.overflowed:
             return
         if self.queue.qsize() >= QUEUE_MAX:
@@ -99,7 +100,7 @@ class Feed:
         for sub in subscribers:
             for item in items:
                 try:
-                    sub.loop.call_soon_threadsafe(sub._put, item)
+                    sub.loop.call_soon_threadsafe(sub.offer, item)
                 except RuntimeError:  # the client's loop is closed: it is gone
                     self.unsubscribe(sub)
                     break
