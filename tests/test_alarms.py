@@ -359,3 +359,25 @@ def test_rules_on_a_real_agent_threshold_offline_with_grace_and_no_data_suppress
     assert "quiet" not in states(), "an offline device raised a no-data alarm"
     agent.start()
     wait_for(lambda: states().get("down") == "cleared", 30, "the offline alarm cleared by the device's return")
+
+
+def test_the_aqi_endpoint_serves_the_24_hour_index_with_its_band_and_the_hourly_value(make_rig: Any) -> None:
+    rig = make_rig([])
+    start = T0 - T0 % 3600
+    for h in range(11):
+        rig.reading("aq-api-1", "pm2_5", 37.5, start + h * 3600 + 60, sensor="pm")
+        rig.reading("aq-api-1", "pm10", 100.0, start + h * 3600 + 90, sensor="pm")
+    api = client(rig)
+    partial = api.get("/api/devices/aq-api-1/aqi").json()
+    assert partial["aqi_24h"] is None  # 11 hours are not enough
+    assert partial["aqi_1h"]["aqi"] == 100  # the hour just gone: PM2.5 37.5
+    rig.reading("aq-api-1", "pm2_5", 80.0, start + 11 * 3600 + 60, sensor="pm")
+    rig.reading("aq-api-1", "pm10", 100.0, start + 11 * 3600 + 90, sensor="pm")
+    rig.now = start + 11 * 3600 + 120
+    body = api.get("/api/devices/aq-api-1/aqi").json()
+    day = body["aqi_24h"]
+    assert body["averages_24h"]["pm2_5"] == pytest.approx((37.5 * 11 + 80) / 12, abs=0.05)
+    assert (day["aqi"], day["colour"], day["sub_indices"]["pm10"]) == (110, "orange", 75)
+    assert day["effective"] == "2023-06-01"
+    assert (body["aqi_1h"]["aqi"], body["aqi_1h"]["colour"]) == (214, "red")  # PM2.5 80 in the last hour
+    assert api.get("/api/devices/nowhere-1/aqi").status_code == 404
