@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 from edge.contract import TxOutcome, topic
 from hub.alarms import api as alarms_api
 from hub.alarms import store as alarms_store
+from hub.alarms.feed import Feed
 from hub.alarms.rules import DEMO_RULES, load_rules
 from hub.alarms.service import AlarmService
 from hub.api import events as events_api
@@ -90,7 +92,21 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     app.include_router(events_api.create_router(store, alarms.feed))
     app.include_router(alarms_api.create_router(alarms.engine))
     app.router.lifespan_context = lifespan
+    app.state.feed = alarms.feed
     return app, store, ingest
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, ending the live streams as soon as a stop is asked for (it waits for open responses)."""
+
+    def __init__(self, config: uvicorn.Config, feed: Feed) -> None:
+        super().__init__(config)
+        self._feed = feed
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Stop as uvicorn does, after telling every SSE client to go."""
+        self._feed.close()
+        super().handle_exit(sig, frame)
 
 
 def serve(settings: HubSettings) -> None:
@@ -101,4 +117,6 @@ def serve(settings: HubSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     print(f"Nakhon hub API on http://{settings.http_host}:{settings.http_port}", flush=True)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
+                            access_log=False)
+    _Server(config, app.state.feed).run()

@@ -179,3 +179,27 @@ def test_the_ring_answers_a_resume_only_when_it_reaches_back_and_a_slow_client_i
     ring = feed.from_ring(10)
     assert ring is not None
     assert [i.id for i in ring][:2] == [11, 12]
+
+
+@pytest.mark.broker
+def test_a_connected_stream_does_not_hold_up_a_graceful_stop(broker: Broker, procs: Any) -> None:
+    hub = procs["hub"](broker.port)
+    opened = threading.Event()
+    ended: list[str] = []
+
+    def browser() -> None:  # patient like a browser: waits a minute for the next byte
+        try:
+            with httpx.stream("GET", f"{hub.url}/api/stream", timeout=60) as r:
+                opened.set()
+                for _ in r.iter_lines():
+                    pass
+            ended.append("stream ended")
+        except httpx.HTTPError as err:
+            ended.append(type(err).__name__)
+
+    thread = threading.Thread(target=browser, daemon=True)
+    thread.start()
+    assert opened.wait(10)
+    assert hub.stop(timeout=10) == 0
+    thread.join(10)
+    assert ended, "the stream stayed open after the hub stopped"

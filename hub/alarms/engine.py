@@ -163,15 +163,16 @@ class AlarmEngine:
         Readings are judged in memory and open a write only when an alarm changes, so telemetry costs ingest no
         extra transaction; statuses and events always write (the stream carries them).
         """
-        now = self.clock()
         ops: list[_Op] = []
-        if batch.statuses or any(m.event is not None for m in batch.messages):
-            ops.append(lambda db, out: self._evaluate(db, out, batch))
-        for m in batch.messages:
-            for r in m.telemetry or ():
-                self._last_reading[(m.device, r.sensor)] = now
-                if isinstance(r.value, int | float) and not isinstance(r.value, bool):
-                    self._reading(ops, m.device, r.sensor, r.quantity, float(r.value), r.ts.timestamp())
+        with self._lock:  # the ticker and the API change the same in-memory state
+            now = self.clock()
+            if batch.statuses or any(m.event is not None for m in batch.messages):
+                ops.append(lambda db, out: self._evaluate(db, out, batch))
+            for m in batch.messages:
+                for r in m.telemetry or ():
+                    self._last_reading[(m.device, r.sensor)] = now
+                    if isinstance(r.value, int | float) and not isinstance(r.value, bool):
+                        self._reading(ops, m.device, r.sensor, r.quantity, float(r.value), r.ts.timestamp())
         if not ops:
             return
 

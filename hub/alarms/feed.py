@@ -12,6 +12,7 @@ below :data:`QUEUE_MAX` is disconnected and catches up the same way when it reco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -89,6 +90,7 @@ class Feed:
         self._ring: deque[FeedItem] = deque(maxlen=RING_MAX)
         self._subscribers: set[Subscriber] = set()
         self._lock = threading.Lock()
+        self._closed = False
 
     def publish(self, items: list[FeedItem]) -> None:
         """Hand committed rows (in id order) to the ring and to every subscriber (thread-safe)."""
@@ -110,7 +112,20 @@ class Feed:
         sub = Subscriber(loop)
         with self._lock:
             self._subscribers.add(sub)
+            closed = self._closed
+        if closed:
+            sub.queue.put_nowait(None)
         return sub
+
+    def close(self) -> None:
+        """The hub is stopping: end every stream (clients reconnect with ``Last-Event-ID`` to the next hub),
+        so the HTTP server is not left waiting for responses that never end."""
+        with self._lock:
+            self._closed = True
+            subscribers = list(self._subscribers)
+        for sub in subscribers:
+            with contextlib.suppress(RuntimeError):  # that client's loop is already closed
+                sub.loop.call_soon_threadsafe(sub.queue.put_nowait, None)
 
     def unsubscribe(self, sub: Subscriber) -> None:
         """Stop sending to a client (idempotent)."""
