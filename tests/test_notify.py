@@ -369,3 +369,14 @@ def test_an_sos_press_reaches_the_stream_line_and_mail_once_each(
     assert "mlat=16.4139" in text
     assert "http://hub.example.go.th/api/alarms/" in text
     assert len(current["hub"].get("/api/alarms")) == 1
+
+
+def test_a_misconfigured_channel_fails_as_a_notification_error_not_a_crash(tmp_path: Path) -> None:
+    mail = EmailChannel(id="mail-duty", type="email", host="127.0.0.1", port=free_port(), sender="a@b.th",
+                        to=["c@d.th"], ca_file=tmp_path / "missing-ca.pem")
+    with pytest.raises(NotifyError, match=r"SMTP 127\.0\.0\.1.*FileNotFoundError"):
+        send_email(mail, Outgoing(1, "k", "s", "b", {}))
+    line = LineChannel(id="line-duty", type="line", to="C1", token_file=tmp_path / "missing.token",
+                       base_url="http://127.0.0.1:9")
+    with pytest.raises(NotifyError, match=r"cannot read the LINE channel access token file .*missing\.token"):
+        send_line(line, Outgoing(1, "k", "s", "b", {}))

@@ -54,7 +54,7 @@ def _secret(path: Path, what: str) -> str:
 def _post(url: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
     try:
         return httpx.post(url, content=content, headers=headers, timeout=TIMEOUT_S)
-    except httpx.HTTPError as err:
+    except (httpx.HTTPError, httpx.InvalidURL) as err:
         raise NotifyError(f"POST {url}: {type(err).__name__}: {err}") from err
 
 
@@ -105,8 +105,8 @@ def send_email(channel: EmailChannel, n: Outgoing) -> str:
         if len(lines) < 2:
             raise NotifyError(f"{channel.credentials_file}: expected the user name and the password on two lines")
         credentials = (lines[0].strip(), lines[1].strip())
-    context = ssl.create_default_context(cafile=str(channel.ca_file) if channel.ca_file else None)
     try:
+        context = ssl.create_default_context(cafile=str(channel.ca_file) if channel.ca_file else None)
         with smtplib.SMTP(channel.host, channel.port, timeout=TIMEOUT_S) as smtp:
             smtp.ehlo()
             smtp.starttls(context=context)

@@ -65,12 +65,16 @@ class NotificationWorker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            due = None
             try:
                 self.drain()
                 due = self.store.read(sql.next_due)
             except StoreError as err:
                 log.error("notification worker: %s; trying again shortly", err)
-                due = None
+            except Exception:
+                # The worker is a supervisor: a dead worker would silently stop every notification, so whatever
+                # one round raises is logged once with its traceback and the next round runs.
+                log.exception("notification worker round failed; carrying on")
             wait = 1.0 if due is None else min(1.0, max(0.0, due - self.clock()))
             self._wake.wait(wait)
             self._wake.clear()
