@@ -381,3 +381,18 @@ def test_the_aqi_endpoint_serves_the_24_hour_index_with_its_band_and_the_hourly_
     assert day["effective"] == "2023-06-01"
     assert (body["aqi_1h"]["aqi"], body["aqi_1h"]["colour"]) == (214, "red")  # PM2.5 80 in the last hour
     assert api.get("/api/devices/nowhere-1/aqi").status_code == 404
+
+
+def test_a_failing_evaluation_never_stops_ingest(make_rig: Any, monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    rig = make_rig([rule("sos", "event", events=["sos.pressed"])])
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("a bug in a rule")
+
+    monkeypatch.setattr(rig.engine, "_evaluate", broken)
+    rig.event("pole-x-1", "sos.pressed")  # would raise into ingest's writer thread
+    assert "alarm evaluation of a batch failed" in caplog.text
+    monkeypatch.undo()
+    rig.event("pole-x-1", "sos.pressed")
+    assert rig.states() == [("sos", "pole-x-1", "active")]

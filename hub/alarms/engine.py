@@ -163,6 +163,14 @@ class AlarmEngine:
         Readings are judged in memory and open a write only when an alarm changes, so telemetry costs ingest no
         extra transaction; statuses and events always write (the stream carries them).
         """
+        try:
+            self._committed(batch)
+        except Exception:
+            # This runs on ingest's writer thread: a bug in a rule must not stop the hub storing data, so it is
+            # caught here once, logged with its traceback, and that batch's alarms are lost (and logged as such).
+            log.exception("alarm evaluation of a batch failed; ingest carries on")
+
+    def _committed(self, batch: IngestBatch) -> None:
         ops: list[_Op] = []
         with self._lock:  # the ticker and the API change the same in-memory state
             now = self.clock()
