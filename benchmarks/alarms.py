@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import re
+import secrets
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,10 @@ from _harness import (
     table,
     work_dir,
 )
+
+from hub import audit
+from hub.auth import accounts
+from hub.store.sqlite import SQLiteStore
 
 BAR_S = 1.0
 LAUNCH = """
@@ -122,11 +127,24 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def _operator_token(data: Path) -> str:
+    """An operator in the (not yet started) hub's store, and a new API token of theirs."""
+    store = SQLiteStore(data / "hub.sqlite", schemas=(accounts.ensure_schema, audit.ensure_schema))
+    store.open()
+    try:
+        users = accounts.Accounts(store)
+        users.add_user("bench", ["operator"], secrets.token_urlsafe(24))
+        return users.add_token("bench", "benchmarks/alarms.py")[1]
+    finally:
+        store.close()
+
+
 class StreamTimer:
     """Reads ``/api/stream``: times raised alarms against their press and clears them for the next press."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str) -> None:
         self.url = url
+        self.auth = {"Authorization": f"Bearer {token}"}
         self.pressed: dict[tuple[str, int], float] = {}
         self.raised: dict[int, tuple[float, float]] = {}
         """alarm id -> (press time at the agent, time on the stream)"""
@@ -147,7 +165,7 @@ class StreamTimer:
     def _read(self) -> None:
         last: str | None = None
         while not self._stop.is_set():
-            headers = {"Last-Event-ID": last} if last else {}
+            headers = {**self.auth, "Last-Event-ID": last} if last else self.auth
             # the hub sends a keepalive every 15 s, so a read that waits 20 s only ends on a real loss
             with contextlib.suppress(httpx.HTTPError), httpx.stream(
                     "GET", f"{self.url}/api/stream", headers=headers, timeout=httpx.Timeout(5, read=20)) as r:
@@ -175,13 +193,13 @@ class StreamTimer:
                 self._clear.put(alarm["id"])
 
     def _clearer(self) -> None:
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=10, headers=self.auth) as client:
             while not self._stop.is_set():
                 try:
                     alarm_id = self._clear.get(timeout=0.5)
                 except queue.Empty:
                     continue
-                client.post(f"{self.url}/api/alarms/{alarm_id}/clear", headers={"X-Nakhon-User": "bench"})
+                client.post(f"{self.url}/api/alarms/{alarm_id}/clear").raise_for_status()
 
 
 def _percentiles(values: list[float]) -> tuple[float, float, float]:
@@ -200,6 +218,7 @@ def run(args: argparse.Namespace) -> None:
         stack.callback(sink.close)
         # the harness starts the hub with this environment; agents read NAKHON_* too, so it is gone before them
         os.environ["NAKHON_HUB_RULES"] = str(_rules(directory, sink))
+        token = _operator_token(directory / "hub")
         try:
             hub = HubProcess(stack, directory / "hub", broker.settings.port)
         finally:
@@ -215,14 +234,15 @@ def run(args: argparse.Namespace) -> None:
         deadline = time.monotonic() + 60 + 2 * args.poles
         while True:
             hub.check()
-            online = [d for d in httpx.get(f"{url}/api/devices", timeout=10).json() if d["state"] == "online"]
+            online = [d for d in httpx.get(f"{url}/api/devices", headers={"Authorization": f"Bearer {token}"},
+                                           timeout=10).json() if d["state"] == "online"]
             if len(online) >= args.poles:
                 break
             if time.monotonic() > deadline:
                 tail = (directory / "bench-pole-0000.log").read_text(errors="replace")[-1500:]
                 raise BenchError(f"only {len(online)} of {args.poles} poles came online; pole 0:\n{tail}")
             time.sleep(1)
-        timer = StreamTimer(url)
+        timer = StreamTimer(url, token)
         timer.start()
         stack.callback(timer.stop)
         progress(f"all poles online; measuring for {args.seconds:.0f} s")

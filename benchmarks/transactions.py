@@ -46,7 +46,7 @@ from _harness import (
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from edge.contract import QOS, Tx, TxOutcome, TxStatus, now, topic
+from edge.contract import QOS, DeviceState, Status, Tx, TxOutcome, TxStatus, now, topic
 from hub.errors import BrokerError
 
 KIND = "fee.payment"
@@ -222,6 +222,10 @@ class _Kiosk:
         # A clean start: subscribe again, then send again what is unanswered (the broker handles both in order,
         # so the subscription is in place before the hub can answer).
         client.subscribe(self.down, qos=QOS)
+        # the hub takes payments only from a device registered as a service kiosk (its node in up/status)
+        client.publish(topic(ROOT, self.device, "up/status"),
+                       Status(device=self.device, state=DeviceState.ONLINE, at=now(), node="service-kiosk").to_json(),
+                       qos=QOS, retain=True)
         with self.lock:
             due = self.started and not self.done.is_set()
             payload = self._send_locked(resend=True) if due else b""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -91,6 +91,14 @@ class KioskService(_Section):
         ("cash", "promptpay")))
 
 
+class KioskZone(_Section):
+    """A municipal zone as the kiosk names it (copied from the hub's zones GeoJSON by provisioning)."""
+
+    code: Annotated[str, Field(min_length=1, max_length=64)]
+    name_th: Annotated[str, Field(min_length=1, max_length=200)]
+    name_en: Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class KioskSettings(_Section):
     """A service kiosk: its office, its screen, and which drivers are its card reader and printer."""
 
@@ -101,8 +109,11 @@ class KioskSettings(_Section):
     printer: str | None = Field(default=None, description="name of the escpos_printer driver entry")
     answer_timeout_s: Annotated[float, Field(gt=0, le=600)] = 20.0
     idle_reset_s: Annotated[float, Field(gt=0)] = 120.0
+    error_reset_s: Annotated[float, Field(gt=0)] = Field(
+        default=20.0, description="how long an error screen stays before the kiosk returns to the start")
     reports: bool = Field(default=True, description="offer problem reports at the kiosk's location")
     services: list[KioskService] = Field(default_factory=list)
+    zones: list[KioskZone] = Field(default_factory=list, description="names of the zones a report may land in")
 
 
 class DeviceConfig(_Section):
@@ -133,6 +144,35 @@ class LoadedConfig:
     device: DeviceConfig
     drivers: tuple[tuple[drivers.DriverKind, drivers.DriverConfig], ...]
     password: str | None
+
+    def resolve(self, named: Path) -> Path:
+        """A path the config names: relative paths are relative to the config file's folder."""
+        return named if named.is_absolute() else self.path.parent / named
+
+
+_BROKER_FILES = ("ca_file", "cert_file", "key_file")
+
+
+def _broker_file_problems(device: DeviceConfig, resolve: Callable[[Path], Path]) -> list[str]:
+    problems = []
+    for key in _BROKER_FILES:
+        named = getattr(device.broker, key)
+        if named is not None and not resolve(named).is_file():
+            problems.append(f"broker.{key}: no such file {resolve(named)}")
+    if device.broker.key_file is not None and device.broker.cert_file is None:
+        problems.append("broker.key_file: a client key needs its certificate in broker.cert_file")
+    return problems
+
+
+def _driver_file_problems(entries: list[tuple[int, drivers.DriverConfig]],
+                          resolve: Callable[[Path], Path]) -> list[str]:
+    """Path-valued driver settings that name nothing, except ``sim_*`` (used only under ``--simulate``)."""
+    problems = []
+    for index, conf in entries:
+        for key, value in conf:
+            if isinstance(value, Path) and not key.startswith("sim_") and not resolve(value).exists():
+                problems.append(f"drivers[{index}].{key} ({conf.name}): no such file {resolve(value)}")
+    return problems
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -200,8 +240,12 @@ def _read_secret(path: Path, config_path: Path, key: str) -> str:
     return text
 
 
-def load(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
-    """Read, override from the environment, and validate a device config; raise :class:`ConfigError`."""
+def load(path: Path | str, environ: Mapping[str, str] | None = None, check_files: bool = False) -> LoadedConfig:
+    """Read, override from the environment, and validate a device config; raise :class:`ConfigError`.
+
+    The broker's files (password, CA, certificate, key) must always exist; ``check_files`` (``agent check``)
+    also checks every file a driver setting names, which on a device means its hardware is in place.
+    """
     path = Path(path)
     env = os.environ if environ is None else environ
     try:
@@ -219,6 +263,7 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedCo
         raise ConfigError(f"{path}: " + f"\n{path}: ".join(_describe(err))) from err
 
     resolved: list[tuple[drivers.DriverKind, drivers.DriverConfig]] = []
+    indexed: list[tuple[int, drivers.DriverConfig]] = []
     names: dict[str, int] = {}
     claimed: dict[str, int] = {}
     for index, entry in enumerate(device.drivers):
@@ -251,6 +296,7 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedCo
             else:
                 claimed[claim] = index
         resolved.append((kind, config))
+        indexed.append((index, config))
     if device.kiosk is not None:
         kinds = {conf.name: kind.kind for kind, conf in resolved}
         for key, kind_name in (("card_reader", "thai_id_card"), ("printer", "escpos_printer")):
@@ -259,6 +305,14 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedCo
                 problems.append(f"kiosk.{key}: {name!r} is not the name of a {kind_name} entry in [[drivers]]")
         if device.kiosk.reports and device.location is None:
             problems.append("kiosk.reports: problem reports need the kiosk's location = { lat = ..., lon = ... }")
+    def relative(named: Path) -> Path:
+        return named if named.is_absolute() else path.parent / named
+
+    problems += _broker_file_problems(device, relative)
+    if check_files:
+        problems += _driver_file_problems(indexed, relative)
+        if device.broker.password_file is not None and not relative(device.broker.password_file).is_file():
+            problems.append(f"broker.password_file: no such file {relative(device.broker.password_file)}")
     if problems:
         raise ConfigError(f"{path}: " + f"\n{path}: ".join(problems))
 

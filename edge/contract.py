@@ -8,6 +8,7 @@ See ``docs/protocol.md`` for the prose version with an example of each payload.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,21 +18,79 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
     StringConstraints,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 DEFAULT_ROOT: Final = "nakhon"
 DEVICE_ID_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{2,62}$"
 _DEVICE_ID_RE: Final = re.compile(DEVICE_ID_PATTERN)
 
 
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+MAX_DEPTH: Final = 32
+"""Deepest nesting of objects and arrays in a payload (the payload object itself is level 1)."""
+MAX_TEXT: Final = 4096
+"""Longest string (value or object key) anywhere in a payload, in characters."""
+OUT_OF_BOUNDS: Final = "out_of_bounds"
+TOO_DEEP: Final = "too_deep"
+BOUND_ERRORS: Final = frozenset({OUT_OF_BOUNDS, TOO_DEEP, "finite_number"})
+"""Validation error types that mean "outside what the hub can hold" rather than "not this schema"."""
+
+
+def _out_of_bounds(what: str, path: tuple[str | int, ...] = ()) -> PydanticCustomError:
+    where = f" at {'.'.join(str(p) for p in path)}" if path else ""
+    return PydanticCustomError(OUT_OF_BOUNDS, "{what}{where}", {"what": what, "where": where})
+
+
+def _bound_scalar(value: Any, path: tuple[str | int, ...] = ()) -> None:
+    """Refuse a JSON scalar the store cannot hold: an integer outside int64, NaN or an infinity, a huge string."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise _out_of_bounds("integer outside the 64-bit range [-2^63, 2^63-1]", path)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _out_of_bounds("number is not finite (NaN and infinities are refused)", path)
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise _out_of_bounds(f"string of {len(value)} characters, longer than {MAX_TEXT}", path)
+
+
+def check_bounds(data: Any) -> None:
+    """Walk a decoded payload (without recursion) and refuse what breaks the contract's bounds.
+
+    Nesting deeper than :data:`MAX_DEPTH` raises a ``too_deep`` error, every other bound ``out_of_bounds``.
+    Values that are not plain JSON (models, datetimes built by a sender) are left to their own validators.
+    """
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict | list):
+            if len(path) >= MAX_DEPTH:
+                raise PydanticCustomError(TOO_DEEP, "objects and arrays nested deeper than {limit} levels",
+                                          {"limit": MAX_DEPTH})
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    _bound_scalar(key, path)
+                    stack.append((item, (*path, key)))
+            else:
+                stack.extend((item, (*path, i)) for i, item in enumerate(value))
+        else:
+            _bound_scalar(value, path)
+
+
 def _to_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("timestamp must carry a time zone (RFC 3339 with a 'Z' suffix)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as err:
+        raise _out_of_bounds("timestamp outside the years 1 to 9999 in UTC") from err
 
 
 def format_timestamp(value: datetime) -> str:
@@ -49,11 +108,26 @@ Timestamp = Annotated[
 ]
 """An RFC 3339 instant; always held in UTC and written with a ``Z`` suffix."""
 
-Seq = Annotated[int, Field(ge=1)]
-"""The per-device outbox sequence number: strictly increasing, never reused."""
+def _bounded_value(value: Any) -> Any:
+    _bound_scalar(value)
+    return value
+
+
+Seq = Annotated[int, Field(ge=1, strict=True), AfterValidator(_bounded_value)]
+"""The per-device outbox sequence number: strictly increasing, never reused; a JSON integer in [1, 2^63-1]
+(``true``, ``"5"`` and ``5.0`` are refused)."""
+
+
+def is_seq(value: Any) -> bool:
+    """Whether a decoded JSON value is a valid seq (a strict integer in [1, 2^63-1])."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= INT64_MAX
+
 
 Scalar = bool | int | float | str
 """A reading's value: a number, a boolean or a string."""
+
+ReadingValue = Annotated[Scalar, BeforeValidator(_bounded_value)]
+"""A reading's value as the contract bounds it: integers in int64, finite floats, strings up to MAX_TEXT."""
 
 
 def now() -> datetime:
@@ -68,6 +142,12 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     v: Literal[1] = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        check_bounds(data)
+        return data
 
     def to_json(self) -> bytes:
         """Serialise for the wire (UTF-8 JSON)."""
@@ -116,6 +196,17 @@ class StreamHealth(BaseModel):
     state: Literal["ok", "unavailable", "starting"]
     interval_s: float | None = None
     error: str | None = None
+    refused_values: int | None = Field(default=None, description="NaN or infinite values refused at the edge")
+
+
+class TaskHealth(BaseModel):
+    """State of one of the agent's own tasks (connection, publisher, heartbeat...), carried in its heartbeat."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    state: Literal["ok", "unavailable"]
+    error: str | None = Field(default=None, description="the last unexpected error, kept after a restart")
+    restarts: int = 0
 
 
 class Location(BaseModel):
@@ -148,6 +239,10 @@ class Status(Message):
     node: str | None = None
     site: str | None = None
     location: Location | None = None
+    tasks: dict[str, TaskHealth] | None = Field(default=None, description="agent tasks that failed at least once")
+    outbox_error: str | None = Field(default=None, description="why the outbox cannot take records right now")
+    unstored: int | None = Field(default=None, description="records lost because the outbox could not take them")
+    set_aside: int | None = Field(default=None, description="records the broker refused for good, kept locally")
 
 
 class Reading(BaseModel):
@@ -158,7 +253,7 @@ class Reading(BaseModel):
     ts: Timestamp
     sensor: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     quantity: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    value: Scalar
+    value: ReadingValue
     unit: str | None
     clock: str | None = Field(default=None, description="the clock that stamped ts: system, gps...")
 
@@ -239,6 +334,8 @@ class Command(Message):
     cmd_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     args: dict[str, Any] = Field(default_factory=dict)
+    expires_at: Timestamp | None = Field(
+        default=None, description="the device refuses the command after this instant (reply code ``expired``)")
 
 
 class Reply(Message):
@@ -250,6 +347,12 @@ class Reply(Message):
     ok: bool
     result: dict[str, Any] | None = None
     error: str | None = None
+    code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")] | None = Field(
+        default=None, description="why it failed, for machines: ``expired`` when the command came too late")
+
+
+REPLY_EXPIRED: Final = "expired"
+"""The reply ``code`` of a command that reached the device after its ``expires_at``."""
 
 
 class DesiredConfig(Message):

@@ -1,20 +1,22 @@
 """A Mosquitto broker for a deployment: generated config, password and ACL files, and its process.
 
 Devices authenticate with their device id as username (``use_username_as_clientid true`` stops one device
-from taking over another's session), and ACL patterns bound to ``%u`` let a device write only under
-``{root}/{device}/up/`` and read only under ``{root}/{device}/down/``.
+from taking over another's session); the dynamic security plugin's ACLs, one role per device, let a device
+write only under ``{root}/{device}/up/`` and subscribe and read only under ``{root}/{device}/down/``. Only
+operators (the hub) may subscribe elsewhere, shared subscriptions (``$share/GROUP/...``) included.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +47,52 @@ class BrokerSettings:
     autosave_interval_s: int = 60
 
 
+DYNAMIC_SECURITY_PLUGINS = ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so")
+"""Where Debian's mosquitto package puts the plugin (a multiarch folder on amd64, arm64 and armhf)."""
+
+
+def dynamic_security_plugin() -> Path:
+    """The dynamic security plugin of the installed Mosquitto."""
+    for pattern in DYNAMIC_SECURITY_PLUGINS:
+        found = sorted(Path("/").glob(pattern.lstrip("/")))
+        if found:
+            return found[0]
+    raise BrokerError("mosquitto_dynamic_security.so not found (Debian: apt-get install mosquitto)")
+
+
+def _acl(acltype: str, topic: str) -> dict[str, object]:
+    return {"acltype": acltype, "topic": topic, "priority": 0, "allow": True}
+
+
+def access_control(settings: BrokerSettings, users: Iterable[str]) -> dict[str, object]:
+    """The dynamic security plugin's config: every account's ACL, subscriptions included; the rest is refused.
+
+    Mosquitto's ``acl_file`` does not check subscriptions at all (only each delivery), so a device could join the
+    hub's shared subscription ``$share/GROUP/{root}/+/up/#``: the broker then handed it its share of the fleet's
+    uplink, refused the delivery, and those messages were lost. The plugin checks every SUBSCRIBE against the
+    whole filter, ``$share/GROUP/`` included, so only operators may join a share group. It has no ``%u``
+    patterns (Mosquitto 2.0), hence one role per device naming its own topics. Passwords stay in ``password_file``.
+    """
+    root = settings.root
+    roles: list[dict[str, object]] = [{"rolename": "operator", "acls": [
+        _acl("publishClientSend", f"{root}/#"), _acl("publishClientReceive", f"{root}/#"),
+        _acl("subscribePattern", f"{root}/#"), _acl("subscribePattern", f"$share/+/{root}/#")]}]
+    clients: list[dict[str, object]] = []
+    for user in sorted(users):
+        if user in settings.operators:
+            clients.append({"username": user, "roles": [{"rolename": "operator"}]})
+            continue
+        roles.append({"rolename": f"device-{user}", "acls": [
+            _acl("publishClientSend", f"{root}/{user}/up/#"), _acl("publishClientReceive", f"{root}/{user}/down/#"),
+            _acl("subscribePattern", f"{root}/{user}/down/#")]})
+        clients.append({"username": user, "roles": [{"rolename": f"device-{user}"}]})
+    return {"defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
+                                 "unsubscribe": True},
+            "clients": clients, "groups": [], "roles": roles}
+
+
 def write_config(settings: BrokerSettings) -> Path:
-    """Write ``mosquitto.conf`` (and the password and ACL files) into the settings' directory."""
+    """Write ``mosquitto.conf`` (and the password and access control files) into the settings' directory."""
     d = settings.directory
     (d / "data").mkdir(parents=True, exist_ok=True)
     lines = [
@@ -80,15 +126,11 @@ def write_config(settings: BrokerSettings) -> Path:
             subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True, timeout=60)
         except (OSError, subprocess.SubprocessError) as err:
             raise BrokerError(f"mosquitto_passwd could not hash {passwd}: {err}; is mosquitto installed?") from err
-        acl = d / "acl"
-        acl_lines = ["# operators (the hub) see the whole deployment"]
-        for user in settings.operators:
-            acl_lines += [f"user {user}", f"topic readwrite {settings.root}/#", ""]
-        acl_lines += ["# every device writes its own up/ and reads its own down/, by its authenticated name",
-                      f"pattern write {settings.root}/%u/up/#", f"pattern read {settings.root}/%u/down/#", ""]
-        acl.write_text("\n".join(acl_lines))
-        lines += ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}",
-                  "use_username_as_clientid true"]
+        access = d / "dynamic-security.json"
+        access.write_text(json.dumps(access_control(settings, settings.accounts), indent=1) + "\n")
+        access.chmod(0o600)
+        lines += ["allow_anonymous false", f"password_file {passwd}", "use_username_as_clientid true",
+                  f"plugin {dynamic_security_plugin()}", f"plugin_opt_config_file {access}"]
     conf = d / "mosquitto.conf"
     conf.write_text("\n".join(lines) + "\n")
     return conf
@@ -154,6 +196,6 @@ class Mosquitto:
         self.stop()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the password and ACL files."""
+        """SIGHUP: re-read the password file (the access control file is read at start only)."""
         if self.process is not None:
             self.process.send_signal(signal.SIGHUP)

@@ -25,3 +25,16 @@ class AlarmError(HubError, ValueError):
 
 class NotifyError(HubError, ConnectionError):
     """A notification channel did not take a message."""
+
+
+class MessageTooLarge(HubError, ValueError):
+    """An outgoing message is larger than the hub or the broker accepts; it was not published."""
+
+
+class RecordRejected(StoreError):
+    """The store refused one record it was given (a value it cannot hold, a broken constraint): retrying the same
+    records will not help, unlike a locked or full database."""
+
+
+class CommandInvalid(HubError, ValueError):
+    """A command breaks the wire contract's bounds (a string too long, a number out of range); it was not sent."""

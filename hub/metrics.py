@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
@@ -36,6 +37,40 @@ class _RegistryCollector(Collector):
         yield GaugeMetricFamily("nakhon_lost_messages", "messages lost across the fleet", value=total_lost)
 
 
+@dataclass(frozen=True)
+class WriterState:
+    """The ingest writer thread as ``/healthz`` and ``/metrics`` show it."""
+
+    running: bool
+    queue_depth: int
+    oldest_unwritten_s: float
+    """Age of the oldest message received but not yet committed (0 when the writer holds none)."""
+    limit_s: float
+    """Above this age the hub is unhealthy."""
+
+    @property
+    def healthy(self) -> bool:
+        """Running, and nothing waits longer than the limit."""
+        return self.running and self.oldest_unwritten_s <= self.limit_s
+
+
+class _WriterCollector(Collector):
+    """Reads the writer's state at scrape time."""
+
+    def __init__(self, state: Callable[[], WriterState]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        s = self._state()
+        yield GaugeMetricFamily("nakhon_ingest_writer_up", "1 while the ingest writer thread runs",
+                                value=1.0 if s.running else 0.0)
+        yield GaugeMetricFamily("nakhon_ingest_queue_depth", "messages received and waiting for the writer",
+                                value=s.queue_depth)
+        yield GaugeMetricFamily("nakhon_ingest_oldest_unwritten_seconds",
+                                "age of the oldest message the writer holds but has not committed",
+                                value=s.oldest_unwritten_s)
+
+
 class HubMetrics:
     """Every metric the hub exports on ``/metrics``."""
 
@@ -54,4 +89,10 @@ class HubMetrics:
                                 "time from receipt to commit of the oldest message of the last batch", registry=r)
         self.device_lag = Gauge("nakhon_end_to_end_lag_seconds",
                                 "time from the device's sent_at to commit, oldest of the last batch", registry=r)
+        self.writer_errors = Counter("nakhon_ingest_writer_errors",
+                                     "unexpected errors the writer isolated to one message", registry=r)
         r.register(_RegistryCollector(store))
+
+    def watch_writer(self, state: Callable[[], WriterState]) -> None:
+        """Export the ingest writer's state (called once by ingest)."""
+        self.registry.register(_WriterCollector(state))

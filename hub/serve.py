@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -14,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from edge.contract import TxOutcome, topic
+from hub import audit as audit_log
 from hub.alarms import api as alarms_api
 from hub.alarms import store as alarms_store
 from hub.alarms.feed import Feed
@@ -21,6 +26,9 @@ from hub.alarms.rules import DEMO_RULES, load_rules
 from hub.alarms.service import AlarmService
 from hub.api import events as events_api
 from hub.api.app import create_app
+from hub.auth import accounts as auth_accounts
+from hub.auth.web import protect
+from hub.errors import HubConfigError, StoreError
 from hub.finance import api as finance_api
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
@@ -47,17 +55,42 @@ class HubSettings:
     deadletter_keep_bytes: int = 4096
     fees: Path = DEMO_FEES
     zones: Path = DEMO_ZONES
-    promptpay: PromptPaySettings = field(default_factory=lambda: PromptPaySettings(target="0801234567"))
-    bank_token: str | None = None
+    promptpay: PromptPaySettings = field(default_factory=PromptPaySettings)
+    bank_secret: str | None = None
+    public_ogc: bool = False
     rules: Path = DEMO_RULES
+
+
+def private_directory(path: Path) -> None:
+    """Create the hub's data directory for its owner only (0700), or narrow an existing one to that."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.chmod(0o700)
+    except OSError as err:
+        raise HubConfigError(f"cannot make the data directory {path} private: {err.strerror}") from err
+
+
+def _warn_about(settings: HubSettings) -> None:
+    """Say at start-up what the settings leave switched off or fake."""
+    if settings.bank_secret is None:
+        log.warning("no --bank-secret-file: the bank's payment confirmations will be refused, so PromptPay "
+                    "payments stay pending")
+    if not settings.promptpay.configured:
+        log.warning("PromptPay is off (no --promptpay-biller or --promptpay-target): kiosks take cash only")
+    elif settings.promptpay.demo:
+        log.warning("PromptPay in DEMO mode: QR codes go to %s, which is no account; do not use for real payments",
+                    settings.promptpay.target)
 
 
 def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     """Wire the store, metrics, router, ingest and API together (nothing is started)."""
     catalogue = load_catalogue(settings.fees)
+    _warn_about(settings)
     zones = Zones(settings.zones)
     store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes,
-                        schemas=(ledger.ensure_schema, reports.ensure_schema, alarms_store.ensure_schema))
+                        schemas=(ledger.ensure_schema, reports.ensure_schema, auth_accounts.ensure_schema,
+                                 audit_log.ensure_schema, alarms_store.ensure_schema))
+    audit = audit_log.AuditLog(store)
     alarms = AlarmService(store, load_rules(settings.rules))
     metrics = HubMetrics(store)
     finance = ledger.FinanceRoute(catalogue, settings.promptpay)
@@ -67,30 +100,62 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     ingest = Ingest(store, settings.ingest, metrics, Router(routes), observer=alarms.engine)
 
     def answer_kiosk(device: str, outcome: TxOutcome) -> None:
-        ingest.publish(topic(settings.ingest.root, device, "down/tx"), outcome.to_json())
+        try:
+            ingest.publish(topic(settings.ingest.root, device, "down/tx"), outcome.to_json())
+        except StoreError as err:
+            # the outcome is committed: the kiosk resends its pending transaction and gets it then
+            log.warning("cannot tell %s about %s now (%s); it gets the outcome on its next resend",
+                        device, outcome.tx_id, err)
+
+    stop_expiry = threading.Event()
+
+    def expire_payments() -> None:
+        every = min(30.0, max(1.0, settings.promptpay.expire_after_s / 4))
+        while not stop_expiry.wait(every):
+            try:
+                ended = finance_api.expire_pending(store, answer_kiosk, datetime.now(UTC))
+            except StoreError as err:
+                log.warning("cannot expire pending PromptPay payments now: %s", err)
+                continue
+            except Exception:  # the sweep must outlive any one bad payment: it retries next round
+                log.exception("expiring pending PromptPay payments failed; trying again in %.0f s", every)
+                continue
+            if ended:
+                log.info("%d pending PromptPay payment(s) expired", ended)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store.open()
         alarms.start()
         ingest.start()
+        dispatcher = asyncio.create_task(ingest.commands.run(), name="command-dispatcher")
+        stop_expiry.clear()
+        expiry = threading.Thread(target=expire_payments, name="payment-expiry", daemon=True)
+        expiry.start()
         log.info("hub ingesting from %s:%d into %s", settings.ingest.host, settings.ingest.port, store.path)
         try:
             yield
         finally:
+            dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatcher
+            stop_expiry.set()
+            expiry.join()
             ingest.stop()
             alarms.stop()
             store.close()
             log.info("hub stopped")
 
-    app = create_app(store, metrics, ingest.commands, broker_connected=ingest.connected.is_set)
-    app.include_router(finance_api.create_router(store, finance, answer_kiosk, settings.bank_token))
-    app.include_router(gis_api.create_router(store, zones))
+    app = create_app(store, metrics, ingest.commands, broker_connected=ingest.connected.is_set,
+                     writer_state=ingest.writer_state, audit=audit)
+    app.include_router(finance_api.create_router(store, finance, answer_kiosk, settings.bank_secret, audit))
+    app.include_router(gis_api.create_router(store, zones, audit))
     app.include_router(ogc.create_router({"reports": gis_api.reports_layer(store),
                                           "devices": gis_api.devices_layer(store),
                                           "zones": gis_api.zones_layer(zones)}))
     app.include_router(events_api.create_router(store, alarms.feed))
-    app.include_router(alarms_api.create_router(alarms.engine))
+    app.include_router(alarms_api.create_router(alarms.engine, audit))
+    protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
     app.router.lifespan_context = lifespan
     app.state.feed = alarms.feed
     return app, store, ingest
@@ -111,6 +176,7 @@ class _Server(uvicorn.Server):
 
 def serve(settings: HubSettings) -> None:
     """Run the hub until SIGINT or SIGTERM."""
+    private_directory(settings.data)
     app, _, _ = build(settings)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again under the handler it
     # found; with these no-op handlers a graceful stop exits with status 0.

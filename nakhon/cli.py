@@ -53,25 +53,55 @@ def _parser() -> argparse.ArgumentParser:
                        help="subscribe through $share/GROUP/ so several hub processes split the load")
     serve.add_argument("--max-payload", type=int, default=int(_env("MAX_PAYLOAD", "262144") or 262144),
                        help="larger payloads go to the dead-letter store (bytes)")
+    serve.add_argument("--max-clock-skew", type=float, default=float(_env("MAX_CLOCK_SKEW", "600") or 600),
+                       metavar="SECONDS", help="timestamps further ahead of the hub's clock are dead-lettered "
+                                               "as clock_skew")
+    serve.add_argument("--max-age", type=float, default=float(_env("MAX_AGE", "31622400") or 31622400),
+                       metavar="SECONDS", help="timestamps further behind the hub's clock are dead-lettered "
+                                               "as clock_skew (default 366 days)")
+    serve.add_argument("--max-unwritten", type=float, default=float(_env("MAX_UNWRITTEN", "60") or 60),
+                       metavar="SECONDS", help="/healthz answers 503 while a message waits longer to be stored")
     serve.add_argument("--fees", type=Path, default=_env("FEES"),
                        help="fee catalogue TOML (default: the demo catalogue)")
     serve.add_argument("--zones", type=Path, default=_env("ZONES"),
                        help="municipal zones GeoJSON (default: the demo zones of Khon Kaen)")
     serve.add_argument("--promptpay-biller", default=_env("PROMPTPAY_BILLER"),
                        help="registered biller id: QR payments use bill payment (tag 30) with ref1 = the transaction")
-    serve.add_argument("--promptpay-target", default=_env("PROMPTPAY_TARGET", "0801234567"),
-                       help="PromptPay phone or tax id used when no biller id is set (tag 29)")
-    serve.add_argument("--bank-token-file", type=Path, default=_env("BANK_TOKEN_FILE"),
-                       help="file with the token the bank's confirmation callback must present")
+    serve.add_argument("--promptpay-target", default=_env("PROMPTPAY_TARGET"),
+                       help="PromptPay phone or tax id used when no biller id is set (tag 29); "
+                            "without either, PromptPay is off")
+    serve.add_argument("--promptpay-expiry-min", type=float,
+                       default=float(_env("PROMPTPAY_EXPIRY_MIN", "15") or 15),
+                       help="minutes a QR payment waits for the bank before it expires (default 15)")
+    serve.add_argument("--promptpay-demo", action="store_true",
+                       help="demo only: QR codes to a target that is no account, labelled as a demo")
+    serve.add_argument("--bank-secret-file", type=Path,
+                       default=_env("BANK_SECRET_FILE"),
+                       help="file with the secret the bank signs its confirmation callbacks with (docs/finance.md)")
+    serve.add_argument("--public-ogc", action="store_true", default=_env("PUBLIC_OGC") == "1",
+                       help="serve the GIS layers (/ogc) without sign-in")
     serve.add_argument("--rules", type=Path, default=_env("RULES"),
                        help="alarm rules and notification channels TOML (default: the demo rules); see docs/alarms.md")
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
     serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
 
+    from hub.auth import admin
+
+    admin.add_parsers(hub, _env("DATA", "./nakhon-data/hub") or "")
+
+    purge = hub.add_parser("purge", help="strip personal data from records older than the retention period")
+    purge.add_argument("--data", type=Path, default=Path(_env("DATA", "./nakhon-data/hub") or ""),
+                       help="data directory (SQLite store); env NAKHON_HUB_DATA")
+    purge.add_argument("--retention-days", type=float, default=float(_env("RETENTION_DAYS", "365") or 365),
+                       help="keep personal fields this many days (default 365); env NAKHON_HUB_RETENTION_DAYS")
+    purge.add_argument("--dry-run", action="store_true", help="count what would be stripped, change nothing")
+
     demo = sub.add_parser("demo", help="run a private broker, the hub and a simulated fleet")
     demo.add_argument("--data", type=Path, default=Path("./nakhon-data/demo"),
                       help="where the demo keeps its broker, hub and outboxes (reused by the next run)")
-    demo.add_argument("--http-port", type=int, default=0, help="API port (default: a free one)")
+    demo.add_argument("--hub-port", "--http-port", dest="hub_port", type=int, default=8080,
+                      help="the hub's API port (8080; 0: any free port)")
+    demo.add_argument("--kiosk-port", type=int, default=8088, help="the kiosk screen's port (8088; 0: any free port)")
     return p
 
 
@@ -85,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return _hub(args)
     from nakhon.demo import run_demo
 
-    return run_demo(args.data, args.http_port)
+    return run_demo(args.data, args.hub_port, args.kiosk_port)
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -95,7 +125,7 @@ def _agent(args: argparse.Namespace) -> int:
     from edge.errors import ConfigError, OutboxError
 
     try:
-        loaded = config.load(args.config)
+        loaded = config.load(args.config, check_files=args.action == "check")
     except ConfigError as err:
         print(f"nakhon: invalid config\n{err}", file=sys.stderr)
         return 2
@@ -113,14 +143,66 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _purge(args: argparse.Namespace) -> int:
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    from hub import audit
+    from hub.errors import StoreError
+    from hub.finance import ledger
+    from hub.gis import reports
+    from hub.retention import purge
+    from hub.store.sqlite import SQLiteStore
+
+    if not 0 <= args.retention_days <= 36_500:
+        print(f"nakhon: --retention-days must be 0 to 36500, not {args.retention_days:g}", file=sys.stderr)
+        return 2
+    path = args.data / "hub.sqlite"
+    if not path.exists():
+        print(f"nakhon: no hub store at {path}", file=sys.stderr)
+        return 2
+    older_than = datetime.now(UTC) - timedelta(days=args.retention_days)
+    store = SQLiteStore(path, schemas=(ledger.ensure_schema, reports.ensure_schema, audit.ensure_schema))
+
+    def work(db: sqlite3.Connection) -> dict[str, int]:
+        removed = purge(db, older_than, args.dry_run)
+        if not args.dry_run:
+            audit.AuditLog(store).record(audit.CLI, "data.purge", "store", None,
+                                         {"older_than": older_than.isoformat(), "stripped": removed}, db=db)
+        return removed
+
+    try:
+        store.open()
+        removed = store.write(work)
+    except StoreError as err:
+        print(f"nakhon: {err}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    verb = "would strip" if args.dry_run else "stripped"
+    print(f"personal fields of records older than {older_than:%Y-%m-%d %H:%M} UTC ({args.retention_days:g} days):")
+    for field, count in removed.items():
+        print(f"  {field:<28} {verb} from {count} rows")
+    return 0
+
+
 def _hub(args: argparse.Namespace) -> int:
+    from hub.auth import admin
+
+    if args.action in admin.ACTIONS:
+        return admin.run(args)
+    if args.action == "purge":
+        return _purge(args)
+    from dataclasses import replace
+
     from hub.errors import HubConfigError
     from hub.finance.promptpay import PromptPaySettings
+    from hub.ingest.classify import ClockWindow
     from hub.ingest.consumer import IngestSettings
     from hub.serve import HubSettings, serve
 
     secrets: dict[str, str | None] = {}
-    for flag in ("password_file", "bank_token_file"):
+    for flag in ("password_file", "bank_secret_file"):
         path = getattr(args, flag)
         secrets[flag] = None
         if path:
@@ -129,16 +211,24 @@ def _hub(args: argparse.Namespace) -> int:
             except OSError as err:
                 print(f"nakhon: cannot read --{flag.replace('_', '-')} {path}: {err.strerror}", file=sys.stderr)
                 return 2
+            if Path(path).stat().st_mode & 0o077:
+                logging.getLogger("nakhon.hub").warning("--%s %s can be read by other users: chmod 600 it",
+                                                        flag.replace("_", "-"), path)
     password = secrets["password_file"]
     client_id = args.client_id or (f"nakhon-hub-{args.share}-{os.getpid()}" if args.share else "nakhon-hub")
     ingest = IngestSettings(host=args.broker_host, port=args.broker_port, root=args.root, username=args.username,
                             password=password, client_id=client_id, share=args.share,
-                            max_payload=args.max_payload)
+                            max_payload=args.max_payload,
+                            window=ClockWindow(ahead_s=args.max_clock_skew, behind_s=args.max_age),
+                            max_unwritten_s=args.max_unwritten)
     extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones), ("rules", args.rules)) if v}
-    settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
-                           promptpay=PromptPaySettings(biller_id=args.promptpay_biller, target=args.promptpay_target),
-                           bank_token=secrets["bank_token_file"], **extra)
     try:
+        settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
+                               promptpay=replace(PromptPaySettings.for_demo() if args.promptpay_demo else
+                                                 PromptPaySettings(biller_id=args.promptpay_biller,
+                                                                   target=args.promptpay_target),
+                                                 expire_after_s=args.promptpay_expiry_min * 60),
+                               bank_secret=secrets["bank_secret_file"], public_ogc=args.public_ogc, **extra)
         serve(settings)
     except HubConfigError as err:
         print(f"nakhon: {err}", file=sys.stderr)

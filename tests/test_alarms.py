@@ -11,15 +11,18 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from edge.contract import DeviceState, Event, Reading, Severity, Status, StreamHealth
+from hub import audit
 from hub.alarms import api as alarms_api
 from hub.alarms import store as alarms_store
 from hub.alarms.engine import AlarmEngine
 from hub.alarms.feed import Feed
 from hub.alarms.rules import DEMO_RULES, RulesFile, load_rules
+from hub.auth import accounts
+from hub.auth.web import guarded_app, protect
 from hub.errors import HubConfigError
 from hub.store.base import IngestBatch, SeqMessage, StatusUpdate
 from hub.store.sqlite import SQLiteStore
-from tests.conftest import Broker, fast_air, wait_for
+from tests.conftest import TEST_PASSWORD, Broker, fast_air, wait_for
 
 T0 = 1_790_000_000.0
 WEBHOOK = {"id": "hook-a", "type": "webhook", "url": "http://127.0.0.1:9/a", "secret_file": "/nonexistent"}
@@ -37,16 +40,29 @@ class Rig:
     def __init__(self, tmp_path: Path, rules: list[dict[str, Any]],
                  channels: list[dict[str, Any]] | None = None) -> None:
         self.now = T0
-        self.store = SQLiteStore(tmp_path / "hub.sqlite", schemas=(alarms_store.ensure_schema,))
+        self.store = SQLiteStore(tmp_path / "hub.sqlite", schemas=(alarms_store.ensure_schema,
+                                                                   accounts.ensure_schema, audit.ensure_schema))
         self.store.open()
         self.feed = Feed()
         config = RulesFile.model_validate({"rules": rules, "channels": channels or []})
         self.engine = AlarmEngine(self.store, config, self.feed, clock=lambda: self.now)
         self.engine.open()
         self.seq = 0
+        self._app: FastAPI | None = None
 
     def close(self) -> None:
         self.store.close()
+
+    def api(self, *roles: str, name: str = "tester") -> TestClient:
+        """A TestClient of the alarm API, guarded as the hub does, signed in as ``name`` with ``roles``."""
+        if self._app is None:
+            self._app = guarded_app()
+            self._app.include_router(alarms_api.create_router(self.engine, audit.AuditLog(self.store)))
+            protect(self._app, accounts.Accounts(self.store), audit.AuditLog(self.store))
+        users = accounts.Accounts(self.store)
+        if users.user(name) is None:
+            users.add_user(name, list(roles or ("admin",)), TEST_PASSWORD)
+        return TestClient(self._app, headers={"Authorization": f"Bearer {users.add_token(name, 'tests')[1]}"})
 
     def _next(self) -> int:
         self.seq += 1
@@ -241,22 +257,16 @@ def test_the_aqi_derived_quantity_drives_rules_once_12_hours_are_in(make_rig: An
     assert value.colour == "red"
 
 
-def client(rig: Rig) -> TestClient:
-    app = FastAPI()
-    app.include_router(alarms_api.create_router(rig.engine))
-    return TestClient(app)
-
-
 def test_ack_and_clear_through_the_api_are_recorded_with_the_users_name(make_rig: Any) -> None:
     rig = make_rig([rule("sos", "event", events=["sos.pressed"], severity="critical")])
     rig.event("p1-x", "sos.pressed")
-    api = client(rig)
+    api, somchai, malee = rig.api(), rig.api("operator", name="somchai"), rig.api("operator", name="malee")
     [alarm] = api.get("/api/alarms", params={"state": "active", "severity": "critical"}).json()
-    r = api.post(f"/api/alarms/{alarm['id']}/ack", json={"comment": "on my way"}, headers={"X-Nakhon-User": "somchai"})
+    r = somchai.post(f"/api/alarms/{alarm['id']}/ack", json={"comment": "on my way"})
     assert r.status_code == 200, r.text
     assert (r.json()["state"], r.json()["acked_by"]) == ("acknowledged", "somchai")
-    assert api.post(f"/api/alarms/{alarm['id']}/ack", headers={"X-Nakhon-User": "somchai"}).status_code == 409
-    r = api.post(f"/api/alarms/{alarm['id']}/clear", headers={"X-Nakhon-User": "malee"})
+    assert somchai.post(f"/api/alarms/{alarm['id']}/ack").status_code == 409
+    r = malee.post(f"/api/alarms/{alarm['id']}/clear")
     assert (r.json()["state"], r.json()["cleared_by"]) == ("cleared", "malee")
     history = api.get(f"/api/alarms/{alarm['id']}").json()["history"]
     assert [(h["action"], h["user"], h["comment"]) for h in history] == [
@@ -267,14 +277,41 @@ def test_ack_and_clear_through_the_api_are_recorded_with_the_users_name(make_rig
     assert [a["state"] for a in api.get("/api/alarms", params={"device": "p1-x"}).json()] == ["active", "cleared"]
 
 
+def test_an_operators_ack_is_audited_with_their_name_and_a_viewers_ack_is_refused(make_rig: Any) -> None:
+    rig = make_rig([rule("sos", "event", events=["sos.pressed"], severity="critical")])
+    rig.event("p1-x", "sos.pressed")
+    admin, viewer = rig.api(), rig.api("viewer", name="vera")
+    [alarm] = viewer.get("/api/alarms").json()
+    refused = viewer.post(f"/api/alarms/{alarm['id']}/ack", json={"comment": "mine"})
+    assert refused.status_code == 403, refused.text
+    assert viewer.post(f"/api/alarms/{alarm['id']}/clear").status_code == 403
+    assert viewer.get(f"/api/alarms/{alarm['id']}").json()["state"] == "active"
+    assert [h["action"] for h in viewer.get(f"/api/alarms/{alarm['id']}").json()["history"]] == ["raised"]
+    assert admin.get("/api/audit", params={"object": "alarm"}).json() == []
+    assert rig.api("operator", name="somchai").post(f"/api/alarms/{alarm['id']}/ack",
+                                                    json={"comment": "on my way"}).status_code == 200
+    [row] = admin.get("/api/audit", params={"object": "alarm"}).json()
+    assert (row["user"], row["action"], row["object"]) == ("somchai", "alarm.ack", f"alarm/{alarm['id']}")
+    assert (row["before"]["state"], row["after"]["state"], row["after"]["comment"]) == (
+        "active", "acknowledged", "on my way")
+    assert admin.put("/api/alarm-rules/hot", json=rule("hot", "threshold", quantity="t", above=40,
+                                                       clear=38)).status_code == 200
+    [put] = admin.get("/api/audit", params={"object": "alarm-rule/hot"}).json()
+    assert (put["user"], put["action"], put["before"], put["after"]["above"]) == ("tester", "alarm-rule.put", None, 40)
+    assert viewer.get("/api/audit").status_code == 403
+
+
 def test_shelve_and_comment_through_the_api(make_rig: Any) -> None:
     rig = make_rig([rule("sos", "event", events=["sos.pressed"])])
     rig.event("p1-x", "sos.pressed")
-    api = client(rig)
+    api, malee = rig.api(), rig.api("operator", name="malee")
     alarm_id = api.get("/api/alarms").json()[0]["id"]
-    assert api.post(f"/api/alarms/{alarm_id}/shelve", json={"comment": "x"}).status_code == 422
-    r = api.post(f"/api/alarms/{alarm_id}/shelve", json={"for_s": 3600, "comment": "technician on site"},
-                 headers={"X-Nakhon-User": "malee"})
+    for bad in ({"comment": "x"}, {"until": "2026-12-01T12:00:00"}, {"for_s": 60, "until": "2026-12-01T12:00:00Z"}):
+        refused = api.post(f"/api/alarms/{alarm_id}/shelve", json=bad)
+        assert (refused.status_code, type(refused.json()["detail"])) == (422, list), bad
+    assert api.post(f"/api/alarms/{alarm_id}/comment", json={"comment": ""}).status_code == 422
+    assert api.post(f"/api/alarms/{2**63}/ack").status_code == 422
+    r = malee.post(f"/api/alarms/{alarm_id}/shelve", json={"for_s": 3600, "comment": "technician on site"})
     assert (r.json()["state"], r.json()["shelved_by"]) == ("shelved", "malee")
     assert api.post(f"/api/alarms/{alarm_id}/comment", json={"comment": "cable cut"}).status_code == 200
     assert api.get(f"/api/alarms/{alarm_id}").json()["history"][-1]["comment"] == "cable cut"
@@ -282,9 +319,10 @@ def test_shelve_and_comment_through_the_api(make_rig: Any) -> None:
 
 def test_rules_through_the_api(make_rig: Any) -> None:
     rig = make_rig([rule("sos", "event", events=["sos.pressed"])])
-    api = client(rig)
+    api = rig.api()
     body = rule("hot", "threshold", quantity="temperature", above=40, clear=38)
-    assert api.put("/api/alarm-rules/hot", json=body, headers={"X-Nakhon-User": "admin"}).status_code == 200
+    assert rig.api("operator", name="op").put("/api/alarm-rules/hot", json=body).status_code == 403
+    assert api.put("/api/alarm-rules/hot", json=body).status_code == 200
     assert api.put("/api/alarm-rules/sos", json=rule("sos", "event", events=["x.y"])).status_code == 409
     bad = api.put("/api/alarm-rules/bad", json=rule("bad", "threshold", quantity="t", above=40, clear=45))
     assert bad.status_code == 422
@@ -367,7 +405,7 @@ def test_the_aqi_endpoint_serves_the_24_hour_index_with_its_band_and_the_hourly_
     for h in range(11):
         rig.reading("aq-api-1", "pm2_5", 37.5, start + h * 3600 + 60, sensor="pm")
         rig.reading("aq-api-1", "pm10", 100.0, start + h * 3600 + 90, sensor="pm")
-    api = client(rig)
+    api = rig.api("viewer", name="vera")
     partial = api.get("/api/devices/aq-api-1/aqi").json()
     assert partial["aqi_24h"] is None  # 11 hours are not enough
     assert partial["aqi_1h"]["aqi"] == 100  # the hour just gone: PM2.5 37.5

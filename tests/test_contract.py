@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -48,6 +49,8 @@ SAMPLES = [
               result={"receipt": "KK-2570-000001"}),
     Command(cmd_id="c1", name="set_interval", args={"sensor": "pm", "interval_s": 5}),
     Reply(device="kk-aq-0007", seq=44, cmd_id="c1", ok=True, result={"interval_s": 5}),
+    Command(cmd_id="c2", name="ping", expires_at=T),
+    Reply(device="kk-aq-0007", seq=45, cmd_id="c2", ok=False, error="command expired", code="expired"),
     DesiredConfig(version=3, heartbeat_s=60, intervals={"pm": 30}),
     Ack(acked=[(1, 40), (42, 44)]),
 ]
@@ -87,17 +90,23 @@ def test_unknown_fields_are_kept_so_the_contract_can_grow() -> None:
 @pytest.mark.parametrize("bad", [
     {"device": "KK-AQ", "seq": 1},          # upper case, too short
     {"device": "kk-aq-0007", "seq": 0},     # seq starts at 1
+    {"device": "kk-aq-0007", "seq": True},  # a seq is a strict JSON integer
+    {"device": "kk-aq-0007", "seq": "5"},
+    {"device": "kk-aq-0007", "seq": 5.0},
+    {"device": "kk-aq-0007", "seq": 2**63},  # within int64
     {"device": "kk-aq-0007", "seq": 1, "v": 2},
     {"device": "kk-aq-0007", "seq": 1, "readings": []},
     {"device": "kk-aq-0007", "seq": 1, "readings": [{"ts": "2026-11-20T03:15:00Z", "sensor": "pm",
                                                      "quantity": "pm2_5", "value": [1], "unit": None}]},
 ])
 def test_invalid_telemetry_is_refused(bad: dict[str, object]) -> None:
-    base = {"v": 1, "device": "kk-aq-0007", "seq": 1, "sent_at": "2026-11-20T03:15:00Z",
+    base: dict[str, object] = {"v": 1, "device": "kk-aq-0007", "seq": 1, "sent_at": "2026-11-20T03:15:00Z",
             "readings": [{"ts": "2026-11-20T03:15:00Z", "sensor": "pm", "quantity": "pm2_5", "value": 1,
                           "unit": "ug/m3"}]}
     with pytest.raises(ValidationError):
         Telemetry.model_validate({**base, **bad})
+    with pytest.raises(ValidationError):
+        Telemetry.model_validate_json(json.dumps({**base, **bad}))
 
 
 def test_a_raw_citizen_id_does_not_fit_the_citizen_ref() -> None:

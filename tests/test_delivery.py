@@ -7,8 +7,11 @@ import time
 from datetime import datetime
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.contract import Reading, Telemetry, now
 from tests.conftest import Agent, Broker, Hub, fast_air, wait_for
 
 pytestmark = pytest.mark.broker
@@ -125,7 +128,27 @@ def test_agent_killed_mid_stream_loses_nothing_and_continues_its_seq(
     with hub.db() as db:
         seqs = [s for (s,) in db.execute("SELECT DISTINCT seq FROM readings WHERE device='kk-aq-0401' ORDER BY seq")]
     assert seqs == list(range(1, len(seqs) + 1))  # continuous: the restart reused no seq and skipped none
-    assert hub.get("/api/devices/kk-aq-0401")["duplicates"] >= 0
+    device = hub.get("/api/devices/kk-aq-0401")
+    assert device["received"] == len(produced)  # a resend after the kill is counted once
+    duplicates = device["duplicates"]
+    _replay(broker.port, Telemetry(device="kk-aq-0401", seq=1, sent_at=now(), readings=[
+        Reading(ts=now(), sensor="pm", quantity="pm2_5", value=1.0, unit="ug/m3")]))
+    wait_for(lambda: hub.get("/api/devices/kk-aq-0401")["duplicates"] == duplicates + 1, 30,
+             "the replayed seq 1 to count as a duplicate")
+    assert hub.get("/api/devices/kk-aq-0401")["received"] == len(produced)
+    assert hub.stored() == stored
+
+
+def _replay(broker_port: int, message: Telemetry) -> None:
+    """Publish one telemetry message as its device would, and wait for the broker's PUBACK."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="replayer", protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", broker_port)
+    client.loop_start()
+    try:
+        client.publish(f"nakhon/{message.device}/up/telemetry", message.to_json(), qos=1).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
 
 
 def test_commands_reach_the_device_and_the_api_returns_its_reply(broker: Broker, procs: dict[str, Any]) -> None:
@@ -137,7 +160,7 @@ def test_commands_reach_the_device_and_the_api_returns_its_reply(broker: Broker,
              30, "the agent online")
 
     def command(name: str, args: dict[str, Any] | None = None, timeout_s: float = 10) -> httpx.Response:
-        return httpx.post(f"{hub.url}/api/devices/kk-aq-0501/commands",
+        return httpx.post(f"{hub.url}/api/devices/kk-aq-0501/commands", headers=hub.auth,
                           json={"name": name, "args": args or {}, "timeout_s": timeout_s}, timeout=30)
 
     r = command("ping")
@@ -155,7 +178,11 @@ def test_commands_reach_the_device_and_the_api_returns_its_reply(broker: Broker,
     r = command("reload_config")
     assert r.json()["outcome"] == "ok" and r.json()["result"]["restart_required"] == []
     assert command("ping").json()["outcome"] == "ok"  # still alive after all that
-    assert httpx.post(f"{hub.url}/api/devices/kk-zz-9999/commands", json={"name": "ping"}).status_code == 404
+    assert httpx.post(f"{hub.url}/api/devices/kk-zz-9999/commands", headers=hub.auth,
+                      json={"name": "ping"}).status_code == 404
+    audited = hub.get("/api/audit", object="device/kk-aq-0501")
+    assert [(a["user"], a["after"]["name"], a["after"]["outcome"]) for a in audited][-3:] == [
+        ("admin", "self_destruct", "error"), ("admin", "reload_config", "ok"), ("admin", "ping", "ok")]
 
 
 def test_command_to_an_offline_device_times_out(broker: Broker, procs: dict[str, Any]) -> None:
@@ -165,7 +192,8 @@ def test_command_to_an_offline_device_times_out(broker: Broker, procs: dict[str,
     agent = procs["agent"]("kk-aq-0502", broker.port, drivers=[fast_air(interval_s=1.0)])
     wait_for(lambda: any(d["device"] == "kk-aq-0502" for d in hub.get("/api/devices")), 30, "the device known")
     agent.stop()
-    r = httpx.post(f"{hub.url}/api/devices/kk-aq-0502/commands", json={"name": "ping", "timeout_s": 1}, timeout=30)
+    r = httpx.post(f"{hub.url}/api/devices/kk-aq-0502/commands", headers=hub.auth,
+                   json={"name": "ping", "timeout_s": 1}, timeout=30)
     assert r.status_code == 504
     assert r.json()["outcome"] == "timeout"
 
@@ -193,7 +221,7 @@ def test_metrics_count_received_stored_and_lag(broker: Broker, procs: dict[str, 
     procs["agent"]("kk-aq-0701", broker.port, drivers=[fast_air(interval_s=0.05)])
     wait_for(lambda: hub.get("/api/devices/kk-aq-0701/readings")["count"] > 20
              if any(d["device"] == "kk-aq-0701" for d in hub.get("/api/devices")) else False, 30, "readings")
-    text = httpx.get(f"{hub.url}/metrics").text
+    text = httpx.get(f"{hub.url}/metrics", headers=hub.auth).text
     values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
               if line and not line.startswith("#")}
     assert values["nakhon_messages_received_total"] > 10
@@ -228,7 +256,7 @@ def test_two_hubs_share_the_load_and_store_everything_once(broker: Broker, procs
 def _received(hub: Hub) -> float:
     import httpx
 
-    for line in httpx.get(f"{hub.url}/metrics").text.splitlines():
+    for line in httpx.get(f"{hub.url}/metrics", headers=hub.auth).text.splitlines():
         if line.startswith("nakhon_messages_received_total "):
             return float(line.split()[1])
     return 0.0
@@ -255,9 +283,10 @@ def test_an_output_is_driven_by_command(broker: Broker, procs: dict[str, Any]) -
              30, "the agent online")
 
     def command(args: dict[str, Any]) -> dict[str, Any]:
-        r = httpx.post(f"{hub.url}/api/devices/kk-kiosk-0501/commands",
+        r = httpx.post(f"{hub.url}/api/devices/kk-kiosk-0501/commands", headers=hub.auth,
                        json={"name": "output", "args": args, "timeout_s": 10}, timeout=30)
-        return r.json()
+        answer: dict[str, Any] = r.json()
+        return answer
 
     on = command({"sensor": "status-led", "on": True})
     assert on["outcome"] == "ok" and on["result"]["state"]["on"] is True

@@ -29,7 +29,9 @@ def test_reads_the_simulated_probe_and_recovers_from_a_crc_error(tmp_path: Path)
     sim.write()
     driver = Driver(Config(name="t", devices_dir=tmp_path))
     driver.open()
-    assert abs(driver.read()["temperature"] - sim.celsius) < 0.07  # 1/16 degC resolution
+    celsius = driver.read()["temperature"]
+    assert isinstance(celsius, float)
+    assert abs(celsius - sim.celsius) < 0.07  # 1/16 degC resolution
     slave = tmp_path / ProbeSimulator.PROBE / "w1_slave"
     slave.write_text((FIXTURES / "bad_crc.txt").read_text())
     with pytest.raises(DeviceUnavailable, match="CRC"):

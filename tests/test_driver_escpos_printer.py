@@ -39,10 +39,12 @@ from edge.drivers.escpos_printer import (
     Receipt,
     parse_paper_status,
     render_receipt,
+    simulate,
     text_cells,
     wrap,
 )
 from edge.errors import DeviceUnavailable
+from tests.conftest import wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "escpos_printer"
 PROMPTPAY = "00020101021229370016A000000677010111011300668012345675802TH53037645406456.256304483D"
@@ -414,3 +416,26 @@ def test_printing_before_start_is_refused(printer: PrinterSimulator) -> None:
     with pytest.raises(DeviceUnavailable, match="not started"):
         Driver(config(port=printer.path)).print_receipt(RECEIPT)
     assert printer.paper == []
+
+
+def test_the_simulators_paper_log_shows_the_text_of_raster_lines(tmp_path: Path) -> None:
+    """Pixels cannot be read back, so the driver hands the simulator the text it drew; receipt after receipt."""
+    paper_log = tmp_path / "paper.log"
+    with simulate(config(sim_paper_log=paper_log)) as simulated:
+        driver = Driver(simulated.model_copy(update={"status_poll_s": 0.05}))
+        driver.start(Events())
+        try:
+            driver.print_receipt(RECEIPT)
+            driver.print_receipt(Receipt(title=("ใบรับชั่วคราว", "Provisional slip")))
+            wait_for(lambda: paper_log.read_text(encoding="utf-8").count("cut") == 2 if paper_log.exists() else False,
+                     10, "two receipts in the paper log")
+        finally:
+            driver.stop()
+    logged = paper_log.read_text(encoding="utf-8").splitlines()
+    assert not [line for line in logged if line.startswith("image")]
+    lines = [line.split("  [image 576x")[0] for line in logged]  # the height depends on the type size
+    assert lines == ["text เทศบาลนครขอนแก่น", "text Khon Kaen City", f"text {'-' * 48}",
+                     "text ค่าน้ำประปา เดือนตุลาคม  150.00", f"text Receipt no.{' ' * 26}2570/000123", f"text {'-' * 48}",
+                     "text รวมทั้งสิ้น / Total  150.00 บาท", "text ขอบคุณที่ใช้บริการ", "text Thank you", "cut",
+                     "text ใบรับชั่วคราว", "text Provisional slip", f"text {'-' * 48}", "cut"]
+    assert sum("[image 576x" in line for line in logged) == THAI_ROWS + 1

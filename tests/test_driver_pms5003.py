@@ -193,8 +193,13 @@ def test_reads_resync_after_garbage_between_frames(sensor: PmsSensor, open_drive
         assert_plausible(driver.read())
 
 
-def test_frames_with_a_bad_checksum_are_skipped_and_counted(sensor: PmsSensor, open_driver: Any) -> None:
+def test_frames_with_a_bad_checksum_are_skipped_and_counted(
+        sensor: PmsSensor, open_driver: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # only a spoilt answer may make the driver ask again, not a slow one on a loaded machine
+    monkeypatch.setattr(pms5003, "_PASSIVE_RETRY_S", 60.0)
     driver = open_driver(sensor.path, mode="passive")
+    # until the sensor has obeyed "passive" it still streams, and a streamed frame would take a spoilt checksum
+    assert eventually(lambda: sensor.mode == "passive", timeout=10)
     sensor.corrupt_next(2)
     values = driver.read()
     assert values["frames_rejected"] == 2

@@ -4,6 +4,7 @@ real PC/SC stack (pcscd with vsmartcard's vpcd reader and the project's virtual 
 from __future__ import annotations
 
 import base64
+import ctypes
 import hashlib
 import hmac
 import io
@@ -197,12 +198,46 @@ def test_status_words(sw: str, step: idc.Step) -> None:
     assert idc.status_step(*bytes.fromhex(sw))[0] is step
 
 
+def _segment(marker: int, body: bytes) -> bytes:
+    return bytes((0xFF, marker)) + (len(body) + 2).to_bytes(2, "big") + body
+
+
 def test_the_photo_keeps_its_0x20_bytes_and_loses_the_padding() -> None:
-    jpeg = b"\xff\xd8\xff\xe0" + b"\x20" * 600 + b"scan data\x20\x20\xff\xd9"  # 0x20 across the part boundaries
+    portrait = sim.portrait_jpeg(3)
+    jpeg = portrait[:2] + _segment(0xFE, b"\x20" * 600) + portrait[2:]  # a comment of 0x20s across part boundaries
     card = sim.ThaiIdCard(sim.CITIZENS[0], photo=jpeg)
     assert idc.read_card(card.process, card.atr, set(), photo=True)["photo"] == jpeg
     with pytest.raises(idc.CardReadError, match="not a JPEG"):
         idc.extract_photo(b"\x20" * 5100)
+    with pytest.raises(idc.CardReadError, match="not a complete JPEG"):
+        idc.extract_photo(jpeg[:-2] + b"\x20" * 100)  # cut before its end marker: refused, not published broken
+
+
+def _with_exif_thumbnail(main: Image.Image, thumbnail: Image.Image) -> bytes:
+    """A JPEG whose EXIF (APP1) carries a JPEG thumbnail, as cameras and card personalisation software write."""
+    small = io.BytesIO()
+    thumbnail.save(small, "JPEG", quality=40)
+    thumb = small.getvalue()
+    # TIFF, little-endian: an empty IFD0 pointing to IFD1, which locates the thumbnail (tags 0x0201/0x0202)
+    ifd1 = (2).to_bytes(2, "little") + b"".join(
+        tag.to_bytes(2, "little") + (4).to_bytes(2, "little") + (1).to_bytes(4, "little") + value.to_bytes(4, "little")
+        for tag, value in ((0x0201, 44), (0x0202, len(thumb)))) + (0).to_bytes(4, "little")
+    tiff = b"II*\x00" + (8).to_bytes(4, "little") + (0).to_bytes(2, "little") + (14).to_bytes(4, "little") + ifd1
+    out = io.BytesIO()
+    main.save(out, "JPEG", quality=50, exif=b"Exif\x00\x00" + tiff + thumb)
+    return out.getvalue()
+
+
+def test_a_photo_with_an_exif_thumbnail_is_read_whole() -> None:
+    main = Image.open(io.BytesIO(sim.portrait_jpeg(5)))
+    jpeg = _with_exif_thumbnail(main, main.resize((24, 30)))
+    assert jpeg.find(b"\xff\xd9") < len(jpeg) - 2  # the thumbnail's end marker comes first
+    card = sim.ThaiIdCard(sim.CITIZENS[0], photo=jpeg)
+    photo = idc.read_card(card.process, card.atr, set(), photo=True)["photo"]
+    assert photo == jpeg
+    image = Image.open(io.BytesIO(photo))
+    image.load()  # decodes the whole image: a photo cut at the thumbnail's end would fail here
+    assert image.size == (96, 120)
 
 
 @pytest.mark.parametrize(("code", "error", "meaning"), [
@@ -332,9 +367,10 @@ def test_cards_in_and_out_of_the_simulated_reader(key_file: Path, run_driver: Ca
 
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[0]))
     inserted = events.wait("card.inserted")
-    assert inserted.data == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
-                             "name_en": "Mr. Somchai Jaidee"}
-    assert driver.card == inserted.data
+    assert inserted.private == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
+                                "name_en": "Mr. Somchai Jaidee"}
+    assert inserted.data == {"fields": ["citizen_ref", "name_th", "name_en"]}  # what is published: no values
+    assert driver.card == inserted.private
     readers.remove()
     assert events.wait("card.removed").data == {}
     assert driver.card is None
@@ -354,7 +390,7 @@ def test_a_card_swapped_during_the_settle_delay_is_read_once(key_file: Path, run
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[0]))
     time.sleep(0.1)
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[1]))  # the citizen pushes the wrong card back in at once
-    assert events.wait("card.inserted").data["name_en"] == "Miss Malee Srisuk"
+    assert events.wait("card.inserted").private["name_en"] == "Miss Malee Srisuk"
     time.sleep(0.2)
     assert events.names() == ["reader.ready", "card.inserted"]
 
@@ -367,7 +403,7 @@ def test_a_card_swapped_at_once_is_a_removal_and_an_insertion(key_file: Path,
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[0]))
     events.wait("card.inserted")
     readers.insert(sim.ThaiIdCard(sim.CITIZENS[1]))  # faster than the reader polls: pcscd's event counter tells
-    assert events.wait("card.inserted", after=2).data["name_en"] == "Miss Malee Srisuk"
+    assert events.wait("card.inserted", after=2).private["name_en"] == "Miss Malee Srisuk"
     assert events.names() == ["reader.ready", "card.inserted", "card.removed", "card.inserted"]
     assert driver.card is not None and driver.card["name_en"] == "Miss Malee Srisuk"
 
@@ -382,7 +418,7 @@ def test_simulate_runs_a_kiosk_with_visitors_and_a_throwaway_key() -> None:
         driver.start(events)
         try:
             kiosk.insert(sim.ThaiIdCard(sim.CITIZENS[2]))  # the first visitor is early
-            assert events.wait("card.inserted").data["name_en"] == "Mrs. Boonmee Meesuk"
+            assert events.wait("card.inserted").private["name_en"] == "Mrs. Boonmee Meesuk"
         finally:
             driver.stop()
     assert not simulated.hmac_key_file.exists()
@@ -412,6 +448,39 @@ def _free_port_pair() -> int:
     pytest.fail("no pair of free ports")
 
 
+CLONE_NEWNET = 0x40000000
+
+
+class CardInNamespace(sim.VpcdCard):
+    """A :class:`sim.VpcdCard` whose socket is opened in pcscd's network namespace (the only place vpcd listens)."""
+
+    def __init__(self, card: sim.ThaiIdCard, port: int, netns: Path) -> None:
+        super().__init__(card, port)
+        self._netns = netns
+
+    def insert(self) -> None:
+        """Connect from a thread that joined the namespace; the socket stays in it, whichever thread uses it."""
+        failure: list[OSError] = []
+
+        def connect() -> None:
+            try:
+                fd = os.open(self._netns, os.O_RDONLY)
+                try:
+                    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), f"setns({self._netns})")
+                finally:
+                    os.close(fd)
+                super(CardInNamespace, self).insert()
+            except OSError as err:  # DeviceUnavailable included; raised again in the test's thread below
+                failure.append(err)
+
+        thread = threading.Thread(target=connect, name="vpcd-card-netns")  # only this thread joins the namespace
+        thread.start()
+        thread.join()
+        if failure:
+            raise failure[0]
+
+
 class Pcscd:
     """pcscd in the foreground with one vpcd reader config; the tests start and stop it."""
 
@@ -428,9 +497,13 @@ class Pcscd:
             f"LIBPATH {VPCD_DRIVER}\nCHANNELID 0x{self.port:04X}\n")
 
     def start(self) -> None:
+        # vpcd listens on every interface: pcscd runs in a network namespace of its own that has only loopback
+        # (its client socket is a file, /run/pcscd/pcscd.comm, which every namespace sees)
         with open(self.directory / "pcscd.log", "ab") as log:
-            self.process = subprocess.Popen(["pcscd", "--foreground", "--config", str(self.directory / "conf")],
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec pcscd --foreground --config "$1"',
+                 "pcscd-in-netns", str(self.directory / "conf")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
         def ready() -> bool:
             assert self.process is not None
@@ -454,6 +527,16 @@ class Pcscd:
             self.process.wait()
         self.process = None
         wait_for(lambda: not PCSCD_SOCKET.exists(), 5, "pcscd to remove its socket")
+
+    @property
+    def netns(self) -> Path:
+        """pcscd's network namespace, where vpcd listens."""
+        assert self.process is not None
+        return Path(f"/proc/{self.process.pid}/ns/net")
+
+    def card(self, card: sim.ThaiIdCard) -> CardInNamespace:
+        """A virtual card for this pcscd's reader, inserted from inside its network namespace."""
+        return CardInNamespace(card, self.port, self.netns)
 
     def slot_empty(self) -> bool:
         """True once pcscd has noticed that the last card left (it polls vpcd a few times a second)."""
@@ -509,15 +592,15 @@ def test_pcscd_a_full_read_publishes_only_the_configured_fields(
     driver, events = run_driver(on_pcscd(pcscd, key_file))
     events.wait("reader.ready")
     card = sim.ThaiIdCard(sim.CITIZENS[0])
-    with sim.VpcdCard(card, pcscd.port):
+    with pcscd.card(card):
         inserted = events.wait("card.inserted")
     removed = events.wait("card.removed")
-    assert inserted.data == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
-                             "name_en": "Mr. Somchai Jaidee"}
+    assert inserted.private == {"citizen": {"ref": ref_of(VALID_ID)}, "name_th": "นาย สมชาย ใจดี",
+                                "name_en": "Mr. Somchai Jaidee"}
     assert removed.data == {}
     assert driver.card is None
     assert card.commands == 7  # SELECT, then READ + GET RESPONSE for the id and both names; nothing else
-    no_personal_data(events, VALID_ID, "1985", "มิตรภาพ")
+    no_personal_data(events, VALID_ID, "1985", "มิตรภาพ", "สมชาย", "Somchai")
     for trace in (VALID_ID, *APDU_TRACES):
         assert trace not in caplog.text
     assert "card read" in caplog.text
@@ -528,11 +611,11 @@ def test_pcscd_a_3b67_card_with_short_answers(pcscd: Pcscd, key_file: Path, run_
     _, events = run_driver(on_pcscd(pcscd, key_file, fields=["citizen_id_masked", "birth_date", "expiry_date",
                                                              "photo"]))
     events.wait("reader.ready")
-    with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[2], atr=sim.ATR_3B67, io_buffer=0x40), pcscd.port):
+    with pcscd.card(sim.ThaiIdCard(sim.CITIZENS[2], atr=sim.ATR_3B67, io_buffer=0x40)):
         inserted = events.wait("card.inserted")
-    photo = base64.b64decode(inserted.data.pop("photo"))
-    assert inserted.data == {"citizen_id_masked": "3-4001-xxxxx-xx-3", "birth_date": "1947",
-                             "expiry_date": "lifelong"}
+    photo = base64.b64decode(inserted.private.pop("photo"))
+    assert inserted.private == {"citizen_id_masked": "3-4001-xxxxx-xx-3", "birth_date": "1947",
+                                "expiry_date": "lifelong"}
     assert Image.open(io.BytesIO(photo)).size == (96, 120)
 
 
@@ -541,14 +624,14 @@ def test_pcscd_a_card_pulled_mid_read_then_the_next_card(pcscd: Pcscd, key_file:
                                                          run_driver: Callable[..., Any]) -> None:
     _, events = run_driver(on_pcscd(pcscd, key_file))
     events.wait("reader.ready")
-    with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[1], pull_after=4), pcscd.port) as pulled:
+    with pcscd.card(sim.ThaiIdCard(sim.CITIZENS[1], pull_after=4)) as pulled:
         failed = events.wait("card.read_failed")
         assert pulled.pulled.is_set()
     assert "pulled out" in failed.data["reason"]
     events.wait("card.removed")
     seen = len(events.got)
-    with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[0]), pcscd.port):
-        assert events.wait("card.inserted", after=seen).data["name_en"] == "Mr. Somchai Jaidee"
+    with pcscd.card(sim.ThaiIdCard(sim.CITIZENS[0])):
+        assert events.wait("card.inserted", after=seen).private["name_en"] == "Mr. Somchai Jaidee"
     no_personal_data(events, "Malee", "3409900123451")
 
 
@@ -557,7 +640,7 @@ def test_pcscd_a_forged_card_is_refused(pcscd: Pcscd, key_file: Path, run_driver
     _, events = run_driver(on_pcscd(pcscd, key_file, fields=list(ALL_BUT_PHOTO)))
     events.wait("reader.ready")
     card = sim.ThaiIdCard(sim.FORGED)
-    with sim.VpcdCard(card, pcscd.port):
+    with pcscd.card(card):
         rejected = events.wait("card.rejected")
     events.wait("card.removed")
     assert rejected.data == {"reason": "the citizen id on the card fails its check digit (damaged or forged card)"}
@@ -574,5 +657,20 @@ def test_pcscd_restarted_the_driver_recovers(pcscd: Pcscd, key_file: Path, run_d
     assert "pcscd" in lost.data["reason"]
     pcscd.start()
     events.wait("reader.ready", timeout=10, after=events.names().index("reader.lost"))
-    with sim.VpcdCard(sim.ThaiIdCard(sim.CITIZENS[0]), pcscd.port):
-        assert events.wait("card.inserted").data["citizen"] == {"ref": ref_of(VALID_ID)}
+    with pcscd.card(sim.ThaiIdCard(sim.CITIZENS[0])):
+        assert events.wait("card.inserted").private["citizen"] == {"ref": ref_of(VALID_ID)}
+
+
+@pytest.mark.pcsc
+def test_pcscd_vpcd_listens_only_in_a_private_network_namespace(pcscd: Pcscd) -> None:
+    """vpcd binds every interface: from the machine's own network nothing may reach it."""
+    listening = subprocess.run(["nsenter", f"--net={pcscd.netns}", "ss", "-ltnH"], capture_output=True, text=True,
+                               check=True).stdout
+    assert f":{pcscd.port} " in listening  # vpcd is there, inside
+    links = subprocess.run(["nsenter", f"--net={pcscd.netns}", "ip", "-o", "link"], capture_output=True, text=True,
+                           check=True).stdout
+    assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
+    outside = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
+    assert f":{pcscd.port} " not in outside
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", pcscd.port), timeout=2):
+        pass

@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import sqlite3
+import stat
 import threading
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from edge.contract import Tx, TxOutcome, TxStatus, now
+from edge.contract import Tx, TxOutcome, TxStatus, format_timestamp, now
+from hub.audit import AuditLog
+from hub.auth import signature
+from hub.auth.web import guarded_app
 from hub.finance import api as finance_api
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
-from hub.finance.fiscal import baht, fiscal_year, thai_date
+from hub.finance.fiscal import BANGKOK, baht, fiscal_year, local_date, thai_date
 from hub.finance.promptpay import PromptPaySettings, bill_payment, crc16_ccitt_false, credit_transfer
 from hub.gis import reports
+from hub.ingest.consumer import IngestSettings
 from hub.router import Router
+from hub.serve import HubSettings, build
 from hub.store.sqlite import SQLiteStore
+from tests.conftest import AUTH_SCHEMAS, Broker, signed_client, wait_for
+from tests.test_gis import Kiosk
 
 CITIZEN = {"ref": "9f2c" * 16}
 
@@ -52,7 +62,7 @@ def test_thai_fiscal_years_and_money() -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Any:
-    s = SQLiteStore(tmp_path / "hub.sqlite", schemas=(ledger.ensure_schema, reports.ensure_schema))
+    s = SQLiteStore(tmp_path / "hub.sqlite", schemas=(ledger.ensure_schema, reports.ensure_schema, *AUTH_SCHEMAS))
     s.open()
     yield s
     s.close()
@@ -130,9 +140,15 @@ def test_concurrent_kiosks_get_gapless_unique_receipts_per_office_and_fiscal_yea
 
 
 def _app(store: SQLiteStore, route: ledger.FinanceRoute, answered: list[tuple[str, TxOutcome]]) -> TestClient:
-    app = FastAPI()
-    app.include_router(finance_api.create_router(store, route, lambda d, o: answered.append((d, o)), "bank-secret"))
-    return TestClient(app)
+    app = guarded_app()
+    app.include_router(finance_api.create_router(store, route, lambda d, o: answered.append((d, o)), "bank-secret",
+                                                 AuditLog(store)))
+    return signed_client(app, store, "finance")
+
+
+def _signed(body: dict[str, Any], secret: str = "bank-secret") -> dict[str, Any]:  # noqa: S107
+    raw = json.dumps(body).encode()
+    return {"content": raw, "headers": {"Content-Type": "application/json", **signature.headers(secret, raw)}}
 
 
 def test_a_promptpay_payment_is_pending_until_the_bank_confirms_it(store: SQLiteStore,
@@ -147,20 +163,19 @@ def test_a_promptpay_payment_is_pending_until_the_bank_confirms_it(store: SQLite
     client = _app(store, route, answered)
     url = f"/api/finance/payments/{tx.tx_id}/confirm"
     assert client.post(url, json={"amount_satang": 4000, "bank_ref": "B1"}).status_code == 401
-    auth = {"Authorization": "Bearer bank-secret"}
-    bad = client.post(url, json={"amount_satang": 3999, "bank_ref": "B1"}, headers=auth)
+    bad = client.post(url, **_signed({"amount_satang": 3999, "bank_ref": "B1"}))
     assert bad.status_code == 409
-    ok = client.post(url, json={"amount_satang": 4000, "bank_ref": "B1"}, headers=auth)
+    ok = client.post(url, **_signed({"amount_satang": 4000, "bank_ref": "B1"}))
     assert ok.status_code == 200 and ok.json()["receipt_no"].endswith("-000001") and not ok.json()["already_confirmed"]
     assert answered[0][0] == "kk-kiosk-0001" and answered[0][1].status is TxStatus.ACCEPTED
-    again = client.post(url, json={"amount_satang": 4000, "bank_ref": "B1"}, headers=auth)
+    again = client.post(url, **_signed({"amount_satang": 4000, "bank_ref": "B1"}))
     assert again.json()["already_confirmed"] and again.json()["receipt_no"] == ok.json()["receipt_no"]
     redelivered, duplicate = store.apply_tx(tx, 2.0, router.decide)  # the kiosk asks again: the final answer
     assert duplicate and redelivered.status is TxStatus.ACCEPTED
     assert redelivered.result["receipt_no"] == ok.json()["receipt_no"]
     assert store.read(lambda db: db.execute("SELECT count(*) FROM ledger").fetchone()[0]) == 1
-    assert client.post("/api/finance/payments/nope/confirm", json={"amount_satang": 1, "bank_ref": "x"},
-                       headers={"Authorization": "Bearer bank-secret"}).status_code == 404
+    assert client.post("/api/finance/payments/nope/confirm",
+                       **_signed({"amount_satang": 1, "bank_ref": "x"})).status_code == 404
 
 
 def test_void_is_a_compensating_entry_and_reconciliation_compares_counted_cash(
@@ -179,7 +194,7 @@ def test_void_is_a_compensating_entry_and_reconciliation_compares_counted_cash(
     ledger_rows = client.get("/api/finance/ledger").json()
     assert [e["amount_satang"] for e in ledger_rows] == [4000, 4000, 4000, -4000]
     assert client.get("/api/finance/receipts").json()[1]["reversed_by"] == "void"
-    day = datetime.now(UTC).astimezone(ledger.BANGKOK).date().isoformat()
+    day = datetime.now(UTC).astimezone(BANGKOK).date().isoformat()
     summary = client.get("/api/finance/summary", params={"day": day}).json()
     assert summary["total_satang"] == 8000 and summary["total_baht"] == "80.00"
     check = client.post("/api/finance/reconciliations", json={"device": "kk-kiosk-0001", "day": day,
@@ -188,4 +203,200 @@ def test_void_is_a_compensating_entry_and_reconciliation_compares_counted_cash(
     csv_text = client.get("/api/finance/reconciliation.csv", params={"day": day}).text
     lines = csv_text.strip().splitlines()
     assert lines[0].startswith("day,device,cash_entries,ledger_cash_baht,counted_baht,difference_baht")
-    assert lines[1] == f"{day},kk-kiosk-0001,4,80.00,75.00,-5.00,Somchai,difference"
+    assert lines[1] == f"{day},kk-kiosk-0001,4,80.00,75.00,-5.00,Somchai,difference,1"
+
+
+def test_promptpay_is_off_unless_configured_and_the_kiosk_is_told_to_pay_cash(store: SQLiteStore) -> None:
+    off = Router({"fee.payment": ledger.FinanceRoute(load_catalogue(DEMO_FEES), PromptPaySettings())})
+    outcome, _ = store.apply_tx(_payment("kk-kiosk-0001-tx-qroff1", method="promptpay"), 1.0, off.decide)
+    assert outcome.status is TxStatus.REJECTED and "PromptPay is not set up" in (outcome.reason or "")
+    assert "pay in cash" in (outcome.reason or "")
+    assert store.read(lambda db: db.execute("SELECT count(*) FROM payments").fetchone()[0]) == 0
+
+
+def test_the_demo_promptpay_pays_no_one_and_says_it_is_a_demo(store: SQLiteStore) -> None:
+    demo = Router({"fee.payment": ledger.FinanceRoute(load_catalogue(DEMO_FEES), PromptPaySettings.for_demo())})
+    outcome, _ = store.apply_tx(_payment("kk-kiosk-0001-tx-qrdemo", method="promptpay"), 1.0, demo.decide)
+    assert outcome.status is TxStatus.PENDING and outcome.result["promptpay_demo"] is True
+    assert "01130066000000000" in outcome.result["promptpay"]  # +66 0...: no Thai number, no account
+
+
+def test_without_a_bank_secret_every_confirmation_is_refused(store: SQLiteStore,
+                                                             route: ledger.FinanceRoute) -> None:
+    router = Router({"fee.payment": route})
+    store.apply_tx(_payment("kk-kiosk-0001-tx-qr0002", method="promptpay"), 1.0, router.decide)
+    app = guarded_app()
+    app.include_router(finance_api.create_router(store, route, lambda d, o: None, None, AuditLog(store)))
+    r = signed_client(app, store, "finance").post("/api/finance/payments/kk-kiosk-0001-tx-qr0002/confirm",
+                                                  **_signed({"amount_satang": 4000, "bank_ref": "B1"}))
+    assert r.status_code == 503 and "--bank-secret-file" in r.json()["detail"]
+    assert store.read(lambda db: db.execute("SELECT status FROM payments").fetchone()[0]) == "pending"
+
+
+@pytest.mark.broker
+def test_the_hub_keeps_its_data_private_and_warns_about_what_is_off(tmp_path: Path, broker: Broker,
+                                                                     procs: dict[str, Any]) -> None:
+    data = tmp_path / "hub"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    secret = tmp_path / "bank.secret"
+    secret.write_text("zq81-bank-signing-value\n")
+    secret.chmod(0o644)
+    hub = procs["hub"](broker.port, "--bank-secret-file", str(secret), data=data)
+    for path in (data / "hub.sqlite", data / "hub.sqlite-wal", data / "hub.sqlite-shm"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    log = hub.log()
+    assert "PromptPay is off" in log and "can be read by other users: chmod 600 it" in log
+    assert "zq81" not in log
+
+
+def test_the_hub_warns_at_start_up_that_confirmations_are_refused_without_a_secret(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "nakhon.hub"):
+        build(HubSettings(data=tmp_path, ingest=IngestSettings(port=1), promptpay=PromptPaySettings.for_demo()))
+    assert "confirmations will be refused" in caplog.text and "PromptPay in DEMO mode" in caplog.text
+
+
+class Clock:
+    """A hub clock the test moves by hand."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
+
+
+def test_a_pending_promptpay_payment_expires_and_the_kiosk_is_told_it_ended(store: SQLiteStore) -> None:
+    clock = Clock(T0)
+    route = ledger.FinanceRoute(load_catalogue(DEMO_FEES), PromptPaySettings(target="0000000000", expire_after_s=60),
+                                clock=clock)
+    router = Router({"fee.payment": route})
+    tx = _payment("kk-kiosk-0001-tx-qrexp1", method="promptpay")
+    pending, _ = store.apply_tx(tx, 1.0, router.decide)
+    assert pending.status is TxStatus.PENDING and pending.result["expires_at"] == "2026-11-20T03:01:00.000Z"
+    answered: list[tuple[str, TxOutcome]] = []
+    assert finance_api.expire_pending(store, lambda d, o: answered.append((d, o)), T0 + timedelta(seconds=59)) == 0
+    assert finance_api.expire_pending(store, lambda d, o: answered.append((d, o)), T0 + timedelta(seconds=60)) == 1
+    ((device, outcome),) = answered
+    assert device == "kk-kiosk-0001" and outcome.status is TxStatus.REJECTED and outcome.result["ended"] == "expired"
+    assert "not received in time" in (outcome.reason or "")
+    resent, duplicate = store.apply_tx(tx, 2.0, router.decide)  # the kiosk's resend gets the end, not pending
+    assert duplicate and resent.status is TxStatus.REJECTED and resent.result["ended"] == "expired"
+    client = _app(store, route, answered)
+    assert client.get("/api/finance/payments", params={"status": "expired"}).json()[0]["tx_id"] == tx.tx_id
+    late = client.post(f"/api/finance/payments/{tx.tx_id}/confirm", **_signed({"amount_satang": 4000,
+                                                                                  "bank_ref": "B9"}))
+    assert late.status_code == 200 and late.json()["late"] == "expired" and late.json()["receipt_no"]
+
+
+def test_a_pending_payment_can_be_cancelled_once_and_a_paid_one_cannot(store: SQLiteStore,
+                                                                       route: ledger.FinanceRoute) -> None:
+    router = Router({"fee.payment": route})
+    store.apply_tx(_payment("kk-kiosk-0001-tx-qrcan1", method="promptpay"), 1.0, router.decide)
+    store.apply_tx(_payment("kk-kiosk-0001-tx-cash01", seq=2), 1.0, router.decide)
+    answered: list[tuple[str, TxOutcome]] = []
+    client = _app(store, route, answered)
+    first = client.post("/api/finance/payments/kk-kiosk-0001-tx-qrcan1/cancel")
+    assert first.status_code == 200 and first.json() == {"tx_id": "kk-kiosk-0001-tx-qrcan1", "status": "cancelled",
+                                                         "already_ended": False}
+    assert answered[0][1].status is TxStatus.REJECTED and answered[0][1].result["ended"] == "cancelled"
+    again = client.post("/api/finance/payments/kk-kiosk-0001-tx-qrcan1/cancel")
+    assert again.status_code == 200 and again.json()["already_ended"] and len(answered) == 1
+    assert client.post("/api/finance/payments/kk-kiosk-0001-tx-cash01/cancel").status_code == 409
+    assert client.post("/api/finance/payments/kk-kiosk-0001-tx-nope00/cancel").status_code == 404
+
+
+def test_every_cash_count_is_kept_the_latest_stands_and_unknown_devices_are_refused(
+        store: SQLiteStore, route: ledger.FinanceRoute) -> None:
+    store.apply_tx(_payment("kk-kiosk-0001-tx-cnt001"), 1.0, Router({"fee.payment": route}).decide)
+    client = _app(store, route, [])
+    day = datetime.now(UTC).astimezone(BANGKOK).date().isoformat()
+    count = {"device": "kk-kiosk-0001", "day": day, "counted_by": "Somchai"}
+    first = client.post("/api/finance/reconciliations", json={**count, "counted_satang": 3000}).json()
+    second = client.post("/api/finance/reconciliations", json={**count, "counted_satang": 4000}).json()
+    assert first["earlier_counts"] == [] and second["balanced"]
+    assert [(c["id"], c["counted_satang"]) for c in second["earlier_counts"]] == [(first["id"], 3000)]
+    listed = client.get("/api/finance/reconciliations", params={"day": day}).json()
+    assert [(c["counted_satang"], c["superseded"]) for c in listed] == [(3000, True), (4000, False)]
+    row = client.get("/api/finance/reconciliation.csv", params={"day": day}).text.splitlines()[1].split(",")
+    assert row[4] == "40.00" and row[-2:] == ["balanced", "2"]
+    stranger = client.post("/api/finance/reconciliations", json={**count, "device": "kk-kiosk-9999",
+                                                                "counted_satang": 1})
+    assert stranger.status_code == 404 and "registry" in stranger.json()["detail"]
+
+
+@pytest.mark.parametrize("kiosk_behind,dated_by", [(timedelta(hours=10), "kiosk"), (timedelta(days=60), "hub")])
+def test_cash_is_dated_by_the_citizens_time_and_the_receipt_keeps_both_times(
+        store: SQLiteStore, kiosk_behind: timedelta, dated_by: str) -> None:
+    hub_now = datetime(2026, 10, 1, 1, 0, tzinfo=UTC)  # 08:00 on 1 Oct in Thailand: FY 2570 has begun
+    route = ledger.FinanceRoute(load_catalogue(DEMO_FEES), PromptPaySettings(), clock=Clock(hub_now))
+    tx = _payment("kk-kiosk-0001-tx-late01").model_copy(update={"created_at": hub_now - kiosk_behind})
+    outcome, _ = store.apply_tx(tx, 1.0, Router({"fee.payment": route}).decide)
+    paid_at = tx.created_at if dated_by == "kiosk" else hub_now
+    assert outcome.result["paid_at"] == format_timestamp(paid_at)
+    assert outcome.result["recorded_at"] == format_timestamp(hub_now)
+    assert outcome.result["fiscal_year"] == fiscal_year(local_date(paid_at))
+    day = store.read(lambda db: db.execute("SELECT local_date FROM ledger").fetchone()[0])
+    assert day == local_date(paid_at).isoformat()
+    if dated_by == "kiosk":
+        assert day == "2026-09-30" and outcome.result["fiscal_year"] == 2569  # paid before the outage ended
+
+
+def test_a_store_from_before_expiry_and_two_times_is_brought_up_to_date(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.executescript("""
+        CREATE TABLE payments (tx_id TEXT PRIMARY KEY, device TEXT NOT NULL, office TEXT NOT NULL,
+            service TEXT NOT NULL, method TEXT NOT NULL, amount_satang INTEGER NOT NULL, citizen_ref TEXT,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'paid')), reference TEXT NOT NULL,
+            created_at TEXT NOT NULL, paid_at TEXT, bank_ref TEXT, receipt_no TEXT);
+        INSERT INTO payments VALUES ('tx-old-000001', 'kk-kiosk-0001', 'kkc-hq', 'garbage-monthly', 'promptpay',
+            4000, NULL, 'pending', 'REF', '2026-01-01T00:00:00.000Z', NULL, NULL, NULL);
+        CREATE TABLE ledger (id INTEGER PRIMARY KEY, at TEXT NOT NULL, local_date TEXT NOT NULL, entry TEXT NOT NULL,
+            office TEXT NOT NULL, fiscal_year INTEGER NOT NULL, receipt_no TEXT, refers_to INTEGER, tx_id TEXT,
+            device TEXT NOT NULL, service TEXT NOT NULL, method TEXT NOT NULL, amount_satang INTEGER NOT NULL,
+            citizen_ref TEXT, reason TEXT);
+        CREATE TRIGGER ledger_append_only_update BEFORE UPDATE ON ledger
+            BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: add a compensating entry'); END;
+    """)
+    db.close()
+    store = SQLiteStore(tmp_path / "old.sqlite", schemas=(ledger.ensure_schema,))
+    store.open()
+    try:
+        assert store.write(lambda db: ledger.end_payment(db, "tx-old-000001", "expired", T0)) is not None
+        assert store.read(lambda db: db.execute("SELECT status, ended_at FROM payments").fetchone()) == (
+            "expired", "2026-11-20T03:00:00.000Z")
+        assert "paid_at" in {r[1] for r in store.read(lambda db: db.execute("PRAGMA table_info(ledger)").fetchall())}
+    finally:
+        store.close()
+
+
+@pytest.mark.broker
+def test_the_running_hub_expires_a_pending_payment_and_answers_the_kiosk(broker: Broker,
+                                                                          procs: dict[str, Any]) -> None:
+    hub = procs["hub"](broker.port, "--promptpay-demo", "--promptpay-expiry-min", "0.03")
+    kiosk = Kiosk(broker.port, "kk-kiosk-0001")
+    try:
+        wait_for(lambda: kiosk.client.is_connected(), 10, "the kiosk to connect")
+        kiosk.send("kk-kiosk-0001-tx-qrrun1", "fee.payment", {"office": "kkc-hq", "service": "garbage-monthly",
+                                                              "amount_satang": 4000, "method": "promptpay"}, None)
+        assert kiosk.answer("kk-kiosk-0001-tx-qrrun1").status is TxStatus.PENDING
+        ended = wait_for(lambda: next((a for a in kiosk.answers if a.status is TxStatus.REJECTED), None), 30,
+                         "the expiry to reach the kiosk")
+        assert ended.tx_id == "kk-kiosk-0001-tx-qrrun1" and ended.result["ended"] == "expired"
+        assert hub.get("/api/finance/payments", status="expired")[0]["tx_id"] == "kk-kiosk-0001-tx-qrrun1"
+    finally:
+        kiosk.close()
+
+
+def test_the_demo_writes_its_secrets_for_their_owner_only(tmp_path: Path) -> None:
+    from nakhon.demo import _secret
+
+    value = _secret(tmp_path / "secrets" / "bank.secret")
+    assert stat.S_IMODE((tmp_path / "secrets" / "bank.secret").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
+    assert _secret(tmp_path / "secrets" / "bank.secret") == value  # the next run reuses it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -13,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.contract import Location, Tx, TxOutcome, TxStatus, now
+from edge.contract import DeviceState, Location, Status, Tx, TxOutcome, TxStatus, now
 from hub.gis.reports import DEMO_ZONES, Zones
 from tests.conftest import Broker, wait_for
 
@@ -39,6 +40,10 @@ class Kiosk:
         self.client.connect("127.0.0.1", port)
         self.client.subscribe(f"nakhon/{device}/down/tx", qos=1)
         self.client.loop_start()
+        # the hub takes reports only from a device registered as a service kiosk (its node in up/status)
+        self.client.publish(f"nakhon/{device}/up/status", Status(
+            device=device, state=DeviceState.ONLINE, at=now(), node="service-kiosk").to_json(),
+            qos=1, retain=True).wait_for_publish(10)
         self.seq = 0
 
     def send(self, tx_id: str, kind: str, data: dict[str, Any], location: Location | None) -> None:
@@ -48,7 +53,9 @@ class Kiosk:
         self.client.publish(f"nakhon/{self.device}/up/tx", tx.to_json(), qos=1).wait_for_publish(10)
 
     def answer(self, tx_id: str) -> TxOutcome:
-        return wait_for(lambda: next((a for a in self.answers if a.tx_id == tx_id), None), 30, f"the answer to {tx_id}")
+        answer: TxOutcome = wait_for(lambda: next((a for a in self.answers if a.tx_id == tx_id), None), 30,
+                                     f"the answer to {tx_id}")
+        return answer
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -88,13 +95,13 @@ def test_a_report_is_stored_in_its_zone_and_follows_the_workflow(reports_hub: An
     assert len(reports["features"]) == 5
     rid = first.result["report_id"]
     url = f"{hub.url}/api/gis/reports/{rid}"
-    assert httpx.patch(url, json={"status": "assigned"}).status_code == 409  # needs an assignee
-    assert httpx.patch(url, json={"status": "assigned", "assignee": "Electrical team"}).json()["properties"][
-        "status"] == "assigned"
-    assert httpx.patch(url, json={"status": "resolved", "note": "lamp replaced"}).status_code == 200
+    assert httpx.patch(url, headers=hub.auth, json={"status": "assigned"}).status_code == 409  # needs an assignee
+    assigned = httpx.patch(url, headers=hub.auth, json={"status": "assigned", "assignee": "Electrical team"})
+    assert assigned.json()["properties"]["status"] == "assigned"
+    assert httpx.patch(url, headers=hub.auth, json={"status": "resolved", "note": "lamp replaced"}).status_code == 200
     history = hub.get(f"/api/gis/reports/{rid}/history")
     assert [h["status"] for h in history] == ["new", "assigned", "resolved"]
-    export = httpx.get(f"{hub.url}/api/gis/reports.geojson")
+    export = httpx.get(f"{hub.url}/api/gis/reports.geojson", headers=hub.auth)
     assert export.headers["content-type"].startswith("application/geo+json")
     assert json.loads(export.text)["features"][0]["geometry"]["type"] == "Point"
 
@@ -108,32 +115,37 @@ def test_ogc_api_features_paging_and_filters(reports_hub: Any) -> None:
     page = hub.get("/ogc/collections/reports/items", limit=2)
     assert page["numberMatched"] == 5 and page["numberReturned"] == 2
     nxt = next(link["href"] for link in page["links"] if link["rel"] == "next")
-    page2 = httpx.get(nxt).json()
+    page2 = httpx.get(nxt, headers=hub.auth).json()
     assert [f["id"] for f in page2["features"]] == [3, 4]
     west = hub.get("/ogc/collections/reports/items", bbox="102.78,16.39,102.83,16.48")
     assert {f["properties"]["zone"] for f in west["features"]} == {"zone-1", "zone-3"}
     assert hub.get("/ogc/collections/reports/items", datetime="../2000-01-01T00:00:00Z")["numberMatched"] == 0
     assert hub.get("/ogc/collections/reports/items", datetime="2000-01-01T00:00:00Z/..")["numberMatched"] == 5
     assert hub.get("/ogc/collections/reports/items/1")["id"] == 1
-    assert httpx.get(f"{hub.url}/ogc/collections/reports/items/999").status_code == 404
-    assert httpx.get(f"{hub.url}/ogc/collections/reports/items", params={"bbox": "1,2"}).status_code == 400
+    assert httpx.get(f"{hub.url}/ogc/collections/reports/items/999", headers=hub.auth).status_code == 404
+    assert httpx.get(f"{hub.url}/ogc/collections/reports/items", headers=hub.auth,
+                     params={"bbox": "1,2"}).status_code == 400
 
 
 @pytest.mark.broker
 @pytest.mark.skipif(shutil.which("ogrinfo") is None, reason="GDAL's ogrinfo is not installed (Debian gdal-bin)")
 def test_gdal_reads_the_layers_through_its_oapif_driver(reports_hub: Any) -> None:
     hub, _ = reports_hub
-    listing = subprocess.run(["ogrinfo", "-ro", "-q", f"OAPIF:{hub.url}/ogc"], capture_output=True, text=True,
+    refused = subprocess.run(["ogrinfo", "-ro", "-q", f"OAPIF:{hub.url}/ogc"], capture_output=True, text=True,
                              timeout=60)
+    assert refused.returncode != 0 and "401" in refused.stderr
+    gdal = {**os.environ, "GDAL_HTTP_HEADERS": f"Authorization: Bearer {hub.token}"}
+    listing = subprocess.run(["ogrinfo", "-ro", "-q", f"OAPIF:{hub.url}/ogc"], capture_output=True, text=True,
+                             timeout=60, env=gdal)
     assert listing.returncode == 0, listing.stderr
     for layer in ("reports", "devices", "zones"):
         assert layer in listing.stdout
     features = subprocess.run(["ogrinfo", "-ro", "-al", f"OAPIF:{hub.url}/ogc", "reports"], capture_output=True,
-                              text=True, timeout=60)
+                              text=True, timeout=60, env=gdal)
     assert features.returncode == 0, features.stderr
     assert "Feature Count: 5" in features.stdout
     assert "POINT (102.8 16.45)" in features.stdout
     assert "category (String) = streetlight" in features.stdout
     zones = subprocess.run(["ogrinfo", "-ro", "-so", f"OAPIF:{hub.url}/ogc", "zones"], capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=60, env=gdal)
     assert "Feature Count: 4" in zones.stdout

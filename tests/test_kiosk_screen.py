@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
+import socket
 import sqlite3
+import threading
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +23,10 @@ from selenium.webdriver.chrome.webdriver import WebDriver as Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 
-from edge.contract import tx_reference
+from edge import config as config_module
+from edge.agents.agent import Agent
+from edge.contract import DeviceState, tx_reference
+from hub.auth import signature
 from hub.broker import free_port
 from tests.conftest import ROOT, Broker, Hub, Proc, wait_for
 
@@ -34,13 +41,15 @@ pytestmark = [
 
 FIRMWARE_CONFIG = ROOT / "firmware-configs" / "service-kiosk.toml"
 PAGE = ROOT / "edge" / "agents" / "kiosk_screen" / "index.html"
-BANK_TOKEN = "bank-callback-token"
+BANK_SECRET = "bank-callback-secret"
 ANSWER_TIMEOUT_S = 3
 RECEIPT_NO = re.compile(r"^KKC-25\d\d-\d{6}$")
 CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run")
 LANDSCAPE = (1024, 600)
 PORTRAIT = (800, 1280)
+PI_DISPLAY = (800, 480)
+"""The Raspberry Pi 7" touch display."""
 
 
 def _toml_value(value: Any) -> str:
@@ -66,7 +75,7 @@ def _toml(table: dict[str, Any], prefix: str = "") -> list[str]:
     return lines
 
 
-def kiosk_config(tmp_path: Path, broker_port: int, http_port: int) -> Path:
+def kiosk_config(tmp_path: Path, broker_port: int, http_port: int, **kiosk: Any) -> Path:
     """The shipped service-kiosk config, with only its printer (no card reader, scanner or GPIO), on local ports."""
     config = tomllib.loads(FIRMWARE_CONFIG.read_text(encoding="utf-8"))
     config["broker"] = {"host": "127.0.0.1", "port": broker_port}
@@ -75,7 +84,7 @@ def kiosk_config(tmp_path: Path, broker_port: int, http_port: int) -> Path:
     config["drivers"] = [{**d, "sim_paper_log": str(tmp_path / "paper.log")}
                          for d in config["drivers"] if d["kind"] == "escpos_printer"]
     del config["kiosk"]["card_reader"]
-    config["kiosk"].update(http_port=http_port, answer_timeout_s=ANSWER_TIMEOUT_S)
+    config["kiosk"].update(http_port=http_port, answer_timeout_s=ANSWER_TIMEOUT_S, **kiosk)
     path = tmp_path / "kiosk.toml"
     path.write_text("\n".join(_toml(config)) + "\n", encoding="utf-8")
     return path
@@ -113,22 +122,24 @@ class Site:
 
     def confirm_payment(self, tx_id: str, amount_satang: int) -> dict[str, Any]:
         """What the bank's callback does when the citizen has paid the QR."""
-        r = httpx.post(f"{self.hub.url}/api/finance/payments/{tx_id}/confirm", timeout=10,
-                       json={"amount_satang": amount_satang, "bank_ref": "BANK-0001"},
-                       headers={"Authorization": f"Bearer {BANK_TOKEN}"})
+        body = json.dumps({"amount_satang": amount_satang, "bank_ref": "BANK-0001"}).encode()
+        r = httpx.post(f"{self.hub.url}/api/finance/payments/{tx_id}/confirm", timeout=10, content=body,
+                       headers={"Content-Type": "application/json", **signature.headers(BANK_SECRET, body)})
         assert r.status_code == 200, r.text
         return r.json()  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def site(tmp_path: Path, broker: Broker, procs: dict[str, Any]) -> Iterator[Site]:
-    """The broker, the hub (with a bank callback token) and the kiosk agent, started and linked."""
-    token = tmp_path / "bank.token"
-    token.write_text(BANK_TOKEN)
-    token.chmod(0o600)
-    hub = procs["hub"](broker.port, "--bank-token-file", str(token))
+def site(request: pytest.FixtureRequest, tmp_path: Path, broker: Broker, procs: dict[str, Any]) -> Iterator[Site]:
+    """The broker, the hub (with the bank's signing secret) and the kiosk agent, started and linked; a test may
+    change ``[kiosk]`` settings with ``@pytest.mark.parametrize("site", [{...}], indirect=True)``."""
+    secret = tmp_path / "bank.secret"
+    secret.write_text(BANK_SECRET)
+    secret.chmod(0o600)
+    hub = procs["hub"](broker.port, "--bank-secret-file", str(secret), "--promptpay-demo")
     http_port = free_port()
-    kiosk = Proc(["agent", "run", "--simulate", str(kiosk_config(tmp_path, broker.port, http_port))],
+    config = kiosk_config(tmp_path, broker.port, http_port, **getattr(request, "param", {}))
+    kiosk = Proc(["agent", "run", "--simulate", str(config)],
                  tmp_path / "kiosk.log")
     kiosk.start()
     s = Site(broker, hub, kiosk, http_port, tmp_path)
@@ -200,6 +211,21 @@ class KioskScreen:
         assert element.is_enabled(), f"{testid} is not enabled"
         element.click()
 
+    def fits(self, name: str) -> None:
+        """Nothing on this screen needs scrolling: every button is inside the viewport and nothing scrolls."""
+        self.shot(name)
+        outside = self.driver.execute_script(
+            "return [...document.querySelectorAll('button')].filter(b => b.offsetParent !== null)"
+            ".map(b => [b.dataset.testid || b.textContent.trim(), b.getBoundingClientRect()])"
+            ".filter(([, r]) => r.top < 0 || r.left < 0 || r.bottom > innerHeight || r.right > innerWidth)"
+            ".map(([label, r]) => [label, Math.round(r.top), Math.round(r.bottom)])")
+        assert not outside, f"buttons outside the {self.driver.execute_script('return innerHeight')} px " \
+                            f"high screen on {name}: {outside}"
+        scrolled = self.driver.execute_script(
+            "return [...document.querySelectorAll('.step-body, main, body')]"
+            ".filter(e => e.scrollHeight > e.clientHeight + 1).map(e => e.className || e.tagName)")
+        assert not scrolled, f"{name} scrolls: {scrolled}"
+
     def shot(self, name: str) -> None:
         """A screenshot, after checking what any screen must be: big touch targets and nothing cut off sideways."""
         sizes = self.driver.execute_script(
@@ -214,14 +240,20 @@ class KioskScreen:
         self.taken.append(path)
 
 
+def console_log(browser: Chrome) -> list[dict[str, Any]]:
+    """The browser console's entries since the last call."""
+    entries: list[dict[str, Any]] = browser.get_log("browser")  # type: ignore[no-untyped-call]  # selenium: unannotated
+    return entries
+
+
 @pytest.fixture
 def screen(browser: Chrome, site: Site, tmp_path: Path) -> Iterator[KioskScreen]:
     """The kiosk page for one test; fails the test if the page threw a JavaScript error."""
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    browser.get_log("browser")  # start with an empty console
+    console_log(browser)  # start with an empty console
     yield KioskScreen(browser, site.url, shots)
-    console = browser.get_log("browser")
+    console = console_log(browser)
     browser.get("about:blank")  # stop polling a kiosk that is about to go away
     thrown = [entry["message"] for entry in console if entry["source"] == "javascript"]
     assert not thrown, f"the page threw: {thrown}"
@@ -344,15 +376,20 @@ def test_the_english_switch_changes_the_screen_and_back(screen: KioskScreen, sit
 
 
 def test_a_problem_report_shows_its_report_number(screen: KioskScreen, site: Site) -> None:
-    description = "น้ำท่วมขังหน้าโรงเรียน สูงประมาณ 30 เซนติเมตร"
+    description = "อยู่ใกล้ทางแยก, อันตรายต่อผู้สัญจร"
     screen.open(LANDSCAPE)
     start_anonymously(screen)
     screen.tap("service-report")
     screen.wait_step("report")
-    assert not screen.find("send-report").is_enabled()
+    screen.shot("report-category")
     screen.tap("category-flooding")
-    assert screen.find("category-flooding").get_attribute("aria-pressed") == "true"
-    screen.find("report-description").send_keys(description)
+    assert screen.text("report-category") == "น้ำท่วมขัง"
+    for phrase in ("phrase-1", "phrase-2", "phrase-3"):  # no keyboard: the citizen taps preset phrases
+        screen.tap(phrase)
+    screen.tap("phrase-2")  # a second tap takes a phrase back
+    assert screen.find("phrase-2").get_attribute("aria-pressed") == "false"
+    assert screen.text("report-description") == description
+    assert screen.driver.find_elements(By.CSS_SELECTOR, "textarea, input") == []
     screen.shot("report")
 
     screen.tap("send-report")
@@ -360,6 +397,8 @@ def test_a_problem_report_shows_its_report_number(screen: KioskScreen, site: Sit
     report_no = screen.text("report-no")
     assert report_no.isdigit()
     assert screen.text("category") == "น้ำท่วมขัง"
+    zone = screen.text("zone")
+    assert zone.startswith("เขต: เขต ") and "zone-" not in zone  # the zone's name, not its code
     screen.shot("report-done")
 
     stored = site.hub.get(f"/api/gis/reports/{report_no}")
@@ -417,3 +456,223 @@ def test_the_screen_says_when_the_kiosk_is_offline_or_unreachable(screen: KioskS
     assert "ติดต่อระบบของตู้ไม่ได้" in screen.wait_visible("connection-error").text
     assert screen.visible("step-notice") is not None  # the last screen stays, never a blank page
     screen.shot("kiosk-unreachable")
+
+
+def test_a_promptpay_payment_the_hub_cancels_ends_on_the_screen_in_thai(screen: KioskScreen, site: Site) -> None:
+    screen.open(LANDSCAPE)
+    start_anonymously(screen)
+    screen.tap("service-garbage-monthly")
+    screen.wait_step("payment")
+    screen.tap("method-promptpay")
+    screen.wait_step("awaiting_payment")
+    (pending,) = site.hub.get("/api/finance/payments", status="pending")
+    r = httpx.post(f"{site.hub.url}/api/finance/payments/{pending['tx_id']}/cancel", timeout=10,
+                   headers=site.hub.auth)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    screen.wait_step("rejected")
+    message = screen.wait_visible("message")
+    assert message.get_attribute("data-message") == "payment_cancelled" and "ไม่มีการหักเงิน" in message.text
+
+
+def test_the_main_flows_fit_the_raspberry_pi_display_without_scrolling(screen: KioskScreen, site: Site) -> None:
+    screen.open(PI_DISPLAY)
+    for lang in ("th", "en"):  # English words are longer, Thai lines are taller: both must fit
+        if lang == "en":
+            screen.tap("lang-switch")
+            wait_for(lambda: screen.text("heading") == "Privacy notice", 5, "the notice in English")
+        screen.fits(f"pi-notice-{lang}")
+        screen.tap("accept")
+        screen.wait_step("identify")
+        screen.fits(f"pi-identify-{lang}")
+        screen.tap("anonymous")
+        screen.wait_step("service")
+        screen.fits(f"pi-services-{lang}")
+        screen.tap("service-report")
+        screen.wait_step("report")
+        screen.fits(f"pi-report-category-{lang}")
+        screen.tap("category-streetlight")
+        screen.wait_visible("phrase-0")
+        screen.fits(f"pi-report-details-{lang}")
+        screen.tap("report-back")
+        screen.tap("cancel")
+        screen.wait_step("notice")
+    start_anonymously(screen)
+    screen.tap("service-garbage-monthly")
+    screen.wait_step("payment")
+    screen.fits("pi-payment")
+    screen.tap("method-promptpay")
+    screen.wait_step("awaiting_payment")
+    screen.fits("pi-promptpay-qr")
+    [tx_id] = site.committed()
+    site.confirm_payment(tx_id, 4000)
+    screen.wait_step("done", timeout=30)
+    screen.fits("pi-paid")
+
+
+def test_the_language_goes_back_to_thai_for_the_next_citizen(screen: KioskScreen, site: Site) -> None:
+    screen.open(LANDSCAPE)
+    for leave in ("decline", "cancel-identify", "start-again", "cancel-payment", "finish"):
+        screen.tap("lang-switch")
+        wait_for(lambda: screen.text("heading") == "Privacy notice", 5, "the notice in English")
+        if leave == "decline":
+            screen.tap("decline")
+        else:
+            screen.tap("accept")
+            screen.wait_step("identify")
+            if leave == "cancel-identify":
+                screen.tap("cancel")
+            else:
+                screen.tap("anonymous")
+                screen.wait_step("service")
+                if leave == "start-again":
+                    screen.tap("start-again")
+                else:
+                    screen.tap("service-garbage-monthly")
+                    screen.wait_step("payment")
+                    if leave == "cancel-payment":
+                        screen.tap("cancel")
+                    else:
+                        screen.tap("method-cash")
+                        screen.wait_step("done", timeout=30)
+                        assert screen.text("take") == "Please take your receipt."
+                        screen.tap("finish")
+        screen.wait_step("notice")
+        wait_for(lambda: screen.text("heading") == "ประกาศความเป็นส่วนตัว", 5, f"Thai again after {leave}")
+        assert (site.kiosk_state() or {}).get("lang") == "th"
+
+
+@pytest.mark.parametrize("site", [{"idle_reset_s": 6}], indirect=True)
+def test_an_idle_kiosk_returns_to_the_thai_notice_from_any_screen(screen: KioskScreen, site: Site) -> None:
+    screen.open(LANDSCAPE)
+    screen.tap("lang-switch")
+    wait_for(lambda: (site.kiosk_state() or {}).get("lang") == "en", 5, "English")
+    wait_for(lambda: (site.kiosk_state() or {}).get("lang") == "th", 25, "the untouched notice back in Thai")
+    wait_for(lambda: screen.text("heading") == "ประกาศความเป็นส่วนตัว", 5, "the Thai notice on the screen")
+    screen.tap("lang-switch")
+    start_anonymously(screen)
+    screen.tap("service-garbage-monthly")
+    screen.wait_step("payment")
+    assert screen.text("heading") == "Choose how to pay"
+    screen.wait_step("notice", timeout=25)
+    wait_for(lambda: screen.text("heading") == "ประกาศความเป็นส่วนตัว", 5, "the Thai notice after idling")
+
+
+def fill_to_the_brim(journal: sqlite3.Connection) -> None:
+    """Fill the kiosk journal's file to its last byte (ballast entries) and stop it from growing: SQLite then
+    fails the next write with SQLITE_FULL, exactly as on a full SD card."""
+    pages = journal.execute("PRAGMA page_count").fetchone()[0]
+    journal.execute(f"PRAGMA max_page_count = {pages + 2}")
+    n = 0
+    for size in (4000, 400, 40, 1):
+        full = False
+        while not full:
+            n += 1
+            try:
+                journal.execute("INSERT INTO journal (tx_id, kind, summary, created) VALUES (?, 'ballast', ?, 0)",
+                                (f"ballast-{n}", "x" * size))
+            except sqlite3.OperationalError as err:
+                if "full" not in str(err):
+                    raise
+                full = True
+
+
+def free_space(journal: sqlite3.Connection) -> None:
+    """Delete the ballast and let the file grow again: space is back."""
+    journal.execute("PRAGMA max_page_count = 1000000000")
+    journal.execute("DELETE FROM journal WHERE kind = 'ballast'")
+
+
+class InProcessKiosk:
+    """The kiosk agent run in a thread of this process, so that the test can fill the disk under its files."""
+
+    def __init__(self, config: Path) -> None:
+        self.agent = Agent(config_module.load(config, environ={}), simulate=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._run(),), name="kiosk-agent", daemon=True)
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.agent.run()
+
+    def start(self, wait: bool = True) -> None:
+        self._thread.start()
+        if wait:
+            wait_for(lambda: self.agent.kiosk is not None and self.agent.kiosk.server is not None
+                     and self.agent.kiosk.server.started, 30, "the kiosk screen")
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.agent.request_stop)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the kiosk agent did not stop"
+
+    def journal(self) -> sqlite3.Connection:
+        """The kiosk journal's database, through the kiosk's own connection."""
+        assert self.agent.kiosk is not None
+        return self.agent.kiosk.journal.db
+
+
+def test_on_a_full_disk_a_payment_is_refused_in_thai_and_english_and_the_kiosk_returns_to_the_start(
+        browser: Chrome, broker: Broker, tmp_path: Path) -> None:
+    http_port = free_port()
+    kiosk = InProcessKiosk(kiosk_config(tmp_path, broker.port, http_port, error_reset_s=3))
+    kiosk.start()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    screen = KioskScreen(browser, f"http://127.0.0.1:{http_port}/", shots)
+    try:
+        screen.open(PI_DISPLAY)
+        fill_to_the_brim(kiosk.journal())
+        start_anonymously(screen)
+        screen.tap("service-garbage-monthly")
+        screen.wait_step("payment")
+        screen.tap("method-cash")
+        screen.wait_step("error")
+        message = screen.wait_visible("message")
+        assert message.get_attribute("data-message") == "storage_full"
+        assert "พื้นที่จัดเก็บข้อมูลของตู้เต็ม" in message.text and "ยังไม่มีการชำระเงิน" in message.text
+        other = screen.find("message-other")
+        assert "storage is full" in other.text and "Nothing was paid" in other.text
+        assert other.get_attribute("lang") == "en"
+        screen.fits("full-disk-refused")
+        assert kiosk.agent.outbox.depth() == 0 and kiosk.agent.outbox_error is not None
+        assert not (tmp_path / "paper.log").exists() or "cut" not in (tmp_path / "paper.log").read_text()
+
+        screen.wait_step("notice", timeout=15)  # back to the start by itself, nobody touching
+        free_space(kiosk.journal())
+        start_anonymously(screen)
+        screen.tap("service-garbage-monthly")
+        screen.wait_step("payment")
+        screen.tap("method-cash")
+        screen.wait_step("provisional", timeout=ANSWER_TIMEOUT_S + 15)  # taken: no hub here to answer it
+        [pending] = [r for r in kiosk.agent.outbox.pending(100) if r.klass == "tx"]
+        assert screen.text("reference") == tx_reference(str(pending.key))
+        assert kiosk.agent.outbox_error is None
+    finally:
+        browser.get("about:blank")
+        kiosk.stop()
+
+
+def test_a_screen_that_cannot_listen_is_reported_and_comes_up_once_its_port_is_free(
+        broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    http_port = free_port()
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", http_port))
+    squatter.listen()
+    kiosk = InProcessKiosk(kiosk_config(tmp_path, broker.port, http_port))
+    with caplog.at_level(logging.INFO, logger="nakhon"):
+        kiosk.start(wait=False)
+        try:
+            failed = wait_for(lambda: kiosk.agent.tasks.get("kiosk"), 30, "the kiosk task reported")
+            assert failed.state == "unavailable" and "cannot listen on 127.0.0.1" in str(failed.error)
+            assert "kiosk" in (kiosk.agent.status(DeviceState.ONLINE).tasks or {})  # in the heartbeat
+            assert kiosk.agent.streams["receipt"].state == "ok"  # the rest of the agent runs on
+            squatter.close()
+            wait_for(lambda: (kiosk.agent.tasks["kiosk"].state == "ok"
+                              and httpx.get(f"http://127.0.0.1:{http_port}/api/state", timeout=2).status_code == 200),
+                     60, "the screen up on its port")
+        finally:
+            squatter.close()
+            kiosk.stop()
+    assert "task kiosk failed" in caplog.text

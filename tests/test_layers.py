@@ -44,6 +44,25 @@ def test_agents_know_nothing_about_bytes_on_a_wire(path: Path) -> None:
     assert not bad, f"{path} imports {bad}"
 
 
+@pytest.mark.parametrize("path", _files("edge/agents"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_agents_reach_drivers_only_through_the_registry(path: Path) -> None:
+    """``edge.drivers`` (registry, protocols, events) yes; a driver module such as ``escpos_printer`` no."""
+    bad = {m for m in _imports(path) if m.startswith("edge.drivers.")}
+    assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize("path", _files("hub/finance") + _files("hub/gis"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_finance_and_gis_know_the_store_interface_not_an_engine(path: Path) -> None:
+    bad = {m for m in _imports(path) if m.startswith("hub.store.") and m != "hub.store.base"}
+    assert not bad, f"{path} imports {bad}"
+
+
+def test_the_rules_see_imports_inside_functions_too(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from edge.drivers.escpos_printer import Receipt\n    import hub.store.sqlite\n")
+    assert {"edge.drivers.escpos_printer", "hub.store.sqlite"} <= _imports(module)
+
+
 @pytest.mark.parametrize("path", [p for f in ("edge", "hub", "nakhon", "tests", "benchmarks") for p in _files(f)],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_nothing_imports_provisioning(path: Path) -> None:

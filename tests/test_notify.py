@@ -29,7 +29,7 @@ from hub.notify.channels import Outgoing, send_email, send_line
 from hub.notify.messages import compose
 from hub.notify.worker import NotificationWorker
 from tests.conftest import ROOT, Broker, Hub, Proc, wait_for
-from tests.test_alarms import T0, Rig, client, rule
+from tests.test_alarms import T0, Rig, rule
 from tests.test_stream import SseReader
 
 TOKEN = "line-channel-token-for-tests"
@@ -186,7 +186,7 @@ def test_line_push_retries_with_one_retry_key_and_every_attempt_is_visible(
         assert "มีผู้กดปุ่ม SOS" in text
         assert "Khon Kaen" in text
         assert "/api/alarms/1/ack" in text
-        [n] = client(rig).get("/api/notifications").json()
+        [n] = rig.api("viewer", name="vera").get("/api/notifications").json()
         assert (n["state"], n["attempts"]) == ("sent", 3)
         assert [a["ok"] for a in n["attempt_log"]] == [False, False, True]
         assert n["attempt_log"][0]["detail"] == "LINE answered HTTP 500"
@@ -338,7 +338,7 @@ def test_an_sos_press_reaches_the_stream_line_and_mail_once_each(
     env = {"NAKHON_CRASH_AT": "alarm-committed"} if crash else {}
     hub: Hub = procs["hub"](broker.port, "--rules", str(rules), env=env)
     current = {"hub": hub}
-    reader = SseReader(lambda: current["hub"].url, last_id=0).start()
+    reader = SseReader(lambda: current["hub"].url, hub.auth, last_id=0).start()
     pole = SosPole(tmp_path, "kk-aq-0001", broker.port, gap_s=1.0)
     pole.start()
     try:

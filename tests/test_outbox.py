@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from edge.agents.outbox import Outbox, RecordClass
+from edge.agents.outbox import Outbox, RecordClass, storage_error
 from edge.config import OutboxConfig
 from edge.contract import Event, Reading, Severity, Telemetry, Tx, now
-from edge.errors import OutboxFull
+from edge.errors import OutboxDiskFull, OutboxFull
 
 
 def _telemetry(seq: int) -> Telemetry:
@@ -105,3 +107,37 @@ def test_a_message_that_fails_to_build_commits_nothing(tmp_path: Path) -> None:
     # the rolled-back seq was never committed nor sent, so the next record may take it
     assert box.append(RecordClass.TELEMETRY, _telemetry).seq == 1
     box.close()
+
+
+def _padded(seq: int) -> Telemetry:
+    return _telemetry(seq).model_copy(update={"pad": "x" * 4000})
+
+
+def _fill(box: Outbox) -> None:
+    for _ in range(1000):
+        box.append(RecordClass.TELEMETRY, _padded)
+
+
+def test_a_full_disk_is_reported_as_such_keeps_every_record_and_heals(tmp_path: Path) -> None:
+    box = _box(tmp_path)
+    for _ in range(3):
+        box.append(RecordClass.TELEMETRY, _telemetry)
+    db: sqlite3.Connection = box._conn  # SQLite's own size cap fails writes with SQLITE_FULL, as a full disk does
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    with pytest.raises(OutboxDiskFull, match="the disk is full"):
+        _fill(box)
+    full_at = box.depth()
+    with pytest.raises(OutboxDiskFull):  # a transaction is refused as a whole, not half-written
+        box.append(RecordClass.TX, lambda s: _tx(s).model_copy(update={"data": {"note": "x" * 8000}}),
+                   key="tx-00000001")
+    assert box.depth() == full_at and [r.seq for r in box.pending(2000)] == list(range(1, full_at + 1))
+    db.execute("PRAGMA max_page_count = 1000000")  # space is back
+    assert box.append(RecordClass.TX, _tx, key="tx-00000001").seq == full_at + 1
+    box.close()
+
+
+def test_a_write_failing_with_enospc_is_a_full_disk_and_other_errors_are_not() -> None:
+    full = storage_error(OSError(errno.ENOSPC, "No space left on device"), "cannot commit")
+    assert isinstance(full, OutboxDiskFull) and "the disk is full" in str(full)
+    other = storage_error(sqlite3.OperationalError("database is locked"), "cannot commit")
+    assert not isinstance(other, OutboxDiskFull) and str(other) == "cannot commit: database is locked"

@@ -78,12 +78,14 @@ class Kiosk(Proc):
             return False
 
     def state(self) -> dict[str, Any]:
-        return httpx.get(f"http://127.0.0.1:{self.http_port}/api/state", timeout=5).json()
+        state: dict[str, Any] = httpx.get(f"http://127.0.0.1:{self.http_port}/api/state", timeout=5).json()
+        return state
 
     def touch(self, action: str, **args: Any) -> dict[str, Any]:
         r = httpx.post(f"http://127.0.0.1:{self.http_port}/api/action", json={"action": action, **args}, timeout=10)
         assert r.status_code == 200, r.text
-        return r.json()
+        answer: dict[str, Any] = r.json()
+        return answer
 
     def pay_garbage_fee_in_cash(self) -> None:
         self.touch("accept")
@@ -209,7 +211,7 @@ def test_twenty_kiosks_paying_at_once_through_two_hub_processes_get_gapless_rece
 
 def _transactions_answered(hub: Hub) -> float:
     total = 0.0
-    for line in httpx.get(f"{hub.url}/metrics", timeout=10).text.splitlines():
+    for line in httpx.get(f"{hub.url}/metrics", headers=hub.auth, timeout=10).text.splitlines():
         if line.startswith("nakhon_transactions_total{"):
             total += float(line.split()[-1])
     return total

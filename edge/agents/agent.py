@@ -5,6 +5,12 @@ to the outbox first. A separate publisher sends outbox records in seq order, kee
 of them unacknowledged, sends again what the hub has not acknowledged after ``resend_after_s``, and resends
 everything unacknowledged after a reconnect. The connection loop reconnects with jittered exponential
 backoff, announces the device (retained ``online``, last will ``lost``) and answers commands.
+
+Every task (each driver stream, the connection, publisher, heartbeat, downlink, the kiosk screen) runs under
+:meth:`Agent.supervise`: an unexpected error is logged once with its traceback, shown in the heartbeat as
+``unavailable`` with the reason, and the task starts again with backoff. A full disk under the outbox is
+reported (``outbox_error``) and heals by itself; a driver value that is NaN or infinite is refused and counted;
+a message the broker refuses for good is set aside in the outbox file instead of being sent again.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import signal
 import socket
@@ -21,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiomqtt
 from pydantic import ValidationError
@@ -32,6 +39,7 @@ from edge.agents.mqtt import CheckedClient
 from edge.agents.outbox import Outbox, OutboxRecord, RecordClass
 from edge.contract import (
     QOS,
+    REPLY_EXPIRED,
     Ack,
     CitizenRef,
     Command,
@@ -44,10 +52,12 @@ from edge.contract import (
     Reply,
     Status,
     StreamHealth,
+    TaskHealth,
     Telemetry,
     Tx,
     TxOutcome,
     TxStatus,
+    format_timestamp,
     now,
     topic,
 )
@@ -60,7 +70,10 @@ from edge.drivers import (
     HealthReporting,
     PolledDriver,
 )
-from edge.errors import ConfigError, DriverError, NakhonError, OutboxError, PublishRefused
+from edge.errors import ConfigError, DriverError, NakhonError, OutboxError, OutboxFull, PublishRefused
+
+if TYPE_CHECKING:
+    from edge.agents.kiosk import Kiosk
 
 log = logging.getLogger("nakhon.agent")
 
@@ -76,12 +89,27 @@ class Stream:
     state: Literal["ok", "unavailable", "starting"] = "starting"
     error: str | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    refused_values: int = 0
+    """Values the driver returned as NaN or infinite, refused before serialising (JSON has no such numbers)."""
+    refusal_logged_at: float = -1e9
 
     def health(self) -> StreamHealth:
         """The stream's entry in the heartbeat."""
         polled = isinstance(self.driver, PolledDriver)
         return StreamHealth(kind=self.kind.kind, state=self.state,
-                            interval_s=self.interval_s if polled else None, error=self.error)
+                            interval_s=self.interval_s if polled else None, error=self.error,
+                            refused_values=self.refused_values or None)
+
+
+def describe_error(err: BaseException) -> str:
+    """An unexpected error as the heartbeat shows it: its type and message, bounded."""
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def finite(value: object) -> bool:
+    """False for a float that JSON cannot carry (NaN, +-Infinity)."""
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -195,6 +223,12 @@ class Agent:
         self.config_version = self.cfg.config_version
         self.publish_errors = 0
         self.last_error: str | None = None
+        self.tasks: dict[str, TaskHealth] = {}
+        """The agent's own tasks that failed at least once (driver streams report in ``streams``)."""
+        self.outbox_error: str | None = None
+        self.unstored = 0
+        self.set_aside = 0
+        self._refusals: dict[int, int] = {}
         self._refusal_logged_at = -1e9
         self._started = time.monotonic()
         self._client: CheckedClient | None = None
@@ -206,6 +240,8 @@ class Agent:
         """Called on the event loop for every driver event, after it is committed (the kiosk flow listens)."""
         self.tx_listeners: list[Callable[[TxOutcome], Awaitable[None]]] = []
         """Awaited for every ``down/tx`` answer before its transaction leaves the outbox."""
+        self.kiosk: Kiosk | None = None
+        """The kiosk flow, on a device configured as a kiosk, once it runs."""
 
     # -- helpers -------------------------------------------------------------------------------
     def uptime(self) -> float:
@@ -233,12 +269,34 @@ class Agent:
             clock=self.clock.state(), config_version=self.config_version,
             streams={name: s.health() for name, s in self.streams.items()},
             publish_errors=self.publish_errors, last_error=self.last_error, node=self.cfg.node,
-            site=self.cfg.site, location=self.cfg.location,
+            site=self.cfg.site, location=self.cfg.location, tasks=dict(self.tasks) or None,
+            outbox_error=self.outbox_error, unstored=self.unstored or None, set_aside=self.set_aside or None,
         )
 
-    async def _commit(self, klass: RecordClass, build: Callable[[int], Message], key: str | None = None) -> None:
-        await asyncio.to_thread(self.outbox.append, klass, build, key)
+    async def _commit(self, klass: RecordClass, build: Callable[[int], Message], key: str | None = None) -> bool:
+        """Commit a droppable record; False (reported, counted) when the outbox cannot take it right now."""
+        try:
+            await asyncio.to_thread(self.outbox.append, klass, build, key)
+        except OutboxError as err:
+            self.storage_failed(err)
+            return False
+        self.storage_ok()
         self._outbox_changed.set()
+        return True
+
+    def storage_failed(self, err: OutboxError, lost: bool = True) -> None:
+        """Report that the device's storage refused a write (``outbox_error`` in the heartbeat, logged once);
+        ``lost`` counts a record that is gone for good."""
+        self.unstored += lost
+        if self.outbox_error is None:  # once per episode: the heartbeat carries the rest
+            log.error("outbox cannot take records: %s; sampling goes on, unstored records are counted", err)
+        self.outbox_error = self.last_error = str(err)
+
+    def storage_ok(self) -> None:
+        """A write succeeded again: clear ``outbox_error``."""
+        if self.outbox_error is not None:
+            log.warning("outbox takes records again (%d record(s) could not be stored meanwhile)", self.unstored)
+            self.outbox_error = None
 
     def new_tx_id(self) -> str:
         """A transaction id unique across the deployment (the device id and a random part)."""
@@ -255,7 +313,14 @@ class Agent:
             return Tx(device=self.cfg.device, seq=seq, tx_id=tx_id, kind=kind, created_at=now(), data=data,
                       citizen=citizen, location=location)
 
-        record = await asyncio.to_thread(self.outbox.append, RecordClass.TX, build, tx_id)
+        try:
+            record = await asyncio.to_thread(self.outbox.append, RecordClass.TX, build, tx_id)
+        except OutboxFull:
+            raise
+        except OutboxError as err:
+            self.storage_failed(err, lost=False)  # the citizen is told at once: nothing is lost
+            raise
+        self.storage_ok()
         self._outbox_changed.set()
         log.info("transaction %s (%s) committed as seq %d", tx_id, kind, record.seq)
         return Tx.model_validate_json(record.payload)
@@ -263,6 +328,53 @@ class Agent:
     def request_stop(self) -> None:
         """Ask the agent to stop gracefully (what SIGTERM does)."""
         self._stopping.set()
+
+    # -- supervision ---------------------------------------------------------------------------
+    async def supervise(self, name: str, body: Callable[[], Awaitable[None]], *,
+                        failed: Callable[[str], None] | None = None, recovered: Callable[[], None] | None = None,
+                        passes: tuple[type[BaseException], ...] = (), backoff_max_s: float | None = None) -> None:
+        """Run ``body`` until it returns; after an unexpected error, log it, report it and run it again.
+
+        The traceback is logged the first time an error with a given description happens, later repeats in
+        one line. ``failed(reason)`` reports the failure (default: ``unavailable`` in the heartbeat's
+        ``tasks``), ``recovered()`` the restart; ``passes`` are errors that end the task on purpose (a lost
+        broker connection ends the session tasks, and the connection loop reconnects).
+        """
+        backoff = Backoff(1.0, backoff_max_s or self.cfg.agent.driver_backoff_max_s)
+        logged: set[str] = set()
+        while True:
+            started = time.monotonic()
+            try:
+                await body()
+                return
+            except passes:
+                raise
+            # a supervisor must outlive any error of the task it runs: that is its whole purpose (STYLE.md)
+            except Exception as err:
+                reason = describe_error(err)
+                if time.monotonic() - started > 60:
+                    backoff.reset()
+                delay = backoff.delay()
+                (failed or partial(self._task_failed, name))(reason)
+                if reason in logged:
+                    log.warning("task %s failed again (%s); restarting in %.1f s", name, reason, delay)
+                else:
+                    logged.add(reason)
+                    log.exception("task %s failed; restarting in %.1f s", name, delay)
+            await asyncio.sleep(delay)
+            (recovered or partial(self._task_restarted, name))()
+
+    def _task_failed(self, name: str, reason: str) -> None:
+        before = self.tasks.get(name)
+        self.tasks[name] = TaskHealth(state="unavailable", error=reason, restarts=before.restarts if before else 0)
+        self.last_error = f"{name}: {reason}"
+
+    def _task_restarted(self, name: str) -> None:
+        before = self.tasks[name]
+        self.tasks[name] = TaskHealth(state="ok", error=before.error, restarts=before.restarts + 1)
+
+    def _supervised(self, name: str, body: Callable[[], Awaitable[None]], **kwargs: Any) -> asyncio.Task[None]:
+        return asyncio.create_task(self.supervise(name, body, **kwargs), name=name)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -274,14 +386,14 @@ class Agent:
         log.info("agent %s starting: %d driver(s), outbox %s (%d record(s) waiting, last seq %d)",
                  self.cfg.device, len(self.streams), self.cfg.outbox.path, self.outbox.depth(),
                  self.outbox.last_seq())
-        tasks = [asyncio.create_task(self._run_stream(s), name=f"stream-{n}") for n, s in self.streams.items()]
-        tasks.append(asyncio.create_task(self._write_events(), name="events"))
-        tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self.set_aside = await asyncio.to_thread(self.outbox.set_aside_count)
+        tasks = [self._supervised(f"stream-{n}", partial(self._run_stream, s), failed=partial(self._stream_failed, s),
+                                  recovered=partial(self._stream_restarting, s)) for n, s in self.streams.items()]
+        tasks.append(self._supervised("events", self._write_events))
+        tasks.append(self._supervised("housekeeping", self._housekeeping))
         if self.cfg.kiosk is not None:
-            from edge.agents.kiosk import Kiosk
-
-            tasks.append(asyncio.create_task(Kiosk(self, self.cfg.kiosk).run(), name="kiosk"))
-        link = asyncio.create_task(self._connection_loop(), name="connection")
+            tasks.append(self._supervised("kiosk", self._run_kiosk, backoff_max_s=30))
+        link = self._supervised("connection", self._connection_loop, backoff_max_s=self.cfg.agent.backoff_max_s)
         try:
             await self._stopping.wait()
         finally:
@@ -301,6 +413,13 @@ class Agent:
             await asyncio.to_thread(simulators.close)
             log.info("agent %s stopped", self.cfg.device)
 
+    async def _run_kiosk(self) -> None:
+        from edge.agents.kiosk import Kiosk
+
+        assert self.cfg.kiosk is not None
+        self.kiosk = Kiosk(self, self.cfg.kiosk)  # a fresh flow after a restart: the journal keeps what matters
+        await self.kiosk.run()
+
     def _start_simulators(self, stack: contextlib.ExitStack) -> None:
         for name, stream in self.streams.items():
             if stream.kind.simulate is None:
@@ -315,7 +434,20 @@ class Agent:
             log.info("sensor %s runs on its simulator", name)
 
     # -- drivers -------------------------------------------------------------------------------
+    def _stream_failed(self, stream: Stream, reason: str) -> None:
+        stream.state, stream.error = "unavailable", reason
+
+    def _stream_restarting(self, stream: Stream) -> None:
+        stream.state = "starting"  # the error stays until the stream reads again
+
     async def _run_stream(self, stream: Stream) -> None:
+        try:
+            await self._drive(stream)
+        except Exception:
+            await asyncio.to_thread(_release, stream.driver)  # the supervisor restarts the stream from open()
+            raise
+
+    async def _drive(self, stream: Stream) -> None:
         backoff = Backoff(1.0, self.cfg.agent.driver_backoff_max_s)
         name = stream.config.name
         while True:
@@ -348,6 +480,7 @@ class Agent:
                 log.info("sensor %s is reading", stream.config.name)
             stream.state, stream.error = "ok", None
             backoff.reset()
+            values = self._finite(stream, values) if values else values
             if values:
                 readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q),
                                     clock=clock) for q, v in values.items()]
@@ -356,6 +489,18 @@ class Agent:
             stream.wake.clear()
             if await wait_event(stream.wake, next_at - time.monotonic()):
                 next_at = time.monotonic()
+
+    def _finite(self, stream: Stream, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` without NaN and infinities, which are counted and logged (once per stream per minute)."""
+        refused = [q for q, v in values.items() if not finite(v)]
+        if not refused:
+            return values
+        if time.monotonic() - stream.refusal_logged_at > 60:
+            log.warning("sensor %s returned a value that is not a finite number for %s: refused (%d so far)",
+                        stream.config.name, ", ".join(refused), stream.refused_values + len(refused))
+            stream.refusal_logged_at = time.monotonic()
+        stream.refused_values += len(refused)
+        return {q: v for q, v in values.items() if q not in refused}
 
     def _telemetry(self, readings: list[Reading], seq: int) -> Telemetry:
         return Telemetry(device=self.cfg.device, seq=seq, sent_at=now(), readings=readings)
@@ -414,9 +559,10 @@ class Agent:
         lost = Status(device=self.cfg.device, state=DeviceState.LOST, at=now())
         tls: ssl.SSLContext | None = None
         if b.tls:
-            tls = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
+            resolve = self.loaded.resolve
+            tls = ssl.create_default_context(cafile=str(resolve(b.ca_file)) if b.ca_file else None)
             if b.cert_file:
-                tls.load_cert_chain(str(b.cert_file), str(b.key_file) if b.key_file else None)
+                tls.load_cert_chain(str(resolve(b.cert_file)), str(resolve(b.key_file)) if b.key_file else None)
         return CheckedClient(
             hostname=b.host, port=b.port, username=self.cfg.username, password=self.loaded.password,
             identifier=self.cfg.username, protocol=aiomqtt.ProtocolVersion.V5, keepalive=b.keepalive_s,
@@ -470,9 +616,11 @@ class Agent:
         self._client = client
         self._inflight.clear()
         self._outbox_changed.set()
+        lost = (aiomqtt.MqttError,)  # ends the session; the connection loop reconnects
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._publisher(client)), tg.create_task(self._heartbeat(client)),
-                     tg.create_task(self._downlink(client))]
+            tasks = [tg.create_task(self.supervise(name, partial(body, client), passes=lost, backoff_max_s=30))
+                     for name, body in (("publisher", self._publisher), ("heartbeat", self._heartbeat),
+                                        ("downlink", self._downlink))]
             await self._stopping.wait()
             for task in tasks:
                 task.cancel()
@@ -497,6 +645,8 @@ class Agent:
         while True:
             self._outbox_changed.clear()
             records = await asyncio.to_thread(self.outbox.pending, window)
+            for gone in self._refusals.keys() - {r.seq for r in records}:
+                del self._refusals[gone]  # dropped or settled meanwhile (refused records are the oldest)
             t = time.monotonic()
             due = [r for r in records if t - self._inflight.get(r.seq, -resend) >= resend]
             for record in due:
@@ -514,9 +664,38 @@ class Agent:
         try:
             await client.publish_checked(self._topic(record.klass.suffix), record.payload)
         except PublishRefused as err:
-            self._report_refusal(err)
+            if err.permanent:
+                await self._set_aside(record, err)
+            else:
+                self._report_refusal(err)
+                self._retry_later(record.seq)
         except aiomqtt.MqttError:
             self._inflight.pop(record.seq, None)  # the connection loop resends after reconnecting
+        else:
+            self._refusals.pop(record.seq, None)
+
+    def _retry_later(self, seq: int) -> None:
+        """Hold a refused record back: 2, 4, 8... times ``resend_after_s``, at most 10 minutes."""
+        n = self._refusals[seq] = self._refusals.get(seq, 0) + 1
+        resend = self.cfg.agent.resend_after_s
+        if seq in self._inflight:
+            self._inflight[seq] = time.monotonic() + min(600.0, resend * 2 ** n) - resend
+
+    async def _set_aside(self, record: OutboxRecord, err: PublishRefused) -> None:
+        """Take a record the broker refuses for good out of the queue, so that the rest keeps flowing."""
+        self.publish_errors += 1
+        self.last_error = str(err)
+        try:
+            moved = await asyncio.to_thread(self.outbox.set_aside, record.seq, str(err))
+        except OutboxError as failure:
+            self.storage_failed(failure)
+            return  # still queued: the next resend meets the same refusal and tries again
+        self._inflight.pop(record.seq, None)
+        self._refusals.pop(record.seq, None)
+        if moved:
+            self.set_aside += 1
+            log.error("%s record seq %d set aside in the outbox's set_aside table, not sent again: %s",
+                      record.klass, record.seq, err)
 
     async def _downlink(self, client: CheckedClient) -> None:
         prefix = self._topic("down/ack")[: -len("ack")]
@@ -561,7 +740,13 @@ class Agent:
         handler = COMMANDS.get(cmd.name)
         result: dict[str, Any] | None = None
         error: str | None = None
-        if handler is None:
+        code: str | None = None
+        at = now()
+        if cmd.expires_at is not None and at >= cmd.expires_at:
+            code = REPLY_EXPIRED
+            error = (f"command expired at {format_timestamp(cmd.expires_at)} "
+                     f"(device clock {format_timestamp(at)}); not carried out")
+        elif handler is None:
             error = f"unknown command {cmd.name!r}; this agent knows: {', '.join(sorted(COMMANDS))}"
         else:
             try:
@@ -570,7 +755,8 @@ class Agent:
                 error = str(err)
         log.info("command %s (%s): %s", cmd.name, cmd.cmd_id, "ok" if error is None else error)
         await self._commit(RecordClass.REPLY, lambda seq: Reply(
-            device=self.cfg.device, seq=seq, cmd_id=cmd.cmd_id, ok=error is None, result=result, error=error))
+            device=self.cfg.device, seq=seq, cmd_id=cmd.cmd_id, ok=error is None, result=result, error=error,
+            code=code))
 
     def _apply_desired(self, desired: DesiredConfig) -> None:
         if desired.version <= self.config_version:

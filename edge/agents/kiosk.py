@@ -20,7 +20,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -32,10 +32,11 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
+from edge.agents.outbox import storage_error
 from edge.config import KioskService, KioskSettings
 from edge.contract import REPORT_CATEGORIES, TxOutcome, TxStatus, tx_reference
 from edge.drivers import DriverEvent
-from edge.errors import DriverError, OutboxFull
+from edge.errors import DriverError, NakhonError, OutboxDiskFull, OutboxError, OutboxFull
 
 if TYPE_CHECKING:
     from edge.agents.agent import Agent
@@ -44,6 +45,18 @@ log = logging.getLogger("nakhon.kiosk")
 
 Step = Literal["notice", "identify", "service", "report", "payment", "sending", "awaiting_payment", "done",
                "provisional", "rejected", "error"]
+
+REFUSALS: tuple[tuple[type[OutboxError], str], ...] = (
+    (OutboxFull, "outbox_full"),
+    (OutboxDiskFull, "storage_full"),
+    (OutboxError, "storage_error"),
+)
+"""Why the kiosk could not take a transaction -> the screen's message (first match)."""
+
+
+class KioskScreenError(NakhonError, OSError):
+    """The kiosk's screen server stopped (its port taken, or uvicorn gave up)."""
+
 
 def _baht(satang: int) -> str:
     whole, part = divmod(satang, 100)
@@ -88,9 +101,12 @@ class KioskJournal:
         return self._db
 
     def record(self, tx_id: str, kind: str, summary: dict[str, Any]) -> None:
-        """Remember a transaction the moment it is committed."""
-        self.db.execute("INSERT OR IGNORE INTO journal (tx_id, kind, summary, created) VALUES (?, ?, ?, ?)",
-                        (tx_id, kind, json.dumps(summary, ensure_ascii=False), time.time()))
+        """Remember a transaction the moment it is committed; :class:`OutboxDiskFull` on a full disk."""
+        try:
+            self.db.execute("INSERT OR IGNORE INTO journal (tx_id, kind, summary, created) VALUES (?, ?, ?, ?)",
+                            (tx_id, kind, json.dumps(summary, ensure_ascii=False), time.time()))
+        except sqlite3.Error as err:
+            raise storage_error(err, f"cannot record {tx_id} in the kiosk journal {self._path}") from err
 
     def get(self, tx_id: str) -> dict[str, Any] | None:
         """A transaction's summary, outcome and print marks."""
@@ -105,7 +121,10 @@ class KioskJournal:
 
     def forget(self, tx_id: str) -> None:
         """Drop the entry of a transaction the outbox refused (it was never sent)."""
-        self.db.execute("DELETE FROM journal WHERE tx_id = ?", (tx_id,))
+        try:
+            self.db.execute("DELETE FROM journal WHERE tx_id = ?", (tx_id,))
+        except sqlite3.Error as err:
+            raise storage_error(err, f"cannot forget {tx_id} in the kiosk journal {self._path}") from err
 
     def set_outcome(self, tx_id: str, outcome: TxOutcome) -> None:
         """Store the latest answer."""
@@ -168,27 +187,46 @@ class Kiosk:
     async def run(self) -> None:
         """Serve the screen and follow card events and answers until cancelled."""
         await asyncio.to_thread(self.journal.open)
-        self.agent.event_listeners.append(self._on_event)
-        self.agent.tx_listeners.append(self._on_answer)
         config = uvicorn.Config(self.app(), host=self.settings.http_host, port=self.settings.http_port,
                                 log_level="warning", access_log=False, lifespan="off")
         self.server = _ScreenServer(config)
-        serving = asyncio.create_task(self.server.serve(), name="kiosk-screen")
+        self.agent.event_listeners.append(self._on_event)
+        self.agent.tx_listeners.append(self._on_answer)
+        serving = asyncio.create_task(self._serve(self.server), name="kiosk-screen")
         log.info("kiosk screen on http://%s:%d/", self.settings.http_host, self.settings.http_port)
         try:
             while True:
-                await asyncio.sleep(1)
-                if self.session.step != "notice" and time.monotonic() - self.session.touched > \
-                        self.settings.idle_reset_s and self.session.step not in ("sending",):
-                    log.info("kiosk idle for %.0f s: back to the notice", self.settings.idle_reset_s)
-                    self.reset()
+                await asyncio.wait({serving}, timeout=1)
+                if serving.done():
+                    serving.result()  # raises why it stopped
+                    raise KioskScreenError(f"the kiosk screen on port {self.settings.http_port} stopped")
+                self._reset_if_idle()
         finally:
+            self.agent.event_listeners.remove(self._on_event)
+            self.agent.tx_listeners.remove(self._on_answer)
             self.server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(serving, 5)
             for task in self._timeouts.values():
                 task.cancel()
             await asyncio.to_thread(self.journal.close)
+
+    async def _serve(self, server: uvicorn.Server) -> None:
+        try:
+            await server.serve()
+        except SystemExit as err:  # uvicorn exits the process when it cannot listen: only the screen must stop
+            raise KioskScreenError(f"the kiosk screen cannot listen on {self.settings.http_host}:"
+                                   f"{self.settings.http_port} (taken by another program?)") from err
+
+    def _reset_if_idle(self) -> None:
+        """Back to the notice, in Thai, after ``idle_reset_s`` untouched (``error_reset_s`` on an error screen)."""
+        s = self.session
+        if s.step == "notice" and s.lang == "th":
+            return
+        limit = self.settings.error_reset_s if s.step == "error" else self.settings.idle_reset_s
+        if time.monotonic() - s.touched > limit:
+            log.info("kiosk untouched for %.0f s on %s: back to the notice", limit, s.step)
+            self.reset()
 
     def port(self) -> int:
         """The port the screen listens on (useful when configured as 0)."""
@@ -197,15 +235,15 @@ class Kiosk:
 
     # -- the flow ------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Back to the notice; forget the citizen (card data included)."""
-        self.session = Session(lang=self.session.lang)
+        """Back to the notice, in Thai; forget the citizen (card data included)."""
+        self.session = Session()
 
     def _on_event(self, sensor: str, event: DriverEvent) -> None:
         if sensor != self.settings.card_reader:
             return
         s = self.session
         if event.event == "card.inserted":
-            self._present = dict(event.data)
+            self._present = dict(event.private)
             if s.step == "identify":
                 self._use_card()
         elif event.event == "card.removed":
@@ -271,19 +309,24 @@ class Kiosk:
         name = (s.card or {}).get("name_th") or (s.card or {}).get("name_en")
         s.step = "sending"
         tx_id = self.agent.new_tx_id()
-        # the journal first: an answer can only arrive after the outbox commit, and must find the entry
-        await asyncio.to_thread(self.journal.record, tx_id, kind, summary)
         holder = {k: v for k, v in (("holder", name), ("citizen_id_masked", masked)) if v}
         if holder:
             self._holders[tx_id] = holder
         try:
+            # the journal first: an answer can only arrive after the outbox commit, and must find the entry
+            await asyncio.to_thread(self.journal.record, tx_id, kind, summary)
             await self.agent.submit_tx(kind, data, citizen_ref=ref, tx_id=tx_id,
                                        location=self.agent.cfg.location if kind == "issue.report" else None)
-        except OutboxFull as err:
-            log.error("%s", err)
-            await asyncio.to_thread(self.journal.forget, tx_id)
+        except OutboxError as err:
+            # nothing was committed, so nothing is sent nor charged: the citizen is told at once
+            log.error("transaction refused before it was taken: %s", err)
+            if not isinstance(err, OutboxFull):
+                self.agent.storage_failed(err, lost=False)
             self._holders.pop(tx_id, None)
-            s.step, s.message = "error", "outbox_full"
+            with contextlib.suppress(OutboxError):
+                await asyncio.to_thread(self.journal.forget, tx_id)
+            s.step, s.message = "error", next(m for t, m in REFUSALS if isinstance(err, t))
+            s.touched = time.monotonic()
             return
         s.tx_id = tx_id
         self._timeouts[tx_id] = asyncio.create_task(self._answer_timeout(tx_id))
@@ -309,6 +352,8 @@ class Kiosk:
             self.session.step = {TxStatus.ACCEPTED: "done", TxStatus.REJECTED: "rejected",
                                  TxStatus.PENDING: "awaiting_payment"}[outcome.status]  # type: ignore[assignment]
             self.session.touched = time.monotonic()
+            if outcome.result.get("ended") in ("expired", "cancelled"):  # a QR payment the hub ended unpaid
+                self.session.message = f"payment_{outcome.result['ended']}"
         if outcome.status is TxStatus.PENDING:
             return
         timeout = self._timeouts.pop(outcome.tx_id, None)
@@ -332,10 +377,11 @@ class Kiosk:
             return False
         return True
 
-    def _receipt_model(self) -> Any:
-        from edge.drivers.escpos_printer import Receipt
-
-        return Receipt
+    def _receipt_model(self) -> Callable[..., Any]:
+        """The configured printer driver's ``receipt_model`` (the kiosk knows no driver module); else nothing."""
+        stream = self.agent.streams.get(self.settings.printer) if self.settings.printer else None
+        model = getattr(stream.driver, "receipt_model", None) if stream is not None else None
+        return model if callable(model) else _no_receipt
 
     def _slip(self, entry: dict[str, Any]) -> Any:
         summary = entry["summary"]
@@ -358,7 +404,7 @@ class Kiosk:
         if entry["kind"] == "issue.report":
             title = ("รับแจ้งปัญหาแล้ว", "Report received")
             lines = (("เลขที่ / No.", str(r.get("report_id", "-"))), ("เรื่อง / Problem", r.get("category_th", "")),
-                     ("เขต / Zone", str(r.get("zone") or "-")))
+                     ("เขต / Zone", self.zone_name(r.get("zone"))))
             return self._receipt_model()(title=title, lines=lines, footer=("ขอบคุณที่แจ้ง", "Thank you"))
         title = (r.get("municipality_th", ""), "ใบเสร็จรับเงิน / Receipt")
         lines_list: list[tuple[str, str]] = [("เลขที่ / No.", r.get("receipt_no", "-")),
@@ -372,6 +418,11 @@ class Kiosk:
         return self._receipt_model()(title=title, lines=tuple(lines_list),
                                      totals=(("รวม / Total", f"{_baht(int(r.get('amount_satang', 0)))} บาท"),),
                                      footer=(r.get("office_th", ""), r.get("paid_at", "")))
+
+    def zone_name(self, code: object) -> str:
+        """A zone's Thai name from the kiosk's zone table (its code when the table lacks it)."""
+        zone = next((z for z in self.settings.zones if z.code == code), None)
+        return zone.name_th if zone is not None else str(code or "-")
 
     # -- the screen ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -391,7 +442,7 @@ class Kiosk:
         return {"step": s.step, "lang": s.lang, "message": s.message, "anonymous": s.anonymous,
                 "card": None if s.card is None else {k: s.card.get(k) for k in ("name_th", "name_en")},
                 "service": s.service.model_dump() if s.service else None, "services": services,
-                "reports": self.settings.reports,
+                "reports": self.settings.reports, "zones": [z.model_dump() for z in self.settings.zones],
                 "categories": [{"code": c, "name_th": th, "name_en": en} for c, (th, en) in REPORT_CATEGORIES.items()],
                 "tx": tx, "online": self.agent.online, "card_fields": card_fields}
 
@@ -414,3 +465,7 @@ class Kiosk:
             return self.state()
 
         return app
+
+
+def _no_receipt(**fields: Any) -> None:
+    """Without a printer there is nothing to print."""

@@ -10,7 +10,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.errors import PublishRefused
+from edge.errors import PublishRefused, PublishTooLarge
 
 
 class CheckedClient(aiomqtt.Client):
@@ -18,12 +18,16 @@ class CheckedClient(aiomqtt.Client):
 
     Under MQTT v5 a broker says "not authorized" (0x87) or "payload too large" (0x97) in the PUBACK;
     aiomqtt 2.x drops that reason code, so this subclass records it per message id and checks it.
+    It also keeps the maximum packet size the broker announced in its CONNACK and refuses, without
+    sending it, a message that would exceed it (a broker disconnects a client that sends one).
     """
 
     def __init__(self, *args: Any, connect_timeout: float = 15.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
         self._connect_timeout = connect_timeout
+        self.max_packet_size: int | None = None
+        """The broker's Maximum Packet Size from its CONNACK (MQTT v5); None when it announced none."""
 
     async def __aenter__(self) -> CheckedClient:
         """Connect, giving up after ``connect_timeout``.
@@ -58,6 +62,12 @@ class CheckedClient(aiomqtt.Client):
         if self._misc_task is not None:
             self._misc_task.cancel()
 
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason_code: ReasonCode,
+                    properties: Properties | None = None) -> None:
+        limit = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
+        self.max_packet_size = limit if isinstance(limit, int) and limit > 0 else None
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode,
                     properties: Properties) -> None:
         fut = self._acks.pop(mid, None)
@@ -67,7 +77,11 @@ class CheckedClient(aiomqtt.Client):
 
     async def publish_checked(self, topic: str, payload: bytes, *, retain: bool = False,
                               timeout: float = 30.0) -> None:
-        """Publish at QoS 1 and wait for the PUBACK; raise :class:`PublishRefused` on a failure code."""
+        """Publish at QoS 1 and wait for the PUBACK; raise :class:`PublishRefused` on a failure code and
+        :class:`PublishTooLarge` (nothing sent) for a message over the broker's maximum packet size."""
+        size = publish_packet_size(topic, payload)
+        if self.max_packet_size is not None and size > self.max_packet_size:
+            raise PublishTooLarge(topic, size, self.max_packet_size)
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, f"could not publish on {topic}")
@@ -88,3 +102,10 @@ class CheckedClient(aiomqtt.Client):
         code = fut.result()
         if code.is_failure:
             raise PublishRefused(topic, code.value, code.getName())
+
+
+def publish_packet_size(topic: str, payload: bytes) -> int:
+    """The size in bytes of an MQTT v5 QoS 1 PUBLISH packet without properties, as the broker counts it."""
+    remaining = 2 + len(topic.encode()) + 2 + 1 + len(payload)  # topic, packet id, empty properties, payload
+    length_bytes = next(n for n in range(1, 5) if remaining < 128 ** n)
+    return 1 + length_bytes + remaining

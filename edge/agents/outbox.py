@@ -5,10 +5,14 @@ increase and are never reused, across restarts too. Telemetry, events and comman
 the hub acknowledges them on ``down/ack``; transactions when it answers them on ``down/tx``. Each class is
 bounded (rows and age): the droppable classes lose their oldest records first and count what they lost;
 transactions are never dropped, and a transaction the outbox cannot take is refused with :class:`OutboxFull`.
+A full disk is reported as :class:`OutboxDiskFull` and nothing already committed is lost; writes succeed again
+once space returns. A record the broker refuses for good is moved to the ``set_aside`` table, out of the way
+of the others, where a technician can still read it.
 """
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 import time
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from edge.config import OutboxConfig
 from edge.contract import Message
-from edge.errors import OutboxError, OutboxFull
+from edge.errors import OutboxDiskFull, OutboxError, OutboxFull
 
 
 class RecordClass(StrEnum):
@@ -63,7 +67,31 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_by_class ON records (klass, seq);
 CREATE INDEX IF NOT EXISTS records_by_key ON records (key) WHERE key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS set_aside (
+    seq     INTEGER PRIMARY KEY,
+    klass   TEXT NOT NULL,
+    key     TEXT,
+    created REAL NOT NULL,
+    payload BLOB,
+    reason  TEXT NOT NULL,
+    at      REAL NOT NULL
+);
 """
+
+
+def storage_error(err: sqlite3.Error | OSError, doing: str) -> OutboxError:
+    """The outbox error for a failed write: :class:`OutboxDiskFull` when the disk is full."""
+    full = (isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL) or \
+        (isinstance(err, OSError) and err.errno == errno.ENOSPC)
+    if full:
+        return OutboxDiskFull(f"{doing}: the disk is full ({err}); free some space, the agent retries by itself")
+    return OutboxError(f"{doing}: {err}")
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open (SQLite already rolled back after a full disk)."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 class Outbox:
@@ -170,13 +198,13 @@ class Outbox:
                     db.execute("UPDATE records SET payload = ? WHERE seq = ?", (payload, seq))
                     db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    _rollback(db)
                     raise
                 finally:
                     if full:
                         db.execute(f"PRAGMA synchronous={self._limits.synchronous.upper()}")
-            except sqlite3.Error as err:
-                raise OutboxError(f"cannot commit a {klass} record to {self._path}: {err}") from err
+            except (sqlite3.Error, OSError) as err:
+                raise storage_error(err, f"cannot commit a {klass} record to {self._path}") from err
             self._counts[klass] = self._counts[klass] - max(0, excess) + 1
             return OutboxRecord(seq=seq, klass=klass, payload=payload, key=key, created=created)
 
@@ -204,10 +232,38 @@ class Outbox:
                         self._counts[RecordClass(klass)] -= 1
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 self._reload_counts()
                 raise
         return deleted
+
+    def set_aside(self, seq: int, reason: str) -> bool:
+        """Move the record ``seq`` out of the queue into ``set_aside`` with ``reason``; False if it is gone."""
+        with self._lock:
+            db = self._conn
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = db.execute("DELETE FROM records WHERE seq = ? RETURNING klass, key, created, payload",
+                                     (seq,)).fetchone()
+                    if row is not None:
+                        db.execute("INSERT OR REPLACE INTO set_aside (seq, klass, key, created, payload, reason, at) "
+                                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (seq, *row, reason, self._clock()))
+                    db.execute("COMMIT")
+                except BaseException:
+                    _rollback(db)
+                    raise
+            except (sqlite3.Error, OSError) as err:
+                raise storage_error(err, f"cannot set record {seq} aside in {self._path}") from err
+            if row is None:
+                return False
+            self._counts[RecordClass(row[0])] -= 1
+            return True
+
+    def set_aside_count(self) -> int:
+        """How many records the broker refused for good and wait in ``set_aside``."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM set_aside").fetchone()[0])
 
     def answer(self, tx_id: str) -> int | None:
         """Delete the transaction ``tx_id`` once the hub has answered it; returns its seq if it was here."""
@@ -228,13 +284,17 @@ class Outbox:
                 max_age = self._max_age(klass)
                 if max_age is None:
                     continue
-                db.execute("BEGIN IMMEDIATE")
-                n = db.execute("DELETE FROM records WHERE klass = ? AND created < ?",
-                               (klass.value, self._clock() - max_age)).rowcount
-                if n:
-                    self._count_dropped(db, klass, n)
-                    self._counts[klass] -= n
-                db.execute("COMMIT")
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    n = db.execute("DELETE FROM records WHERE klass = ? AND created < ?",
+                                   (klass.value, self._clock() - max_age)).rowcount
+                    if n:
+                        self._count_dropped(db, klass, n)
+                    db.execute("COMMIT")
+                except (sqlite3.Error, OSError) as err:
+                    _rollback(db)
+                    raise storage_error(err, f"cannot expire old records in {self._path}") from err
+                self._counts[klass] -= n
                 total += n
         return total
 

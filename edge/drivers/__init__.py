@@ -66,6 +66,10 @@ class DriverEvent:
     event: str
     severity: Severity = Severity.INFO
     data: Mapping[str, Any] = field(default_factory=dict)
+    """What the event publishes: never personal data (events are kept by the hub and shown to staff)."""
+    private: Mapping[str, Any] = field(default_factory=dict)
+    """Personal data for the device's own flow (a card holder's name for the kiosk's receipt): handed to the
+    agent's event listeners in memory only, never committed to the outbox nor published."""
 
 
 EmitEvent = Callable[[DriverEvent], None]

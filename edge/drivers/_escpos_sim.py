@@ -8,6 +8,7 @@ tests to inspect and answers ``DLE EOT 4`` with a paper state that can be change
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -323,6 +324,7 @@ class PrinterSimulator(PtyDevice):
         self._printed: list[PaperElement] = []
         self._held: list[PaperElement] = []
         self._status_queries = 0
+        self._captions: deque[deque[str]] = deque()  # per receipt to come, the text of its raster lines
 
     def __enter__(self) -> PrinterSimulator:
         super().__enter__()
@@ -348,15 +350,36 @@ class PrinterSimulator(PtyDevice):
             if self._paper_log is not None:
                 self._log(element)
 
+    def caption_rasters(self, captions: list[str]) -> None:
+        """The driver's text of the raster lines of the receipt it is about to send (pixels cannot be read back)."""
+        if self._paper_log is None:
+            return  # captions are for the paper log only
+        with self._changed:
+            self._captions.append(deque(captions))
+
+    def _caption(self, cut: bool) -> str | None:
+        """The text of the next raster line; a cut ends the receipt and drops what it did not use."""
+        with self._changed:
+            if not self._captions:
+                return None
+            if cut:
+                self._captions.popleft()
+                return None
+            current = self._captions[0]
+            return current.popleft() if current else None
+
     def _log(self, element: PaperElement) -> None:
         """Append one line per printed element to the paper log (what a test or a demo operator reads)."""
         if isinstance(element, TextLine):
             line = f"text {element.text}"
         elif isinstance(element, RasterImage):
-            line = f"image {element.image.width}x{element.image.height}"
+            caption = self._caption(cut=False)
+            size = f"image {element.image.width}x{element.image.height}"
+            line = size if caption is None else f"text {caption}  [{size}]"
         elif isinstance(element, QrCode):
             line = f"qr {element.payload}"
         elif isinstance(element, Cut):
+            self._caption(cut=True)
             line = "cut"
         else:
             return

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 import serial
 from escpos.capabilities import Profile
@@ -27,7 +27,7 @@ from escpos.constants import QR_ECLEVEL_M, RT_STATUS_PAPER
 from escpos.exceptions import Error as EscposError
 from escpos.printer import Dummy
 from PIL import Image, ImageDraw, ImageFont
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, PrivateAttr, StringConstraints
 from pydantic import Field as PydanticField
 
 from edge.contract import Severity
@@ -53,6 +53,8 @@ class Config(DriverConfig):
     status_timeout_s: Annotated[float, PydanticField(gt=0, le=10)] = 1.0
     sim_paper_log: Path | None = None
     """On the simulator only (``--simulate``): append what the simulated printer prints to this file."""
+    _caption_rasters: Callable[[list[str]], None] | None = PrivateAttr(default=None)
+    """Set by :func:`simulate`: hands the simulator the text of each raster line of a receipt, in order."""
 
     def claims(self) -> set[str]:
         """The serial port."""
@@ -250,12 +252,13 @@ def _dummy_printer(config: Config) -> Any:
     return Dummy(profile=profile)
 
 
-def _print_row(printer: Any, config: Config, style: LineStyle, left: str, right: str) -> None:
+def _print_row(printer: Any, config: Config, style: LineStyle, left: str, right: str, captions: list[str]) -> None:
     width = config.paper_width_px
     if config.thai_mode == "raster" and not (left + right).isascii():
         font = _font(config.font_path, FONT_PX[style.scale])
         for line_left, line_right in lay_out(left, right, width, _measure_px(font, style)):
             printer.image(_draw_line(font, line_left, line_right, style, width), impl="bitImageRaster")
+            captions.append(f"{line_left}  {line_right}" if line_right else line_left)
         return
     dots = CHAR_DOTS * style.scale
 
@@ -270,8 +273,12 @@ def _print_row(printer: Any, config: Config, style: LineStyle, left: str, right:
         printer.text(f"{line_left}{' ' * gap}{line_right}\n")
 
 
-def render_receipt(receipt: Receipt, config: Config) -> bytes:
-    """The ESC/POS bytes that print ``receipt`` on this printer, ending with a cut."""
+def render_receipt(receipt: Receipt, config: Config, captions: list[str] | None = None) -> bytes:
+    """The ESC/POS bytes that print ``receipt`` on this printer, ending with a cut.
+
+    ``captions`` receives the text of every line sent as a raster image, in order (what the simulator logs).
+    """
+    captions = [] if captions is None else captions
     rule = "-" * (config.paper_width_px // CHAR_DOTS)
     head = [("title", text, "") for text in receipt.title]
     if receipt.provisional:
@@ -284,14 +291,14 @@ def render_receipt(receipt: Receipt, config: Config) -> bytes:
         printer.hw("INIT")
         printer.charcode("CP874" if config.thai_mode == "codepage" else "CP437")
         for style, left, right in body:
-            _print_row(printer, config, STYLES[style], left, right)
+            _print_row(printer, config, STYLES[style], left, right, captions)
         if receipt.qr is not None:
             printer.set(align="center", bold=False, invert=False, normal_textsize=True)
             printer.qr(receipt.qr, native=True, ec=QR_ECLEVEL_M,
                        size=max(1, min(16, config.paper_width_px // QR_MODULE_DIVISOR)))
             printer.ln()
         for text in receipt.footer:
-            _print_row(printer, config, STYLES["footer"], text, "")
+            _print_row(printer, config, STYLES["footer"], text, "", captions)
         printer.cut()
     except (EscposError, ValueError) as err:
         # python-escpos raises ValueError for out-of-range command parameters
@@ -310,6 +317,9 @@ class Driver:
     and falls silent, or whose port fails, is reported ``printer.offline`` and, when it comes back,
     ``printer.online``. After a port failure the port is opened again at the next poll or print.
     """
+
+    receipt_model: ClassVar[type[Receipt]] = Receipt
+    """What ``print_receipt`` takes: the kiosk builds receipts through this, not by importing this module."""
 
     def __init__(self, config: Config) -> None:
         self._config = config
@@ -357,7 +367,8 @@ class Driver:
         Raises :class:`PrinterError` when the paper is out or the receipt cannot be built (Thai font missing), and
         :class:`DeviceUnavailable` when the driver is not started or the printer is unplugged or not answering.
         """
-        data = render_receipt(receipt, self._config)
+        captions: list[str] = []
+        data = render_receipt(receipt, self._config, captions)
         with self._lock:
             if self._emit is None:
                 raise DeviceUnavailable(f"{self._what}: not started")
@@ -368,6 +379,8 @@ class Driver:
                 if state is None and self._answers_status:
                     raise DeviceUnavailable(f"{self._what}: the printer does not answer; is it switched on?")
             port = self._port if self._port is not None else self._open_port()
+            if self._config._caption_rasters is not None:
+                self._config._caption_rasters(captions)
             try:
                 self._write(port, data)
             except DeviceUnavailable as err:
@@ -460,4 +473,6 @@ def simulate(config: Config) -> Iterator[Config]:
     from edge.drivers._escpos_sim import PrinterSimulator
 
     with PrinterSimulator(thai_table=config.codepage, paper_log=config.sim_paper_log) as printer:
-        yield config.model_copy(update={"port": printer.path})
+        simulated = config.model_copy(update={"port": printer.path})
+        simulated._caption_rasters = printer.caption_rasters
+        yield simulated

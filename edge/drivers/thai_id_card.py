@@ -2,8 +2,10 @@
 
 The driver watches one reader, waits for an inserted card to settle, reads the personal applet (SELECT, the READ
 commands and the T=0 GET RESPONSE exchange) in SHARED mode, checks the citizen id's check digit and emits
-``card.inserted`` with only the configured fields, then ``card.removed``. The raw citizen id never leaves the driver:
-it is published as ``citizen.ref``, an HMAC-SHA256 under a key provisioned per deployment, or masked for a receipt.
+``card.inserted``, then ``card.removed``. The event publishes only which fields were read; the configured fields
+themselves go to the kiosk's flow in memory (:attr:`DriverEvent.private`) and leave the device only inside the
+transaction that needs them. The raw citizen id never leaves the driver: it becomes ``citizen.ref``, an HMAC-SHA256
+under a key provisioned per deployment, or is masked for a receipt.
 Card data lives in memory only and is dropped when the card leaves; no APDU data is ever logged.
 """
 
@@ -350,13 +352,54 @@ def mask_citizen_id(citizen_id: str) -> str:
 GENDERS: Final[dict[str, str]] = {"1": "male", "2": "female"}
 
 
+_STANDALONE_MARKERS: Final = frozenset({0x01, *range(0xD0, 0xD8)})
+"""JPEG markers without a length field (TEM, RST0-7)."""
+_EOI, _SOS = 0xD9, 0xDA
+
+
 def extract_photo(raw: bytes) -> bytes:
-    """The JPEG in the photo parts: from ``FF D8`` up to the first ``FF D9``; the padding after it is dropped,
-    no byte before it (0x20 is valid JPEG data)."""
-    end = raw.find(b"\xff\xd9", 2)
-    if not raw.startswith(b"\xff\xd8") or end < 0:
+    """The JPEG in the photo parts, walked segment by segment by their lengths up to its end marker.
+
+    Searching for the first ``FF D9`` would cut a photo at the end of an EXIF thumbnail (a JPEG inside an APP1
+    segment); the walk skips every segment whole, then scans the entropy-coded data after each SOS, where
+    ``FF 00`` and ``FF D0``-``FF D7`` are data. The padding after the end marker is dropped, and no byte before it
+    (0x20 is valid JPEG data).
+    """
+    if not raw.startswith(b"\xff\xd8"):
         raise CardReadError("the photo on the card is not a JPEG")
-    return raw[:end + 2]
+    at = 2
+    while True:
+        if at + 2 > len(raw) or raw[at] != 0xFF:
+            raise CardReadError("the photo on the card is not a complete JPEG (a segment is cut or malformed)")
+        marker = raw[at + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            at += 1
+        elif marker == _EOI:
+            return raw[:at + 2]
+        elif marker in _STANDALONE_MARKERS:
+            at += 2
+        else:
+            length = int.from_bytes(raw[at + 2:at + 4], "big")
+            if length < 2 or at + 2 + length > len(raw):
+                raise CardReadError("the photo on the card is not a complete JPEG (a segment runs past its end)")
+            at += 2 + length
+            if marker == _SOS:
+                at = _end_of_scan(raw, at)
+
+
+def _end_of_scan(raw: bytes, at: int) -> int:
+    """Where the entropy-coded data that starts at ``at`` ends: the first marker that is not data."""
+    while True:
+        at = raw.find(b"\xff", at)
+        if at < 0 or at + 1 >= len(raw):
+            raise CardReadError("the photo on the card is not a complete JPEG (its image data has no end)")
+        following = raw[at + 1]
+        if following == 0x00 or 0xD0 <= following <= 0xD7:
+            at += 2
+        elif following == 0xFF:
+            at += 1
+        else:
+            return at
 
 
 # -- the published fields ----------------------------------------------------------------------------------------
@@ -744,7 +787,7 @@ class Driver:
 
     @property
     def card(self) -> Mapping[str, Any] | None:
-        """What ``card.inserted`` published for the card in the reader; None when there is none."""
+        """The configured fields of the card in the reader (``card.inserted``'s private data); None without one."""
         return self._card
 
     def start(self, emit: EmitEvent) -> None:
@@ -848,7 +891,9 @@ class Driver:
             raise
         self._card = event_data(card, self._config.fields, self._key)
         log.info("%s: card read, publishing %s", self._what, ", ".join(self._config.fields))
-        emit(DriverEvent("card.inserted", Severity.INFO, dict(self._card)))
+        # the event says which fields were read; their values (names, ids) stay with the kiosk's flow
+        emit(DriverEvent("card.inserted", Severity.INFO, {"fields": list(self._config.fields)},
+                         private=dict(self._card)))
 
     def _removed(self, emit: EmitEvent) -> None:
         self._card, self._card_events = None, None

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import logging
+import sqlite3
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Body, HTTPException, Path, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from edge.contract import DeviceId
 from hub import aqi
 from hub.alarms import store as sql
 from hub.alarms.engine import AlarmEngine
 from hub.alarms.rules import RULE, AlarmSeverity, AnyRule
-from hub.api.actor import current_actor
+from hub.api.bounds import Instant, PositiveId
+from hub.audit import Actor, AuditLog
+from hub.auth.web import CurrentActor
 from hub.errors import AlarmError
 
-audit_log = logging.getLogger("nakhon.audit")
-
 Comment = Annotated[str | None, Field(max_length=1000)]
-
-
-def _audit(user: str, action: str, obj: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
-    """Every state change the alarm API makes goes through here (the audit log plugs in at this one place)."""
-    audit_log.info("%s %s %s: %s -> %s", user, action, obj, (before or {}).get("state"), (after or {}).get("state"))
+RuleId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 class ActionRequest(BaseModel):
@@ -33,12 +30,31 @@ class ActionRequest(BaseModel):
     comment: Comment = None
 
 
+class CommentRequest(BaseModel):
+    """A comment for an alarm's history."""
+
+    comment: Annotated[str, Field(min_length=1, max_length=1000)]
+
+
 class ShelveRequest(BaseModel):
     """Shelve until a time (or for a number of seconds), with a reason."""
 
-    until: datetime | None = None
+    until: Instant | None = None
     for_s: Annotated[float | None, Field(gt=0, le=30 * 86_400)] = None
     comment: Comment = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ShelveRequest:
+        if (self.until is None) == (self.for_s is None):
+            raise ValueError("give exactly one of until or for_s")
+        return self
+
+
+def _invalid_rule(err: ValueError) -> RequestValidationError:
+    """A refused rule as the API's other 422 answers: each error with its place in the body."""
+    if isinstance(err, ValidationError):
+        return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)])
+    return RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(err)}])
 
 
 def _when(ts: float | None) -> str | None:
@@ -53,8 +69,8 @@ def _view(alarm: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def create_router(engine: AlarmEngine) -> APIRouter:
-    """Alarm, rule, notification and AQI endpoints over the engine."""
+def create_router(engine: AlarmEngine, audit: AuditLog) -> APIRouter:
+    """Alarm, rule, notification and AQI endpoints over the engine; every change is audited with its actor."""
     router = APIRouter()
     store = engine.store
 
@@ -69,7 +85,7 @@ def create_router(engine: AlarmEngine) -> APIRouter:
         return [_view(a) for a in store.read(lambda db: sql.alarms(db, filters, limit))]
 
     @router.get("/api/alarms/{alarm_id}")
-    def alarm(alarm_id: int) -> dict[str, Any]:
+    def alarm(alarm_id: PositiveId) -> dict[str, Any]:
         """One alarm with its history (who did what) and its notifications."""
         found = store.read(lambda db: sql.alarm(db, alarm_id))
         if found is None:
@@ -79,48 +95,43 @@ def create_router(engine: AlarmEngine) -> APIRouter:
         out["notifications"] = store.read(lambda db: sql.notifications(db, alarm_id, None, None, 100))
         return out
 
-    def _act(alarm_id: int, action: str, user: str, comment: str | None, until: float | None = None,
+    def _act(alarm_id: int, action: str, actor: Actor, comment: str | None, until: float | None = None,
              ) -> dict[str, Any]:
-        before = store.read(lambda db: sql.alarm(db, alarm_id))
+        def audited(db: sqlite3.Connection, before: dict[str, Any], after: dict[str, Any]) -> None:
+            audit.record(actor, f"alarm.{action}", f"alarm/{alarm_id}", _view(before),
+                         {**_view(after), "comment": comment}, db=db)
+
         try:
-            after = engine.act(alarm_id, action, user, comment, until)
+            after = engine.act(alarm_id, action, actor.user, comment, until, audited=audited)
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
         except AlarmError as err:
             raise HTTPException(409, str(err)) from err
-        _audit(user, f"alarm.{action}", f"alarm:{alarm_id}", before, after)
         return _view(after)
 
     @router.post("/api/alarms/{alarm_id}/ack")
-    def ack(alarm_id: int, user: Annotated[str, Depends(current_actor)],
+    def ack(alarm_id: PositiveId, actor: CurrentActor,
             request: Annotated[ActionRequest | None, Body()] = None) -> dict[str, Any]:
         """Acknowledge an active alarm (stops its escalation)."""
-        return _act(alarm_id, "ack", user, request.comment if request else None)
+        return _act(alarm_id, "ack", actor, request.comment if request else None)
 
     @router.post("/api/alarms/{alarm_id}/clear")
-    def clear(alarm_id: int, user: Annotated[str, Depends(current_actor)],
+    def clear(alarm_id: PositiveId, actor: CurrentActor,
               request: Annotated[ActionRequest | None, Body()] = None) -> dict[str, Any]:
         """Clear an alarm (the only way a latched one clears)."""
-        return _act(alarm_id, "clear", user, request.comment if request else None)
+        return _act(alarm_id, "clear", actor, request.comment if request else None)
 
     @router.post("/api/alarms/{alarm_id}/comment")
-    def comment(alarm_id: int, request: ActionRequest, user: Annotated[str, Depends(current_actor)],
-                ) -> dict[str, Any]:
+    def comment(alarm_id: PositiveId, request: CommentRequest, actor: CurrentActor) -> dict[str, Any]:
         """Add a comment to an alarm's history."""
-        if not request.comment:
-            raise HTTPException(422, "comment is required")
-        return _act(alarm_id, "comment", user, request.comment)
+        return _act(alarm_id, "comment", actor, request.comment)
 
     @router.post("/api/alarms/{alarm_id}/shelve")
-    def shelve(alarm_id: int, request: ShelveRequest, user: Annotated[str, Depends(current_actor)],
+    def shelve(alarm_id: PositiveId, request: ShelveRequest, actor: CurrentActor,
                ) -> dict[str, Any]:
         """Hide an alarm (no notifications, no escalation) until a time; it then returns to its state."""
-        if (request.until is None) == (request.for_s is None):
-            raise HTTPException(422, "give exactly one of until or for_s")
-        if request.until is not None and request.until.tzinfo is None:
-            raise HTTPException(422, "until needs a time zone, e.g. 2026-11-20T03:00:00Z")
         until = request.until.timestamp() if request.until else engine.clock() + (request.for_s or 0)
-        return _act(alarm_id, "shelve", user, request.comment, until)
+        return _act(alarm_id, "shelve", actor, request.comment, until)
 
     @router.get("/api/alarm-rules")
     def rules() -> list[dict[str, Any]]:
@@ -129,35 +140,32 @@ def create_router(engine: AlarmEngine) -> APIRouter:
                 for r in engine.rules.values()]
 
     @router.put("/api/alarm-rules/{rule_id}")
-    def put_rule(rule_id: str, body: Annotated[dict[str, Any], Body()],
-                 user: Annotated[str, Depends(current_actor)]) -> dict[str, Any]:
+    def put_rule(rule_id: RuleId, body: Annotated[dict[str, Any], Body()],
+                 actor: CurrentActor) -> dict[str, Any]:
         """Add or replace a rule (admin); rules from the rules file are changed in the file."""
         try:
             rule: AnyRule = RULE.validate_python({**body, "id": rule_id})
-            before = engine.rules.get(rule_id)
-            engine.put_rule(rule, user)
+            engine.put_rule(rule, actor.user, audited=lambda db, before, after: audit.record(
+                actor, "alarm-rule.put", f"alarm-rule/{rule_id}", before, after, db=db))
+        except AlarmError as err:
+            raise HTTPException(409, str(err)) from err
         except ValueError as err:
-            raise HTTPException(422 if not isinstance(err, AlarmError) else 409, str(err)) from err
-        after = rule.model_dump(mode="json")
-        _audit(user, "alarm-rule.put", f"alarm-rule:{rule_id}", before.model_dump(mode="json") if before else None,
-               after)
-        return after
+            raise _invalid_rule(err) from err
+        return rule.model_dump(mode="json")
 
     @router.delete("/api/alarm-rules/{rule_id}", status_code=204)
-    def delete_rule(rule_id: str, user: Annotated[str, Depends(current_actor)]) -> None:
+    def delete_rule(rule_id: RuleId, actor: CurrentActor) -> None:
         """Remove a rule added through the API."""
-        before = engine.rules.get(rule_id)
         try:
-            deleted = engine.delete_rule(rule_id)
+            deleted = engine.delete_rule(rule_id, audited=lambda db, before, after: audit.record(
+                actor, "alarm-rule.delete", f"alarm-rule/{rule_id}", before, after, db=db))
         except AlarmError as err:
             raise HTTPException(409, str(err)) from err
         if not deleted:
             raise HTTPException(404, f"no API rule {rule_id!r}")
-        _audit(user, "alarm-rule.delete", f"alarm-rule:{rule_id}", before.model_dump(mode="json") if before else None,
-               None)
 
     @router.get("/api/notifications")
-    def notifications(alarm: int | None = None, channel: Annotated[str | None, Query(max_length=64)] = None,
+    def notifications(alarm: PositiveId | None = None, channel: Annotated[str | None, Query(max_length=64)] = None,
                       state: Literal["pending", "sent", "failed"] | None = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
         """Notifications newest first, each with every attempt and its outcome."""

@@ -52,6 +52,8 @@ from hub.store.sqlite import SQLiteStore
 log = logging.getLogger("nakhon.hub.alarms")
 
 Clock = Callable[[], float]
+Audited = Callable[[sqlite3.Connection, Any, Any], None]
+"""Called inside the transaction of a user's change with what it was and what it is (the audit log)."""
 
 CHANNEL_RULE = EventRule(id="notify.channel-failing", type="event", events=["notify.failing"], latched=False,
                          severity=AlarmSeverity.MAJOR, title_th="ช่องทางแจ้งเตือนส่งข้อความไม่สำเร็จ",
@@ -473,23 +475,27 @@ class AlarmEngine:
 
     # -- operator actions ----------------------------------------------------------------------
     def act(self, alarm_id: int, action: str, user: str, comment: str | None = None,
-            until: float | None = None) -> dict[str, Any]:
-        """Acknowledge, clear, shelve (until a time) or comment an alarm as ``user``; returns it after."""
-        before: dict[str, Any] = {}
+            until: float | None = None, audited: Audited | None = None) -> dict[str, Any]:
+        """Acknowledge, clear, shelve (until a time) or comment an alarm as ``user``; returns it after.
+
+        ``audited`` is called inside the same transaction with the alarm before and after."""
+        done: dict[str, Any] = {}
 
         def work(db: sqlite3.Connection, out: _Write) -> None:
             alarm = sql.alarm(db, alarm_id)
             if alarm is None:
                 raise LookupError(f"no alarm {alarm_id}")
-            before.update(alarm)
             now = self.clock()
             _ACTIONS[action](self, db, alarm, user, now, until)
             self._changed(db, out, alarm_id, _PAST[action], user, comment, now)
+            after = sql.alarm(db, alarm_id)
+            assert after is not None
+            if audited is not None:
+                audited(db, alarm, after)
+            done.update(after)
 
         self._transact(work)
-        after = self.store.read(lambda db: sql.alarm(db, alarm_id))
-        assert after is not None
-        return after
+        return done
 
     def _ack(self, db: sqlite3.Connection, alarm: dict[str, Any], user: str, now: float, _: float | None) -> None:
         if alarm["state"] != "active":
@@ -521,27 +527,41 @@ class AlarmEngine:
         """A comment changes nothing but the history."""
 
     # -- rules through the API -----------------------------------------------------------------
-    def put_rule(self, rule: AnyRule, user: str) -> None:
-        """Add or replace a rule kept in the store (a rule from the rules file cannot be replaced)."""
+    def put_rule(self, rule: AnyRule, user: str, audited: Audited | None = None) -> None:
+        """Add or replace a rule kept in the store (a rule from the rules file cannot be replaced);
+        ``audited`` is called inside the same transaction with the rule before (or None) and after."""
         if rule.id in self.file_rules or rule.id == CHANNEL_RULE.id:
             raise AlarmError(f"rule {rule.id} comes from the rules file; change it there")
         check_channels(rule, set(self.channels))
-        self.store.write(lambda db: db.execute(
-            "INSERT INTO alarm_rules (id, body, updated_at, updated_by) VALUES (?, ?, ?, ?) ON CONFLICT (id) "
-            "DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-            (rule.id, rule.model_dump_json(), self.clock(), user)))
+
+        def work(db: sqlite3.Connection) -> None:
+            before = db.execute("SELECT body FROM alarm_rules WHERE id = ?", (rule.id,)).fetchone()
+            db.execute("INSERT INTO alarm_rules (id, body, updated_at, updated_by) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at, "
+                       "updated_by = excluded.updated_by", (rule.id, rule.model_dump_json(), self.clock(), user))
+            if audited is not None:
+                audited(db, json.loads(before[0]) if before else None, rule.model_dump(mode="json"))
+
         with self._lock:
+            self.store.write(work)
             self.rules[rule.id] = rule
 
-    def delete_rule(self, rule_id: str) -> bool:
-        """Remove a rule kept in the store; its open alarms stay until cleared."""
+    def delete_rule(self, rule_id: str, audited: Audited | None = None) -> bool:
+        """Remove a rule kept in the store; its open alarms stay until cleared. ``audited`` is called inside
+        the same transaction with the rule removed and None."""
         if rule_id in self.file_rules:
             raise AlarmError(f"rule {rule_id} comes from the rules file; change it there")
-        deleted = self.store.write(lambda db: db.execute("DELETE FROM alarm_rules WHERE id = ?",
-                                                         (rule_id,)).rowcount)
+
+        def work(db: sqlite3.Connection) -> bool:
+            before = db.execute("DELETE FROM alarm_rules WHERE id = ? RETURNING body", (rule_id,)).fetchone()
+            if before is not None and audited is not None:
+                audited(db, json.loads(before[0]), None)
+            return before is not None
+
         with self._lock:
+            deleted = self.store.write(work)
             self.rules.pop(rule_id, None)
-        return bool(deleted)
+        return deleted
 
     # -- channel health (from the notification worker) -----------------------------------------
     def channel_failing(self, channel: str, error: str) -> None:

@@ -9,6 +9,7 @@ import time
 from hub.alarms.engine import AlarmEngine, Clock
 from hub.alarms.feed import Feed
 from hub.alarms.rules import RulesFile
+from hub.errors import StoreError
 from hub.notify.worker import NotificationWorker
 from hub.store.sqlite import SQLiteStore
 
@@ -51,5 +52,7 @@ class AlarmService:
             # with its traceback and ticks again, since a dead ticker would silently stop every time-based alarm.
             try:
                 self.engine.tick()
+            except StoreError as err:
+                log.warning("alarm tick: the store cannot be written now (%s); ticking on", err)
             except Exception:
                 log.exception("alarm tick failed; ticking on")

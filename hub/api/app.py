@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.contract import DeviceId, Timestamp
+from hub.api.bounds import Instant, Name
+from hub.api.docs import add_offline_docs
+from hub.api.validation import validation_error
+from hub.audit import AuditLog
+from hub.auth.web import CurrentActor, guarded_app
 from hub.commands import CommandDesk
-from hub.errors import StoreError
+from hub.errors import BrokerError, CommandInvalid, MessageTooLarge, StoreError
 from hub.liveness import Liveness, assess
-from hub.metrics import HubMetrics
-from hub.store.base import DeviceRecord, Store
+from hub.metrics import HubMetrics, WriterState
+from hub.store.base import CommandOutcome, CommandRecord, DeviceRecord, Store
 
 
 class DeviceView(BaseModel):
@@ -69,26 +78,145 @@ class DeadLetterView(BaseModel):
     payload_base64: str | None
 
 
+MAX_ARGS_DEPTH: Final = 16
+"""How deeply a command's arguments may nest objects and arrays."""
+
+
+def _shallow(args: dict[str, Any]) -> dict[str, Any]:
+    """Refuse arguments nested deeper than :data:`MAX_ARGS_DEPTH` (counted without recursion)."""
+    level: list[Any] = [args]
+    for _ in range(MAX_ARGS_DEPTH):
+        level = [v for c in level for v in (c.values() if isinstance(c, dict) else c)
+                 if isinstance(v, dict | list)]
+        if not level:
+            return args
+    raise ValueError(f"args nest deeper than {MAX_ARGS_DEPTH} levels")
+
+
 class CommandRequest(BaseModel):
-    """A command for a device."""
+    """A command for a device: sent now and waited for, or queued until the device is online."""
 
     name: Annotated[str, Field(min_length=1, max_length=64, examples=["ping"])]
-    args: dict[str, Any] = Field(default_factory=dict)
+    args: Annotated[dict[str, Any], AfterValidator(_shallow)] = Field(default_factory=dict)
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    queue: bool = Field(default=False, description="queue the command until the device is online (answered 202 "
+                        "at once; its outcome shows in GET .../commands)")
+    expires_in_s: Annotated[float, Field(gt=0, le=7 * 86_400)] | None = Field(
+        default=None, description='how long a queued command stays valid (with "queue": true; default 3600)')
 
 
 class CommandAnswer(BaseModel):
-    """The device's reply, or a timeout."""
+    """The device's reply, a timeout, or the queued command."""
 
     cmd_id: str
     device: str
-    outcome: Literal["ok", "error", "timeout"]
+    outcome: Literal["ok", "error", "timeout", "expired", "late", "queued", "sent"]
     result: dict[str, Any] | None = None
     error: str | None = None
+    expires_at: Timestamp | None = None
+
+
+class CommandView(BaseModel):
+    """A command the hub sent or holds, with its outcome and the device's first reply."""
+
+    cmd_id: str
+    device: str
+    name: str
+    args: dict[str, Any]
+    outcome: CommandOutcome
+    requested_at: Timestamp
+    published_at: Timestamp | None
+    expires_at: Timestamp | None
+    replied_at: Timestamp | None
+    result: dict[str, Any] | None
+    error: str | None
+    replays: int
+
+
+QUEUED_COMMAND_LIFETIME_S: Final = 3600.0
+"""How long a queued command waits for its device when the request does not say."""
+
+MAX_BODY_BYTES: Final = 262_144
+"""The largest request body any endpoint reads."""
+
+_COMMAND_STATUS: Final[dict[CommandOutcome, int]] = {
+    CommandOutcome.OK: 200, CommandOutcome.ERROR: 200, CommandOutcome.EXPIRED: 200, CommandOutcome.QUEUED: 202,
+    CommandOutcome.SENT: 202, CommandOutcome.TIMEOUT: 504, CommandOutcome.LATE: 504,
+}
+"""HTTP status of a command's answer by its outcome."""
+
+
+def _command_view(c: CommandRecord) -> CommandView:
+    return CommandView(cmd_id=c.cmd_id, device=c.device, name=c.name, args=c.args, outcome=c.outcome,
+                       requested_at=_when(c.requested_at), published_at=_opt_when(c.published_at),
+                       expires_at=_opt_when(c.expires_at), replied_at=_opt_when(c.replied_at), result=c.result,
+                       error=c.error, replays=c.replays)
+
+
+class BodyTooLarge(HTTPException):
+    """A request body over the limit (HTTP 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body too large: this API takes at most {limit} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``limit`` bytes, from its Content-Length before anything is read, or
+    as soon as a streamed (chunked) body passes the limit; the rest of it is never read."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request within the limit."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse({"detail": BodyTooLarge(self.limit).detail}, status_code=413,
+                                headers={"Connection": "close"})
+        await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def _when(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+def _opt_when(ts: float | None) -> datetime | None:
+    return None if ts is None else _when(ts)
 
 
 def _device_view(store: Store, d: DeviceRecord) -> DeviceView:
@@ -99,10 +227,14 @@ def _device_view(store: Store, d: DeviceRecord) -> DeviceView:
 
 
 def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
-               broker_connected: Any = None) -> FastAPI:
-    """Build the API over a store; ``broker_connected()`` tells ``/healthz`` whether ingest has the broker."""
-    app = FastAPI(title="Nakhon hub", version="1", summary="Fleet registry, telemetry, dead letters and commands "
+               broker_connected: Any = None, writer_state: Callable[[], WriterState] | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES, *, audit: AuditLog) -> FastAPI:
+    """Build the API over a store; ``broker_connected()`` tells ``/healthz`` whether ingest has the broker,
+    ``writer_state()`` whether its writer runs and keeps up."""
+    app = guarded_app(title="Nakhon hub", version="1", summary="Fleet registry, telemetry, dead letters and commands "
                   "of a Nakhon deployment.")
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     def _known(device: str) -> DeviceRecord:
         record = store.device(device)
@@ -112,16 +244,22 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        """200 when the store answers and ingest holds the broker, 503 otherwise."""
+        """200 when the store answers, ingest holds the broker and its writer keeps up; 503 otherwise."""
         try:
             store.deadletter_counts()
             store_ok = True
         except StoreError:
             store_ok = False
         broker_ok = bool(broker_connected()) if broker_connected else None
-        ok = store_ok and broker_ok is not False
-        return JSONResponse({"status": "ok" if ok else "degraded", "store": store_ok, "broker": broker_ok},
-                            status_code=200 if ok else 503)
+        writer = writer_state() if writer_state else None
+        writer_ok = writer.healthy if writer else None
+        ok = store_ok and broker_ok is not False and writer_ok is not False
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "store": store_ok, "broker": broker_ok,
+                                "writer": writer_ok}
+        if writer is not None:
+            body.update(writer_running=writer.running, queue_depth=writer.queue_depth,
+                        oldest_unwritten_s=round(writer.oldest_unwritten_s, 3))
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -139,21 +277,18 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
         return _device_view(store, _known(device))
 
     @app.get("/api/devices/{device}/readings")
-    def readings(device: DeviceId, quantity: str | None = None, since: datetime | None = None,
-                 until: datetime | None = None,
+    def readings(device: DeviceId, quantity: Name | None = None, since: Instant | None = None,
+                 until: Instant | None = None,
                  limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> ReadingsView:
         """Readings in time order with their original timestamps; ``since`` inclusive, ``until`` exclusive."""
         _known(device)
-        for name, value in (("since", since), ("until", until)):
-            if value is not None and value.tzinfo is None:
-                raise HTTPException(422, f"{name} needs a time zone, e.g. 2026-11-20T03:00:00Z")
         rows = store.readings(device, quantity, since, until, limit)
         return ReadingsView(device=device, count=len(rows), readings=[
             ReadingView(ts=r.ts, sensor=r.sensor, quantity=r.quantity, value=r.value, unit=r.unit, seq=r.seq)
             for r in rows])
 
     @app.get("/api/deadletters")
-    def deadletters(reason: str | None = None,
+    def deadletters(reason: Name | None = None,
                     limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[DeadLetterView]:
         """Refused messages, newest first, optionally of one reason."""
         out = []
@@ -168,18 +303,44 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
                                       payload_base64=b64))
         return out
 
-    @app.post("/api/devices/{device}/commands", responses={504: {"model": CommandAnswer}})
-    def command(device: DeviceId, request: CommandRequest) -> JSONResponse:
-        """Send a command and wait for the reply; 504 with ``outcome: timeout`` when none comes in time."""
-        _known(device)
-        result = commands.send(device, request.name, request.args, request.timeout_s)
-        if result.reply is None:
-            answer = CommandAnswer(cmd_id=result.cmd_id, device=device, outcome="timeout",
-                                   error=f"no reply within {request.timeout_s:g} s; is the device online?")
-            return JSONResponse(answer.model_dump(mode="json"), status_code=504)
-        reply = result.reply
-        answer = CommandAnswer(cmd_id=result.cmd_id, device=device, outcome="ok" if reply.ok else "error",
-                               result=reply.result, error=reply.error)
-        return JSONResponse(answer.model_dump(mode="json"), status_code=200)
+    @app.post("/api/devices/{device}/commands", responses={
+        202: {"model": CommandAnswer, "description": "queued"}, 413: {"description": "command too large"},
+        503: {"description": "the hub has no broker"}, 504: {"model": CommandAnswer}})
+    async def command(device: DeviceId, request: CommandRequest, actor: CurrentActor) -> JSONResponse:
+        """Send a command and wait for the reply (504 with ``outcome: timeout`` when none comes in time), or queue
+        it with ``"queue": true`` (202) until the device is online."""
+        await asyncio.to_thread(_known, device)
+        if request.expires_in_s is not None and not request.queue:
+            raise HTTPException(422, 'expires_in_s applies to queued commands ("queue": true); a command sent now '
+                                "expires after timeout_s")
+        try:
+            if request.queue:
+                record = await commands.enqueue(device, request.name, request.args,
+                                                request.expires_in_s or QUEUED_COMMAND_LIFETIME_S)
+            else:
+                record = await commands.send(device, request.name, request.args, request.timeout_s)
+        except MessageTooLarge as err:
+            raise HTTPException(413, str(err)) from err
+        except CommandInvalid as err:
+            raise HTTPException(422, str(err)) from err
+        except BrokerError as err:
+            raise HTTPException(503, str(err)) from err
+        await asyncio.to_thread(audit.record, actor, "device.command", f"device/{device}", None, {
+            "cmd_id": record.cmd_id, "name": request.name, "args": request.args, "queue": request.queue,
+            "outcome": record.outcome.value})
+        error = record.error
+        if record.outcome is CommandOutcome.TIMEOUT:
+            error = f"no reply within {request.timeout_s:g} s; is the device online?"
+        answer = CommandAnswer(cmd_id=record.cmd_id, device=device, outcome=record.outcome.value,
+                               result=record.result, error=error, expires_at=_opt_when(record.expires_at))
+        return JSONResponse(answer.model_dump(mode="json"), status_code=_COMMAND_STATUS[record.outcome])
 
+    @app.get("/api/devices/{device}/commands")
+    def device_commands(device: DeviceId,
+                        limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[CommandView]:
+        """The device's commands, newest first, each with its outcome."""
+        _known(device)
+        return [_command_view(c) for c in store.commands(device, limit)]
+
+    add_offline_docs(app)
     return app

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, StringConstraints
 
 from edge.contract import Timestamp
 from hub.alarms import feed as feed_module
 from hub.alarms.feed import Feed, FeedItem
+from hub.api.bounds import INT64_MAX, Instant
+from hub.auth.policy import PERSONAL_DATA_ROLES
+from hub.auth.web import CurrentActor, redact, still_admitted
 from hub.store.sqlite import SQLiteStore
 
 KEEPALIVE_S = 15.0
@@ -46,16 +50,19 @@ def _cursor(ts: int, device: str, seq: int) -> str:
 
 
 def _uncursor(value: str) -> tuple[int, str, int]:
+    """The decoded cursor, or a 422 like any invalid query value's."""
     try:
         ts, device, seq = json.loads(base64.urlsafe_b64decode(value.encode()))
-        return int(ts), str(device), int(seq)
-    except (ValueError, TypeError) as err:
-        raise HTTPException(422, "cursor is not one this API handed out") from err
+        cursor = int(ts), str(device), int(seq)
+        if -INT64_MAX <= cursor[0] <= INT64_MAX and 0 <= cursor[2] <= INT64_MAX:
+            return cursor
+    except (ValueError, TypeError):
+        pass
+    raise RequestValidationError([{"type": "value_error", "loc": ("query", "cursor"), "input": value,
+                                   "msg": "cursor is not one this API handed out"}])
 
 
-def _ms(value: datetime, name: str) -> int:
-    if value.tzinfo is None:
-        raise HTTPException(422, f"{name} needs a time zone, e.g. 2026-11-20T03:00:00Z")
+def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
@@ -66,7 +73,7 @@ def create_router(store: SQLiteStore, feed: Feed) -> APIRouter:
     @router.get("/api/events")
     def events(device: Filter = None, sensor: Filter = None, event: Filter = None,
                severity: Annotated[str | None, Query(pattern="^(info|warning|critical)$")] = None,
-               since: datetime | None = None, until: datetime | None = None,
+               since: Instant | None = None, until: Instant | None = None,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                cursor: Annotated[str | None, Query(max_length=400)] = None) -> EventPage:
         """Events newest first; ``event`` ending in ``.*`` matches a prefix (``sos.*``); ``until`` exclusive."""
@@ -85,10 +92,10 @@ def create_router(store: SQLiteStore, feed: Feed) -> APIRouter:
                 args.append(event)
         if since is not None:
             where.append("ts >= ?")
-            args.append(_ms(since, "since"))
+            args.append(_ms(since))
         if until is not None:
             where.append("ts < ?")
-            args.append(_ms(until, "until"))
+            args.append(_ms(until))
         if cursor is not None:
             where.append("(ts, device, seq) < (?, ?, ?)")
             args += list(_uncursor(cursor))
@@ -105,16 +112,29 @@ def create_router(store: SQLiteStore, feed: Feed) -> APIRouter:
 
     @router.get("/api/stream", response_class=StreamingResponse,
                 responses={200: {"content": {"text/event-stream": {}}}})
-    async def stream(request: Request,
+    async def stream(request: Request, actor: CurrentActor,
                      last_event_id: Annotated[int | None, Header(ge=0, le=2**62)] = None) -> StreamingResponse:
-        """Server-Sent Events (``device``, ``event``, ``alarm``, ``report``); ``Last-Event-ID`` resumes."""
-        return StreamingResponse(_events(request, store, feed, last_event_id), media_type="text/event-stream",
+        """Server-Sent Events (``device``, ``event``, ``alarm``, ``report``); ``Last-Event-ID`` resumes. Signed in
+        with the session cookie or a token; personal fields are left out for a user without a personal-data role."""
+        out = _sse if actor.roles & PERSONAL_DATA_ROLES else _redacted_sse
+        return StreamingResponse(_events(request, store, feed, last_event_id, out), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     return router
 
 
-async def _events(request: Request, store: SQLiteStore, feed: Feed, after: int | None) -> AsyncIterator[str]:
+def _sse(item: FeedItem) -> str:
+    return item.sse()
+
+
+def _redacted_sse(item: FeedItem) -> str:
+    """The item without personal fields (as the API's JSON answers to a viewer)."""
+    data = json.dumps(redact(json.loads(item.data)), ensure_ascii=False, separators=(",", ":"))
+    return FeedItem(item.id, item.type, data).sse()
+
+
+async def _events(request: Request, store: SQLiteStore, feed: Feed, after: int | None,
+                  out: Callable[[FeedItem], str]) -> AsyncIterator[str]:
     sub = feed.subscribe(asyncio.get_running_loop())
     try:
         yield "retry: 1000\n\n"
@@ -124,8 +144,10 @@ async def _events(request: Request, store: SQLiteStore, feed: Feed, after: int |
             if items is None:
                 items = await asyncio.to_thread(store.read, lambda db: feed_module.backlog(db, after))
             for item in items:
-                yield item.sse()
+                yield out(item)
                 last = item.id
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         while True:
             try:
                 got: FeedItem | None = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
@@ -133,11 +155,15 @@ async def _events(request: Request, store: SQLiteStore, feed: Feed, after: int |
                 if await request.is_disconnected():
                     return
                 yield ": keepalive\n\n"
-                continue
-            if got is None:
-                return  # fell behind: the client reconnects with Last-Event-ID and catches up
-            if got.id > last:
-                yield got.sse()
-                last = got.id
+            else:
+                if got is None:
+                    return  # fell behind: the client reconnects with Last-Event-ID and catches up
+                if got.id > last:
+                    yield out(got)
+                    last = got.id
+            if loop.time() - checked >= KEEPALIVE_S:
+                if not await still_admitted(request):
+                    return  # signed out, token revoked or user disabled: the stream ends with the credentials
+                checked = loop.time()
     finally:
         feed.unsubscribe(sub)

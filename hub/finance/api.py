@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import csv
-import hmac
 import io
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
-from edge.contract import TxOutcome
+from edge.contract import DeviceId, TxOutcome
+from hub.api.bounds import INT64_MAX, FiscalYear, Key, Name, Satang
+from hub.audit import AuditLog
+from hub.auth.web import CurrentActor, signed_by
 from hub.finance.fiscal import baht
-from hub.finance.ledger import ConfirmError, FinanceRoute, confirm_payment, reconcile, reverse, today
-from hub.store.sqlite import SQLiteStore
+from hub.finance.ledger import (
+    Confirmed,
+    ConfirmError,
+    FinanceRoute,
+    confirm_payment,
+    counts,
+    due_to_expire,
+    end_payment,
+    reconcile,
+    reverse,
+    today,
+)
+from hub.store.base import SqlStore
 
 AnswerKiosk = Callable[[str, TxOutcome], None]
 
@@ -24,7 +37,7 @@ AnswerKiosk = Callable[[str, TxOutcome], None]
 class Confirmation(BaseModel):
     """The bank's (or acquirer's) notice that a PromptPay payment was received."""
 
-    amount_satang: Annotated[int, Field(gt=0)]
+    amount_satang: Annotated[int, Field(gt=0, le=INT64_MAX)]
     bank_ref: Annotated[str, Field(min_length=1, max_length=64)]
 
 
@@ -38,10 +51,18 @@ class Reversal(BaseModel):
 class CashCount(BaseModel):
     """The cash counted from one kiosk for one day."""
 
-    device: str
+    device: DeviceId
     day: date
-    counted_satang: Annotated[int, Field(ge=0)]
+    counted_satang: Satang
     counted_by: Annotated[str, Field(min_length=1, max_length=100)]
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: str) -> str:
+    """A text cell a spreadsheet will not run: one starting like a formula gets a leading quote (OWASP's rule)."""
+    return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
 
 
 def _rows(db: sqlite3.Connection, sql: str, args: list[Any]) -> list[dict[str, Any]]:
@@ -50,39 +71,81 @@ def _rows(db: sqlite3.Connection, sql: str, args: list[Any]) -> list[dict[str, A
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerKiosk,
-                  bank_token: str | None) -> APIRouter:
-    """Build the finance routes over the hub's store."""
+def expire_pending(store: SqlStore, answer_kiosk: AnswerKiosk, at: datetime) -> int:
+    """End every pending PromptPay payment whose time is up and tell its kiosk; returns how many ended."""
+    def work(db: sqlite3.Connection) -> list[tuple[str, TxOutcome]]:
+        ended = [end_payment(db, tx_id, "expired", at) for tx_id in due_to_expire(db, at)]
+        for _, outcome in (e for e in ended if e is not None):
+            store.replace_tx_outcome(db, outcome.tx_id, outcome)
+        return [e for e in ended if e is not None]
+
+    ended = store.write(work)
+    for device, outcome in ended:
+        answer_kiosk(device, outcome)
+    return len(ended)
+
+
+def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKiosk,
+                  bank_secret: str | None, audit: AuditLog) -> APIRouter:
+    """Build the finance routes over the hub's store; the bank signs its callbacks with ``bank_secret``."""
     api = APIRouter(prefix="/api/finance", tags=["finance"])
 
-    @api.post("/payments/{tx_id}/confirm")
-    def confirm(tx_id: str, body: Confirmation,
-                authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        """The bank's callback: the payment is paid, gets its receipt number, and the kiosk gets the outcome."""
-        if bank_token is not None and not hmac.compare_digest(authorization or "", f"Bearer {bank_token}"):
-            raise HTTPException(401, "missing or wrong bank token (Authorization: Bearer ...)")
-
-        def work(db: sqlite3.Connection) -> tuple[TxOutcome, bool, str]:
-            outcome, new = confirm_payment(db, route.catalogue, tx_id, body.amount_satang, body.bank_ref,
-                                           datetime.now(UTC))
-            device = store.replace_tx_outcome(db, tx_id, outcome)
-            return outcome, new, device
+    @api.post("/payments/{tx_id}/confirm", dependencies=[Depends(signed_by(bank_secret))])
+    def confirm(tx_id: Key, body: Confirmation, actor: CurrentActor) -> dict[str, Any]:
+        """The bank's callback, signed (docs/finance.md): the payment is paid, gets its receipt number, and the
+        kiosk gets the outcome."""
+        def work(db: sqlite3.Connection) -> tuple[Confirmed, str]:
+            confirmed = confirm_payment(db, route.catalogue, tx_id, body.amount_satang, body.bank_ref,
+                                        datetime.now(UTC))
+            device = store.replace_tx_outcome(db, tx_id, confirmed.outcome)
+            if confirmed.new:
+                audit.record(actor, "payment.confirm", f"payment/{tx_id}", {"status": confirmed.late or "pending"},
+                             {"status": "paid", "bank_ref": body.bank_ref,
+                              "receipt_no": confirmed.outcome.result.get("receipt_no")}, db=db)
+            return confirmed, device
 
         try:
-            outcome, new, device = store.write(work)
+            confirmed, device = store.write(work)
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
         except ConfirmError as err:
             raise HTTPException(409, str(err)) from err
-        answer_kiosk(device, outcome)
-        return {"tx_id": tx_id, "already_confirmed": not new, **outcome.result}
+        answer_kiosk(device, confirmed.outcome)
+        return {"tx_id": tx_id, "already_confirmed": not confirmed.new, "late": confirmed.late,
+                **confirmed.outcome.result}
+
+    @api.post("/payments/{tx_id}/cancel")
+    def cancel(tx_id: Key, actor: CurrentActor) -> dict[str, Any]:
+        """Cancel a PromptPay payment still waiting for the bank; the kiosk is told and stops asking."""
+        def work(db: sqlite3.Connection) -> tuple[str, TxOutcome] | str:
+            ended = end_payment(db, tx_id, "cancelled", datetime.now(UTC))
+            if ended is not None:
+                store.replace_tx_outcome(db, tx_id, ended[1])
+                audit.record(actor, "payment.cancel", f"payment/{tx_id}", {"status": "pending"},
+                             {"status": "cancelled"}, db=db)
+                return ended
+            row = db.execute("SELECT status FROM payments WHERE tx_id = ?", (tx_id,)).fetchone()
+            if row is None:
+                raise LookupError(f"no payment for transaction {tx_id!r}")
+            return str(row[0])
+
+        try:
+            ended = store.write(work)
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from err
+        if isinstance(ended, str):
+            if ended == "paid":
+                raise HTTPException(409, f"{tx_id} is paid: void or refund its receipt instead")
+            return {"tx_id": tx_id, "status": ended, "already_ended": True}
+        answer_kiosk(*ended)
+        return {"tx_id": tx_id, "status": "cancelled", "already_ended": False}
 
     @api.get("/payments")
-    def payments(status: Literal["pending", "paid"] | None = None,
+    def payments(status: Literal["pending", "paid", "expired", "cancelled"] | None = None,
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict[str, Any]]:
-        """Payments, newest first (pending ones wait for the bank)."""
+        """Payments, newest first (pending ones wait for the bank until ``expires_at``)."""
         sql = ("SELECT tx_id, device, office, service, method, amount_satang, status, reference, created_at, "
-               "paid_at, receipt_no FROM payments")
+               "paid_at, receipt_no, kiosk_at, expires_at, ended_at, citizen_ref FROM payments")
         args: list[Any] = []
         if status:
             sql += " WHERE status = ?"
@@ -90,11 +153,11 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
         return store.read(lambda db: _rows(db, sql + " ORDER BY created_at DESC LIMIT ?", [*args, limit]))
 
     @api.get("/ledger")
-    def ledger(day: date | None = None, device: str | None = None,
+    def ledger(day: date | None = None, device: DeviceId | None = None,
                limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[dict[str, Any]]:
         """Ledger entries in order (payments, voids and refunds), optionally of one local date or kiosk."""
         sql = ("SELECT id, at, local_date, entry, office, fiscal_year, receipt_no, refers_to, tx_id, device, service, "
-               "method, amount_satang, reason FROM ledger WHERE 1 = 1")
+               "method, amount_satang, reason, by_user FROM ledger WHERE 1 = 1")
         args: list[Any] = []
         if day:
             sql += " AND local_date = ?"
@@ -105,11 +168,12 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
         return store.read(lambda db: _rows(db, sql + " ORDER BY id LIMIT ?", [*args, limit]))
 
     @api.get("/receipts")
-    def receipts(office: str | None = None, fiscal_year: int | None = None,
+    def receipts(office: Name | None = None, fiscal_year: FiscalYear | None = None,
                  limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[dict[str, Any]]:
         """Receipts issued, in number order, with whether each was voided or refunded."""
-        sql = ("SELECT p.receipt_no, p.office, p.fiscal_year, p.at AS paid_at, p.device, p.service, p.method, "
-               "p.amount_satang, r.entry AS reversed_by, r.reason AS reversal_reason FROM ledger p "
+        sql = ("SELECT p.receipt_no, p.office, p.fiscal_year, coalesce(p.paid_at, p.at) AS paid_at, "
+               "p.at AS recorded_at, p.device, p.service, p.method, p.amount_satang, r.entry AS reversed_by, "
+               "r.reason AS reversal_reason FROM ledger p "
                "LEFT JOIN ledger r ON r.refers_to = p.id WHERE p.entry = 'payment'")
         args: list[Any] = []
         if office:
@@ -122,10 +186,16 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
                                            [*args, limit]))
 
     @api.post("/receipts/{receipt_no}/reverse")
-    def reverse_receipt(receipt_no: str, body: Reversal) -> dict[str, Any]:
+    def reverse_receipt(receipt_no: Key, body: Reversal, actor: CurrentActor) -> dict[str, Any]:
         """Void or refund a receipt with a compensating ledger entry (nothing is edited)."""
+        def work(db: sqlite3.Connection) -> int:
+            entry_id = reverse(db, receipt_no, body.entry, body.reason, datetime.now(UTC), by=actor.user)
+            audit.record(actor, f"receipt.{body.entry}", f"receipt/{receipt_no}", {"reversed": False},
+                         {"reversed": True, "entry": body.entry, "reason": body.reason, "ledger_id": entry_id}, db=db)
+            return entry_id
+
         try:
-            entry_id = store.write(lambda db: reverse(db, receipt_no, body.entry, body.reason, datetime.now(UTC)))
+            entry_id = store.write(work)
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
         except ConfirmError as err:
@@ -143,32 +213,49 @@ def create_router(store: SQLiteStore, route: FinanceRoute, answer_kiosk: AnswerK
         return {"day": d, "total_satang": total, "total_baht": baht(total), "rows": rows}
 
     @api.post("/reconciliations")
-    def record_count(body: CashCount) -> dict[str, Any]:
-        """Record the cash counted from a kiosk and compare it with the ledger."""
-        return store.write(lambda db: reconcile(db, body.device, body.day, body.counted_satang, body.counted_by,
-                                                datetime.now(UTC)))
+    def record_count(body: CashCount, actor: CurrentActor) -> dict[str, Any]:
+        """Record the cash counted from a known kiosk and compare it with the ledger; earlier counts stay."""
+        def work(db: sqlite3.Connection) -> dict[str, Any]:
+            result = reconcile(db, body.device, body.day, body.counted_satang, body.counted_by, datetime.now(UTC),
+                               recorded_by=actor.user)
+            after = {k: v for k, v in result.items() if k != "earlier_counts"}
+            audit.record(actor, "cash.count", f"reconciliation/{body.device}/{body.day.isoformat()}", None, after,
+                         db=db)
+            return result
+
+        try:
+            return store.write(work)
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from err
+
+    @api.get("/reconciliations")
+    def all_counts(day: date | None = None, device: DeviceId | None = None) -> list[dict[str, Any]]:
+        """Every cash count of a local date (today by default), oldest first, with which ones were superseded."""
+        return store.read(lambda db: counts(db, day or today(), device))
 
     @api.get("/reconciliation.csv")
     def reconciliation_csv(day: date | None = None) -> Response:
         """Per kiosk for one local date: cash in the ledger, cash counted (latest count), difference."""
         d = (day or today()).isoformat()
         rows = store.read(lambda db: db.execute(
-            "SELECT k.device, coalesce(l.cash, 0), coalesce(l.n, 0), r.counted_satang, r.counted_by FROM "
+            "SELECT k.device, coalesce(l.cash, 0), coalesce(l.n, 0), r.counted_satang, r.counted_by, "
+            "coalesce(r.counts, 0) FROM "
             "(SELECT device FROM ledger WHERE local_date = ?1 AND method = 'cash' UNION "
             " SELECT device FROM reconciliations WHERE day = ?1) k "
             "LEFT JOIN (SELECT device, sum(amount_satang) AS cash, count(*) AS n FROM ledger "
             "           WHERE local_date = ?1 AND method = 'cash' GROUP BY device) l ON l.device = k.device "
-            "LEFT JOIN (SELECT device, counted_satang, counted_by, max(id) FROM reconciliations WHERE day = ?1 "
+            "LEFT JOIN (SELECT device, counted_satang, counted_by, max(id), count(*) AS counts FROM reconciliations "
+            "           WHERE day = ?1 "
             "           GROUP BY device) r ON r.device = k.device ORDER BY k.device", (d,)).fetchall())
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(["day", "device", "cash_entries", "ledger_cash_baht", "counted_baht", "difference_baht",
-                         "counted_by", "status"])
-        for device, cash, n, counted, by in rows:
+                         "counted_by", "status", "counts"])
+        for device, cash, n, counted, by, n_counts in rows:
             diff = None if counted is None else counted - cash
             status = "not counted" if counted is None else "balanced" if diff == 0 else "difference"
-            writer.writerow([d, device, n, baht(cash), "" if counted is None else baht(counted),
-                             "" if diff is None else baht(diff), by or "", status])
+            writer.writerow([d, spreadsheet_text(device), n, baht(cash), "" if counted is None else baht(counted),
+                             "" if diff is None else baht(diff), spreadsheet_text(by or ""), status, n_counts])
         return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="reconciliation-{d}.csv"'})
 

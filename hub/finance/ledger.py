@@ -1,16 +1,18 @@
 """The finance module's tables and rules: fee payments routed from kiosks, the ledger, receipts, reconciliation.
 
-The ledger is append-only (SQLite triggers refuse UPDATE and DELETE): a payment adds one entry, a void or a
-refund adds a compensating entry that refers to it. Receipt numbers come from a counter per office and
-fiscal year, taken in the same database transaction as the ledger entry, so they have no gaps. A PromptPay
-payment stays ``pending`` (no ledger entry, no receipt number) until the bank's confirmation arrives.
+The ledger is append-only (SQLite triggers refuse UPDATE and DELETE; only a citizen reference may be erased,
+by the retention purge): a payment adds one entry, a void or a refund adds a compensating entry that refers to
+it. Receipt numbers come from a counter per office and fiscal year, taken in the same database transaction as
+the ledger entry, so they have no gaps. A PromptPay payment stays ``pending`` (no ledger entry, no receipt
+number) until the bank's confirmation arrives, or until it expires or is cancelled.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from edge.contract import Tx, TxOutcome, TxStatus, format_timestamp, tx_reference
@@ -34,13 +36,13 @@ CREATE TABLE IF NOT EXISTS ledger (
     method       TEXT NOT NULL,
     amount_satang INTEGER NOT NULL,
     citizen_ref  TEXT,
-    reason       TEXT
+    reason       TEXT,
+    paid_at      TEXT,
+    by_user      TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_receipts ON ledger (receipt_no) WHERE receipt_no IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_one_reversal ON ledger (refers_to) WHERE refers_to IS NOT NULL;
 CREATE INDEX IF NOT EXISTS ledger_by_day ON ledger (local_date, device);
-CREATE TRIGGER IF NOT EXISTS ledger_append_only_update BEFORE UPDATE ON ledger
-    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: add a compensating entry'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_append_only_delete BEFORE DELETE ON ledger
     BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: add a compensating entry'); END;
 CREATE TABLE IF NOT EXISTS receipt_counters (
@@ -57,12 +59,15 @@ CREATE TABLE IF NOT EXISTS payments (
     method        TEXT NOT NULL,
     amount_satang INTEGER NOT NULL,
     citizen_ref   TEXT,
-    status        TEXT NOT NULL CHECK (status IN ('pending', 'paid')),
+    status        TEXT NOT NULL CHECK (status IN ('pending', 'paid', 'expired', 'cancelled')),
     reference     TEXT NOT NULL,
     created_at    TEXT NOT NULL,
     paid_at       TEXT,
     bank_ref      TEXT,
-    receipt_no    TEXT
+    receipt_no    TEXT,
+    kiosk_at      TEXT,
+    expires_at    TEXT,
+    ended_at      TEXT
 );
 CREATE TABLE IF NOT EXISTS reconciliations (
     id             INTEGER PRIMARY KEY,
@@ -72,9 +77,32 @@ CREATE TABLE IF NOT EXISTS reconciliations (
     ledger_satang  INTEGER NOT NULL,
     entries        INTEGER NOT NULL,
     counted_by     TEXT NOT NULL,
-    at             TEXT NOT NULL
+    at             TEXT NOT NULL,
+    recorded_by    TEXT
 );
 """
+
+_APPEND_ONLY = """
+DROP TRIGGER IF EXISTS ledger_append_only_update;
+DROP TRIGGER IF EXISTS ledger_append_only_columns;
+CREATE TRIGGER IF NOT EXISTS ledger_append_only_columns BEFORE UPDATE OF
+    id, at, local_date, entry, office, fiscal_year, receipt_no, refers_to, tx_id, device, service, method,
+    amount_satang, reason, paid_at, by_user ON ledger
+    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: add a compensating entry'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_citizen_ref_only_erased BEFORE UPDATE OF citizen_ref ON ledger
+    WHEN NEW.citizen_ref IS NOT NULL
+    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: a citizen reference can only be erased'); END;
+"""
+"""Nothing in the ledger changes, except that :func:`hub.retention.purge` may erase the citizen reference."""
+
+_ADDED_COLUMNS = {"ledger": ("paid_at TEXT", "by_user TEXT"),
+                  "payments": ("kiosk_at TEXT", "expires_at TEXT", "ended_at TEXT"),
+                  "reconciliations": ("recorded_by TEXT",)}
+"""Columns added after the first release: stores made before get them at start-up."""
+
+KIOSK_CLOCK_TRUSTED = timedelta(days=30)
+"""How far back a kiosk's transaction time may lie and still date a cash payment (a hub outage); older, or
+ahead of the hub's clock, and the hub's own time dates it."""
 
 
 class PaymentRejected(ValueError):
@@ -92,11 +120,33 @@ class Receipt:
     method: str
     amount_satang: int
     paid_at: str
+    """When the citizen paid (the kiosk's time for cash, the bank's confirmation for PromptPay): it decides the
+    accounting day and fiscal year."""
+    recorded_at: str
+    """When the hub wrote the entry."""
 
 
 def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the finance tables if needed."""
+    """Create the finance tables if needed, and bring tables of an older store up to date."""
     db.executescript(SCHEMA)
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if column.split()[0] not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    old_check = db.execute("SELECT sql FROM sqlite_master WHERE name = 'payments'").fetchone()[0]
+    if "'expired'" not in old_check:
+        _widen_payment_statuses(db, old_check)
+    db.execute("CREATE INDEX IF NOT EXISTS payments_by_status ON payments (status, expires_at)")
+    db.executescript(_APPEND_ONLY)
+
+
+def _widen_payment_statuses(db: sqlite3.Connection, old_sql: str) -> None:
+    """Stores made before expiry allowed only pending and paid: rebuild ``payments`` with the wider CHECK."""
+    new_sql = old_sql.replace("IN ('pending', 'paid')", "IN ('pending', 'paid', 'expired', 'cancelled')")
+    db.executescript(f"BEGIN; ALTER TABLE payments RENAME TO payments_before_expiry; {new_sql}; "  # noqa: S608 (our schema)
+                     "INSERT INTO payments SELECT * FROM payments_before_expiry; DROP TABLE payments_before_expiry; "
+                     "COMMIT;")
 
 
 def _next_receipt(db: sqlite3.Connection, catalogue: Catalogue, office: str, fy: int) -> str:
@@ -106,17 +156,24 @@ def _next_receipt(db: sqlite3.Connection, catalogue: Catalogue, office: str, fy:
     return f"{catalogue.offices[office].receipt_prefix}-{fy}-{row[0]:06d}"
 
 
-def _post_payment(db: sqlite3.Connection, catalogue: Catalogue, *, at: datetime, office: str, tx_id: str,
-                  device: str, service: str, method: str, amount: int, citizen_ref: str | None) -> Receipt:
-    day = local_date(at)
+def _post_payment(db: sqlite3.Connection, catalogue: Catalogue, *, at: datetime, paid_at: datetime, office: str,
+                  tx_id: str, device: str, service: str, method: str, amount: int,
+                  citizen_ref: str | None) -> Receipt:
+    day = local_date(paid_at)
     fy = fiscal_year(day)
     receipt_no = _next_receipt(db, catalogue, office, fy)
-    stamp = format_timestamp(at)
+    stamp, paid = format_timestamp(at), format_timestamp(paid_at)
     db.execute(
         "INSERT INTO ledger (at, local_date, entry, office, fiscal_year, receipt_no, tx_id, device, service, method, "
-        "amount_satang, citizen_ref) VALUES (?, ?, 'payment', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (stamp, day.isoformat(), office, fy, receipt_no, tx_id, device, service, method, amount, citizen_ref))
-    return Receipt(receipt_no, office, fy, service, method, amount, stamp)
+        "amount_satang, citizen_ref, paid_at) VALUES (?, ?, 'payment', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (stamp, day.isoformat(), office, fy, receipt_no, tx_id, device, service, method, amount, citizen_ref, paid))
+    return Receipt(receipt_no, office, fy, service, method, amount, paid, stamp)
+
+
+def cash_paid_at(kiosk_at: datetime, now: datetime) -> datetime:
+    """The time that dates a cash payment: the kiosk's, unless its clock cannot be trusted (see
+    :data:`KIOSK_CLOCK_TRUSTED`)."""
+    return kiosk_at if now - KIOSK_CLOCK_TRUSTED <= kiosk_at <= now + timedelta(minutes=5) else now
 
 
 def _receipt_result(catalogue: Catalogue, receipt: Receipt) -> dict[str, Any]:
@@ -128,6 +185,7 @@ def _receipt_result(catalogue: Catalogue, receipt: Receipt) -> dict[str, Any]:
         "service_th": service.name_th if service else receipt.service,
         "service_en": service.name_en if service else receipt.service,
         "method": receipt.method, "amount_satang": receipt.amount_satang, "paid_at": receipt.paid_at,
+        "recorded_at": receipt.recorded_at,
         "municipality_th": catalogue.municipality_th, "municipality_en": catalogue.municipality_en,
     }
 
@@ -141,7 +199,7 @@ class FinanceRoute:
                  clock: Any = None) -> None:
         self.catalogue = catalogue
         self.promptpay = promptpay
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
 
     def _check(self, tx: Tx) -> tuple[str, str, str, int]:
         data = tx.data
@@ -169,13 +227,16 @@ class FinanceRoute:
             return TxOutcome(tx_id=tx.tx_id, status=TxStatus.REJECTED, duplicate=False, reason=str(err), result={})
         citizen = tx.citizen.ref if tx.citizen else None
         now = self._clock()
+        kiosk_at = format_timestamp(tx.created_at)
         if method == "cash":
-            receipt = _post_payment(db, self.catalogue, at=now, office=office, tx_id=tx.tx_id, device=tx.device,
-                                    service=code, method=method, amount=amount, citizen_ref=citizen)
+            receipt = _post_payment(db, self.catalogue, at=now, paid_at=cash_paid_at(tx.created_at, now),
+                                    office=office, tx_id=tx.tx_id, device=tx.device, service=code, method=method,
+                                    amount=amount, citizen_ref=citizen)
             db.execute("INSERT INTO payments (tx_id, device, office, service, method, amount_satang, citizen_ref, "
-                       "status, reference, created_at, paid_at, receipt_no) VALUES (?, ?, ?, ?, ?, ?, ?, 'paid', ?, ?, "
-                       "?, ?)", (tx.tx_id, tx.device, office, code, method, amount, citizen, tx_reference(tx.tx_id),
-                                 format_timestamp(now), receipt.paid_at, receipt.receipt_no))
+                       "status, reference, created_at, paid_at, receipt_no, kiosk_at) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                       "'paid', ?, ?, ?, ?, ?)",
+                       (tx.tx_id, tx.device, office, code, method, amount, citizen, tx_reference(tx.tx_id),
+                        format_timestamp(now), receipt.paid_at, receipt.receipt_no, kiosk_at))
             return TxOutcome(tx_id=tx.tx_id, status=TxStatus.ACCEPTED, duplicate=False, reason=None,
                              result=_receipt_result(self.catalogue, receipt))
         ref = tx_reference(tx.tx_id)
@@ -183,43 +244,90 @@ class FinanceRoute:
             payload = self.promptpay.payload(ref, amount)
         except ValueError as err:
             return TxOutcome(tx_id=tx.tx_id, status=TxStatus.REJECTED, duplicate=False, reason=str(err), result={})
+        expires_at = format_timestamp(now + timedelta(seconds=self.promptpay.expire_after_s))
         db.execute("INSERT INTO payments (tx_id, device, office, service, method, amount_satang, citizen_ref, status, "
-                   "reference, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                   (tx.tx_id, tx.device, office, code, method, amount, citizen, ref, format_timestamp(now)))
-        return TxOutcome(tx_id=tx.tx_id, status=TxStatus.PENDING, duplicate=False, reason=None, result={
-            "awaiting": "payment", "reference": ref, "promptpay": payload, "amount_satang": amount,
-            "service": code, "office": office})
+                   "reference, created_at, kiosk_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                   (tx.tx_id, tx.device, office, code, method, amount, citizen, ref, format_timestamp(now), kiosk_at,
+                    expires_at))
+        result: dict[str, Any] = {"awaiting": "payment", "reference": ref, "promptpay": payload,
+                                  "amount_satang": amount, "service": code, "office": office,
+                                  "expires_at": expires_at}
+        if self.promptpay.demo:
+            result["promptpay_demo"] = True
+        return TxOutcome(tx_id=tx.tx_id, status=TxStatus.PENDING, duplicate=False, reason=None, result=result)
 
 
 class ConfirmError(ValueError):
     """A bank confirmation that does not fit the payment it names."""
 
 
+@dataclass(frozen=True)
+class Confirmed:
+    """The outcome of a bank confirmation."""
+
+    outcome: TxOutcome
+    new: bool
+    late: str | None
+    """``expired`` or ``cancelled`` when the money arrived after the payment had ended: it is booked all the
+    same (the money is the municipality's to account for), and an officer hands over or refunds the receipt."""
+
+
 def confirm_payment(db: sqlite3.Connection, catalogue: Catalogue, tx_id: str, amount_satang: int,
-                    bank_ref: str, at: datetime) -> tuple[TxOutcome, bool]:
-    """Record the bank's confirmation of a PromptPay payment; returns the final outcome and whether it was new."""
-    row = db.execute("SELECT device, office, service, method, amount_satang, citizen_ref, status, receipt_no, paid_at "
-                     "FROM payments WHERE tx_id = ?", (tx_id,)).fetchone()
+                    bank_ref: str, at: datetime) -> Confirmed:
+    """Record the bank's confirmation of a PromptPay payment: its receipt, or the one it already has."""
+    row = db.execute("SELECT device, office, service, method, amount_satang, citizen_ref, status, receipt_no, "
+                     "paid_at FROM payments WHERE tx_id = ?", (tx_id,)).fetchone()
     if row is None:
         raise LookupError(f"no payment for transaction {tx_id!r}")
     device, office, service, method, amount, citizen, status, receipt_no, paid_at = row
     if amount_satang != amount:
         raise ConfirmError(f"the bank confirmed {amount_satang} satang for a payment of {amount} satang")
     if status == "paid":
+        recorded = db.execute("SELECT at FROM ledger WHERE receipt_no = ?", (receipt_no,)).fetchone()
         fy = int(receipt_no.split("-")[1])
-        receipt = Receipt(receipt_no, office, fy, service, method, amount, paid_at)
-        return TxOutcome(tx_id=tx_id, status=TxStatus.ACCEPTED, duplicate=False, reason=None,
-                         result=_receipt_result(catalogue, receipt)), False
-    receipt = _post_payment(db, catalogue, at=at, office=office, tx_id=tx_id, device=device, service=service,
-                            method=method, amount=amount, citizen_ref=citizen)
+        receipt = Receipt(receipt_no, office, fy, service, method, amount, paid_at,
+                          recorded[0] if recorded else paid_at)
+        return Confirmed(TxOutcome(tx_id=tx_id, status=TxStatus.ACCEPTED, duplicate=False, reason=None,
+                                   result=_receipt_result(catalogue, receipt)), False, None)
+    receipt = _post_payment(db, catalogue, at=at, paid_at=at, office=office, tx_id=tx_id, device=device,
+                            service=service, method=method, amount=amount, citizen_ref=citizen)
     db.execute("UPDATE payments SET status = 'paid', paid_at = ?, bank_ref = ?, receipt_no = ? WHERE tx_id = ?",
                (receipt.paid_at, bank_ref, receipt.receipt_no, tx_id))
-    return TxOutcome(tx_id=tx_id, status=TxStatus.ACCEPTED, duplicate=False, reason=None,
-                     result=_receipt_result(catalogue, receipt)), True
+    return Confirmed(TxOutcome(tx_id=tx_id, status=TxStatus.ACCEPTED, duplicate=False, reason=None,
+                               result=_receipt_result(catalogue, receipt)), True,
+                     None if status == "pending" else str(status))
 
 
-def reverse(db: sqlite3.Connection, receipt_no: str, entry: str, reason: str, at: datetime) -> int:
-    """Add a void or refund entry compensating the payment with this receipt number; returns its id."""
+ENDINGS: dict[str, str] = {
+    "expired": "the PromptPay payment was not received in time; nothing was charged, please start again",
+    "cancelled": "the PromptPay payment was cancelled by the municipality; nothing was charged",
+}
+"""Why a pending payment ended, as the kiosk shows it (``result.ended`` carries the key)."""
+
+
+def end_payment(db: sqlite3.Connection, tx_id: str, ending: str, at: datetime) -> tuple[str, TxOutcome] | None:
+    """End a pending PromptPay payment (``expired`` or ``cancelled``); returns (device, final outcome), or None
+    when it is not pending any more."""
+    row = db.execute("UPDATE payments SET status = ?, ended_at = ? WHERE tx_id = ? AND status = 'pending' "
+                     "RETURNING device, reference, amount_satang, service, office",
+                     (ending, format_timestamp(at), tx_id)).fetchone()
+    if row is None:
+        return None
+    device, reference, amount, service, office = row
+    return device, TxOutcome(tx_id=tx_id, status=TxStatus.REJECTED, duplicate=False, reason=ENDINGS[ending], result={
+        "ended": ending, "reference": reference, "amount_satang": amount, "service": service, "office": office})
+
+
+def due_to_expire(db: sqlite3.Connection, at: datetime) -> list[str]:
+    """Pending payments whose time is up."""
+    return [r[0] for r in db.execute("SELECT tx_id FROM payments WHERE status = 'pending' AND expires_at IS NOT NULL "
+                                     "AND expires_at <= ?", (format_timestamp(at),))]
+
+
+def reverse(db: sqlite3.Connection, receipt_no: str, entry: str, reason: str, at: datetime,
+            by: str | None = None) -> int:
+    """Add a void or refund entry compensating the payment with this receipt number, made by user ``by``;
+    returns its id."""
     row = db.execute("SELECT id, office, fiscal_year, tx_id, device, service, method, amount_satang, citizen_ref "
                      "FROM ledger WHERE receipt_no = ? AND entry = 'payment'", (receipt_no,)).fetchone()
     if row is None:
@@ -229,9 +337,9 @@ def reverse(db: sqlite3.Connection, receipt_no: str, entry: str, reason: str, at
     pid, office, fy, tx_id, device, service, method, amount, citizen = row
     cur = db.execute(
         "INSERT INTO ledger (at, local_date, entry, office, fiscal_year, refers_to, tx_id, device, service, method, "
-        "amount_satang, citizen_ref, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "amount_satang, citizen_ref, reason, by_user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (format_timestamp(at), local_date(at).isoformat(), entry, office, fy, pid, tx_id, device, service, method,
-         -amount, citizen, reason))
+         -amount, citizen, reason, by))
     return int(cur.lastrowid or 0)
 
 
@@ -243,15 +351,34 @@ def cash_in_ledger(db: sqlite3.Connection, device: str, day: date) -> tuple[int,
 
 
 def reconcile(db: sqlite3.Connection, device: str, day: date, counted_satang: int, counted_by: str,
-              at: datetime) -> dict[str, Any]:
-    """Record the cash counted from a kiosk against what its ledger says; returns the comparison."""
+              at: datetime, recorded_by: str | None = None) -> dict[str, Any]:
+    """Record the cash counted from a known kiosk against what its ledger says (entered by user ``recorded_by``);
+    returns the comparison, with the earlier counts of the same kiosk and day (kept: the latest stands)."""
+    if db.execute("SELECT 1 FROM devices WHERE device = ?", (device,)).fetchone() is None:
+        raise LookupError(f"no device {device!r} in the registry: cash is counted only from known kiosks")
     ledger, entries = cash_in_ledger(db, device, day)
-    db.execute("INSERT INTO reconciliations (device, day, counted_satang, ledger_satang, entries, counted_by, at) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?)",
-               (device, day.isoformat(), counted_satang, ledger, entries, counted_by, format_timestamp(at)))
-    return {"device": device, "day": day.isoformat(), "counted_satang": counted_satang, "ledger_satang": ledger,
-            "difference_satang": counted_satang - ledger, "entries": entries, "counted_by": counted_by,
-            "balanced": counted_satang == ledger}
+    earlier = counts(db, day, device)
+    cur = db.execute("INSERT INTO reconciliations (device, day, counted_satang, ledger_satang, entries, counted_by, "
+                     "at, recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (device, day.isoformat(), counted_satang, ledger, entries, counted_by, format_timestamp(at),
+                      recorded_by))
+    return {"id": cur.lastrowid, "device": device, "day": day.isoformat(), "counted_satang": counted_satang,
+            "ledger_satang": ledger, "difference_satang": counted_satang - ledger, "entries": entries,
+            "counted_by": counted_by, "balanced": counted_satang == ledger, "recorded_by": recorded_by,
+            "earlier_counts": [{**c, "superseded": True} for c in earlier]}
+
+
+def counts(db: sqlite3.Connection, day: date, device: str | None = None) -> list[dict[str, Any]]:
+    """Every cash count of a day, oldest first; each says whether a later count of its kiosk superseded it."""
+    sql = ("SELECT id, device, day, counted_satang, ledger_satang, entries, counted_by, at, recorded_by, "
+           "id < max(id) OVER (PARTITION BY device) AS superseded FROM reconciliations WHERE day = ?")
+    args: list[Any] = [day.isoformat()]
+    if device is not None:
+        sql += " AND device = ?"
+        args.append(device)
+    cur = db.execute(sql + " ORDER BY id", args)
+    names = [d[0] for d in cur.description]
+    return [{**dict(zip(names, row, strict=True)), "superseded": bool(row[-1])} for row in cur.fetchall()]
 
 
 def today() -> date:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hub.errors import HubConfigError
+
 _AID_CREDIT_TRANSFER = "A000000677010111"
 _AID_BILL_PAYMENT = "A000000677010112"
 _THB = "764"
@@ -76,12 +78,38 @@ def bill_payment(biller_id: str, ref1: str, amount_satang: int, ref2: str | None
     return _with_crc(body)
 
 
+DEMO_TARGET = "0000000000"
+"""The demo's PromptPay target: shaped like a phone number, but no Thai number starts +66 0, so no account."""
+
+
 @dataclass(frozen=True)
 class PromptPaySettings:
-    """Where a municipality's QR payments go: a registered biller (preferred) or a PromptPay target."""
+    """Where a municipality's QR payments go: a registered biller (preferred) or a PromptPay target.
+
+    Neither set means PromptPay is off: a PromptPay payment is rejected and the citizen pays in cash.
+    """
 
     biller_id: str | None = None
     target: str | None = None
+    demo: bool = False
+    """QR codes go to :data:`DEMO_TARGET`; every pending answer says so (``promptpay_demo``)."""
+    expire_after_s: float = 900.0
+    """How long a QR payment waits for the bank before it expires (and the kiosk is told)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.expire_after_s <= 7 * 86_400:
+            raise HubConfigError(f"a QR payment must expire after more than 0 s and at most 7 days, "
+                                 f"not {self.expire_after_s:g} s")
+
+    @classmethod
+    def for_demo(cls) -> PromptPaySettings:
+        """The demo's settings: QR codes that pay no one."""
+        return cls(target=DEMO_TARGET, demo=True)
+
+    @property
+    def configured(self) -> bool:
+        """Whether QR payments are offered at all."""
+        return bool(self.biller_id or self.target)
 
     def payload(self, reference: str, amount_satang: int) -> str:
         """The QR payload for one payment; bill payment carries ``reference`` as ref1."""
@@ -89,4 +117,4 @@ class PromptPaySettings:
             return bill_payment(self.biller_id, reference, amount_satang)
         if self.target:
             return credit_transfer(self.target, amount_satang)
-        raise ValueError("PromptPay is not configured: set finance.promptpay.biller_id or target")
+        raise ValueError("PromptPay is not set up at this hub (no biller id or target): please pay in cash")

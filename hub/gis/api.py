@@ -12,9 +12,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from shapely.geometry import Point, box, shape
 
+from hub.api.bounds import Name, Offset, PositiveId, row_id
+from hub.audit import AuditLog
+from hub.auth.web import CurrentActor
 from hub.gis.ogc import FeatureLayer
 from hub.gis.reports import FeatureQuery, WorkflowError, Zones, change_status, report, reports
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import SqlStore
 
 GEOJSON = "application/geo+json"
 
@@ -31,13 +34,14 @@ def _collection(features: list[dict[str, Any]]) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": features}
 
 
-def reports_layer(store: SQLiteStore) -> FeatureLayer:
+def reports_layer(store: SqlStore) -> FeatureLayer:
     """Problem reports as an OGC layer."""
     def items(query: FeatureQuery, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
         return store.read(lambda db: reports(db, query, limit, offset))
 
     def one(fid: str) -> dict[str, Any] | None:
-        return store.read(lambda db: report(db, int(fid))) if fid.isdigit() else None
+        rid = row_id(fid)
+        return None if rid is None else store.read(lambda db: report(db, rid))
 
     return FeatureLayer(items, one)
 
@@ -48,7 +52,7 @@ def _gps_fix(db: sqlite3.Connection, device: str) -> dict[str, Any]:
     return {q: v for q, v, _ in rows}
 
 
-def device_features(store: SQLiteStore) -> list[dict[str, Any]]:
+def device_features(store: SqlStore) -> list[dict[str, Any]]:
     """Where each device is: its configured location, else its latest GPS fix."""
     features = []
     for d in store.devices():
@@ -66,7 +70,7 @@ def device_features(store: SQLiteStore) -> list[dict[str, Any]]:
     return features
 
 
-def devices_layer(store: SQLiteStore) -> FeatureLayer:
+def devices_layer(store: SqlStore) -> FeatureLayer:
     """Device locations as an OGC layer."""
     def items(query: FeatureQuery, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
         features = device_features(store)
@@ -96,14 +100,14 @@ def zones_layer(zones: Zones) -> FeatureLayer:
     return FeatureLayer(items, lambda fid: next((f for f in features if f["id"] == fid), None))
 
 
-def create_router(store: SQLiteStore, zones: Zones) -> APIRouter:
+def create_router(store: SqlStore, zones: Zones, audit: AuditLog) -> APIRouter:
     """Build the GIS routes."""
     api = APIRouter(prefix="/api/gis", tags=["gis"])
 
     @api.get("/reports")
-    def list_reports(status: Literal["new", "assigned", "resolved"] | None = None, zone: str | None = None,
+    def list_reports(status: Literal["new", "assigned", "resolved"] | None = None, zone: Name | None = None,
                      limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
+                     offset: Offset = 0) -> JSONResponse:
         """Reports as a GeoJSON FeatureCollection, oldest first."""
         features, _ = store.read(lambda db: reports(db, FeatureQuery(status=status, zone=zone), limit, offset))
         return JSONResponse(_collection(features), media_type=GEOJSON)
@@ -116,7 +120,7 @@ def create_router(store: SQLiteStore, zones: Zones) -> APIRouter:
                             headers={"Content-Disposition": 'attachment; filename="nakhon-reports.geojson"'})
 
     @api.get("/reports/{report_id}")
-    def one_report(report_id: int) -> JSONResponse:
+    def one_report(report_id: PositiveId) -> JSONResponse:
         """One report."""
         feature = store.read(lambda db: report(db, report_id))
         if feature is None:
@@ -124,10 +128,17 @@ def create_router(store: SQLiteStore, zones: Zones) -> APIRouter:
         return JSONResponse(feature, media_type=GEOJSON)
 
     @api.patch("/reports/{report_id}")
-    def update_report(report_id: int, body: StatusChange) -> JSONResponse:
+    def update_report(report_id: PositiveId, body: StatusChange, actor: CurrentActor) -> JSONResponse:
         """Assign, resolve or reopen a report."""
         def work(db: sqlite3.Connection) -> dict[str, Any]:
-            return change_status(db, report_id, body.status, body.assignee, body.note)
+            before = (report(db, report_id) or {}).get("properties", {})
+            after = change_status(db, report_id, body.status, body.assignee, body.note, by=actor.user)
+            # whether a note came, not its text: the audit log keeps rows for ever, the purge erases notes
+            audit.record(actor, f"report.{body.status}", f"report/{report_id}",
+                         {k: before.get(k) for k in ("status", "assignee")},
+                         {"status": body.status, "assignee": after["properties"]["assignee"],
+                          "with_note": body.note is not None}, db=db)
+            return after
 
         try:
             return JSONResponse(store.write(work), media_type=GEOJSON)
@@ -137,11 +148,11 @@ def create_router(store: SQLiteStore, zones: Zones) -> APIRouter:
             raise HTTPException(409, str(err)) from err
 
     @api.get("/reports/{report_id}/history")
-    def history(report_id: int) -> list[dict[str, Any]]:
+    def history(report_id: PositiveId) -> list[dict[str, Any]]:
         """Every status the report went through."""
-        rows = store.read(lambda db: db.execute("SELECT at, status, assignee, note FROM report_history WHERE "
-                                                "report_id = ? ORDER BY rowid", (report_id,)).fetchall())
-        return [{"at": at, "status": s, "assignee": a, "note": n} for at, s, a, n in rows]
+        rows = store.read(lambda db: db.execute("SELECT at, status, assignee, note, by_user FROM report_history "
+                                                "WHERE report_id = ? ORDER BY rowid", (report_id,)).fetchall())
+        return [{"at": at, "status": s, "assignee": a, "note": n, "by": by} for at, s, a, n, by in rows]
 
     @api.get("/zones")
     def zone_layer() -> JSONResponse:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from edge.contract import format_timestamp
+from hub.api.bounds import InputError, Key, Name, Offset, instant_text, parse_bbox
 from hub.gis.reports import FeatureQuery
 
 GEOJSON = "application/geo+json"
@@ -45,34 +46,18 @@ COLLECTIONS: dict[str, tuple[str, str]] = {
 }
 
 
-def _bbox(value: str | None) -> tuple[float, float, float, float] | None:
-    if value is None:
-        return None
-    try:
-        parts = [float(p) for p in value.split(",")]
-    except ValueError as err:
-        raise HTTPException(400, f"bbox must be minLon,minLat,maxLon,maxLat numbers, got {value!r}") from err
-    if len(parts) != 4 or parts[0] > parts[2] or parts[1] > parts[3]:
-        raise HTTPException(400, f"bbox must be minLon,minLat,maxLon,maxLat, got {value!r}")
-    return parts[0], parts[1], parts[2], parts[3]
-
-
-def _instant(value: str) -> str:
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as err:
-        raise HTTPException(400, f"datetime {value!r} is not RFC 3339") from err
-    return format_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
-
-
 def _interval(value: str | None) -> tuple[str | None, str | None]:
     if value is None:
         return None, None
     if "/" not in value:
-        t = _instant(value)
+        t = instant_text(value, "datetime")
         return t, t
     start, end = value.split("/", 1)
-    return (None if start in ("", "..") else _instant(start)), (None if end in ("", "..") else _instant(end))
+    return _open_end(start), _open_end(end)
+
+
+def _open_end(part: str) -> str | None:
+    return None if part in ("", "..") else instant_text(part, "datetime")
 
 
 def create_router(layers: dict[str, FeatureLayer]) -> APIRouter:
@@ -116,22 +101,26 @@ def create_router(layers: dict[str, FeatureLayer]) -> APIRouter:
                 "collections": [collection(request, cid) for cid in COLLECTIONS if cid in layers]}
 
     @api.get("/collections/{cid}")
-    def one_collection(request: Request, cid: str) -> dict[str, Any]:
+    def one_collection(request: Request, cid: Name) -> dict[str, Any]:
         """One collection."""
         if cid not in layers:
             raise HTTPException(404, f"no collection {cid!r}")
         return collection(request, cid)
 
     @api.get("/collections/{cid}/items")
-    def items(request: Request, cid: str, bbox: str | None = None,
-              datetime_: Annotated[str | None, Query(alias="datetime")] = None,
+    def items(request: Request, cid: Name, bbox: Annotated[str | None, Query(max_length=200)] = None,
+              datetime_: Annotated[str | None, Query(alias="datetime", max_length=100)] = None,
               limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-              offset: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
+              offset: Offset = 0) -> JSONResponse:
         """Features of a collection, filtered and paged."""
         if cid not in layers:
             raise HTTPException(404, f"no collection {cid!r}")
-        start, end = _interval(datetime_)
-        features, matched = layers[cid].items(FeatureQuery(bbox=_bbox(bbox), start=start, end=end), limit, offset)
+        try:
+            start, end = _interval(datetime_)
+            query = FeatureQuery(bbox=None if bbox is None else parse_bbox(bbox), start=start, end=end)
+        except InputError as err:
+            raise HTTPException(400, str(err)) from err
+        features, matched = layers[cid].items(query, limit, offset)
         url = f"{base(request)}/collections/{cid}/items"
         params = {k: v for k, v in request.query_params.items() if k not in ("limit", "offset")}
 
@@ -149,7 +138,7 @@ def create_router(layers: dict[str, FeatureLayer]) -> APIRouter:
         return JSONResponse(body, media_type=GEOJSON)
 
     @api.get("/collections/{cid}/items/{fid}")
-    def item(request: Request, cid: str, fid: str) -> JSONResponse:
+    def item(request: Request, cid: Name, fid: Key) -> JSONResponse:
         """One feature."""
         if cid not in layers:
             raise HTTPException(404, f"no collection {cid!r}")

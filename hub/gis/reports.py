@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS report_history (
     at        TEXT NOT NULL,
     status    TEXT NOT NULL,
     assignee  TEXT,
-    note      TEXT
+    note      TEXT,
+    by_user   TEXT
 );
 """
 
@@ -94,8 +95,10 @@ class Zones:
 
 
 def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the GIS tables if needed."""
+    """Create the GIS tables if needed (and the column naming the user, in older stores)."""
     db.executescript(SCHEMA)
+    if "by_user" not in {row[1] for row in db.execute("PRAGMA table_info(report_history)")}:
+        db.execute("ALTER TABLE report_history ADD COLUMN by_user TEXT")
 
 
 class ReportRoute:
@@ -138,8 +141,8 @@ class WorkflowError(ValueError):
 
 
 def change_status(db: sqlite3.Connection, report_id: int, status: str, assignee: str | None,
-                  note: str | None) -> dict[str, Any]:
-    """Move a report through the workflow; returns the updated report."""
+                  note: str | None, by: str | None = None) -> dict[str, Any]:
+    """Move a report through the workflow (user ``by`` does it); returns the updated report."""
     row = db.execute("SELECT status, assignee FROM reports WHERE id = ?", (report_id,)).fetchone()
     if row is None:
         raise LookupError(f"no report {report_id}")
@@ -153,8 +156,8 @@ def change_status(db: sqlite3.Connection, report_id: int, status: str, assignee:
     stamp = format_timestamp(datetime.now(UTC))
     db.execute("UPDATE reports SET status = ?, assignee = ?, updated_at = ? WHERE id = ?",
                (status, assignee, stamp, report_id))
-    db.execute("INSERT INTO report_history (report_id, at, status, assignee, note) VALUES (?, ?, ?, ?, ?)",
-               (report_id, stamp, status, assignee, note))
+    db.execute("INSERT INTO report_history (report_id, at, status, assignee, note, by_user) "
+               "VALUES (?, ?, ?, ?, ?, ?)", (report_id, stamp, status, assignee, note, by))
     return report(db, report_id) or {}
 
 

@@ -6,19 +6,27 @@ Pure functions, no I/O: the consumer feeds them, the tests drive them directly.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 from edge.contract import (
+    BOUND_ERRORS,
     DEFAULT_ROOT,
+    MAX_DEPTH,
+    TOO_DEEP,
     Event,
     Reply,
     Status,
     Telemetry,
     Tx,
+    check_bounds,
+    is_seq,
     parse_topic,
 )
 from hub.store.base import DeadLetter, SeqMessage, StatusUpdate
@@ -32,6 +40,46 @@ class Reason(StrEnum):
     INVALID_JSON = "invalid_json"
     SCHEMA = "schema"
     DEVICE_MISMATCH = "device_mismatch"
+    TOO_DEEP = "too_deep"
+    OUT_OF_BOUNDS = "out_of_bounds"
+    CLOCK_SKEW = "clock_skew"
+    STORE_REJECTED = "store_rejected"
+    KIND_NOT_ALLOWED = "kind_not_allowed"
+
+
+@dataclass(frozen=True)
+class ClockWindow:
+    """How far a message's timestamps may be from the hub's clock (the time it received the message)."""
+
+    ahead_s: float = 600.0
+    behind_s: float = 366 * 86_400.0
+
+    def refusal(self, stamps: Iterator[tuple[str, datetime]], now: float) -> str | None:
+        """Why the first timestamp outside the window is refused, or None when all are inside."""
+        for name, stamp in stamps:
+            offset = stamp.timestamp() - now
+            if offset > self.ahead_s:
+                return (f"{name} {stamp.isoformat()} is {offset:.0f} s ahead of the hub's clock "
+                        f"(at most {self.ahead_s:g} s allowed)")
+            if -offset > self.behind_s:
+                return (f"{name} {stamp.isoformat()} is {-offset:.0f} s behind the hub's clock "
+                        f"(at most {self.behind_s:g} s allowed)")
+        return None
+
+
+def _telemetry_stamps(m: Any) -> Iterator[tuple[str, datetime]]:
+    yield "sent_at", m.sent_at
+    for i, r in enumerate(m.readings):
+        yield f"readings.{i}.ts", r.ts
+
+
+_STAMPS: dict[type, Callable[[Any], Iterator[tuple[str, datetime]]]] = {
+    Telemetry: _telemetry_stamps,
+    Event: lambda m: iter((("ts", m.ts),)),
+}
+"""The timestamps of each model that the hub holds against its clock. A status is stamped on receipt; a
+transaction's ``created_at`` is not refused (a citizen's payment must not fail on a kiosk's clock): finance
+decides which time dates it."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +90,16 @@ class TxRequest:
     received_at: float
 
 
-Classified = SeqMessage | StatusUpdate | TxRequest | DeadLetter
+@dataclass(frozen=True)
+class TxRefused:
+    """A transaction that breaks the contract but names its ``tx_id``: dead-lettered, and answered ``rejected``
+    so that the kiosk stops sending it and tells the citizen."""
+
+    letter: DeadLetter
+    tx_id: str
+
+
+Classified = SeqMessage | StatusUpdate | TxRequest | TxRefused | DeadLetter
 
 _MODELS: dict[str, type[Telemetry | Event | Reply | Tx | Status]] = {
     "up/telemetry": Telemetry,
@@ -59,17 +116,21 @@ def _dead(topic: str, payload: bytes, at: float, reason: Reason, detail: str,
                       payload=payload, device=device, seq=seq)
 
 
-def _schema_detail(err: ValidationError) -> str:
+def _schema_detail(err: ValidationError, types: frozenset[str] | None = None) -> str:
     parts = []
-    for e in err.errors()[:5]:
+    errors = [e for e in err.errors() if types is None or e["type"] in types]
+    for e in errors[:5]:
         loc = ".".join(str(p) for p in e["loc"]) or "(payload)"
         parts.append(f"{loc}: {e['msg']}")
     return "; ".join(parts)
 
 
 def classify(topic: str, payload: bytes, received_at: float, *, root: str = DEFAULT_ROOT,
-             max_payload: int = 262_144) -> Classified:
-    """Decide what a message is; anything that is not applicable becomes a :class:`DeadLetter`."""
+             max_payload: int = 262_144, window: ClockWindow | None = None) -> Classified:
+    """Decide what a message is; anything that is not applicable becomes a :class:`DeadLetter`.
+
+    ``window`` holds the message's timestamps against ``received_at`` (the hub's clock); None skips that check.
+    """
     if len(payload) > max_payload:
         return _dead(topic, payload, received_at, Reason.OVERSIZE,
                      f"payload of {len(payload)} bytes exceeds the hub's limit of {max_payload}")
@@ -85,6 +146,12 @@ def classify(topic: str, payload: bytes, received_at: float, *, root: str = DEFA
     if message.device != parsed.device:
         return _dead(topic, payload, received_at, Reason.DEVICE_MISMATCH,
                      f"payload device {message.device!r} published on the topic of {parsed.device!r}")
+    stamps = _STAMPS.get(type(message))
+    skew = window.refusal(stamps(message), received_at) if stamps and window else None
+    if skew is not None:
+        seq = message.seq if isinstance(message, Telemetry | Event) else None
+        return _dead(topic, payload, received_at, Reason.CLOCK_SKEW, skew,
+                     device=message.device if seq else None, seq=seq)
     if isinstance(message, Telemetry):
         return SeqMessage(device=message.device, seq=message.seq, received_at=received_at,
                           telemetry=message.readings, sent_at=message.sent_at)
@@ -97,9 +164,13 @@ def classify(topic: str, payload: bytes, received_at: float, *, root: str = DEFA
     return StatusUpdate(status=message, received_at=received_at)
 
 
-def _diagnose(topic: str, payload: bytes, at: float, device: str, err: ValidationError) -> DeadLetter:
+def _diagnose(topic: str, payload: bytes, at: float, device: str,
+              err: ValidationError) -> DeadLetter | TxRefused:
     try:
         data: Any = json.loads(payload)
+    except RecursionError:
+        return _dead(topic, payload, at, Reason.TOO_DEEP,
+                     f"objects and arrays nested deeper than {MAX_DEPTH} levels")
     except (UnicodeDecodeError, ValueError) as json_err:
         return _dead(topic, payload, at, Reason.INVALID_JSON, f"not UTF-8 JSON: {json_err}")
     if not isinstance(data, dict):
@@ -108,8 +179,27 @@ def _diagnose(topic: str, payload: bytes, at: float, device: str, err: Validatio
     if isinstance(claimed, str) and claimed != device:
         return _dead(topic, payload, at, Reason.DEVICE_MISMATCH,
                      f"payload device {claimed!r} published on the topic of {device!r}")
+    reason, detail = _reason(err, data)
     seq = data.get("seq")
-    trusted = (claimed == device and isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1
-               and not topic.endswith("/up/tx"))
-    return _dead(topic, payload, at, Reason.SCHEMA, _schema_detail(err),
-                 device=device if trusted else None, seq=seq if trusted else None)
+    is_tx = topic.endswith("/up/tx")
+    trusted = claimed == device and is_seq(seq) and not is_tx
+    letter = _dead(topic, payload, at, reason, detail,
+                   device=device if trusted else None, seq=seq if trusted else None)
+    tx_id = data.get("tx_id")
+    if is_tx and claimed == device and isinstance(tx_id, str) and 8 <= len(tx_id) <= 64:
+        return TxRefused(letter=letter, tx_id=tx_id)
+    return letter
+
+
+def _reason(err: ValidationError, data: Any) -> tuple[Reason, str]:
+    """A bound broken anywhere in the payload names the reason; otherwise it is a schema failure."""
+    types = {e["type"] for e in err.errors()}
+    if TOO_DEEP in types:
+        return Reason.TOO_DEEP, _schema_detail(err, frozenset({TOO_DEEP}))
+    if types & BOUND_ERRORS:
+        return Reason.OUT_OF_BOUNDS, _schema_detail(err, BOUND_ERRORS)
+    try:
+        check_bounds(data)  # the JSON parser of the models gives up on deep nesting before the bounds are seen
+    except PydanticCustomError as bound:
+        return Reason(bound.type), bound.message()
+    return Reason.SCHEMA, _schema_detail(err)

@@ -7,12 +7,16 @@ commit, so a message delivered twice, even to two hub processes, is stored once.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar
 
 from edge.contract import Event, Reading, Reply, Status, Tx, TxOutcome
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,42 @@ class StoredDeadLetter:
     payload: bytes
 
 
+class CommandOutcome(StrEnum):
+    """Where a command stands: waiting (``queued``, ``sent``) or settled (every other value)."""
+
+    QUEUED = "queued"
+    """Held by the hub until its device is online (``"queue": true``)."""
+    SENT = "sent"
+    """Published; no reply yet."""
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    """No reply before the caller gave up or the command expired."""
+    EXPIRED = "expired"
+    """Never carried out: it expired in the hub's queue, or the device refused it as expired."""
+    LATE = "late"
+    """The device's reply came after the timeout."""
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """A command as the hub keeps it, with its outcome and the first reply."""
+
+    cmd_id: str
+    device: str
+    name: str
+    args: dict[str, Any]
+    outcome: CommandOutcome
+    requested_at: float
+    published_at: float | None
+    expires_at: float | None
+    replied_at: float | None
+    result: dict[str, Any] | None
+    error: str | None
+    replays: int
+    """Replies that came after the first one (QoS 1 redeliveries, replays): counted, never stored."""
+
+
 TxDecision = Callable[[Tx, Any], TxOutcome]
 """Applies a transaction inside the store's database transaction (the second argument is the backend's
 handle, a ``sqlite3.Connection`` for SQLite) and returns its outcome."""
@@ -138,6 +178,9 @@ class Store(Protocol):
     def apply_tx(self, tx: Tx, received_at: float, decide: TxDecision) -> tuple[TxOutcome, bool]:
         """Apply ``tx`` exactly once: returns its outcome and whether it had been applied before."""
 
+    def tx_outcome(self, tx_id: str, device: str) -> TxOutcome | None:
+        """The recorded outcome of ``device``'s transaction ``tx_id``, or None if it was never applied."""
+
     def devices(self) -> list[DeviceRecord]:
         """Every device in the registry."""
 
@@ -157,8 +200,47 @@ class Store(Protocol):
     def deadletter_counts(self) -> dict[str, int]:
         """How many dead letters per reason."""
 
-    def record_command(self, cmd_id: str, device: str, name: str, args: dict[str, Any], sent_at: float) -> None:
-        """Remember a command sent to a device."""
+    def record_command(self, cmd_id: str, device: str, name: str, args: dict[str, Any], sent_at: float,
+                       expires_at: float | None = None, queued: bool = False) -> None:
+        """Remember a command before it is published (``sent``), or ``queued`` until its device is online."""
 
-    def command(self, cmd_id: str) -> dict[str, Any] | None:
-        """A command with its reply, if any."""
+    def command(self, cmd_id: str) -> CommandRecord | None:
+        """A command with its outcome and reply, if any."""
+
+    def commands(self, device: str, limit: int) -> list[CommandRecord]:
+        """A device's commands, newest first."""
+
+    def settle_command(self, cmd_id: str, outcome: CommandOutcome, error: str | None = None,
+                       only_from: tuple[CommandOutcome, ...] = (CommandOutcome.SENT,)) -> bool:
+        """Give a command its outcome if it is still in one of ``only_from``; False when it was settled before."""
+
+    def due_commands(self, now: float) -> list[CommandRecord]:
+        """Queued, unexpired commands of devices whose link is online, oldest first."""
+
+    def mark_command_published(self, cmd_id: str, at: float) -> bool:
+        """Move a queued command to ``sent``; False when it is no longer queued."""
+
+    def expire_commands(self, now: float, reply_grace_s: float = 0.0) -> int:
+        """Settle what outlived its expiry: queued commands become ``expired``, sent ones without a reply
+        ``reply_grace_s`` after it ``timeout``."""
+
+
+class SqlStore(Store, Protocol):
+    """A store whose domain modules (finance, GIS) run their own SQL inside its transactions.
+
+    ``write`` runs ``work`` in one write transaction (committed when it returns, rolled back when it raises) and
+    ``read`` on a read connection; both return what ``work`` returned. Finance and GIS depend on this interface,
+    never on an engine module, so another engine can sit behind the same code.
+    """
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in a write transaction."""
+        ...
+
+    def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on a read connection."""
+        ...
+
+    def replace_tx_outcome(self, db: sqlite3.Connection, tx_id: str, outcome: TxOutcome) -> str:
+        """Inside :meth:`write`: store the later outcome of a transaction; returns the device to answer."""
+        ...

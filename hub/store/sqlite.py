@@ -7,6 +7,7 @@ one per thread, which WAL lets run alongside the writer.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections import defaultdict
@@ -15,9 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edge.contract import Tx, TxOutcome, TxStatus
-from hub.errors import StoreError
+from edge.contract import REPLY_EXPIRED, Reply, Tx, TxOutcome, TxStatus
+from hub.errors import RecordRejected, StoreError
 from hub.store.base import (
+    CommandOutcome,
+    CommandRecord,
     DeviceRecord,
     IngestBatch,
     IngestOutcome,
@@ -98,8 +101,13 @@ CREATE TABLE IF NOT EXISTS commands (
     ok         INTEGER,
     result     TEXT,
     error      TEXT,
-    replied_at REAL
+    replied_at REAL,
+    outcome      TEXT,
+    expires_at   REAL,
+    published_at REAL,
+    replays      INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS commands_by_device ON commands (device, sent_at);
 CREATE TABLE IF NOT EXISTS transactions (
     tx_id       TEXT PRIMARY KEY,
     device      TEXT NOT NULL,
@@ -114,6 +122,9 @@ CREATE TABLE IF NOT EXISTS transactions (
 
 
 T = TypeVar("T")
+
+_REFUSED_RECORD = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, OverflowError)
+"""Errors about the records written rather than the database: the write is refused, not retried."""
 
 
 def _ms(value: datetime) -> int:
@@ -146,14 +157,20 @@ class SQLiteStore:
     def open(self) -> None:
         """Create the file and schema if needed."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private_file(self.path)
             db = self._connect()
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)
+            _ensure_command_columns(db)
             for ensure in self._schemas:
                 ensure(db)
-        except sqlite3.Error as err:
+            for suffix in ("-wal", "-shm"):  # SQLite gives them the store's mode; older files may predate that
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    side.chmod(0o600)
+        except (sqlite3.Error, OSError) as err:
             raise StoreError(f"cannot open the store at {self.path}: {err}") from err
         self._writer = db
 
@@ -166,6 +183,10 @@ class SQLiteStore:
                 result = work(db)
                 db.execute("COMMIT")
                 return result
+            except _REFUSED_RECORD as err:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise RecordRejected(f"the store refused a record: {type(err).__name__}: {err}") from err
             except sqlite3.Error as err:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -258,13 +279,8 @@ class SQLiteStore:
                 e = m.event
                 events.append((m.device, m.seq, _ms(e.ts), e.sensor, e.event, e.severity.value,
                                json.dumps(e.data, ensure_ascii=False)))
-            elif m.reply is not None:
-                r2 = m.reply
-                db.execute(
-                    "UPDATE commands SET ok = ?, result = ?, error = ?, replied_at = ? WHERE cmd_id = ?",
-                    (r2.ok, json.dumps(r2.result) if r2.result is not None else None, r2.error,
-                     m.received_at, r2.cmd_id))
-                out.replies.append(r2)
+            elif m.reply is not None and _settle_reply(db, m.reply, m.received_at):
+                out.replies.append(m.reply)
         db.executemany("INSERT INTO received (device, seq, kind) VALUES (?, ?, ?)", received)
         for d in batch.deadletters:
             _touch(seen, d.device, d.received_at)
@@ -309,13 +325,15 @@ class SQLiteStore:
         out.readings_stored = len(readings)
 
     def _apply_status(self, db: sqlite3.Connection, status: Any, received_at: float) -> None:
+        # the first node kind a device declares stays: it decides which transactions the hub takes from it, so a
+        # device's credentials alone must not be enough to turn it into a kiosk
         heartbeat = status.model_dump(mode="json", exclude={"v", "device", "state", "at"}, exclude_none=True)
         db.execute(
             "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) "
             "ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
             (status.device, received_at, received_at))
         db.execute(
-            "UPDATE devices SET state = ?, last_status_at = ?, node = coalesce(?, node), "
+            "UPDATE devices SET state = ?, last_status_at = ?, node = coalesce(node, ?), "
             "site = coalesce(?, site), dropped_at_edge = max(dropped_at_edge, ?), "
             "heartbeat = CASE WHEN ? THEN ? ELSE heartbeat END WHERE device = ?",
             (status.state.value, received_at, status.node, status.site, status.dropped or 0,
@@ -327,7 +345,7 @@ class SQLiteStore:
         try:
             return self.write(lambda db: self._apply_tx(db, tx, received_at, decide))
         except StoreError as err:
-            raise StoreError(f"transaction {tx.tx_id} could not be applied: {err}") from err
+            raise type(err)(f"transaction {tx.tx_id} could not be applied: {err}") from err
 
     @staticmethod
     def _apply_tx(db: sqlite3.Connection, tx: Tx, received_at: float,
@@ -356,6 +374,12 @@ class SQLiteStore:
                 "max_seq = max(coalesce(max_seq, 0), excluded.max_seq)",
                 (tx.device, received_at, received_at, tx.seq, tx.seq))
         return outcome, False
+
+    def tx_outcome(self, tx_id: str, device: str) -> TxOutcome | None:
+        """The recorded outcome of ``device``'s transaction ``tx_id``, or None if it was never applied."""
+        row = self.read(lambda db: db.execute("SELECT outcome FROM transactions WHERE tx_id = ? AND device = ?",
+                                              (tx_id, device)).fetchone())
+        return TxOutcome.model_validate_json(row[0]) if row else None
 
     # -- queries -------------------------------------------------------------------------------
     _DEVICE_COLUMNS = ("device, node, site, state, first_seen, last_seen, last_status_at, min_seq, max_seq, "
@@ -422,29 +446,121 @@ class SQLiteStore:
         """Dead letters per reason."""
         return dict(self._r().execute("SELECT reason, COUNT(*) FROM deadletters GROUP BY reason").fetchall())
 
-    def record_command(self, cmd_id: str, device: str, name: str, args: dict[str, Any], sent_at: float) -> None:
-        """Remember a command before it is published."""
-        with self._write_lock:
-            try:
-                self._w.execute("INSERT INTO commands (cmd_id, device, name, args, sent_at) VALUES (?, ?, ?, ?, ?)",
-                                (cmd_id, device, name, json.dumps(args), sent_at))
-            except sqlite3.Error as err:
-                raise StoreError(f"cannot record command {cmd_id}: {err}") from err
+    def record_command(self, cmd_id: str, device: str, name: str, args: dict[str, Any], sent_at: float,
+                       expires_at: float | None = None, queued: bool = False) -> None:
+        """Remember a command before it is published (``sent``), or ``queued`` until its device is online."""
+        outcome = CommandOutcome.QUEUED if queued else CommandOutcome.SENT
+        self.write(lambda db: db.execute(
+            "INSERT INTO commands (cmd_id, device, name, args, sent_at, expires_at, outcome, published_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (cmd_id, device, name, json.dumps(args), sent_at, expires_at, outcome.value,
+             None if queued else sent_at)))
 
-    def command(self, cmd_id: str) -> dict[str, Any] | None:
-        """A command and its reply."""
-        row = self._r().execute("SELECT cmd_id, device, name, args, sent_at, ok, result, error, replied_at "
-                                "FROM commands WHERE cmd_id = ?", (cmd_id,)).fetchone()
-        if row is None:
-            return None
-        cmd_id, device, name, args, sent_at, ok, result, error, replied_at = row
-        return {"cmd_id": cmd_id, "device": device, "name": name, "args": json.loads(args), "sent_at": sent_at,
-                "ok": None if ok is None else bool(ok), "result": json.loads(result) if result else None,
-                "error": error, "replied_at": replied_at}
+    def command(self, cmd_id: str) -> CommandRecord | None:
+        """A command with its outcome and reply."""
+        row = self._r().execute(f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE cmd_id = ?",  # noqa: S608
+                                (cmd_id,)).fetchone()
+        return None if row is None else _command_row(row)
+
+    def commands(self, device: str, limit: int) -> list[CommandRecord]:
+        """A device's commands, newest first."""
+        rows = self._r().execute(f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE device = ? "  # noqa: S608
+                                 "ORDER BY sent_at DESC, rowid DESC LIMIT ?", (device, limit)).fetchall()
+        return [_command_row(r) for r in rows]
+
+    def settle_command(self, cmd_id: str, outcome: CommandOutcome, error: str | None = None,
+                       only_from: tuple[CommandOutcome, ...] = (CommandOutcome.SENT,)) -> bool:
+        """Give a command its outcome (timeout, expired, error) if it is still in one of ``only_from``."""
+        marks = ",".join("?" * len(only_from))
+        return bool(self.write(lambda db: db.execute(
+            f"UPDATE commands SET outcome = ?, error = coalesce(?, error) "  # noqa: S608
+            f"WHERE cmd_id = ? AND outcome IN ({marks})",
+            (outcome.value, error, cmd_id, *(o.value for o in only_from))).rowcount))
+
+    def due_commands(self, now: float) -> list[CommandRecord]:
+        """Queued, unexpired commands of devices whose link is online, oldest first."""
+        rows = self._r().execute(
+            f"SELECT {_COMMAND_COLUMNS} FROM commands c JOIN devices d USING (device) "  # noqa: S608
+            "WHERE c.outcome = 'queued' AND d.state = 'online' AND c.expires_at > ? ORDER BY c.sent_at, c.rowid",
+            (now,)).fetchall()
+        return [_command_row(r) for r in rows]
+
+    def mark_command_published(self, cmd_id: str, at: float) -> bool:
+        """Move a queued command to ``sent``; False when it is no longer queued."""
+        return bool(self.write(lambda db: db.execute(
+            "UPDATE commands SET outcome = 'sent', published_at = ? WHERE cmd_id = ? AND outcome = 'queued'",
+            (at, cmd_id)).rowcount))
+
+    def expire_commands(self, now: float, reply_grace_s: float = 0.0) -> int:
+        """Queued commands past their expiry become ``expired``, sent ones without a reply ``reply_grace_s``
+        after it ``timeout``."""
+        stale = self._r().execute(
+            "SELECT EXISTS (SELECT 1 FROM commands WHERE outcome = 'queued' AND expires_at <= ?) "
+            "OR EXISTS (SELECT 1 FROM commands WHERE outcome = 'sent' AND expires_at <= ?)",
+            (now, now - reply_grace_s)).fetchone()[0]
+        if not stale:
+            return 0
+
+        def work(db: sqlite3.Connection) -> int:
+            expired = db.execute("UPDATE commands SET outcome = 'expired', error = 'expired before the device came "
+                                 "online; never sent' WHERE outcome = 'queued' AND expires_at <= ?", (now,)).rowcount
+            timed_out = db.execute("UPDATE commands SET outcome = 'timeout' WHERE outcome = 'sent' "
+                                   "AND expires_at <= ?", (now - reply_grace_s,)).rowcount
+            return int(expired + timed_out)
+        return self.write(work)
 
     def stored_seqs(self) -> set[tuple[str, int]]:
         """Every (device, seq) stored; for tests and audits."""
         return set(self._r().execute("SELECT device, seq FROM received").fetchall())
+
+
+_COMMAND_COLUMNS = ("cmd_id, device, name, args, outcome, sent_at, published_at, expires_at, replied_at, "
+                   "result, error, replays")
+
+
+def _command_row(row: tuple[Any, ...]) -> CommandRecord:
+    cmd_id, device, name, args, outcome, sent_at, published_at, expires_at, replied_at, result, error, replays = row
+    return CommandRecord(cmd_id=cmd_id, device=device, name=name, args=json.loads(args),
+                         outcome=CommandOutcome(outcome), requested_at=sent_at, published_at=published_at,
+                         expires_at=expires_at, replied_at=replied_at,
+                         result=json.loads(result) if result else None, error=error, replays=replays)
+
+
+def _ensure_command_columns(db: sqlite3.Connection) -> None:
+    """Add the outcome columns to a commands table made before commands had outcomes, and settle its rows."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(commands)")}
+    added = [(name, decl) for name, decl in (("outcome", "TEXT"), ("expires_at", "REAL"), ("published_at", "REAL"),
+                                             ("replays", "INTEGER NOT NULL DEFAULT 0")) if name not in have]
+    for name, decl in added:
+        db.execute(f"ALTER TABLE commands ADD COLUMN {name} {decl}")
+    db.execute("UPDATE commands SET outcome = CASE WHEN ok IS NULL THEN 'timeout' WHEN ok THEN 'ok' ELSE 'error' END, "
+               "published_at = coalesce(published_at, sent_at) WHERE outcome IS NULL")
+    db.execute("CREATE INDEX IF NOT EXISTS commands_by_outcome ON commands (outcome, expires_at)")
+
+
+_REPLY_OUTCOME = {True: CommandOutcome.OK, False: CommandOutcome.ERROR}
+
+
+def _settle_reply(db: sqlite3.Connection, reply: Reply, received_at: float) -> bool:
+    """Store the first reply to a command; a later one (a replay, a second run) is only counted."""
+    first = CommandOutcome.EXPIRED if reply.code == REPLY_EXPIRED else _REPLY_OUTCOME[reply.ok]
+    late = first if first is CommandOutcome.EXPIRED else CommandOutcome.LATE
+    settled = db.execute(
+        "UPDATE commands SET ok = ?, result = ?, error = ?, replied_at = ?, "
+        "outcome = CASE outcome WHEN 'timeout' THEN ? ELSE ? END "
+        "WHERE cmd_id = ? AND device = ? AND outcome IN ('sent', 'timeout')",
+        (reply.ok, json.dumps(reply.result) if reply.result is not None else None, reply.error, received_at,
+         late.value, first.value, reply.cmd_id, reply.device)).rowcount
+    if not settled:
+        db.execute("UPDATE commands SET replays = replays + 1 WHERE cmd_id = ? AND device = ?",
+                   (reply.cmd_id, reply.device))
+    return bool(settled)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` readable by its owner only (0600), or take a wider mode away from an existing one."""
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    path.chmod(0o600)
 
 
 def _already_stored(db: sqlite3.Connection, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:

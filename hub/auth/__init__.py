@@ -1,0 +1,1 @@
+"""Operators' accounts, roles, sessions and API tokens, and the access table every HTTP route goes through."""

@@ -1,0 +1,108 @@
+"""The demo's broker config with a real Mosquitto: a device cannot join the hub's share group or read others."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.contract import Reading, Telemetry, now
+from hub.broker import Mosquitto, free_port
+from nakhon.demo import HUB_USER, broker_settings
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.broker
+
+GROUP = "hubs"
+UPLINK = f"$share/{GROUP}/nakhon/+/up/#"
+
+
+class Account:
+    """One MQTT v5 client logged in with a demo account; records what it receives."""
+
+    def __init__(self, data: Path, port: int, user: str) -> None:
+        self.user = user
+        self.received: list[str] = []
+        self.granted: list[ReasonCode] = []
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(user, (data / "secrets" / f"{user}.password").read_text().strip())
+        self.client.on_message = lambda _c, _u, message: self.received.append(message.topic)
+        self.client.on_subscribe = self._on_subscribe
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_subscribe(self, _client: Any, _userdata: Any, _mid: int, codes: list[ReasonCode], _props: Any) -> None:
+        self.granted = codes
+        self._subscribed.set()
+
+    def subscribe(self, topic_filter: str) -> ReasonCode:
+        """Subscribe and return the broker's answer for the filter."""
+        self._subscribed.clear()
+        self.client.subscribe(topic_filter, qos=1)
+        assert self._subscribed.wait(10), f"no SUBACK for {self.user}"
+        return self.granted[0]
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def demo_broker(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """The demo's Mosquitto (its generated accounts and access control) on a free port."""
+    data = tmp_path / "demo"
+    broker = Mosquitto(broker_settings(data, free_port()))
+    broker.start()
+    yield data, broker.settings.port
+    broker.stop()
+
+
+def _telemetry(device: str, seq: int) -> bytes:
+    return Telemetry(device=device, seq=seq, sent_at=now(), readings=[
+        Reading(ts=now(), sensor="pm", quantity="pm2_5", value=float(seq), unit="ug/m3")]).to_json()
+
+
+def test_a_device_cannot_join_the_hubs_share_group(demo_broker: tuple[Path, int], procs: dict[str, Any]) -> None:
+    data, port = demo_broker
+    hub = procs["hub"](port, "--share", GROUP, "--username", HUB_USER,
+                       "--password-file", str(data / "secrets" / f"{HUB_USER}.password"))
+    intruder = Account(data, port, "kk-aq-0001")
+    sender = Account(data, port, "kk-aq-0002")
+    try:
+        refused = intruder.subscribe(UPLINK)
+        assert refused.is_failure and refused.getName() == "Not authorized", refused
+        assert intruder.subscribe("nakhon/+/up/#").is_failure  # nor the plain uplink of the fleet
+        assert not intruder.subscribe("nakhon/kk-aq-0001/down/#").is_failure  # its own downlink it may
+        for seq in range(1, 101):
+            sender.publish("nakhon/kk-aq-0002/up/telemetry", _telemetry("kk-aq-0002", seq))
+        wait_for(lambda: len(hub.stored()) == 100, 30, "the hub to store all 100 messages")
+        assert hub.stored() == {("kk-aq-0002", seq) for seq in range(1, 101)}
+        assert intruder.received == []
+    finally:
+        intruder.close()
+        sender.close()
+
+
+def test_a_device_writes_only_its_own_uplink(demo_broker: tuple[Path, int]) -> None:
+    data, port = demo_broker
+    operator = Account(data, port, HUB_USER)
+    spoofer = Account(data, port, "kk-wl-0001")
+    try:
+        assert not operator.subscribe(UPLINK).is_failure
+        spoofer.publish("nakhon/kk-aq-0001/up/telemetry", _telemetry("kk-aq-0001", 1))
+        spoofer.publish("nakhon/kk-wl-0001/up/telemetry", _telemetry("kk-wl-0001", 1))
+        wait_for(lambda: operator.received, 10, "the device's own message")
+        assert operator.received == ["nakhon/kk-wl-0001/up/telemetry"]
+    finally:
+        operator.close()
+        spoofer.close()
