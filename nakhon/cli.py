@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="run every driver against its simulator (no hardware needed)")
     check = agent.add_parser("check", help="validate a device config and exit (0 when valid)")
     check.add_argument("config", type=Path)
+    check.add_argument("--connect", action="store_true",
+                       help="also check files, devices, one reading per sensor, the broker (DNS, TCP, TLS, login, "
+                            "a publish) and the clock; one line per step (docs/technicians.md)")
+    check.add_argument("--simulate", action="store_true", help="with --connect: run drivers on their simulators")
+    check.add_argument("--user", help="with --connect: the service user whose permissions the file checks use "
+                                      "(default: nakhon when run as root, else you)")
 
     hub = sub.add_parser("hub", help="run the hub").add_subparsers(dest="action", required=True)
     serve = hub.add_parser("serve", help="ingest, store and serve the API until SIGTERM")
@@ -124,6 +130,13 @@ def _agent(args: argparse.Namespace) -> int:
     from edge import config
     from edge.errors import ConfigError, OutboxError
 
+    if args.action == "check" and not args.connect and (args.simulate or args.user):
+        print("nakhon: --simulate and --user go with --connect", file=sys.stderr)
+        return 2
+    if args.action == "check" and args.connect:
+        from edge.agents import check
+
+        return check.main(args.config, args.simulate, args.user)
     try:
         loaded = config.load(args.config, check_files=args.action == "check")
     except ConfigError as err:
