@@ -12,12 +12,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
 from edge.contract import TxOutcome, topic
 from hub import audit as audit_log
+from hub.alarms import api as alarms_api
+from hub.alarms import store as alarms_store
+from hub.alarms.feed import Feed
+from hub.alarms.rules import DEMO_RULES, load_rules
+from hub.alarms.service import AlarmService
+from hub.api import events as events_api
 from hub.api.app import create_app
 from hub.auth import accounts as auth_accounts
 from hub.auth.web import protect
@@ -60,6 +67,7 @@ class HubSettings:
     served over HTTPS with its certificate, and the registry is enforced unless ``enforce_registry`` is False."""
     enforce_registry: bool | None = None
     """Dead-letter as ``unregistered`` what devices that are not active send; None: only with a deployment."""
+    rules: Path = DEMO_RULES
 
 
 def private_directory(path: Path) -> None:
@@ -90,14 +98,16 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     zones = Zones(settings.zones)
     store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes,
                         schemas=(ledger.ensure_schema, reports.ensure_schema, auth_accounts.ensure_schema,
-                                 audit_log.ensure_schema, provision_registry.ensure_schema))
+                                 audit_log.ensure_schema, provision_registry.ensure_schema,
+                                 alarms_store.ensure_schema))
     audit = audit_log.AuditLog(store)
+    alarms = AlarmService(store, load_rules(settings.rules))
     metrics = HubMetrics(store)
     finance = ledger.FinanceRoute(catalogue, settings.promptpay)
     gis = reports.ReportRoute(zones)
     routes: dict[str, Route] = {kind: finance for kind in finance.KINDS}
     routes.update({kind: gis for kind in gis.KINDS})
-    ingest = Ingest(store, settings.ingest, metrics, Router(routes))
+    ingest = Ingest(store, settings.ingest, metrics, Router(routes), observer=alarms.engine)
     registry, broker_host, broker_port = _registry(settings, store, audit, ingest)
     metrics.registry.register(provision_registry.ExpiryCollector(registry))
 
@@ -129,6 +139,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store.open()
         registry.refresh_crl()
+        alarms.start()
         ingest.start()
         dispatcher = asyncio.create_task(ingest.commands.run(), name="command-dispatcher")
         stop_expiry.clear()
@@ -144,6 +155,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
             stop_expiry.set()
             expiry.join()
             ingest.stop()
+            alarms.stop()
             store.close()
             log.info("hub stopped")
 
@@ -156,8 +168,11 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     app.include_router(ogc.create_router({"reports": gis_api.reports_layer(store),
                                           "devices": gis_api.devices_layer(store),
                                           "zones": gis_api.zones_layer(zones)}))
+    app.include_router(events_api.create_router(store, alarms.feed))
+    app.include_router(alarms_api.create_router(alarms.engine, audit))
     protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
     app.router.lifespan_context = lifespan
+    app.state.feed = alarms.feed
     return app, store, ingest
 
 
@@ -185,6 +200,19 @@ def _registry(settings: HubSettings, store: SQLiteStore, audit: audit_log.AuditL
     return registry, host, port
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, ending the live streams as soon as a stop is asked for (it waits for open responses)."""
+
+    def __init__(self, config: uvicorn.Config, feed: Feed) -> None:
+        super().__init__(config)
+        self._feed = feed
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Stop as uvicorn does, after telling every SSE client to go."""
+        self._feed.close()
+        super().handle_exit(sig, frame)
+
+
 def serve(settings: HubSettings) -> None:
     """Run the hub until SIGINT or SIGTERM."""
     private_directory(settings.data)
@@ -199,5 +227,6 @@ def serve(settings: HubSettings) -> None:
         tls = {"ssl_certfile": str(paths.https_cert), "ssl_keyfile": str(paths.https_key)}
     scheme = "https" if tls else "http"
     print(f"Nakhon hub API on {scheme}://{settings.http_host}:{settings.http_port}", flush=True)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False,
-                **tls)  # type: ignore[arg-type]
+    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
+                            access_log=False, **tls)  # type: ignore[arg-type]
+    _Server(config, app.state.feed).run()

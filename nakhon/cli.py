@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--registry", choices=("open", "enforce"), default=_env("REGISTRY"),
                        help="enforce: dead-letter as unregistered what devices that are not active send "
                             "(default: enforce with --deployment, else open)")
+    serve.add_argument("--rules", type=Path, default=_env("RULES"),
+                       help="alarm rules and notification channels TOML (default: the demo rules); see docs/alarms.md")
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
     serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
 
@@ -261,7 +263,7 @@ def _hub(args: argparse.Namespace) -> int:
                             max_payload=args.max_payload,
                             window=ClockWindow(ahead_s=args.max_clock_skew, behind_s=args.max_age),
                             max_unwritten_s=args.max_unwritten)
-    extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones)) if v}
+    extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones), ("rules", args.rules)) if v}
     try:
         settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
                                promptpay=replace(PromptPaySettings.for_demo() if args.promptpay_demo else

@@ -109,5 +109,19 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", "/ogc/collections/{cid}"): OGC,
     ("GET", "/ogc/collections/{cid}/items"): OGC,
     ("GET", "/ogc/collections/{cid}/items/{fid}"): OGC,
+    # events, the live stream, alarms, notifications and the AQI (docs/alarms.md)
+    ("GET", "/api/events"): READ,
+    ("GET", "/api/stream"): READ,
+    ("GET", "/api/alarms"): READ,
+    ("GET", "/api/alarms/{alarm_id}"): READ,
+    ("POST", "/api/alarms/{alarm_id}/ack"): role("operator"),
+    ("POST", "/api/alarms/{alarm_id}/clear"): role("operator"),
+    ("POST", "/api/alarms/{alarm_id}/shelve"): role("operator"),
+    ("POST", "/api/alarms/{alarm_id}/comment"): role("operator"),
+    ("GET", "/api/alarm-rules"): READ,
+    ("PUT", "/api/alarm-rules/{rule_id}"): ADMIN,
+    ("DELETE", "/api/alarm-rules/{rule_id}"): ADMIN,
+    ("GET", "/api/notifications"): READ,
+    ("GET", "/api/devices/{device}/aqi"): READ,
 }
 """Every route of the hub and who may call it."""

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -92,6 +92,13 @@ def publish_packet_size(topic_name: str, payload: bytes) -> int:
     return 1 + _varint_len(remaining) + remaining
 
 
+class IngestObserver(Protocol):
+    """Told about every batch right after it commits and before it is acknowledged (the alarm engine)."""
+
+    def committed(self, batch: IngestBatch) -> None:
+        """Look at a committed batch; returns once what it derived is committed too."""
+
+
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -100,8 +107,10 @@ def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
 class Ingest:
     """Subscribes ``{root}/+/up/#`` (optionally shared), stores what arrives, acknowledges and answers."""
 
-    def __init__(self, store: Store, settings: IngestSettings, metrics: HubMetrics, router: Router) -> None:
+    def __init__(self, store: Store, settings: IngestSettings, metrics: HubMetrics, router: Router,
+                 observer: IngestObserver | None = None) -> None:
         self.store = store
+        self.observer = observer
         self.settings = settings
         self.metrics = metrics
         self.router = router
@@ -287,6 +296,8 @@ class Ingest:
             elif isinstance(e.item, TxRefused):
                 batch.deadletters.append(e.item.letter)
         outcome = self._commit(batch)
+        if self.observer is not None:
+            self.observer.committed(batch)
         self._settled(batch, outcome)
         for reply in outcome.replies:
             self.commands.resolve(reply)
