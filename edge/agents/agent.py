@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from edge import config as config_module
 from edge.agents.clock import AgentClock
 from edge.agents.mqtt import CheckedClient
-from edge.agents.outbox import Outbox, OutboxRecord, RecordClass
+from edge.agents.outbox import Outbox, OutboxRecord, RecordClass, SendWindow
 from edge.contract import (
     QOS,
     REPLY_EXPIRED,
@@ -232,7 +232,11 @@ class Agent:
         self._refusal_logged_at = -1e9
         self._started = time.monotonic()
         self._client: CheckedClient | None = None
-        self._inflight: dict[int, float] = {}
+        self._window = SendWindow(self.cfg.agent.max_inflight, self.cfg.agent.resend_after_s)
+        self._acked: list[tuple[int, int]] = []
+        """Ranges the hub acknowledged that the outbox has not deleted yet (deleted in batches)."""
+        self._acks_waiting = asyncio.Event()
+        self._acks_lock = asyncio.Lock()
         self._outbox_changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._events: asyncio.Queue[tuple[str, DriverEvent, Any]] = asyncio.Queue()
@@ -276,11 +280,12 @@ class Agent:
     async def _commit(self, klass: RecordClass, build: Callable[[int], Message], key: str | None = None) -> bool:
         """Commit a droppable record; False (reported, counted) when the outbox cannot take it right now."""
         try:
-            await asyncio.to_thread(self.outbox.append, klass, build, key)
+            record = await asyncio.to_thread(self.outbox.append, klass, build, key)
         except OutboxError as err:
             self.storage_failed(err)
             return False
         self.storage_ok()
+        self._window.offer(record)
         self._outbox_changed.set()
         return True
 
@@ -321,6 +326,7 @@ class Agent:
             self.storage_failed(err, lost=False)  # the citizen is told at once: nothing is lost
             raise
         self.storage_ok()
+        self._window.offer(record)
         self._outbox_changed.set()
         log.info("transaction %s (%s) committed as seq %d", tx_id, kind, record.seq)
         return Tx.model_validate_json(record.payload)
@@ -587,7 +593,7 @@ class Agent:
                 self.last_error = f"broker link: {err}"
             finally:
                 self._client = None
-                self._inflight.clear()
+                self._window.reset()
             if self._stopping.is_set():
                 return
             delay = backoff.delay()
@@ -614,13 +620,13 @@ class Agent:
         except PublishRefused as err:
             self._report_refusal(err)
         self._client = client
-        self._inflight.clear()
+        self._window.reset()
         self._outbox_changed.set()
         lost = (aiomqtt.MqttError,)  # ends the session; the connection loop reconnects
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(self.supervise(name, partial(body, client), passes=lost, backoff_max_s=30))
                      for name, body in (("publisher", self._publisher), ("heartbeat", self._heartbeat),
-                                        ("downlink", self._downlink))]
+                                        ("downlink", self._downlink), ("acks", self._ack_writer))]
             await self._stopping.wait()
             for task in tasks:
                 task.cancel()
@@ -639,26 +645,43 @@ class Agent:
                 self._report_refusal(err)
 
     async def _publisher(self, client: CheckedClient) -> None:
-        window = self.cfg.agent.max_inflight
-        resend = self.cfg.agent.resend_after_s
+        window = self._window
         sends: set[asyncio.Task[None]] = set()
+        await self._apply_acks()  # what the hub acknowledged before this connection is not sent again
         while True:
             self._outbox_changed.clear()
-            records = await asyncio.to_thread(self.outbox.pending, window)
-            for gone in self._refusals.keys() - {r.seq for r in records}:
-                del self._refusals[gone]  # dropped or settled meanwhile (refused records are the oldest)
-            t = time.monotonic()
-            due = [r for r in records if t - self._inflight.get(r.seq, -resend) >= resend]
-            for record in due:
-                if record.seq in self._inflight:
-                    log.debug("sending seq %d again (no acknowledgement after %.0f s)", record.seq, resend)
-                self._inflight[record.seq] = t
+            room = window.room()
+            if room > 0 and window.unread:
+                marker = window.marker()
+                records = await asyncio.to_thread(self.outbox.pending, room, window.cursor)
+                window.took(records, room, marker)
+            for record in window.to_send():
                 task = asyncio.create_task(self._send(client, record))
                 sends.add(task)
                 task.add_done_callback(sends.discard)
-            waits = [t0 + resend - time.monotonic() for t0 in self._inflight.values()]
-            timeout = max(0.05, min(waits, default=resend))
-            await wait_event(self._outbox_changed, timeout)
+            await wait_event(self._outbox_changed, max(0.05, window.wait_s()))
+
+    async def _ack_writer(self, client: CheckedClient) -> None:
+        """Delete what the hub acknowledged, every ack that arrived meanwhile in one outbox transaction."""
+        while True:
+            await self._acks_waiting.wait()
+            await self._apply_acks()
+
+    async def _apply_acks(self) -> None:
+        async with self._acks_lock:
+            self._acks_waiting.clear()
+            if not self._acked:
+                return
+            ranges, self._acked = self._acked, []
+            try:
+                deleted = await asyncio.to_thread(self.outbox.ack, ranges)
+            except BaseException:
+                self._acked[:0] = ranges  # tried again with the next ack
+                raise
+            for seq in deleted:
+                self._refusals.pop(seq, None)
+            self._window.acked(ranges)
+            self._outbox_changed.set()
 
     async def _send(self, client: CheckedClient, record: OutboxRecord) -> None:
         try:
@@ -670,16 +693,14 @@ class Agent:
                 self._report_refusal(err)
                 self._retry_later(record.seq)
         except aiomqtt.MqttError:
-            self._inflight.pop(record.seq, None)  # the connection loop resends after reconnecting
+            self._window.postpone(record.seq, 0.0)  # no PUBACK: again at once (after a reconnect if it is lost)
         else:
             self._refusals.pop(record.seq, None)
 
     def _retry_later(self, seq: int) -> None:
         """Hold a refused record back: 2, 4, 8... times ``resend_after_s``, at most 10 minutes."""
         n = self._refusals[seq] = self._refusals.get(seq, 0) + 1
-        resend = self.cfg.agent.resend_after_s
-        if seq in self._inflight:
-            self._inflight[seq] = time.monotonic() + min(600.0, resend * 2 ** n) - resend
+        self._window.postpone(seq, min(600.0, self.cfg.agent.resend_after_s * 2 ** n))
 
     async def _set_aside(self, record: OutboxRecord, err: PublishRefused) -> None:
         """Take a record the broker refuses for good out of the queue, so that the rest keeps flowing."""
@@ -690,7 +711,7 @@ class Agent:
         except OutboxError as failure:
             self.storage_failed(failure)
             return  # still queued: the next resend meets the same refusal and tries again
-        self._inflight.pop(record.seq, None)
+        self._window.settle(record.seq)
         self._refusals.pop(record.seq, None)
         if moved:
             self.set_aside += 1
@@ -712,11 +733,8 @@ class Agent:
 
     async def _handle_downlink(self, name: str, payload: bytes) -> None:
         if name == "ack":
-            ack = Ack.model_validate_json(payload)
-            deleted = await asyncio.to_thread(self.outbox.ack, ack.acked)
-            for seq in deleted:
-                self._inflight.pop(seq, None)
-            self._outbox_changed.set()
+            self._acked += Ack.model_validate_json(payload).acked
+            self._acks_waiting.set()
         elif name == "tx":
             outcome = TxOutcome.model_validate_json(payload)
             for listener in self.tx_listeners:
@@ -726,7 +744,8 @@ class Agent:
                 return
             answered = await asyncio.to_thread(self.outbox.answer, outcome.tx_id)
             if answered is not None:
-                self._inflight.pop(answered, None)
+                self._window.settle(answered)
+                self._refusals.pop(answered, None)
             log.info("transaction %s answered: %s", outcome.tx_id, outcome.status)
         elif name == "cmd":
             await self._run_command(Command.model_validate_json(payload))
