@@ -145,6 +145,12 @@ class Backoff:
         return random.uniform(current / 2, current)
 
 
+DOWNLINK_QOS: dict[str, int] = {"ack": 0, "tx": QOS, "cmd": QOS, "config": QOS}
+"""The agent's subscriptions under ``down/``. Acks come at QoS 0: no PUBACK for each (half the packets the agent
+sends while it streams), and an ack lost is repaired by the resend, which the hub acknowledges again."""
+ACK_FLUSH_S = 0.5
+"""How long acknowledged records may wait before the outbox deletes them, in one transaction for all."""
+
 CommandHandler = Callable[["Agent", dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -415,6 +421,10 @@ class Agent:
             await asyncio.gather(link, return_exceptions=True)
             for stream in self.streams.values():
                 await asyncio.to_thread(_release, stream.driver)
+            try:
+                await self._apply_acks()
+            except OutboxError as err:  # what stays is sent again after the restart, and acknowledged again
+                log.warning("could not delete the last acknowledged records: %s", err)
             await asyncio.to_thread(self.outbox.close)
             await asyncio.to_thread(simulators.close)
             log.info("agent %s stopped", self.cfg.device)
@@ -613,7 +623,7 @@ class Agent:
                   self.cfg.username, self.cfg.device, self.cfg.broker.root, self.cfg.device)
 
     async def _session(self, client: CheckedClient) -> None:
-        await client.subscribe(self._topic("up/status").replace("up/status", "down/#"), qos=QOS)
+        await client.subscribe([(self._topic(f"down/{name}"), qos) for name, qos in DOWNLINK_QOS.items()])
         try:
             await client.publish_checked(self._topic("up/status"), self.status(DeviceState.ONLINE).to_json(),
                                          retain=True)
@@ -662,9 +672,10 @@ class Agent:
             await wait_event(self._outbox_changed, max(0.05, window.wait_s()))
 
     async def _ack_writer(self, client: CheckedClient) -> None:
-        """Delete what the hub acknowledged, every ack that arrived meanwhile in one outbox transaction."""
+        """Delete what the hub acknowledged, every ack of the last ``ACK_FLUSH_S`` in one outbox transaction."""
         while True:
             await self._acks_waiting.wait()
+            await wait_event(self._stopping, ACK_FLUSH_S)
             await self._apply_acks()
 
     async def _apply_acks(self) -> None:
@@ -680,8 +691,6 @@ class Agent:
                 raise
             for seq in deleted:
                 self._refusals.pop(seq, None)
-            self._window.acked(ranges)
-            self._outbox_changed.set()
 
     async def _send(self, client: CheckedClient, record: OutboxRecord) -> None:
         try:
@@ -733,8 +742,11 @@ class Agent:
 
     async def _handle_downlink(self, name: str, payload: bytes) -> None:
         if name == "ack":
-            self._acked += Ack.model_validate_json(payload).acked
+            ranges = Ack.model_validate_json(payload).acked
+            self._window.acked(ranges)  # room at once; the outbox deletes them within ACK_FLUSH_S
+            self._acked += ranges
             self._acks_waiting.set()
+            self._outbox_changed.set()
         elif name == "tx":
             outcome = TxOutcome.model_validate_json(payload)
             for listener in self.tx_listeners:

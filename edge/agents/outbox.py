@@ -223,20 +223,23 @@ class Outbox:
         deleted: list[int] = []
         with self._lock:
             db = self._conn
-            db.execute("BEGIN IMMEDIATE")
             try:
-                for first, last in ranges:
-                    rows = db.execute(
-                        "DELETE FROM records WHERE seq BETWEEN ? AND ? AND klass != 'tx' RETURNING seq, klass",
-                        (first, last)).fetchall()
-                    for seq, klass in rows:
-                        deleted.append(seq)
-                        self._counts[RecordClass(klass)] -= 1
-                db.execute("COMMIT")
-            except BaseException:
-                _rollback(db)
-                self._reload_counts()
-                raise
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for first, last in ranges:
+                        rows = db.execute(
+                            "DELETE FROM records WHERE seq BETWEEN ? AND ? AND klass != 'tx' RETURNING seq, klass",
+                            (first, last)).fetchall()
+                        for seq, klass in rows:
+                            deleted.append(seq)
+                            self._counts[RecordClass(klass)] -= 1
+                    db.execute("COMMIT")
+                except BaseException:
+                    _rollback(db)
+                    self._reload_counts()
+                    raise
+            except (sqlite3.Error, OSError) as err:
+                raise storage_error(err, f"cannot delete acknowledged records from {self._path}") from err
         return deleted
 
     def set_aside(self, seq: int, reason: str) -> bool:
