@@ -27,10 +27,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from edge import config as config_module
@@ -243,6 +245,7 @@ class Agent:
         """Ranges the hub acknowledged that the outbox has not deleted yet (deleted in batches)."""
         self._acks_waiting = asyncio.Event()
         self._acks_lock = asyncio.Lock()
+        self._setting_aside: set[asyncio.Task[None]] = set()
         self._outbox_changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._events: asyncio.Queue[tuple[str, DriverEvent, Any]] = asyncio.Queue()
@@ -285,13 +288,20 @@ class Agent:
 
     async def _commit(self, klass: RecordClass, build: Callable[[int], Message], key: str | None = None) -> bool:
         """Commit a droppable record; False (reported, counted) when the outbox cannot take it right now."""
+        result: OutboxRecord | OutboxError
         try:
-            record = await asyncio.to_thread(self.outbox.append, klass, build, key)
+            result = await asyncio.to_thread(self.outbox.append, klass, build, key)
         except OutboxError as err:
-            self.storage_failed(err)
+            result = err
+        return self._committed(result)
+
+    def _committed(self, result: OutboxRecord | OutboxError) -> bool:
+        """Report a droppable record's commit (or its failure) and offer it to the publisher."""
+        if isinstance(result, OutboxError):
+            self.storage_failed(result)
             return False
         self.storage_ok()
-        self._window.offer(record)
+        self._window.offer(result)
         self._outbox_changed.set()
         return True
 
@@ -487,7 +497,7 @@ class Agent:
         next_at = time.monotonic()
         while True:
             ts, clock = self.clock.now()
-            values = await asyncio.to_thread(driver.read)
+            committed = await asyncio.to_thread(self._sample, stream, driver, units, ts, clock)
             if isinstance(driver, ClockSource):
                 offer = driver.time_offer()
                 if offer is not None:
@@ -496,11 +506,8 @@ class Agent:
                 log.info("sensor %s is reading", stream.config.name)
             stream.state, stream.error = "ok", None
             backoff.reset()
-            values = self._finite(stream, values) if values else values
-            if values:
-                readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q),
-                                    clock=clock) for q, v in values.items()]
-                await self._commit(RecordClass.TELEMETRY, partial(self._telemetry, readings))
+            if committed is not None:
+                self._committed(committed)
             next_at = max(next_at + stream.interval_s, time.monotonic())
             stream.wake.clear()
             if await wait_event(stream.wake, next_at - time.monotonic()):
@@ -517,6 +524,21 @@ class Agent:
             stream.refusal_logged_at = time.monotonic()
         stream.refused_values += len(refused)
         return {q: v for q, v in values.items() if q not in refused}
+
+    def _sample(self, stream: Stream, driver: PolledDriver, units: dict[str, str | None], ts: datetime,
+                clock: str) -> OutboxRecord | OutboxError | None:
+        """In a worker thread: read the driver and commit its finite values, one thread hop per sample;
+        None when there was nothing to commit, the error when the outbox could not take it."""
+        values = driver.read()
+        values = self._finite(stream, values) if values else values
+        if not values:
+            return None
+        readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q), clock=clock)
+                    for q, v in values.items()]
+        try:
+            return self.outbox.append(RecordClass.TELEMETRY, partial(self._telemetry, readings))
+        except OutboxError as err:
+            return err
 
     def _telemetry(self, readings: list[Reading], seq: int) -> Telemetry:
         return Telemetry(device=self.cfg.device, seq=seq, sent_at=now(), readings=readings)
@@ -656,7 +678,6 @@ class Agent:
 
     async def _publisher(self, client: CheckedClient) -> None:
         window = self._window
-        sends: set[asyncio.Task[None]] = set()
         await self._apply_acks()  # what the hub acknowledged before this connection is not sent again
         while True:
             self._outbox_changed.clear()
@@ -666,9 +687,7 @@ class Agent:
                 records = await asyncio.to_thread(self.outbox.pending, room, window.cursor)
                 window.took(records, room, marker)
             for record in window.to_send():
-                task = asyncio.create_task(self._send(client, record))
-                sends.add(task)
-                task.add_done_callback(sends.discard)
+                self._send(client, record)
             await wait_event(self._outbox_changed, max(0.05, window.wait_s()))
 
     async def _ack_writer(self, client: CheckedClient) -> None:
@@ -692,19 +711,30 @@ class Agent:
             for seq in deleted:
                 self._refusals.pop(seq, None)
 
-    async def _send(self, client: CheckedClient, record: OutboxRecord) -> None:
+    def _send(self, client: CheckedClient, record: OutboxRecord) -> None:
+        name = self._topic(record.klass.suffix)
         try:
-            await client.publish_checked(self._topic(record.klass.suffix), record.payload)
+            client.publish_nowait(name, record.payload, partial(self._published, name, record))
         except PublishRefused as err:
-            if err.permanent:
-                await self._set_aside(record, err)
-            else:
-                self._report_refusal(err)
-                self._retry_later(record.seq)
+            self._refused(record, err)
         except aiomqtt.MqttError:
-            self._window.postpone(record.seq, 0.0)  # no PUBACK: again at once (after a reconnect if it is lost)
+            self._window.postpone(record.seq, 0.0)  # not sent: again at once (after a reconnect if it is lost)
+
+    def _published(self, name: str, record: OutboxRecord, code: ReasonCode) -> None:
+        """The broker's PUBACK for ``record`` (the hub's ack settles it, not this)."""
+        if code.is_failure:
+            self._refused(record, PublishRefused(name, code.value, code.getName()))
         else:
             self._refusals.pop(record.seq, None)
+
+    def _refused(self, record: OutboxRecord, err: PublishRefused) -> None:
+        if err.permanent:
+            task = asyncio.create_task(self._set_aside(record, err))
+            self._setting_aside.add(task)
+            task.add_done_callback(self._setting_aside.discard)
+        else:
+            self._report_refusal(err)
+            self._retry_later(record.seq)
 
     def _retry_later(self, seq: int) -> None:
         """Hold a refused record back: 2, 4, 8... times ``resend_after_s``, at most 10 minutes."""
