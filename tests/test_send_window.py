@@ -12,6 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.agents.agent import Backoff
 from edge.agents.outbox import Outbox, OutboxRecord, RecordClass, SendWindow
 from edge.config import OutboxConfig
 from edge.contract import Ack, Reading, Telemetry, Tx, now, seq_ranges, topic
@@ -210,3 +211,16 @@ def test_an_agent_resends_after_a_reconnect_only_what_was_not_acknowledged(
     finally:
         hub.disconnect()
         hub.loop_stop()
+
+
+def test_a_lost_link_is_tried_again_at_once_with_jitter_then_with_backoff() -> None:
+    firsts = []
+    for _ in range(50):
+        backoff = Backoff(1.0, 8.0, at_once=True)
+        firsts.append(backoff.delay())
+        assert 0.5 <= backoff.delay() <= 1.0
+        assert 1.0 <= backoff.delay() <= 2.0
+        backoff.reset()
+        assert backoff.delay() <= 0.1  # again at once after a link that held
+    assert max(firsts) <= 0.1 and len(set(firsts)) > 1  # at once, but a fleet does not reconnect in lockstep
+    assert 0.5 <= Backoff(1.0, 8.0).delay() <= 1.0  # without at_once (driver restarts) it starts at its lowest delay

@@ -129,19 +129,29 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
 
 
 class Backoff:
-    """Jittered exponential backoff ("full jitter" between half and the whole current delay)."""
+    """Jittered exponential backoff ("full jitter" between half and the whole current delay).
 
-    def __init__(self, low: float, high: float) -> None:
+    With ``at_once``, the first delay after a :meth:`reset` is only a jitter of up to a tenth of ``low`` (a link
+    that was up is tried again at once; a fleet still does not come back in lockstep), then the backoff starts.
+    """
+
+    def __init__(self, low: float, high: float, at_once: bool = False) -> None:
         self._low = low
         self._high = high
+        self._at_once = at_once
+        self._first = at_once
         self._next = low
 
     def reset(self) -> None:
         """Start again from the lowest delay."""
         self._next = self._low
+        self._first = self._at_once
 
     def delay(self) -> float:
         """The delay to wait now; doubles the next one up to the ceiling."""
+        if self._first:
+            self._first = False
+            return random.uniform(0.0, self._low / 10)
         current = self._next
         self._next = min(self._high, self._next * 2)
         return random.uniform(current / 2, current)
@@ -150,6 +160,8 @@ class Backoff:
 DOWNLINK_QOS: dict[str, int] = {"ack": 0, "tx": QOS, "cmd": QOS, "config": QOS}
 """The agent's subscriptions under ``down/``. Acks come at QoS 0: no PUBACK for each (half the packets the agent
 sends while it streams), and an ack lost is repaired by the resend, which the hub acknowledges again."""
+STABLE_LINK_S = 10.0
+"""A broker connection that lasted this long is retried at once when it drops (shorter ones back off)."""
 ACK_FLUSH_S = 0.5
 """How long acknowledged records may wait before the outbox deletes them, in one transaction for all."""
 
@@ -611,13 +623,14 @@ class Agent:
         )
 
     async def _connection_loop(self) -> None:
-        backoff = Backoff(self.cfg.agent.backoff_min_s, self.cfg.agent.backoff_max_s)
+        backoff = Backoff(self.cfg.agent.backoff_min_s, self.cfg.agent.backoff_max_s, at_once=True)
         b = self.cfg.broker
         while not self._stopping.is_set():
+            connected_at: float | None = None
             try:
                 async with self._client_for() as client:
+                    connected_at = time.monotonic()
                     log.info("connected to broker %s:%d as %s", b.host, b.port, self.cfg.username)
-                    backoff.reset()
                     await self._session(client)
                     return
             except* aiomqtt.MqttError as group:
@@ -628,6 +641,8 @@ class Agent:
                 self._window.reset()
             if self._stopping.is_set():
                 return
+            if connected_at is not None and time.monotonic() - connected_at >= STABLE_LINK_S:
+                backoff.reset()  # a link that held is tried again at once; one that flaps keeps backing off
             delay = backoff.delay()
             log.warning("broker %s:%d unreachable or lost (%s); reconnecting in %.1f s",
                         b.host, b.port, self.last_error, delay)
