@@ -314,7 +314,7 @@ class Agent:
             return False
         self.storage_ok()
         self._window.offer(result)
-        self._outbox_changed.set()
+        self._send_ready()
         return True
 
     def storage_failed(self, err: OutboxError, lost: bool = True) -> None:
@@ -355,7 +355,7 @@ class Agent:
             raise
         self.storage_ok()
         self._window.offer(record)
-        self._outbox_changed.set()
+        self._send_ready()
         log.info("transaction %s (%s) committed as seq %d", tx_id, kind, record.seq)
         return Tx.model_validate_json(record.payload)
 
@@ -705,6 +705,16 @@ class Agent:
                 self._send(client, record)
             await wait_event(self._outbox_changed, max(0.05, window.wait_s()))
 
+    def _send_ready(self) -> None:
+        """Send a record just taken into the window at once (no need to wake the publisher); wake it when the
+        outbox holds records it must read, or when offline."""
+        client = self._client
+        if client is not None:
+            for record in self._window.to_send():
+                self._send(client, record)
+        if client is None or self._window.unread:
+            self._outbox_changed.set()
+
     async def _ack_writer(self, client: CheckedClient) -> None:
         """Delete what the hub acknowledged, every ack of the last ``ACK_FLUSH_S`` in one outbox transaction."""
         while True:
@@ -791,7 +801,8 @@ class Agent:
             self._window.acked(ranges)  # room at once; the outbox deletes them within ACK_FLUSH_S
             self._acked += ranges
             self._acks_waiting.set()
-            self._outbox_changed.set()
+            if self._window.unread:
+                self._outbox_changed.set()  # room for records to read; otherwise new ones are sent as they come
         elif name == "tx":
             outcome = TxOutcome.model_validate_json(payload)
             for listener in self.tx_listeners:
