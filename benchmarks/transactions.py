@@ -46,6 +46,8 @@ from _harness import (
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
+from edge.agents.agent import STABLE_LINK_S, Backoff
+from edge.config import AgentSettings
 from edge.contract import QOS, DeviceState, Status, Tx, TxOutcome, TxStatus, now, topic
 from hub.errors import BrokerError
 
@@ -60,6 +62,9 @@ RESTART_AT = 1 / 3
 DOWN_S = 1.0
 """How long the broker stays down before it is started again on the same port."""
 KEEPALIVE_S = 30
+BACKOFF_MIN_S = AgentSettings().backoff_min_s
+BACKOFF_MAX_S = AgentSettings().backoff_max_s
+"""The kiosks reconnect with the agent's default backoff."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,10 @@ class _Kiosk:
         self.down = topic(ROOT, device, "down/tx")
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(1, 2)
+        self.backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S, at_once=True)
+        self.connected_at = 0.0
+        self.client.on_disconnect = self._next_reconnect
+        self.client.on_connect_fail = self._next_reconnect
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -215,10 +223,19 @@ class _Kiosk:
         if due:
             self.client.publish(self.up, payload, qos=QOS)
 
+    def _next_reconnect(self, client: mqtt.Client, *_: Any) -> None:
+        """Reconnect as the Nakhon agent does: a link that held at once (with jitter), then jittered backoff."""
+        if self.connected_at and time.monotonic() - self.connected_at >= STABLE_LINK_S:
+            self.backoff.reset()
+        self.connected_at = 0.0
+        delay = self.backoff.delay()
+        client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]  # paho sleeps a float as well
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
         if reason_code.is_failure:
             return
+        self.connected_at = time.monotonic()
         # A clean start: subscribe again, then send again what is unanswered (the broker handles both in order,
         # so the subscription is in place before the hub can answer).
         client.subscribe(self.down, qos=QOS)

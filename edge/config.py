@@ -54,7 +54,7 @@ class AgentSettings(_Section):
     heartbeat_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     resend_after_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
     max_inflight: Annotated[int, Field(ge=1, le=10_000)] = 200
-    backoff_min_s: Annotated[float, Field(gt=0)] = 1.0
+    backoff_min_s: Annotated[float, Field(gt=0)] = 0.25
     backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
     driver_backoff_max_s: Annotated[float, Field(gt=0)] = 300.0
 

@@ -24,7 +24,9 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"NAKHON_HUB_{name}", default)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(accounts: bool = True) -> argparse.ArgumentParser:
+    """The command line; without ``accounts`` (``nakhon agent ...``) the hub's account commands are left out, so
+    that an agent does not import the hub's store and password hashing (memory and start-up time on a Pi)."""
     p = argparse.ArgumentParser(prog="nakhon", description="Nakhon: the digital municipality's devices and hub.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -100,9 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
     serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
 
-    from hub.auth import admin
+    if accounts:
+        from hub.auth import admin
 
-    admin.add_parsers(hub, _env("DATA", "./nakhon-data/hub") or "")
+        admin.add_parsers(hub, _env("DATA", "./nakhon-data/hub") or "")
 
     purge = hub.add_parser("purge", help="strip personal data from records older than the retention period")
     purge.add_argument("--data", type=Path, default=Path(_env("DATA", "./nakhon-data/hub") or ""),
@@ -124,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nakhon`` console command."""
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = _parser(accounts=words[:1] != ["agent"]).parse_args(argv)
     _setup_logging()
     if args.command == "agent":
         return _agent(args)

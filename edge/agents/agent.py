@@ -27,17 +27,19 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from edge import config as config_module
 from edge.agents import notify
 from edge.agents.clock import AgentClock
 from edge.agents.mqtt import CheckedClient
-from edge.agents.outbox import Outbox, OutboxRecord, RecordClass
+from edge.agents.outbox import Outbox, OutboxRecord, RecordClass, SendWindow
 from edge.contract import (
     QOS,
     REPLY_EXPIRED,
@@ -128,23 +130,41 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
 
 
 class Backoff:
-    """Jittered exponential backoff ("full jitter" between half and the whole current delay)."""
+    """Jittered exponential backoff ("full jitter" between half and the whole current delay).
 
-    def __init__(self, low: float, high: float) -> None:
+    With ``at_once``, the first delay after a :meth:`reset` is only a jitter of up to a tenth of ``low`` (a link
+    that was up is tried again at once; a fleet still does not come back in lockstep), then the backoff starts.
+    """
+
+    def __init__(self, low: float, high: float, at_once: bool = False) -> None:
         self._low = low
         self._high = high
+        self._at_once = at_once
+        self._first = at_once
         self._next = low
 
     def reset(self) -> None:
         """Start again from the lowest delay."""
         self._next = self._low
+        self._first = self._at_once
 
     def delay(self) -> float:
         """The delay to wait now; doubles the next one up to the ceiling."""
+        if self._first:
+            self._first = False
+            return random.uniform(0.0, self._low / 10)
         current = self._next
         self._next = min(self._high, self._next * 2)
         return random.uniform(current / 2, current)
 
+
+DOWNLINK_QOS: dict[str, int] = {"ack": 0, "tx": QOS, "cmd": QOS, "config": QOS}
+"""The agent's subscriptions under ``down/``. Acks come at QoS 0: no PUBACK for each (half the packets the agent
+sends while it streams), and an ack lost is repaired by the resend, which the hub acknowledges again."""
+STABLE_LINK_S = 10.0
+"""A broker connection that lasted this long is retried at once when it drops (shorter ones back off)."""
+ACK_FLUSH_S = 0.5
+"""How long acknowledged records may wait before the outbox deletes them, in one transaction for all."""
 
 CommandHandler = Callable[["Agent", dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -233,7 +253,12 @@ class Agent:
         self._refusal_logged_at = -1e9
         self._started = time.monotonic()
         self._client: CheckedClient | None = None
-        self._inflight: dict[int, float] = {}
+        self._window = SendWindow(self.cfg.agent.max_inflight, self.cfg.agent.resend_after_s)
+        self._acked: list[tuple[int, int]] = []
+        """Ranges the hub acknowledged that the outbox has not deleted yet (deleted in batches)."""
+        self._acks_waiting = asyncio.Event()
+        self._acks_lock = asyncio.Lock()
+        self._setting_aside: set[asyncio.Task[None]] = set()
         self._outbox_changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._events: asyncio.Queue[tuple[str, DriverEvent, Any]] = asyncio.Queue()
@@ -276,13 +301,21 @@ class Agent:
 
     async def _commit(self, klass: RecordClass, build: Callable[[int], Message], key: str | None = None) -> bool:
         """Commit a droppable record; False (reported, counted) when the outbox cannot take it right now."""
+        result: OutboxRecord | OutboxError
         try:
-            await asyncio.to_thread(self.outbox.append, klass, build, key)
+            result = await asyncio.to_thread(self.outbox.append, klass, build, key)
         except OutboxError as err:
-            self.storage_failed(err)
+            result = err
+        return self._committed(result)
+
+    def _committed(self, result: OutboxRecord | OutboxError) -> bool:
+        """Report a droppable record's commit (or its failure) and offer it to the publisher."""
+        if isinstance(result, OutboxError):
+            self.storage_failed(result)
             return False
         self.storage_ok()
-        self._outbox_changed.set()
+        self._window.offer(result)
+        self._send_ready()
         return True
 
     def storage_failed(self, err: OutboxError, lost: bool = True) -> None:
@@ -322,7 +355,8 @@ class Agent:
             self.storage_failed(err, lost=False)  # the citizen is told at once: nothing is lost
             raise
         self.storage_ok()
-        self._outbox_changed.set()
+        self._window.offer(record)
+        self._send_ready()
         log.info("transaction %s (%s) committed as seq %d", tx_id, kind, record.seq)
         return Tx.model_validate_json(record.payload)
 
@@ -415,6 +449,10 @@ class Agent:
             await asyncio.gather(link, return_exceptions=True)
             for stream in self.streams.values():
                 await asyncio.to_thread(_release, stream.driver)
+            try:
+                await self._apply_acks()
+            except OutboxError as err:  # what stays is sent again after the restart, and acknowledged again
+                log.warning("could not delete the last acknowledged records: %s", err)
             await asyncio.to_thread(self.outbox.close)
             await asyncio.to_thread(simulators.close)
             log.info("agent %s stopped", self.cfg.device)
@@ -477,7 +515,7 @@ class Agent:
         next_at = time.monotonic()
         while True:
             ts, clock = self.clock.now()
-            values = await asyncio.to_thread(driver.read)
+            committed = await asyncio.to_thread(self._sample, stream, driver, units, ts, clock)
             if isinstance(driver, ClockSource):
                 offer = driver.time_offer()
                 if offer is not None:
@@ -486,11 +524,8 @@ class Agent:
                 log.info("sensor %s is reading", stream.config.name)
             stream.state, stream.error = "ok", None
             backoff.reset()
-            values = self._finite(stream, values) if values else values
-            if values:
-                readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q),
-                                    clock=clock) for q, v in values.items()]
-                await self._commit(RecordClass.TELEMETRY, partial(self._telemetry, readings))
+            if committed is not None:
+                self._committed(committed)
             next_at = max(next_at + stream.interval_s, time.monotonic())
             stream.wake.clear()
             if await wait_event(stream.wake, next_at - time.monotonic()):
@@ -507,6 +542,21 @@ class Agent:
             stream.refusal_logged_at = time.monotonic()
         stream.refused_values += len(refused)
         return {q: v for q, v in values.items() if q not in refused}
+
+    def _sample(self, stream: Stream, driver: PolledDriver, units: dict[str, str | None], ts: datetime,
+                clock: str) -> OutboxRecord | OutboxError | None:
+        """In a worker thread: read the driver and commit its finite values, one thread hop per sample;
+        None when there was nothing to commit, the error when the outbox could not take it."""
+        values = driver.read()
+        values = self._finite(stream, values) if values else values
+        if not values:
+            return None
+        readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q), clock=clock)
+                    for q, v in values.items()]
+        try:
+            return self.outbox.append(RecordClass.TELEMETRY, partial(self._telemetry, readings))
+        except OutboxError as err:
+            return err
 
     def _telemetry(self, readings: list[Reading], seq: int) -> Telemetry:
         return Telemetry(device=self.cfg.device, seq=seq, sent_at=now(), readings=readings)
@@ -585,13 +635,14 @@ class Agent:
         )
 
     async def _connection_loop(self) -> None:
-        backoff = Backoff(self.cfg.agent.backoff_min_s, self.cfg.agent.backoff_max_s)
+        backoff = Backoff(self.cfg.agent.backoff_min_s, self.cfg.agent.backoff_max_s, at_once=True)
         b = self.cfg.broker
         while not self._stopping.is_set():
+            connected_at: float | None = None
             try:
                 async with self._client_for() as client:
+                    connected_at = time.monotonic()
                     log.info("connected to broker %s:%d as %s", b.host, b.port, self.cfg.username)
-                    backoff.reset()
                     await self._session(client)
                     return
             except* aiomqtt.MqttError as group:
@@ -599,9 +650,11 @@ class Agent:
                 self.last_error = f"broker link: {err}"
             finally:
                 self._client = None
-                self._inflight.clear()
+                self._window.reset()
             if self._stopping.is_set():
                 return
+            if connected_at is not None and time.monotonic() - connected_at >= STABLE_LINK_S:
+                backoff.reset()  # a link that held is tried again at once; one that flaps keeps backing off
             delay = backoff.delay()
             log.warning("broker %s:%d unreachable or lost (%s); reconnecting in %.1f s",
                         b.host, b.port, self.last_error, delay)
@@ -619,20 +672,20 @@ class Agent:
                   self.cfg.username, self.cfg.device, self.cfg.broker.root, self.cfg.device)
 
     async def _session(self, client: CheckedClient) -> None:
-        await client.subscribe(self._topic("up/status").replace("up/status", "down/#"), qos=QOS)
+        await client.subscribe([(self._topic(f"down/{name}"), qos) for name, qos in DOWNLINK_QOS.items()])
         try:
             await client.publish_checked(self._topic("up/status"), self.status(DeviceState.ONLINE).to_json(),
                                          retain=True)
         except PublishRefused as err:
             self._report_refusal(err)
         self._client = client
-        self._inflight.clear()
+        self._window.reset()
         self._outbox_changed.set()
         lost = (aiomqtt.MqttError,)  # ends the session; the connection loop reconnects
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(self.supervise(name, partial(body, client), passes=lost, backoff_max_s=30))
                      for name, body in (("publisher", self._publisher), ("heartbeat", self._heartbeat),
-                                        ("downlink", self._downlink))]
+                                        ("downlink", self._downlink), ("acks", self._ack_writer))]
             await self._stopping.wait()
             for task in tasks:
                 task.cancel()
@@ -651,47 +704,79 @@ class Agent:
                 self._report_refusal(err)
 
     async def _publisher(self, client: CheckedClient) -> None:
-        window = self.cfg.agent.max_inflight
-        resend = self.cfg.agent.resend_after_s
-        sends: set[asyncio.Task[None]] = set()
+        window = self._window
+        await self._apply_acks()  # what the hub acknowledged before this connection is not sent again
         while True:
             self._outbox_changed.clear()
-            records = await asyncio.to_thread(self.outbox.pending, window)
-            for gone in self._refusals.keys() - {r.seq for r in records}:
-                del self._refusals[gone]  # dropped or settled meanwhile (refused records are the oldest)
-            t = time.monotonic()
-            due = [r for r in records if t - self._inflight.get(r.seq, -resend) >= resend]
-            for record in due:
-                if record.seq in self._inflight:
-                    log.debug("sending seq %d again (no acknowledgement after %.0f s)", record.seq, resend)
-                self._inflight[record.seq] = t
-                task = asyncio.create_task(self._send(client, record))
-                sends.add(task)
-                task.add_done_callback(sends.discard)
-            waits = [t0 + resend - time.monotonic() for t0 in self._inflight.values()]
-            timeout = max(0.05, min(waits, default=resend))
-            await wait_event(self._outbox_changed, timeout)
+            room = window.room()
+            if room > 0 and window.unread:
+                marker = window.marker()
+                records = await asyncio.to_thread(self.outbox.pending, room, window.cursor)
+                window.took(records, room, marker)
+            for record in window.to_send():
+                self._send(client, record)
+            await wait_event(self._outbox_changed, max(0.05, window.wait_s()))
 
-    async def _send(self, client: CheckedClient, record: OutboxRecord) -> None:
+    def _send_ready(self) -> None:
+        """Send a record just taken into the window at once (no need to wake the publisher); wake it when the
+        outbox holds records it must read, or when offline."""
+        client = self._client
+        if client is not None:
+            for record in self._window.to_send():
+                self._send(client, record)
+        if client is None or self._window.unread:
+            self._outbox_changed.set()
+
+    async def _ack_writer(self, client: CheckedClient) -> None:
+        """Delete what the hub acknowledged, every ack of the last ``ACK_FLUSH_S`` in one outbox transaction."""
+        while True:
+            await self._acks_waiting.wait()
+            await wait_event(self._stopping, ACK_FLUSH_S)
+            await self._apply_acks()
+
+    async def _apply_acks(self) -> None:
+        async with self._acks_lock:
+            self._acks_waiting.clear()
+            if not self._acked:
+                return
+            ranges, self._acked = self._acked, []
+            try:
+                deleted = await asyncio.to_thread(self.outbox.ack, ranges)
+            except BaseException:
+                self._acked[:0] = ranges  # tried again with the next ack
+                raise
+            for seq in deleted:
+                self._refusals.pop(seq, None)
+
+    def _send(self, client: CheckedClient, record: OutboxRecord) -> None:
+        name = self._topic(record.klass.suffix)
         try:
-            await client.publish_checked(self._topic(record.klass.suffix), record.payload)
+            client.publish_nowait(name, record.payload, partial(self._published, name, record))
         except PublishRefused as err:
-            if err.permanent:
-                await self._set_aside(record, err)
-            else:
-                self._report_refusal(err)
-                self._retry_later(record.seq)
+            self._refused(record, err)
         except aiomqtt.MqttError:
-            self._inflight.pop(record.seq, None)  # the connection loop resends after reconnecting
+            self._window.postpone(record.seq, 0.0)  # not sent: again at once (after a reconnect if it is lost)
+
+    def _published(self, name: str, record: OutboxRecord, code: ReasonCode) -> None:
+        """The broker's PUBACK for ``record`` (the hub's ack settles it, not this)."""
+        if code.is_failure:
+            self._refused(record, PublishRefused(name, code.value, code.getName()))
         else:
             self._refusals.pop(record.seq, None)
+
+    def _refused(self, record: OutboxRecord, err: PublishRefused) -> None:
+        if err.permanent:
+            task = asyncio.create_task(self._set_aside(record, err))
+            self._setting_aside.add(task)
+            task.add_done_callback(self._setting_aside.discard)
+        else:
+            self._report_refusal(err)
+            self._retry_later(record.seq)
 
     def _retry_later(self, seq: int) -> None:
         """Hold a refused record back: 2, 4, 8... times ``resend_after_s``, at most 10 minutes."""
         n = self._refusals[seq] = self._refusals.get(seq, 0) + 1
-        resend = self.cfg.agent.resend_after_s
-        if seq in self._inflight:
-            self._inflight[seq] = time.monotonic() + min(600.0, resend * 2 ** n) - resend
+        self._window.postpone(seq, min(600.0, self.cfg.agent.resend_after_s * 2 ** n))
 
     async def _set_aside(self, record: OutboxRecord, err: PublishRefused) -> None:
         """Take a record the broker refuses for good out of the queue, so that the rest keeps flowing."""
@@ -702,7 +787,7 @@ class Agent:
         except OutboxError as failure:
             self.storage_failed(failure)
             return  # still queued: the next resend meets the same refusal and tries again
-        self._inflight.pop(record.seq, None)
+        self._window.settle(record.seq)
         self._refusals.pop(record.seq, None)
         if moved:
             self.set_aside += 1
@@ -724,11 +809,12 @@ class Agent:
 
     async def _handle_downlink(self, name: str, payload: bytes) -> None:
         if name == "ack":
-            ack = Ack.model_validate_json(payload)
-            deleted = await asyncio.to_thread(self.outbox.ack, ack.acked)
-            for seq in deleted:
-                self._inflight.pop(seq, None)
-            self._outbox_changed.set()
+            ranges = Ack.model_validate_json(payload).acked
+            self._window.acked(ranges)  # room at once; the outbox deletes them within ACK_FLUSH_S
+            self._acked += ranges
+            self._acks_waiting.set()
+            if self._window.unread:
+                self._outbox_changed.set()  # room for records to read; otherwise new ones are sent as they come
         elif name == "tx":
             outcome = TxOutcome.model_validate_json(payload)
             for listener in self.tx_listeners:
@@ -738,7 +824,8 @@ class Agent:
                 return
             answered = await asyncio.to_thread(self.outbox.answer, outcome.tx_id)
             if answered is not None:
-                self._inflight.pop(answered, None)
+                self._window.settle(answered)
+                self._refusals.pop(answered, None)
             log.info("transaction %s answered: %s", outcome.tx_id, outcome.status)
         elif name == "cmd":
             await self._run_command(Command.model_validate_json(payload))

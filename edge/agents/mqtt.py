@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
@@ -25,6 +26,7 @@ class CheckedClient(aiomqtt.Client):
     def __init__(self, *args: Any, connect_timeout: float = 15.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._callbacks: dict[int, Callable[[ReasonCode], None]] = {}
         self._connect_timeout = connect_timeout
         self.max_packet_size: int | None = None
         """The broker's Maximum Packet Size from its CONNACK (MQTT v5); None when it announced none."""
@@ -73,26 +75,39 @@ class CheckedClient(aiomqtt.Client):
         fut = self._acks.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(reason_code)
+        done = self._callbacks.pop(mid, None)
+        if done is not None:
+            done(reason_code)
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
-    async def publish_checked(self, topic: str, payload: bytes, *, retain: bool = False,
-                              timeout: float = 30.0) -> None:
-        """Publish at QoS 1 and wait for the PUBACK; raise :class:`PublishRefused` on a failure code and
-        :class:`PublishTooLarge` (nothing sent) for a message over the broker's maximum packet size."""
+    def _publish_qos1(self, topic: str, payload: bytes, retain: bool) -> int:
         size = publish_packet_size(topic, payload)
         if self.max_packet_size is not None and size > self.max_packet_size:
             raise PublishTooLarge(topic, size, self.max_packet_size)
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, f"could not publish on {topic}")
+        return int(info.mid)
+
+    def publish_nowait(self, topic: str, payload: bytes, done: Callable[[ReasonCode], None]) -> None:
+        """Publish at QoS 1 without waiting: ``done(reason_code)`` runs on the event loop when the PUBACK comes
+        (never, if the connection is lost first). Raises :class:`PublishTooLarge` (nothing sent) as
+        :meth:`publish_checked` does; costs no task and no future per message."""
+        self._callbacks[self._publish_qos1(topic, payload, retain=False)] = done
+
+    async def publish_checked(self, topic: str, payload: bytes, *, retain: bool = False,
+                              timeout: float = 30.0) -> None:
+        """Publish at QoS 1 and wait for the PUBACK; raise :class:`PublishRefused` on a failure code and
+        :class:`PublishTooLarge` (nothing sent) for a message over the broker's maximum packet size."""
+        mid = self._publish_qos1(topic, payload, retain)
         fut: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
-        self._acks[info.mid] = fut
+        self._acks[mid] = fut
         try:
             disconnected: asyncio.Future[Any] = self._disconnected
             done, _ = await asyncio.wait({fut, disconnected}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._acks.pop(info.mid, None)
+            self._acks.pop(mid, None)
         if disconnected.done() and not disconnected.cancelled():
             disconnected.exception()  # mark it retrieved; aiomqtt reports the disconnection itself
         if fut not in done:

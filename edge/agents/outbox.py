@@ -13,9 +13,11 @@ of the others, where a technician can still read it.
 from __future__ import annotations
 
 import errno
+import math
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -208,12 +210,12 @@ class Outbox:
             self._counts[klass] = self._counts[klass] - max(0, excess) + 1
             return OutboxRecord(seq=seq, klass=klass, payload=payload, key=key, created=created)
 
-    def pending(self, limit: int) -> list[OutboxRecord]:
-        """The oldest ``limit`` records still waiting for the hub, in seq order."""
+    def pending(self, limit: int, after: int = 0) -> list[OutboxRecord]:
+        """The oldest ``limit`` records with a seq above ``after`` still waiting for the hub, in seq order."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT seq, klass, payload, key, created FROM records ORDER BY seq LIMIT ?", (limit,)
-            ).fetchall()
+                "SELECT seq, klass, payload, key, created FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit)).fetchall()
         return [OutboxRecord(seq, RecordClass(k), p, key, c) for seq, k, p, key, c in rows]
 
     def ack(self, ranges: Iterable[tuple[int, int]]) -> list[int]:
@@ -221,20 +223,23 @@ class Outbox:
         deleted: list[int] = []
         with self._lock:
             db = self._conn
-            db.execute("BEGIN IMMEDIATE")
             try:
-                for first, last in ranges:
-                    rows = db.execute(
-                        "DELETE FROM records WHERE seq BETWEEN ? AND ? AND klass != 'tx' RETURNING seq, klass",
-                        (first, last)).fetchall()
-                    for seq, klass in rows:
-                        deleted.append(seq)
-                        self._counts[RecordClass(klass)] -= 1
-                db.execute("COMMIT")
-            except BaseException:
-                _rollback(db)
-                self._reload_counts()
-                raise
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for first, last in ranges:
+                        rows = db.execute(
+                            "DELETE FROM records WHERE seq BETWEEN ? AND ? AND klass != 'tx' RETURNING seq, klass",
+                            (first, last)).fetchall()
+                        for seq, klass in rows:
+                            deleted.append(seq)
+                            self._counts[RecordClass(klass)] -= 1
+                    db.execute("COMMIT")
+                except BaseException:
+                    _rollback(db)
+                    self._reload_counts()
+                    raise
+            except (sqlite3.Error, OSError) as err:
+                raise storage_error(err, f"cannot delete acknowledged records from {self._path}") from err
         return deleted
 
     def set_aside(self, seq: int, reason: str) -> bool:
@@ -318,3 +323,117 @@ class Outbox:
         with self._lock:
             row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
         return int(row[0]) if row else 0
+
+
+class SendWindow:
+    """The publisher's view of the outbox over one connection: what is in flight and where to read next.
+
+    Records are taken in seq order, each once per connection, either read from the outbox after ``cursor``
+    or offered as they are committed (no read at all when the publisher keeps up). At most ``size`` records
+    are taken and unacknowledged at a time. A record leaves the window when the hub acknowledges or answers
+    it, and is never sent again on this connection; one still unacknowledged ``resend_after`` seconds after
+    its send is due again. :meth:`reset` (a new connection) starts again from the oldest record in the outbox.
+    """
+
+    def __init__(self, size: int, resend_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.size = size
+        self.resend_after = resend_after
+        self._clock = clock
+        self.cursor = 0
+        """The highest seq taken on this connection."""
+        self.unread = True
+        """Whether the outbox may hold records after ``cursor`` that were not taken."""
+        self._missed = 0
+        self._ready: deque[OutboxRecord] = deque()
+        self._inflight: dict[int, tuple[OutboxRecord, float]] = {}
+        self._next_check = math.inf
+
+    def reset(self) -> None:
+        """Forget everything taken: the next records are read from the oldest in the outbox."""
+        self.cursor, self.unread = 0, True
+        self._missed += 1
+        self._ready.clear()
+        self._inflight.clear()
+        self._next_check = math.inf
+
+    def __len__(self) -> int:
+        return len(self._ready) + len(self._inflight)
+
+    def room(self) -> int:
+        """How many more records may be taken now."""
+        return self.size - len(self)
+
+    def offer(self, record: OutboxRecord) -> None:
+        """A record just committed: taken when it is the next one and there is room, else left to be read."""
+        if record.seq == self.cursor + 1 and not self.unread and self.room() > 0:
+            self.cursor = record.seq
+            self._ready.append(record)
+        elif record.seq > self.cursor:
+            self.unread = True
+            self._missed += 1
+
+    def marker(self) -> int:
+        """Taken before a read and given to :meth:`took`: offers missed meanwhile keep ``unread`` set."""
+        return self._missed
+
+    def took(self, records: list[OutboxRecord], asked: int, marker: int) -> None:
+        """Take ``records``, read from the outbox after ``cursor`` with a limit of ``asked``."""
+        for record in records:
+            if record.seq > self.cursor:
+                self.cursor = record.seq
+                self._ready.append(record)
+        if len(records) < asked and marker == self._missed:
+            self.unread = False
+
+    def to_send(self) -> list[OutboxRecord]:
+        """Records to send now, in seq order: those due again, then those newly taken."""
+        now = self._clock()
+        due: list[OutboxRecord] = []
+        if now >= self._next_check:
+            self._next_check = math.inf
+            for seq, (record, at) in self._inflight.items():
+                if at <= now:
+                    due.append(record)
+                    at = now + self.resend_after
+                    self._inflight[seq] = (record, at)
+                self._next_check = min(self._next_check, at)
+        while self._ready:
+            record = self._ready.popleft()
+            self._inflight[record.seq] = (record, now + self.resend_after)
+            self._next_check = min(self._next_check, now + self.resend_after)
+            due.append(record)
+        return due
+
+    def wait_s(self) -> float:
+        """Seconds until a record in flight is due again (``resend_after`` when none is in flight)."""
+        if self._ready:
+            return 0.0
+        return max(0.0, min(self._next_check - self._clock(), self.resend_after))
+
+    def postpone(self, seq: int, delay: float) -> None:
+        """Send ``seq`` again ``delay`` seconds from now rather than ``resend_after`` after its send."""
+        entry = self._inflight.get(seq)
+        if entry is not None:
+            at = self._clock() + delay
+            self._inflight[seq] = (entry[0], at)
+            self._next_check = min(self._next_check, at)
+
+    def settle(self, seq: int) -> None:
+        """``seq`` is done (answered, set aside): it leaves the window."""
+        self._inflight.pop(seq, None)
+
+    def acked(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """The hub acknowledged ``ranges``: every record in them but transactions leaves the window.
+
+        A record dropped from the outbox while in flight leaves too, although the outbox deleted nothing.
+        """
+        for first, last in ranges:
+            seqs = range(first, last + 1) if last - first < len(self._inflight) else list(self._inflight)
+            for seq in seqs:
+                entry = self._inflight.get(seq)
+                if entry is not None and first <= seq <= last and entry[0].klass is not RecordClass.TX:
+                    del self._inflight[seq]
+
+    def inflight(self) -> list[int]:
+        """The seqs sent and not yet acknowledged or answered, in the order they were first sent."""
+        return list(self._inflight)

@@ -1,0 +1,245 @@
+"""Agent footprint: CPU-seconds per second and RSS of one agent at a steady rate, next to a bare aiomqtt publisher.
+
+Run by hand (not a test): ``.venv/bin/python benchmarks/agent.py --help``; see ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from _harness import (
+    HOST,
+    REPO,
+    ROOT,
+    START_S,
+    BenchError,
+    HubProcess,
+    progress,
+    run_guarded,
+    start_broker,
+    table,
+    work_dir,
+)
+
+CPU_BAR = 0.01
+"""The issue's bar: at most this many CPU-seconds per second for the agent."""
+RSS_BAR_MB = 40.0
+AGENT = "bench-agent"
+BARE = "bench-bare"
+WARMUP_S = 5.0
+
+BARE_PUBLISHER = """
+import asyncio, json, sys, time
+from datetime import datetime, timezone
+
+import aiomqtt
+
+async def main(port, interval):
+    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-bare",
+                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+        seq, next_at = 0, time.monotonic()
+        while True:
+            seq += 1
+            ts = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            readings = [{"ts": ts, "sensor": "pm", "quantity": q, "value": v, "unit": "ug/m3", "clock": "ntp"}
+                        for q, v in (("pm2_5", 31.5), ("pm10", 48.0))]
+            message = {"v": 1, "device": "bench-bare", "seq": seq, "sent_at": ts, "readings": readings}
+            payload = json.dumps(message, separators=(",", ":"))
+            await client.publish("nakhon/bench-bare/up/telemetry", payload, qos=1)
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
+"""
+"""The baseline: aiomqtt publishing the same telemetry at the same rate, QoS 1, built with json.dumps."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One process over the measured span."""
+
+    scenario: str
+    run: int
+    seconds: float
+    cpu_s_per_s: float
+    rss_mb: float
+    """The highest VmRSS seen during the span."""
+    messages: int
+    """Messages the hub stored from the process during the span."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of a process in MB, from /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+def agent_config(path: Path, port: int, interval: float) -> Path:
+    """A device TOML: one simulated air-quality sensor (two readings a message) every ``interval`` seconds."""
+    path.write_text("\n".join([
+        f'device = "{AGENT}"', "config_version = 1", "", "[broker]", f'host = "{HOST}"', f"port = {port}",
+        f'root = "{ROOT}"', "", "[outbox]", f'path = "{path.parent / "outbox.sqlite"}"', "", "[[drivers]]",
+        'kind = "sim_air_quality"', 'name = "pm"', f"interval_s = {interval}", "seed = 7", ""]))
+    return path
+
+
+def spawn(stack: contextlib.ExitStack, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """A subprocess in its own session, stopped by SIGTERM (SIGKILL when it lingers) when the stack exits."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+
+    def stop() -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    stack.callback(stop)
+    return process
+
+
+def stored(db: sqlite3.Connection, device: str) -> int:
+    """Messages of ``device`` in the hub's store."""
+    return int(db.execute("SELECT COUNT(*) FROM received WHERE device = ?", (device,)).fetchone()[0])
+
+
+def run_once(duration: float, interval: float, run: int, runs: int) -> list[Sample]:
+    """The agent and the bare publisher side by side on one hub, measured over the same ``duration``."""
+    label = f"[run {run}/{runs}]"
+    with contextlib.ExitStack() as stack:
+        work = work_dir(stack)
+        port = start_broker(stack, work / "broker").settings.port
+        hub = HubProcess(stack, work / "hub", port)
+        hub.wait_healthy()
+        hub.wait_subscribed(port)
+        agent = spawn(stack, [sys.executable, "-m", "nakhon.cli", "agent", "run",
+                              str(agent_config(work / "device.toml", port, interval))], work / "agent.log")
+        bare = spawn(stack, [sys.executable, "-c", BARE_PUBLISHER, str(port), str(interval)], work / "bare.log")
+        processes = {"agent": (agent, AGENT, work / "agent.log"), "bare aiomqtt": (bare, BARE, work / "bare.log")}
+        db = stack.enter_context(contextlib.closing(hub.db()))
+
+        def alive() -> None:
+            hub.check()
+            for name, (process, _, log) in processes.items():
+                if process.poll() is not None:
+                    raise BenchError(f"the {name} exited with {process.returncode}:\n"
+                                     f"{log.read_text(errors='replace')[-2000:]}")
+
+        deadline = time.monotonic() + START_S
+        while not all(stored(db, device) for _, device, _ in processes.values()):
+            alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"no telemetry reached the hub within {START_S:.0f} s")
+            time.sleep(0.1)
+        progress(f"{label} broker on {HOST}:{port}, hub, agent and bare publisher running; warming up "
+                 f"{WARMUP_S:.0f} s, then measuring {duration:.0f} s")
+        time.sleep(WARMUP_S)
+        start = time.monotonic()
+        cpu0 = {name: cpu_seconds(p.pid) for name, (p, _, _) in processes.items()}
+        count0 = {name: stored(db, device) for name, (_, device, _) in processes.items()}
+        peak = {name: 0.0 for name in processes}
+        while time.monotonic() - start < duration:
+            alive()
+            for name, (p, _, _) in processes.items():
+                peak[name] = max(peak[name], rss_mb(p.pid))
+            time.sleep(1.0)
+        seconds = time.monotonic() - start
+        samples = [Sample(name, run, seconds, (cpu_seconds(p.pid) - cpu0[name]) / seconds, peak[name],
+                          stored(db, device) - count0[name]) for name, (p, device, _) in processes.items()]
+        agent.terminate()
+        agent.wait(20)
+        check_agent_loss(db, work / "outbox.sqlite")
+    for s in samples:
+        progress(f"{label} {s.scenario}: {s.cpu_s_per_s:.4f} CPU-s/s, peak RSS {s.rss_mb:.1f} MB, "
+                 f"{s.messages / s.seconds:.1f} msg/s stored")
+    return samples
+
+
+def check_agent_loss(db: sqlite3.Connection, outbox: Path) -> None:
+    """Every seq the agent handed out is in the hub's store or still in the agent's outbox."""
+    with contextlib.closing(sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)) as box:
+        waiting = {seq for (seq,) in box.execute("SELECT seq FROM records")}
+        row = box.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+    last = int(row[0]) if row else 0
+    got = {seq for (seq,) in db.execute("SELECT seq FROM received WHERE device = ?", (AGENT,))}
+    missing = set(range(1, last + 1)) - got - waiting
+    if missing or not got <= set(range(1, last + 1)):
+        raise BenchError(f"the agent lost {len(missing)} of {last} messages")
+
+
+def report(samples: list[Sample], runs: int) -> tuple[str, bool]:
+    """The side-by-side table of medians and the verdict."""
+
+    def median(scenario: str, figure: str) -> float:
+        return float(statistics.median(getattr(s, figure) for s in samples if s.scenario == scenario))
+
+    rows = [("process", "CPU-s/s", "peak RSS (MB)", "msg/s stored", "CPU vs bare")]
+    bare_cpu = median("bare aiomqtt", "cpu_s_per_s")
+    for scenario in ("bare aiomqtt", "agent"):
+        rate = statistics.median(s.messages / s.seconds for s in samples if s.scenario == scenario)
+        rows.append((scenario, f"{median(scenario, 'cpu_s_per_s'):.4f}", f"{median(scenario, 'rss_mb'):.1f}",
+                     f"{rate:.1f}", f"{median(scenario, 'cpu_s_per_s') / bare_cpu:.1f}x"))
+    cpu, rss = median("agent", "cpu_s_per_s"), median("agent", "rss_mb")
+    passed = cpu <= CPU_BAR and rss <= RSS_BAR_MB
+    lines = table(rows)
+    lines.append(f"{'PASS' if passed else 'FAIL'}: the agent uses {cpu:.4f} CPU-s/s (bar {CPU_BAR}) and "
+                 f"{rss:.1f} MB RSS (bar {RSS_BAR_MB:.0f}); medians of {runs} runs; no loss")
+    return "\n".join(lines), passed
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--duration", type=float, default=120.0, help="seconds measured per run (default 120)")
+    p.add_argument("--rate", type=float, default=10.0, help="messages per second, two readings each (default 10)")
+    p.add_argument("--runs", type=int, default=1, help="runs; medians are reported (default 1)")
+    p.add_argument("--json", action="store_true", help="also print the result as one JSON object")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the agent and the bare publisher side by side; exit 0 on PASS, 1 on FAIL, 2 when a run fails."""
+    args = _parser().parse_args(argv)
+    if args.duration <= 0 or args.rate <= 0 or args.runs < 1:
+        _parser().error("--duration and --rate must be positive, --runs at least 1")
+    samples: list[Sample] = []
+
+    def runs() -> None:
+        for run in range(1, args.runs + 1):
+            samples.extend(run_once(args.duration, 1.0 / args.rate, run, args.runs))
+
+    status = run_guarded(runs)
+    if status is not None:
+        return status
+    text, passed = report(samples, args.runs)
+    print(text)
+    if args.json:
+        print(json.dumps({"params": {"duration_s": args.duration, "rate": args.rate, "runs": args.runs},
+                          "samples": [asdict(s) for s in samples], "cpu_bar": CPU_BAR, "rss_bar_mb": RSS_BAR_MB,
+                          "pass": passed}))
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
