@@ -3,6 +3,8 @@
 The paho network thread only queues what it receives. The writer thread drains the queue in batches,
 classifies each message, commits the batch in one store transaction, then acknowledges on ``down/ack``
 exactly the seqs the commit covered (duplicates included, so a device whose ack was lost stops resending).
+Acknowledgements are coalesced: the seqs committed within ``ack_window_s`` go out as one ``down/ack`` of ranges
+per device, never before their commit.
 Transactions are applied one by one through the router and answered on ``down/tx``.
 
 The writer survives any single message: an unexpected error splits the work in halves until the message that
@@ -18,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
@@ -56,6 +59,8 @@ class IngestSettings:
     window: ClockWindow = field(default_factory=ClockWindow)
     max_unwritten_s: float = 60.0
     """``/healthz`` answers 503 while a received message waits longer than this to be committed."""
+    ack_window_s: float = 0.03
+    """Committed seqs wait at most this long to share one ``down/ack`` per device (0: one ack per commit)."""
     tx_kinds_by_node: Mapping[str, frozenset[str]] = field(default_factory=lambda: dict(TX_KINDS_BY_NODE))
 
 
@@ -114,6 +119,8 @@ class Ingest:
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
         self._in_hand_since: float | None = None
+        self._unacked: dict[str, list[int]] = {}
+        self._unacked_since: float | None = None
         metrics.watch_writer(self.writer_state)
 
     @property
@@ -225,7 +232,11 @@ class Ingest:
         s = self.settings
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self._ack_due_in())
+            except queue.Empty:
+                self._flush_acks()
+                continue
             if first is None:
                 break
             received = [first]
@@ -245,6 +256,24 @@ class Ingest:
                 self.metrics.writer_errors.inc()
                 log.error("ingest writer: %d messages not settled; their devices will send them again",
                           len(received), exc_info=err)
+            if self._ack_due_in() == 0.0:
+                self._flush_acks()
+        self._flush_acks()
+
+    def _ack_due_in(self) -> float | None:
+        """Seconds until the coalesced acks must go out (None: none wait)."""
+        since = self._unacked_since
+        if since is None:
+            return None
+        return max(0.0, since + self.settings.ack_window_s - time.monotonic())
+
+    def _flush_acks(self) -> None:
+        """Publish every committed seq that waits for its ``down/ack``."""
+        unacked, self._unacked, self._unacked_since = self._unacked, {}, None
+        for device, seqs in unacked.items():
+            err = _guarded(partial(self.publish_ack, device), seqs)
+            if err is not None:  # stored already: the device resends and gets a duplicate's ack
+                log.error("ingest writer: could not acknowledge %d seqs of %s", len(seqs), device, exc_info=err)
 
     def _process(self, received: list[Received]) -> None:
         self.metrics.received.inc(len(received))
@@ -298,7 +327,9 @@ class Ingest:
         for d in batch.deadletters:
             self.metrics.deadletters.labels(d.reason).inc()
         for device, seqs in outcome.acks.items():
-            self.publish_ack(device, seqs)
+            self._unacked.setdefault(device, []).extend(seqs)
+        if outcome.acks and self._unacked_since is None:
+            self._unacked_since = time.monotonic()
 
     def _commit(self, batch: IngestBatch) -> IngestOutcome:
         delay = 0.5
