@@ -1,6 +1,7 @@
-"""The ingest consumer: paho's threaded MQTT client feeding a writer thread that commits in batches.
+"""The ingest consumer: the MQTT connection (in a child process, :mod:`hub.ingest.receiver`) feeding a writer
+thread that commits in batches.
 
-The paho network thread only queues what it receives. The writer thread drains the queue in batches,
+The child passes what it receives in batches; a pump thread queues it. The writer thread drains the queue in batches,
 classifies each message, commits the batch in one store transaction, then acknowledges on ``down/ack``
 exactly the seqs the commit covered (duplicates included, so a device whose ack was lost stops resending).
 Acknowledgements are coalesced: the seqs committed within ``ack_window_s`` go out as one ``down/ack`` of ranges
@@ -13,27 +14,27 @@ causes it is alone, which is dead-lettered as ``store_rejected`` (and acknowledg
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
-from edge.contract import QOS, Ack, Tx, TxOutcome, TxStatus, parse_topic, seq_ranges, topic
+from edge.contract import Ack, Tx, TxOutcome, TxStatus, parse_topic, seq_ranges, topic
 from hub.commands import CommandDesk
 from hub.errors import MessageTooLarge, RecordRejected, StoreError
 from hub.faults import crash_point
 from hub.ingest.access import TX_KINDS_BY_NODE, tx_refusal
 from hub.ingest.classify import Classified, ClockWindow, Reason, TxRefused, TxRequest, classify
+from hub.ingest.receiver import Link
+from hub.ingest.receiver import run as run_receiver
 from hub.metrics import HubMetrics, WriterState
 from hub.router import Router
 from hub.store.base import DeadLetter, IngestBatch, IngestOutcome, SeqMessage, StatusUpdate, Store
@@ -97,9 +98,9 @@ def publish_packet_size(topic_name: str, payload: bytes) -> int:
     return 1 + _varint_len(remaining) + remaining
 
 
-def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+_SPAWN = multiprocessing.get_context("spawn")
+"""A fresh interpreter for the connection's child: forking a process with threads running is unsafe."""
+_RESPAWN_S = 1.0
 
 
 class Ingest:
@@ -116,7 +117,11 @@ class Ingest:
         self.commands = CommandDesk(store, self.publish, settings.root, check=self.check_publishable,
                                     connected=self.connected.is_set)
         self._queue: queue.SimpleQueue[Received | None] = queue.SimpleQueue()
-        self._client: mqtt.Client | None = None
+        self._conn: Connection | None = None
+        self._send_lock = threading.Lock()
+        self._child: BaseProcess | None = None
+        self._pump: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
         self._in_hand_since: float | None = None
         self._unacked: dict[str, list[int]] = {}
@@ -130,37 +135,91 @@ class Ingest:
         return f"$share/{self.settings.share}/{base}" if self.settings.share else base
 
     def start(self) -> None:
-        """Connect (in the background, with paho's reconnects) and start the writer thread."""
-        s = self.settings
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5)
-        if s.username:
-            client.username_pw_set(s.username, s.password)
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
-        client.reconnect_delay_set(1, 30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        # small messages answered one by one: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms each
-        client.on_socket_open = _no_delay
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = s.session_expiry_s
-        self._client = client
+        """Start the writer thread and the connection's child (it connects in the background, with paho's
+        reconnects; a child that dies is started again)."""
+        self._stopping.clear()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._writer.start()
-        client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props)
-        client.loop_start()
+        self._spawn()
+        self._pump = threading.Thread(target=self._pump_loop, name="ingest-pump", daemon=True)
+        self._pump.start()
 
     def stop(self) -> None:
         """Disconnect, then let the writer commit and acknowledge what it already holds."""
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
+        self._stopping.set()
+        if self._conn is not None:
+            with self._send_lock, contextlib.suppress(OSError, ValueError):
+                self._conn.send(("stop",))
+        if self._pump is not None:
+            self._pump.join(timeout=30)
+            self._pump = None
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join(timeout=30)
             self._writer = None
-        self._client = None
+        self._reap()
+
+    def _spawn(self) -> None:
+        s = self.settings
+        link = Link(host=s.host, port=s.port, client_id=s.client_id, username=s.username, password=s.password,
+                    subscription=self.subscription, session_expiry_s=s.session_expiry_s, keepalive_s=s.keepalive_s)
+        ours, theirs = _SPAWN.Pipe()
+        child = _SPAWN.Process(target=run_receiver, args=(theirs, link), name="nakhon-hub-mqtt", daemon=True)
+        child.start()
+        theirs.close()
+        with self._send_lock:
+            self._conn, self._child = ours, child
+
+    def _reap(self) -> None:
+        with self._send_lock:
+            conn, child, self._conn, self._child = self._conn, self._child, None, None
+        if child is not None:
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+                child.join()
+        if conn is not None:
+            conn.close()
+
+    def _pump_loop(self) -> None:
+        """Queue what the child receives, follow its connection; start it again if it dies."""
+        while True:
+            conn = self._conn
+            if conn is None:
+                return
+            try:
+                while True:
+                    self._handle(conn.recv())
+            except (EOFError, OSError):
+                pass
+            self.connected.clear()
+            if self._stopping.is_set():
+                return
+            log.error("the hub's MQTT process ended (exit code %s); starting it again",
+                      self._child.exitcode if self._child else None)
+            self._reap()
+            self._stopping.wait(_RESPAWN_S)
+            if self._stopping.is_set():
+                return
+            self._spawn()
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "msgs":
+            for received in event[1]:
+                self._queue.put(received)
+        elif kind == "up":
+            self.max_packet_size = event[1]
+            self.connected.set()
+            log.info("connected to broker %s:%d, subscribed %s (session present: %s)", self.settings.host,
+                     self.settings.port, self.subscription, event[2])
+        elif kind == "down":
+            self.connected.clear()
+            if event[1] == _PACKET_TOO_LARGE:
+                log.error("the broker disconnected the hub for a packet larger than its max_packet_size (%s bytes)",
+                          self.max_packet_size)
+            elif event[1] != 0:
+                log.warning("lost the broker (%s); paho reconnects", event[1])
 
     def check_publishable(self, topic_name: str, payload: bytes) -> None:
         """Raise :class:`MessageTooLarge` when the broker announced a maximum packet size this message exceeds."""
@@ -173,10 +232,14 @@ class Ingest:
     def publish(self, topic_name: str, payload: bytes) -> None:
         """Publish a downlink message at QoS 1 (thread-safe); one the broker would refuse is never handed to
         paho, which would otherwise send it again after every disconnect the broker answers it with."""
-        if self._client is None:
-            raise StoreError("the hub is not connected to a broker")
         self.check_publishable(topic_name, payload)
-        self._client.publish(topic_name, payload, qos=QOS)
+        with self._send_lock:
+            if self._conn is None:
+                raise StoreError("the hub is not connected to a broker")
+            try:
+                self._conn.send(("pub", topic_name, payload))
+            except (OSError, ValueError) as err:
+                raise StoreError(f"the hub's MQTT process is gone: {err}") from err
 
     def publish_ack(self, device: str, seqs: list[int]) -> None:
         """Acknowledge seqs on ``down/ack``, in as many messages as the broker's maximum packet size needs."""
@@ -193,31 +256,6 @@ class Ingest:
                 parts += [ranges[len(ranges) // 2:], ranges[: len(ranges) // 2]]
                 continue
             self.publish(name, payload)
-
-    # -- paho callbacks (network thread) -------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
-                    properties: Any) -> None:
-        if reason_code.is_failure:
-            log.error("broker %s:%d refused the hub: %s", self.settings.host, self.settings.port, reason_code)
-            return
-        # MQTT v5: a client must not send a packet larger than the broker announces (Mosquitto's max_packet_size)
-        self.max_packet_size = getattr(properties, "MaximumPacketSize", None)
-        client.subscribe(self.subscription, qos=QOS)
-        self.connected.set()
-        log.info("connected to broker %s:%d, subscribed %s (session present: %s)", self.settings.host,
-                 self.settings.port, self.subscription, flags.session_present)
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
-                       properties: Any) -> None:
-        self.connected.clear()
-        if reason_code == _PACKET_TOO_LARGE:
-            log.error("the broker disconnected the hub for a packet larger than its max_packet_size (%s bytes)",
-                      self.max_packet_size)
-        elif reason_code != 0:
-            log.warning("lost the broker (%s); paho reconnects", reason_code)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._queue.put((message.topic, bytes(message.payload), time.time()))
 
     # -- writer thread -------------------------------------------------------------------------
     def writer_state(self) -> WriterState:
