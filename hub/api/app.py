@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +22,7 @@ from hub.api.bounds import INT64_MAX, Instant, Name
 from hub.api.docs import add_offline_docs
 from hub.api.validation import validation_error
 from hub.audit import AuditLog
-from hub.auth.web import CurrentActor, guarded_app
+from hub.auth.web import NO_PERSONAL_KEYS, CurrentActor, guarded_app
 from hub.commands import CommandDesk
 from hub.errors import BrokerError, CommandInvalid, MessageTooLarge, StoreError
 from hub.liveness import Liveness, assess
@@ -326,9 +326,11 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
     @app.get("/api/devices/{device}/readings", response_model=ReadingsView)
     def readings(device: DeviceId, quantity: Name | None = None, since: Instant | None = None,
                  until: Instant | None = None,
-                 limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000, after: Cursor | None = None) -> Response:
+                 limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000, after: Cursor | None = None,
+                 *, request: Request) -> Response:
         """Readings in time order with their original timestamps; ``since`` inclusive, ``until`` exclusive."""
         _known(device)
+        setattr(request.state, NO_PERSONAL_KEYS, True)  # ReadingsView's keys only
         page = store.readings_page(device, quantity, since, until, limit, _after(after) if after else None)
         cut = page.next_after is not None
         head = (f'{{"device":{json.dumps(device)},"count":{len(page.rows)},"truncated":{json.dumps(cut)},'
