@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
@@ -309,9 +308,10 @@ class Ingest:
         """Publish every committed seq that waits for its ``down/ack``."""
         unacked, self._unacked, self._unacked_since = self._unacked, {}, None
         for device, seqs in unacked.items():
-            err = _guarded(partial(self.publish_ack, device), seqs)
-            if err is not None:  # stored already: the device resends and gets a duplicate's ack
-                log.error("ingest writer: could not acknowledge %d seqs of %s", len(seqs), device, exc_info=err)
+            try:
+                self.publish_ack(device, seqs)
+            except (StoreError, MessageTooLarge) as err:  # stored already: the device resends, gets a duplicate's ack
+                log.warning("could not acknowledge %d seqs of %s: %s", len(seqs), device, err)
 
     def _process(self, received: list[Received]) -> None:
         self.metrics.received.inc(len(received))
