@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    ValidationInfo,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -82,6 +83,23 @@ def check_bounds(data: Any) -> None:
                 stack.extend((item, (*path, i)) for i, item in enumerate(value))
         else:
             _bound_scalar(value, path)
+
+
+BOUNDS_CHECKED: Final = "bounds_checked"
+"""Validation context key: the caller has shown with :func:`within_bounds` that the raw payload breaks no bound,
+so the models skip :func:`check_bounds` (the per-field validators still run)."""
+_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
+_BIG_EXPONENT: Final = re.compile(rb"[eE][+-]?[0-9]{3}")
+
+
+def within_bounds(payload: bytes) -> bool:
+    """Whether the raw JSON ``payload`` cannot break a bound of :func:`check_bounds`, decided from its bytes alone
+    (conservative: False only means "walk it"). No string in it is longer than the payload, no nesting deeper than
+    its brackets, no integer outside int64 without 19 digits in a row, no infinity without a 3-digit exponent,
+    ``NaN`` or ``Inf``."""
+    return (len(payload) <= MAX_TEXT and payload.count(b"{") + payload.count(b"[") < MAX_DEPTH
+            and b"NaN" not in payload and b"Inf" not in payload
+            and _LONG_DIGITS.search(payload) is None and _BIG_EXPONENT.search(payload) is None)
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -145,8 +163,9 @@ class Message(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _bounded(cls, data: Any) -> Any:
-        check_bounds(data)
+    def _bounded(cls, data: Any, info: ValidationInfo) -> Any:
+        if not (info.context and info.context.get(BOUNDS_CHECKED)):
+            check_bounds(data)
         return data
 
     def to_json(self) -> bytes:

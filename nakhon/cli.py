@@ -24,6 +24,14 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"NAKHON_HUB_{name}", default)
 
 
+def _ack_window(text: str) -> float:
+    """An ack window in seconds, 0 to 5."""
+    value = float(text)
+    if not 0.0 <= value <= 5.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 5 seconds")
+    return value
+
+
 def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     """The command line; without ``accounts`` (``nakhon agent ...``) the hub's account commands are left out, so
     that an agent does not import the hub's store and password hashing (memory and start-up time on a Pi)."""
@@ -72,6 +80,9 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
                                                "as clock_skew (default 366 days)")
     serve.add_argument("--max-unwritten", type=float, default=float(_env("MAX_UNWRITTEN", "60") or 60),
                        metavar="SECONDS", help="/healthz answers 503 while a message waits longer to be stored")
+    serve.add_argument("--ack-window", type=_ack_window, default=_ack_window(_env("ACK_WINDOW", "0.03") or "0.03"),
+                       metavar="SECONDS", help="committed seqs wait at most this long to share one down/ack per "
+                                               "device (0: one ack per commit)")
     serve.add_argument("--fees", type=Path, default=_env("FEES"),
                        help="fee catalogue TOML (default: the demo catalogue)")
     serve.add_argument("--zones", type=Path, default=_env("ZONES"),
@@ -266,7 +277,7 @@ def _hub(args: argparse.Namespace) -> int:
                             password=password, client_id=client_id, share=args.share,
                             max_payload=args.max_payload,
                             window=ClockWindow(ahead_s=args.max_clock_skew, behind_s=args.max_age),
-                            max_unwritten_s=args.max_unwritten)
+                            max_unwritten_s=args.max_unwritten, ack_window_s=args.ack_window)
     extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones), ("rules", args.rules)) if v}
     try:
         settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from edge.contract import (
     BOUND_ERRORS,
+    BOUNDS_CHECKED,
     DEFAULT_ROOT,
     MAX_DEPTH,
     TOO_DEEP,
@@ -28,6 +29,7 @@ from edge.contract import (
     check_bounds,
     is_seq,
     parse_topic,
+    within_bounds,
 )
 from hub.store.base import DeadLetter, SeqMessage, StatusUpdate
 
@@ -100,6 +102,9 @@ class TxRefused:
     tx_id: str
 
 
+_CHECKED = {BOUNDS_CHECKED: True}
+"""The context of a payload whose bytes show it within bounds: the models skip their walk of it."""
+
 Classified = SeqMessage | StatusUpdate | TxRequest | TxRefused | DeadLetter
 
 _MODELS: dict[str, type[Telemetry | Event | Reply | Tx | Status]] = {
@@ -147,7 +152,7 @@ def classify(topic: str, payload: bytes, received_at: float, *, root: str = DEFA
         return _dead(topic, payload, received_at, Reason.UNREGISTERED,
                      f"device {parsed.device!r} is not active in the registry (nakhon provision device list)")
     try:
-        message = model.model_validate_json(payload)
+        message = model.model_validate_json(payload, context=_CHECKED if within_bounds(payload) else None)
     except ValidationError as err:
         return _diagnose(topic, payload, received_at, parsed.device, err)
     if message.device != parsed.device:

@@ -1,8 +1,11 @@
-"""The ingest consumer: paho's threaded MQTT client feeding a writer thread that commits in batches.
+"""The ingest consumer: the MQTT connection (in a child process, :mod:`hub.ingest.receiver`) feeding a writer
+thread that commits in batches.
 
-The paho network thread only queues what it receives. The writer thread drains the queue in batches,
+The child passes what it receives in batches; a pump thread queues it. The writer thread drains the queue in batches,
 classifies each message, commits the batch in one store transaction, then acknowledges on ``down/ack``
 exactly the seqs the commit covered (duplicates included, so a device whose ack was lost stops resending).
+Acknowledgements are coalesced: the seqs committed within ``ack_window_s`` go out as one ``down/ack`` of ranges
+per device, never before their commit.
 Transactions are applied one by one through the router and answered on ``down/tx``.
 
 The writer survives any single message: an unexpected error splits the work in halves until the message that
@@ -11,26 +14,26 @@ causes it is alone, which is dead-lettered as ``store_rejected`` (and acknowledg
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any, Protocol, TypeVar
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
-from edge.contract import QOS, Ack, Tx, TxOutcome, TxStatus, parse_topic, seq_ranges, topic
+from edge.contract import Ack, Tx, TxOutcome, TxStatus, parse_topic, seq_ranges, topic
 from hub.commands import CommandDesk
 from hub.errors import MessageTooLarge, RecordRejected, StoreError
 from hub.faults import crash_point
 from hub.ingest.access import TX_KINDS_BY_NODE, tx_refusal
 from hub.ingest.classify import Classified, ClockWindow, Reason, TxRefused, TxRequest, classify
+from hub.ingest.receiver import Link
+from hub.ingest.receiver import run as run_receiver
 from hub.metrics import HubMetrics, WriterState
 from hub.router import Router
 from hub.store.base import DeadLetter, IngestBatch, IngestOutcome, SeqMessage, StatusUpdate, Store
@@ -56,6 +59,8 @@ class IngestSettings:
     window: ClockWindow = field(default_factory=ClockWindow)
     max_unwritten_s: float = 60.0
     """``/healthz`` answers 503 while a received message waits longer than this to be committed."""
+    ack_window_s: float = 0.03
+    """Committed seqs wait at most this long to share one ``down/ack`` per device (0: one ack per commit)."""
     tx_kinds_by_node: Mapping[str, frozenset[str]] = field(default_factory=lambda: dict(TX_KINDS_BY_NODE))
 
 
@@ -99,9 +104,10 @@ class IngestObserver(Protocol):
         """Look at a committed batch; returns once what it derived is committed too."""
 
 
-def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+_SPAWN = multiprocessing.get_context("spawn")
+"""A fresh interpreter for the connection's child: forking a process with threads running is unsafe."""
+_RESPAWN_S = 1.0
 
 
 class Ingest:
@@ -120,13 +126,19 @@ class Ingest:
         self.commands = CommandDesk(store, self.publish, settings.root, check=self.check_publishable,
                                     connected=self.connected.is_set)
         self._queue: queue.SimpleQueue[Received | None] = queue.SimpleQueue()
-        self._client: mqtt.Client | None = None
+        self._conn: Connection | None = None
+        self._send_lock = threading.Lock()
+        self._child: BaseProcess | None = None
+        self._pump: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
         self._in_hand_since: float | None = None
         self.admits: Callable[[str], bool] | None = None
         """The registry's check of a sending device (None: every device is taken, as without a deployment)."""
         self.on_connected: Callable[[], None] | None = None
         """Called on paho's thread after each (re)connection, once subscribed (the registry syncs the broker)."""
+        self._unacked: dict[str, list[int]] = {}
+        self._unacked_since: float | None = None
         metrics.watch_writer(self.writer_state)
 
     @property
@@ -136,37 +148,93 @@ class Ingest:
         return f"$share/{self.settings.share}/{base}" if self.settings.share else base
 
     def start(self) -> None:
-        """Connect (in the background, with paho's reconnects) and start the writer thread."""
-        s = self.settings
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5)
-        if s.username:
-            client.username_pw_set(s.username, s.password)
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
-        client.reconnect_delay_set(1, 30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        # small messages answered one by one: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms each
-        client.on_socket_open = _no_delay
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = s.session_expiry_s
-        self._client = client
+        """Start the writer thread and the connection's child (it connects in the background, with paho's
+        reconnects; a child that dies is started again)."""
+        self._stopping.clear()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._writer.start()
-        client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props)
-        client.loop_start()
+        self._spawn()
+        self._pump = threading.Thread(target=self._pump_loop, name="ingest-pump", daemon=True)
+        self._pump.start()
 
     def stop(self) -> None:
         """Disconnect, then let the writer commit and acknowledge what it already holds."""
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
+        self._stopping.set()
+        if self._conn is not None:
+            with self._send_lock, contextlib.suppress(OSError, ValueError):
+                self._conn.send(("stop",))
+        if self._pump is not None:
+            self._pump.join(timeout=30)
+            self._pump = None
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join(timeout=30)
             self._writer = None
-        self._client = None
+        self._reap()
+
+    def _spawn(self) -> None:
+        s = self.settings
+        link = Link(host=s.host, port=s.port, client_id=s.client_id, username=s.username, password=s.password,
+                    subscription=self.subscription, session_expiry_s=s.session_expiry_s, keepalive_s=s.keepalive_s)
+        ours, theirs = _SPAWN.Pipe()
+        child = _SPAWN.Process(target=run_receiver, args=(theirs, link), name="nakhon-hub-mqtt", daemon=True)
+        child.start()
+        theirs.close()
+        with self._send_lock:
+            self._conn, self._child = ours, child
+
+    def _reap(self) -> None:
+        with self._send_lock:
+            conn, child, self._conn, self._child = self._conn, self._child, None, None
+        if child is not None:
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+                child.join()
+        if conn is not None:
+            conn.close()
+
+    def _pump_loop(self) -> None:
+        """Queue what the child receives, follow its connection; start it again if it dies."""
+        while True:
+            conn = self._conn
+            if conn is None:
+                return
+            try:
+                while True:
+                    self._handle(conn.recv())
+            except (EOFError, OSError):
+                pass
+            self.connected.clear()
+            if self._stopping.is_set():
+                return
+            log.error("the hub's MQTT process ended (exit code %s); starting it again",
+                      self._child.exitcode if self._child else None)
+            self._reap()
+            self._stopping.wait(_RESPAWN_S)
+            if self._stopping.is_set():
+                return
+            self._spawn()
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "msgs":
+            for received in event[1]:
+                self._queue.put(received)
+        elif kind == "up":
+            self.max_packet_size = event[1]
+            self.connected.set()
+            if self.on_connected is not None:
+                self.on_connected()
+            log.info("connected to broker %s:%d, subscribed %s (session present: %s)", self.settings.host,
+                     self.settings.port, self.subscription, event[2])
+        elif kind == "down":
+            self.connected.clear()
+            if event[1] == _PACKET_TOO_LARGE:
+                log.error("the broker disconnected the hub for a packet larger than its max_packet_size (%s bytes)",
+                          self.max_packet_size)
+            elif event[1] != 0:
+                log.warning("lost the broker (%s); paho reconnects", event[1])
 
     def check_publishable(self, topic_name: str, payload: bytes) -> None:
         """Raise :class:`MessageTooLarge` when the broker announced a maximum packet size this message exceeds."""
@@ -179,10 +247,14 @@ class Ingest:
     def publish(self, topic_name: str, payload: bytes) -> None:
         """Publish a downlink message at QoS 1 (thread-safe); one the broker would refuse is never handed to
         paho, which would otherwise send it again after every disconnect the broker answers it with."""
-        if self._client is None:
-            raise StoreError("the hub is not connected to a broker")
         self.check_publishable(topic_name, payload)
-        self._client.publish(topic_name, payload, qos=QOS)
+        with self._send_lock:
+            if self._conn is None:
+                raise StoreError("the hub is not connected to a broker")
+            try:
+                self._conn.send(("pub", topic_name, payload))
+            except (OSError, ValueError) as err:
+                raise StoreError(f"the hub's MQTT process is gone: {err}") from err
 
     def publish_ack(self, device: str, seqs: list[int]) -> None:
         """Acknowledge seqs on ``down/ack``, in as many messages as the broker's maximum packet size needs."""
@@ -200,33 +272,6 @@ class Ingest:
                 continue
             self.publish(name, payload)
 
-    # -- paho callbacks (network thread) -------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
-                    properties: Any) -> None:
-        if reason_code.is_failure:
-            log.error("broker %s:%d refused the hub: %s", self.settings.host, self.settings.port, reason_code)
-            return
-        # MQTT v5: a client must not send a packet larger than the broker announces (Mosquitto's max_packet_size)
-        self.max_packet_size = getattr(properties, "MaximumPacketSize", None)
-        client.subscribe(self.subscription, qos=QOS)
-        self.connected.set()
-        if self.on_connected is not None:
-            self.on_connected()
-        log.info("connected to broker %s:%d, subscribed %s (session present: %s)", self.settings.host,
-                 self.settings.port, self.subscription, flags.session_present)
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
-                       properties: Any) -> None:
-        self.connected.clear()
-        if reason_code == _PACKET_TOO_LARGE:
-            log.error("the broker disconnected the hub for a packet larger than its max_packet_size (%s bytes)",
-                      self.max_packet_size)
-        elif reason_code != 0:
-            log.warning("lost the broker (%s); paho reconnects", reason_code)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._queue.put((message.topic, bytes(message.payload), time.time()))
-
     # -- writer thread -------------------------------------------------------------------------
     def writer_state(self) -> WriterState:
         """Whether the writer runs, how much waits for it, and for how long (thread-safe)."""
@@ -240,7 +285,11 @@ class Ingest:
         s = self.settings
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self._ack_due_in())
+            except queue.Empty:
+                self._flush_acks()
+                continue
             if first is None:
                 break
             received = [first]
@@ -260,6 +309,25 @@ class Ingest:
                 self.metrics.writer_errors.inc()
                 log.error("ingest writer: %d messages not settled; their devices will send them again",
                           len(received), exc_info=err)
+            if self._ack_due_in() == 0.0:
+                self._flush_acks()
+        self._flush_acks()
+
+    def _ack_due_in(self) -> float | None:
+        """Seconds until the coalesced acks must go out (None: none wait)."""
+        since = self._unacked_since
+        if since is None:
+            return None
+        return max(0.0, since + self.settings.ack_window_s - time.monotonic())
+
+    def _flush_acks(self) -> None:
+        """Publish every committed seq that waits for its ``down/ack``."""
+        unacked, self._unacked, self._unacked_since = self._unacked, {}, None
+        for device, seqs in unacked.items():
+            try:
+                self.publish_ack(device, seqs)
+            except (StoreError, MessageTooLarge) as err:  # stored already: the device resends, gets a duplicate's ack
+                log.warning("could not acknowledge %d seqs of %s: %s", len(seqs), device, err)
 
     def _process(self, received: list[Received]) -> None:
         self.metrics.received.inc(len(received))
@@ -315,7 +383,9 @@ class Ingest:
         for d in batch.deadletters:
             self.metrics.deadletters.labels(d.reason).inc()
         for device, seqs in outcome.acks.items():
-            self.publish_ack(device, seqs)
+            self._unacked.setdefault(device, []).extend(seqs)
+        if outcome.acks and self._unacked_since is None:
+            self._unacked_since = time.monotonic()
 
     def _commit(self, batch: IngestBatch) -> IngestOutcome:
         delay = 0.5

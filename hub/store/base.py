@@ -109,6 +109,30 @@ class StoredReading:
     seq: int
 
 
+ReadingKey = tuple[int, int, int]
+"""Where a reading sorts: its time (ms since the epoch), its message's seq, its place in the message."""
+
+
+@dataclass(frozen=True)
+class ReadingsPage:
+    """A page of readings, each already one JSON object as the API writes it, and where the next page starts."""
+
+    rows: list[str]
+    next_after: ReadingKey | None
+    """The key of the last reading of a page cut by its limit (None: the page holds the rest)."""
+
+
+@dataclass(frozen=True)
+class ReadingBucket:
+    """The numeric readings of one quantity within one time bucket."""
+
+    start: datetime
+    count: int
+    min: float
+    avg: float
+    max: float
+
+
 @dataclass(frozen=True)
 class StoredDeadLetter:
     """A dead letter as stored."""
@@ -190,6 +214,15 @@ class Store(Protocol):
     def readings(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
                  limit: int) -> list[StoredReading]:
         """A device's readings in time order, optionally for one quantity and a time window."""
+
+    def readings_page(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
+                      limit: int, after: ReadingKey | None = None) -> ReadingsPage:
+        """Like :meth:`readings`, rendered as JSON objects, starting after the reading ``after``."""
+
+    def aggregate(self, device: str, quantity: str, since: datetime | None, until: datetime | None,
+                  bucket_s: int, limit: int) -> list[ReadingBucket]:
+        """Count, min, mean and max of the numeric readings of ``quantity`` per ``bucket_s`` (aligned to the
+        epoch, UTC), oldest first, at most ``limit`` buckets."""
 
     def latest(self, device: str) -> dict[tuple[str, str], datetime]:
         """Timestamp of the newest reading per (sensor, quantity) of a device."""

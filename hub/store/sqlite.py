@@ -24,6 +24,9 @@ from hub.store.base import (
     DeviceRecord,
     IngestBatch,
     IngestOutcome,
+    ReadingBucket,
+    ReadingKey,
+    ReadingsPage,
     StoredDeadLetter,
     StoredReading,
     TxDecision,
@@ -426,6 +429,33 @@ class SQLiteStore:
                               unit=unit, seq=seq)
                 for ts, sensor, q, v, is_bool, unit, seq in self._r().execute(sql, args)]
 
+    def readings_page(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
+                      limit: int, after: ReadingKey | None = None) -> ReadingsPage:
+        """Readings in time order (then seq), each rendered by SQLite as the API's JSON object but its floats
+        (SQLite writes 15 digits; Python's repr round-trips)."""
+        where, args = _readings_where(device, quantity, since, until)
+        if after is not None:
+            where += " AND (ts, seq, idx) > (?, ?, ?)"
+            args += after
+        sql = f"SELECT {_READING_JSON}, ts, seq, idx FROM readings WHERE {where} ORDER BY ts, seq, idx LIMIT ?"  # noqa: S608
+        found = self._r().execute(sql, (*args, limit + 1)).fetchall()
+        page = found[:limit]
+        rows = [f"{head}{text}{tail}" if text is not None else f"{head}{value!r}{tail}"
+                for head, text, value, tail, _, _, _ in page]
+        last = page[-1]
+        return ReadingsPage(rows=rows, next_after=(last[4], last[5], last[6]) if len(found) > limit else None)
+
+    def aggregate(self, device: str, quantity: str, since: datetime | None, until: datetime | None,
+                  bucket_s: int, limit: int) -> list[ReadingBucket]:
+        """Numeric readings of one quantity per time bucket; see :meth:`hub.store.base.Store.aggregate`."""
+        where, args = _readings_where(device, quantity, since, until)
+        width = bucket_s * 1000
+        sql = (f"SELECT (ts / ?) * ?, count(*), min(value), avg(value), max(value) FROM readings "  # noqa: S608
+               f"WHERE {where} AND is_bool = 0 AND typeof(value) IN ('integer', 'real') "
+               f"GROUP BY 1 ORDER BY 1 LIMIT ?")
+        return [ReadingBucket(start=_from_ms(start), count=n, min=lo, avg=mean, max=hi)
+                for start, n, lo, mean, hi in self._r().execute(sql, (width, width, *args, limit))]
+
     def latest(self, device: str) -> dict[tuple[str, str], datetime]:
         """Newest reading time per (sensor, quantity)."""
         rows = self._r().execute("SELECT sensor, quantity, ts FROM latest WHERE device = ?", (device,))
@@ -516,6 +546,30 @@ class SQLiteStore:
 
 _COMMAND_COLUMNS = ("cmd_id, device, name, args, outcome, sent_at, published_at, expires_at, replied_at, "
                    "result, error, replays")
+
+
+_READING_JSON = (
+    """'{"ts":"' || strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000.0, 'unixepoch') || '","sensor":' || json_quote(sensor)"""
+    """ || ',"quantity":' || json_quote(quantity) || ',"value":',"""
+    """ CASE WHEN is_bool THEN iif(value, 'true', 'false') WHEN typeof(value) = 'real' THEN NULL"""
+    """ ELSE json_quote(value) END, value,"""
+    """ ',"unit":' || json_quote(unit) || ',"seq":' || seq || '}'"""
+)
+"""A reading as the head of its JSON object, its value as JSON text (NULL for a float, which Python writes),
+the value itself and the tail of the object: the API's ``ReadingView``, built in SQLite."""
+
+
+def _readings_where(device: str, quantity: str | None, since: datetime | None,
+                    until: datetime | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its arguments) of a device's readings, optionally one quantity, in a window."""
+    where, args = "device = ?", list[Any]([device])
+    value: str | int | None
+    for clause, value in (("quantity = ?", quantity), ("ts >= ?", _ms(since) if since else None),
+                          ("ts < ?", _ms(until) if until else None)):
+        if value is not None:
+            where += f" AND {clause}"
+            args.append(value)
+    return where, args
 
 
 def _command_row(row: tuple[Any, ...]) -> CommandRecord:

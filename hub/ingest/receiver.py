@@ -1,0 +1,150 @@
+"""The hub's MQTT connection in a process of its own: paho's network loop there, the writer in the hub.
+
+paho spends tens of microseconds of Python per message (packet parsing, v5 properties, the message object, a
+PUBACK); in the hub's process that time is taken from the writer under one GIL. Here it runs on another core:
+the child passes what it receives to the hub in batches of raw ``(topic, payload, received_at)`` over a pipe,
+and publishes what the hub hands it. It holds nothing durable: a message it PUBACKed but never passed on is
+still in its device's outbox, which resends it until the hub acknowledges it after its commit.
+
+Child to hub: ``("up", max_packet_size, session_present)``, ``("down", reason_code)``, ``("msgs", [...])``.
+Hub to child: ``("pub", topic, payload)``, ``("stop",)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.contract import QOS
+
+log = logging.getLogger("nakhon.hub.ingest")
+
+FLUSH_S = 0.002
+"""How long a received message may wait in the child for others to share its trip to the hub."""
+BATCH = 1000
+"""Most messages in one trip."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """How the child reaches the broker (what it needs of the hub's ingest settings)."""
+
+    host: str
+    port: int
+    client_id: str
+    username: str | None
+    password: str | None
+    subscription: str
+    session_expiry_s: int
+    keepalive_s: int
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Child:
+    """The child's side: a paho client, a batcher that sends to the hub, a reader of the hub's requests."""
+
+    def __init__(self, conn: Connection, link: Link) -> None:
+        self.conn = conn
+        self.link = link
+        self.send_lock = threading.Lock()
+        self.pending: list[tuple[str, bytes, float]] = []
+        self.ready = threading.Condition()
+        self.stopping = False
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=link.client_id, protocol=mqtt.MQTTv5)
+        if link.username:
+            client.username_pw_set(link.username, link.password)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(1, 30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        # small messages answered one by one: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms each
+        client.on_socket_open = _no_delay
+        self.client = client
+
+    def send(self, item: tuple[Any, ...]) -> None:
+        """Send to the hub (from any thread)."""
+        with self.send_lock:
+            self.conn.send(item)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s:%d refused the hub: %s", self.link.host, self.link.port, reason_code)
+            return
+        client.subscribe(self.link.subscription, qos=QOS)
+        # MQTT v5: a client must not send a packet larger than the broker announces (Mosquitto's max_packet_size)
+        self.send(("up", getattr(properties, "MaximumPacketSize", None), bool(flags.session_present)))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        self.send(("down", int(reason_code.value) if hasattr(reason_code, "value") else int(reason_code)))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self.ready:
+            self.pending.append((message.topic, bytes(message.payload), time.time()))
+            if len(self.pending) == 1:
+                self.ready.notify()
+
+    def batcher(self) -> None:
+        """Pass what arrived to the hub: a first message waits up to FLUSH_S for company."""
+        while True:
+            with self.ready:
+                while not self.pending and not self.stopping:
+                    self.ready.wait()
+                if not self.pending:
+                    return
+            if len(self.pending) < BATCH and not self.stopping:
+                time.sleep(FLUSH_S)
+            with self.ready:
+                batch, self.pending = self.pending, []
+            self.send(("msgs", batch))
+
+    def run(self) -> None:
+        """Connect, then serve the hub's requests until it asks to stop or goes away."""
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.link.session_expiry_s
+        batcher = threading.Thread(target=self.batcher, name="receiver-batcher", daemon=True)
+        batcher.start()
+        self.client.connect_async(self.link.host, self.link.port, keepalive=self.link.keepalive_s,
+                                  clean_start=False, properties=props)
+        self.client.loop_start()
+        try:
+            while True:
+                request = self.conn.recv()
+                if request[0] == "pub":
+                    self.client.publish(request[1], request[2], qos=QOS)
+                else:
+                    break
+        except EOFError:
+            pass  # the hub is gone: nothing here is durable
+        self.client.disconnect()
+        self.client.loop_stop()
+        with self.ready:
+            self.stopping = True
+            self.ready.notify()
+        batcher.join()
+
+
+def run(conn: Connection, link: Link) -> None:
+    """The child process: Ctrl-C is the hub's to handle (it asks the child to stop)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _Child(conn, link).run()
+    conn.close()
