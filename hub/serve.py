@@ -20,6 +20,7 @@ from edge.contract import TxOutcome, topic
 from hub import audit as audit_log
 from hub.api.app import create_app
 from hub.auth import accounts as auth_accounts
+from hub.auth import users as auth_users
 from hub.auth.web import protect
 from hub.errors import HubConfigError, StoreError
 from hub.finance import api as finance_api
@@ -142,6 +143,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     app.include_router(ogc.create_router({"reports": gis_api.reports_layer(store),
                                           "devices": gis_api.devices_layer(store),
                                           "zones": gis_api.zones_layer(zones)}))
+    app.include_router(auth_users.create_router(auth_accounts.Accounts(store), audit))
     protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
     app.router.lifespan_context = lifespan
     return app, store, ingest
