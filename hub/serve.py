@@ -22,6 +22,7 @@ from hub.api.app import create_app
 from hub.auth import accounts as auth_accounts
 from hub.auth import users as auth_users
 from hub.auth.web import protect
+from hub.dashboard import add_dashboard
 from hub.errors import HubConfigError, StoreError
 from hub.finance import api as finance_api
 from hub.finance import ledger
@@ -52,6 +53,8 @@ class HubSettings:
     promptpay: PromptPaySettings = field(default_factory=PromptPaySettings)
     bank_secret: str | None = None
     public_ogc: bool = False
+    tiles: str | None = None
+    """The dashboard map's basemap tile URL template (none: a plain background)."""
 
 
 def private_directory(path: Path) -> None:
@@ -144,6 +147,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
                                           "devices": gis_api.devices_layer(store),
                                           "zones": gis_api.zones_layer(zones)}))
     app.include_router(auth_users.create_router(auth_accounts.Accounts(store), audit))
+    add_dashboard(app, settings.tiles)
     protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
     app.router.lifespan_context = lifespan
     return app, store, ingest

@@ -64,6 +64,11 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("POST", "/api/session"): PUBLIC,
+    # the dashboard's page, modules and vendored libraries hold no data: every data call goes through the API
+    ("GET", "/"): PUBLIC,
+    ("GET", "/ui/{path:path}"): PUBLIC,
+    ("GET", "/vendor/{path:path}"): PUBLIC,
+    ("GET", "/api/dashboard/settings"): READ,
     ("GET", "/api/session"): READ,
     ("DELETE", "/api/session"): READ,
     ("GET", "/api/audit"): ADMIN,
