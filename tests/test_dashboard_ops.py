@@ -1,0 +1,93 @@
+"""The dashboard's operations pages in headless Chromium against a real broker, hub and agents: an SOS alarm
+acknowledged from the page and audited, voids refused to a viewer and made by a finance user."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium.webdriver.chrome.webdriver import WebDriver as Chrome
+from selenium.webdriver.common.by import By
+
+from edge.contract import Tx, now
+from hub.finance import ledger
+from hub.finance.catalogue import DEMO_FEES, load_catalogue
+from hub.finance.promptpay import PromptPaySettings
+from hub.router import Router
+from tests.browser import chromium, page_ready, sign_in
+from tests.conftest import TEST_PASSWORD, Broker, build_hub_app, user_token, wait_for
+
+pytestmark = pytest.mark.broker
+
+Procs = dict[str, Callable[..., Any]]
+
+
+def _with_receipts(data: Path, n: int) -> None:
+    """A hub data directory whose ledger holds ``n`` cash payments (kiosk kk-kiosk-0001)."""
+    made = build_hub_app(data)
+    try:
+        router = Router({"fee.payment": ledger.FinanceRoute(load_catalogue(DEMO_FEES), PromptPaySettings())})
+        for i in range(1, n + 1):
+            made.store.apply_tx(Tx(device="kk-kiosk-0001", seq=i, tx_id=f"kk-kiosk-0001-tx-d{i:05d}",
+                                   kind="fee.payment", created_at=now(), citizen={"ref": "9f2c" * 16},
+                                   data={"office": "kkc-hq", "service": "garbage-monthly", "amount_satang": 4000,
+                                         "method": "cash"}), 1.0, router.decide)
+    finally:
+        made.store.close()
+
+
+def _receipt_rows(driver: Chrome) -> list[str]:
+    rows = driver.find_elements(By.CSS_SELECTOR, "#fin-receipts tr[data-receipt]")
+    return [r.get_attribute("data-receipt") or "" for r in rows]
+
+
+def _session_call(driver: Chrome, method: str, path: str, body: dict[str, Any]) -> int:
+    """Call the API from the page's own session (cookie and CSRF token), as a crafted request would; the status."""
+    return int(driver.execute_async_script("""
+        const [method, path, body, done] = arguments;
+        fetch('/api/session').then(r => r.json()).then(s => fetch(path, {method, body: JSON.stringify(body),
+            headers: {'Content-Type': 'application/json', [s.csrf_header]: s.csrf_token}}))
+          .then(r => done(r.status), () => done(0));""", method, path, body))
+
+
+def test_a_viewer_sees_no_void_and_is_refused_and_a_finance_user_voids_with_their_name_in_the_ledger(
+        broker: Broker, procs: Procs, tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    _with_receipts(data, 3)
+    user_token(data, "vichai", ("viewer",))
+    user_token(data, "malee", ("finance",))
+    hub = procs["hub"](broker.port, data=data)
+    receipts = [r["receipt_no"] for r in hub.get("/api/finance/receipts")]
+    assert len(receipts) == 3
+
+    with chromium(tmp_path / "viewer") as driver:
+        sign_in(driver, hub.url, "vichai", TEST_PASSWORD, lang="en")
+        assert driver.find_elements(By.CSS_SELECTOR, '#nav a[data-page="finance"]')
+        page_ready(driver, "finance", "#fin-receipts tr[data-receipt]")
+        assert sorted(_receipt_rows(driver)) == sorted(receipts)
+        assert driver.find_elements(By.CSS_SELECTOR, "[data-void]") == []
+        assert driver.find_elements(By.ID, "fin-count-form") == []
+        assert _session_call(driver, "POST", f"/api/finance/receipts/{receipts[1]}/reverse",
+                             {"entry": "void", "reason": "crafted by a viewer"}) == 403
+    assert [e["entry"] for e in hub.get("/api/finance/ledger")] == ["payment"] * 3
+
+    with chromium(tmp_path / "finance") as driver:
+        sign_in(driver, hub.url, "malee", TEST_PASSWORD, lang="en")
+        page_ready(driver, "finance", f'[data-void="{receipts[1]}"]')
+        driver.find_element(By.CSS_SELECTOR, f'[data-void="{receipts[1]}"]').click()
+        dialog = driver.find_element(By.CSS_SELECTOR, "dialog.ask[open]")
+        dialog.find_element(By.NAME, "reason").send_keys("citizen paid twice")
+        dialog.find_element(By.CSS_SELECTOR, '[data-confirm="yes"]').click()
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, '#fin-ledger tr[data-kind="void"]'), 10,
+                 "the compensating entry in the ledger")
+        row = driver.find_element(By.CSS_SELECTOR, '#fin-ledger tr[data-kind="void"]')
+        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        assert "malee" in cells and "citizen paid twice" in cells and receipts[1] in cells
+        assert any(c.startswith("-") and "40.00" in c for c in cells)
+        assert not driver.find_elements(By.CSS_SELECTOR, f'[data-void="{receipts[1]}"]')
+    entries = hub.get("/api/finance/ledger")
+    assert [(e["entry"], e["amount_satang"], e["by_user"]) for e in entries][-1] == ("void", -4000, "malee")
+    audit = hub.get("/api/audit", object=f"receipt/{receipts[1]}")
+    assert [(a["user"], a["action"]) for a in audit] == [("malee", "receipt.void")]
