@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from edge.contract import TxOutcome, topic
 from hub import audit as audit_log
+from hub.api import aggregate
 from hub.api.app import create_app
 from hub.auth import accounts as auth_accounts
 from hub.auth import users as auth_users
@@ -147,6 +148,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
                                           "devices": gis_api.devices_layer(store),
                                           "zones": gis_api.zones_layer(zones)}))
     app.include_router(auth_users.create_router(auth_accounts.Accounts(store), audit))
+    app.include_router(aggregate.create_router(store))
     add_dashboard(app, settings.tiles)
     protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
     app.router.lifespan_context = lifespan

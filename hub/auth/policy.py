@@ -81,6 +81,8 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", "/api/devices"): READ,
     ("GET", "/api/devices/{device}"): READ,
     ("GET", "/api/devices/{device}/readings"): READ,
+    ("GET", "/api/devices/{device}/readings/aggregate"): READ,
+    ("GET", "/api/devices/{device}/quantities"): READ,
     ("GET", "/api/deadletters"): READ,
     ("POST", "/api/devices/{device}/commands"): role("operator"),
     ("GET", "/api/devices/{device}/commands"): READ,

@@ -183,6 +183,29 @@ export function confirmAction(text) {
   });
 }
 
+const loaded = new Map();
+
+/** Load a vendored script (a classic one, like Leaflet) once; resolves when it has run. */
+export function loadScript(src) {
+  if (!loaded.has(src)) {
+    loaded.set(src, new Promise((resolve, reject) => {
+      document.head.append(h("script", { src, onload: resolve, onerror: () => reject(new Error(`cannot load ${src}`)) }));
+    }));
+  }
+  return loaded.get(src);
+}
+
+/** Load a vendored style sheet once. */
+export function loadStyle(href) {
+  if (!loaded.has(href)) {
+    loaded.set(href, new Promise((resolve, reject) => {
+      document.head.append(h("link", { rel: "stylesheet", href, onload: resolve,
+        onerror: () => reject(new Error(`cannot load ${href}`)) }));
+    }));
+  }
+  return loaded.get(href);
+}
+
 // ---- the API --------------------------------------------------------------------------------------------
 
 /** An API answer other than 2xx. */
@@ -526,7 +549,7 @@ function showSignIn(message = "") {
       }
     },
   },
-  h("label", {}, t("signin.name"), name), h("label", {}, t("signin.password"), password), submit);
+  h("label", {}, t("signin.name"), name), h("label", {}, t("signin.password"), password), error, submit);
   document.getElementById("main").replaceChildren(h("section", { class: "signin card", id: "signin" },
     h("p", { class: "lang" }, h("button", { type: "button", id: "signin-lang", onclick: () => setLang(lang === "th" ? "en" : "th") },
       t("shell.lang"))),

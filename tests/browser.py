@@ -1,0 +1,69 @@
+"""Headless Chromium for the dashboard tests: offline (no name resolves), signed in through the page itself."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.webdriver import WebDriver as Chrome
+from selenium.webdriver.common.by import By
+
+from tests.conftest import wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+OFFLINE = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--autoplay-policy=no-user-gesture-required",
+           "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
+"""No name resolves: a page that needs a CDN cannot load it, as on a municipal network without internet."""
+DESKTOP = (1366, 768)
+PHONE = (390, 844)
+
+
+@contextlib.contextmanager
+def chromium(profile: Path, size: tuple[int, int] = DESKTOP) -> Iterator[Chrome]:
+    """A headless Chromium window of ``size`` (CSS pixels), quit at the end."""
+    options = webdriver.ChromeOptions()
+    for arg in OFFLINE:
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.add_argument(f"--window-size={size[0]},{size[1]}")
+    options.binary_location = str(CHROMIUM)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    try:
+        driver.set_window_size(*size)
+        inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+        driver.set_window_size(2 * size[0] - inner[0], 2 * size[1] - inner[1])
+        yield driver
+    finally:
+        driver.quit()
+
+
+def js(driver: Chrome, script: str, *args: Any) -> Any:
+    """Run ``script`` (a function body) in the page and return its value."""
+    return driver.execute_script(script, *args)
+
+
+def sign_in(driver: Chrome, url: str, name: str, password: str, lang: str = "th") -> None:
+    """Open the dashboard, choose the language and sign in through the form; wait for the navigation."""
+    driver.get(url + "/")
+    wait_for(lambda: driver.find_elements(By.ID, "signin-name"), 15, "the sign-in form")
+    js(driver, "localStorage.setItem('nakhon.lang', arguments[0]); localStorage.setItem('nakhon.mute', '1')", lang)
+    driver.get(url + "/")
+    wait_for(lambda: driver.find_elements(By.ID, "signin-name"), 15, "the sign-in form")
+    driver.find_element(By.ID, "signin-name").send_keys(name)
+    driver.find_element(By.ID, "signin-password").send_keys(password)
+    driver.find_element(By.ID, "signin-submit").click()
+    wait_for(lambda: driver.find_element(By.ID, "nav").is_displayed(), 15, "the dashboard after sign-in")
+
+
+def page_ready(driver: Chrome, page: str, selector: str, timeout: float = 15) -> None:
+    """Go to ``#/page`` and wait until ``selector`` shows in it."""
+    driver.get(driver.current_url.split("#")[0] + f"#/{page}")
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, f'.page[data-page="{page.split("/")[0]}"] {selector}'),
+             timeout, f"{selector} on page {page}")
