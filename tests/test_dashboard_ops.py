@@ -4,6 +4,7 @@ acknowledged from the page and audited, voids refused to a viewer and made by a 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,16 @@ from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.promptpay import PromptPaySettings
 from hub.router import Router
-from tests.browser import chromium, page_ready, sign_in
+from tests.browser import chromium, js, page_ready, sign_in
 from tests.conftest import TEST_PASSWORD, Broker, build_hub_app, user_token, wait_for
 
 pytestmark = pytest.mark.broker
 
 Procs = dict[str, Callable[..., Any]]
+
+SOS_BUTTON = {"kind": "sim_button", "name": "sos", "event": "sos.pressed", "mean_gap_s": 2.0, "seed": 20}
+"""A pole's SOS button: its first press comes 4.7 s after the agent starts (once it is online), the next 2.3 s later."""
+ON_PAGE_WITHIN_S = 1.0
 
 
 def _with_receipts(data: Path, n: int) -> None:
@@ -91,3 +96,56 @@ def test_a_viewer_sees_no_void_and_is_refused_and_a_finance_user_voids_with_thei
     assert [(e["entry"], e["amount_satang"], e["by_user"]) for e in entries][-1] == ("void", -4000, "malee")
     audit = hub.get("/api/audit", object=f"receipt/{receipts[1]}")
     assert [(a["user"], a["action"]) for a in audit] == [("malee", "receipt.void")]
+
+
+def test_an_sos_alarm_shows_within_a_second_is_acknowledged_from_the_page_and_audited(
+        broker: Broker, procs: Procs, tmp_path: Path) -> None:
+    hub = procs["hub"](broker.port)
+    user_token(hub.data, "somchai", ("operator",))
+    with chromium(tmp_path / "profile") as driver:
+        sign_in(driver, hub.url, "somchai", TEST_PASSWORD, lang="en")
+        page_ready(driver, "alarms", "#alarm-counts .count")
+        assert driver.find_elements(By.CSS_SELECTOR, "#alarms-open tr[data-alarm]") == []
+        js(driver, """window.seenAt = null;
+            new MutationObserver(() => { if (!window.seenAt && document.querySelector('#alarms-open tr[data-alarm]'))
+              window.seenAt = Date.now(); }).observe(document.body, {childList: true, subtree: true});""")
+        procs["agent"]("kk-pole-0001", broker.port, drivers=[SOS_BUTTON], heartbeat_s=1.0)
+        wait_for(lambda: hub.get("/api/alarms", rule="sos"), 20, "the SOS alarm on the hub")
+        wait_for(lambda: js(driver, "return window.seenAt"), 5, "the SOS alarm on the page")
+        pressed = min(e["ts"] for e in hub.get("/api/events", event="sos.pressed", limit=100)["events"])
+        seen_after_s = js(driver, "return window.seenAt") / 1000 - datetime.fromisoformat(pressed).timestamp()
+        assert 0 < seen_after_s < ON_PAGE_WITHIN_S, f"the SOS showed {seen_after_s:.2f} s after the press"
+
+        alarm = hub.get("/api/alarms", rule="sos")[0]
+        selector = f'#alarms-open tr[data-alarm="{alarm["id"]}"]'
+        row = driver.find_element(By.CSS_SELECTOR, selector)
+        assert "SOS" in row.text and "kk-pole-0001" in row.text and "unacknowledged" in row.text
+        row.find_element(By.CSS_SELECTOR, '[data-act="ack"]').click()
+        wait_for(lambda: hub.get(f"/api/alarms/{alarm['id']}")["state"] == "acknowledged", 10, "the acknowledgement")
+        assert hub.get(f"/api/alarms/{alarm['id']}")["acked_by"] == "somchai"
+        wait_for(lambda: "acknowledged" in driver.find_element(By.CSS_SELECTOR, selector).text, 10,
+                 "the page to show it acknowledged")
+        assert not driver.find_elements(By.CSS_SELECTOR, f'{selector} [data-act="ack"]')
+
+        driver.find_element(By.ID, "signout").click()
+        sign_in(driver, hub.url, "admin", TEST_PASSWORD, lang="en")
+        page_ready(driver, "audit", 'tr[data-action="alarm.ack"]')
+        audited = driver.find_element(By.CSS_SELECTOR, 'tr[data-action="alarm.ack"]')
+        assert audited.get_attribute("data-user") == "somchai" and f"alarm/{alarm['id']}" in audited.text
+
+
+def test_more_than_ten_alarms_in_ten_minutes_are_a_flood(broker: Broker, procs: Procs, tmp_path: Path) -> None:
+    hub = procs["hub"](broker.port)
+    with chromium(tmp_path / "profile") as driver:
+        sign_in(driver, hub.url, "admin", TEST_PASSWORD, lang="en")
+        page_ready(driver, "alarms", "#alarm-counts .count")
+        sizes = driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            import('/ui/pages/alarms.js').then(({flood}) => {
+              const at = (minutesAgo) => new Date(Date.now() - minutesAgo * 60000).toISOString();
+              const alarms = (n, minutesAgo) => Array.from({length: n},
+                (_, i) => ({id: i, first_seen: at(minutesAgo)}));
+              done([flood(alarms(10, 1)).length, flood(alarms(11, 1)).length,
+                    flood([...alarms(10, 1), ...alarms(5, 11)]).length]);
+            });""")
+    assert sizes == [0, 11, 0]
