@@ -11,10 +11,11 @@ from typing import Any
 import httpx
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 from hub.dashboard import STATIC
 from tests.browser import chromium, js, page_ready, sign_in
-from tests.conftest import ROOT, TEST_PASSWORD, Broker, wait_for
+from tests.conftest import ROOT, TEST_PASSWORD, Agent, Broker, Hub, fast_air, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -94,3 +95,105 @@ def test_sign_in_wrong_password_and_the_end_of_a_session(broker: Broker, procs: 
                          timeout=10).status_code == 401
         page_errors = js(driver, "return window.nakhon.missing.size")
         assert page_errors == 0
+
+
+def _located(agent: Agent, lat: float, lon: float) -> None:
+    """Give a test agent's config an installed location (top-level keys come before the first table)."""
+    text = agent.config.read_text()
+    agent.config.write_text(text.replace("config_version = 1\n", f"config_version = 1\nlocation = {{ lat = {lat}, "
+                                         f"lon = {lon} }}\nsite = \"Test site\"\nnode = \"air-quality-pole\"\n", 1))
+
+
+def _online(hub: Hub, *devices: str) -> None:
+    wait_for(lambda: {d["device"] for d in hub.get("/api/devices") if d["liveness"]["link"] == "online"}
+             >= set(devices), 30, f"{devices} online")
+
+
+def test_a_stopped_agent_shows_offline_on_the_fleet_page_without_a_reload(broker: Broker, procs: Procs,
+                                                                           tmp_path: Path) -> None:
+    hub = procs["hub"](broker.port)
+    agents = {d: procs["agent"](d, broker.port, drivers=[fast_air(interval_s=1)], start=False)
+              for d in ("kk-aq-0001", "kk-aq-0002")}
+    for a in agents.values():
+        a.start()
+    _online(hub, *agents)
+    with chromium(tmp_path / "profile") as driver:
+        sign_in(driver, hub.url, "admin", TEST_PASSWORD)
+        page_ready(driver, "fleet", 'tr[data-device="kk-aq-0002"][data-link="online"]')
+        assert js(driver, "return document.querySelector('#fleet-counts [data-state=online] b').textContent") == "2"
+        wait_for(lambda: js(driver, "return window.nakhon.streamOpen"), 15, "the live stream")
+        js(driver, "window.stayedOnThisPage = true")
+        assert agents["kk-aq-0002"].stop() == 0  # a graceful stop: the agent says offline
+        # the page re-reads the whole fleet only every 30 s: within 10 s, only the stream can have said it
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, 'tr[data-device="kk-aq-0002"][data-link="offline"]'),
+                 10, "kk-aq-0002 offline on the page")
+        assert js(driver, "return window.stayedOnThisPage") is True
+        assert js(driver, "return document.querySelector('#fleet-counts [data-state=offline] b').textContent") == "1"
+        # the filters and the search narrow the table; one click opens the device
+        Select(driver.find_element(By.ID, "fleet-state")).select_by_value("offline")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr")
+        assert [r.get_attribute("data-device") for r in rows] == ["kk-aq-0002"]
+        Select(driver.find_element(By.ID, "fleet-state")).select_by_value("")
+        driver.find_element(By.ID, "fleet-search").send_keys("0001")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr")
+        assert [r.get_attribute("data-device") for r in rows] == ["kk-aq-0001"]
+        rows[0].click()
+        wait_for(lambda: driver.current_url.endswith("#/device/kk-aq-0001"), 10, "the device page")
+
+
+def test_the_map_shows_one_marker_per_located_device_and_the_zones(broker: Broker, procs: Procs,
+                                                                   tmp_path: Path) -> None:
+    hub = procs["hub"](broker.port)
+    places = {"kk-aq-0001": (16.4322, 102.8236), "kk-aq-0002": (16.4419, 102.8360)}
+    for device, (lat, lon) in places.items():
+        agent = procs["agent"](device, broker.port, drivers=[fast_air(interval_s=5)], start=False)
+        _located(agent, lat, lon)
+        agent.start()
+    procs["agent"]("kk-wl-0001", broker.port, drivers=[fast_air(interval_s=5)])  # no location: not on the map
+    _online(hub, *places, "kk-wl-0001")
+    zones = hub.get("/api/gis/zones")["features"]
+    assert zones
+    with chromium(tmp_path / "profile") as driver:
+        sign_in(driver, hub.url, "admin", TEST_PASSWORD, lang="en")
+        page_ready(driver, "map", ".leaflet-container")
+        wait_for(lambda: js(driver, "return window.nakhon.map && window.nakhon.map.cluster.getLayers().length"), 15,
+                 "the device markers")
+        markers = js(driver, "return window.nakhon.map.cluster.getLayers().map(m => [m.options.device, "
+                             "m.getLatLng().lat, m.getLatLng().lng, m.options.state])")
+        assert sorted(markers) == sorted([d, lat, lon, "online"] for d, (lat, lon) in places.items())
+        assert js(driver, "return window.nakhon.map.zones.getLayers().length") == len(zones)
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".leaflet-overlay-pane path.zone")) == len(zones)
+        assert not driver.find_elements(By.CSS_SELECTOR, ".leaflet-tile")  # no basemap without --tiles
+        loaded = js(driver, "return performance.getEntriesByType('resource').map(e => e.name)")
+        assert all(url.startswith(hub.url) for url in loaded), loaded
+
+
+def test_a_device_chart_shows_what_the_store_holds_for_its_window(broker: Broker, procs: Procs,
+                                                                  tmp_path: Path) -> None:
+    hub = procs["hub"](broker.port)
+    agent = procs["agent"]("kk-aq-0001", broker.port, drivers=[fast_air(interval_s=0.05)])
+    _online(hub, "kk-aq-0001")
+    wait_for(lambda: hub.get("/api/devices/kk-aq-0001/readings", quantity="pm2_5")["count"] >= 200, 60,
+             "200 PM2.5 readings")
+    assert agent.stop() == 0  # what the store holds stays put while the page reads it
+    with chromium(tmp_path / "profile") as driver:
+        sign_in(driver, hub.url, "admin", TEST_PASSWORD)
+        page_ready(driver, "device/kk-aq-0001?window=hour", '.chart[data-quantity="pm2_5"] canvas')
+        wait_for(lambda: js(driver, "return window.nakhon.charts && window.nakhon.charts.pm2_5"), 15, "the chart data")
+        chart = js(driver, "return window.nakhon.charts.pm2_5")
+        raw = hub.get("/api/devices/kk-aq-0001/readings", quantity="pm2_5", since=chart["since"],
+                      until=chart["until"], limit=100_000)["readings"]
+        values = [r["value"] for r in raw]
+        assert len(values) >= 200
+        assert sum(b["count"] for b in chart["buckets"]) == len(values)
+        assert min(b["min"] for b in chart["buckets"]) == min(values)
+        assert max(b["max"] for b in chart["buckets"]) == max(values)
+        assert len(chart["buckets"]) <= 2000 and chart["bucket_s"] * 1000 >= 3600 * 1000 / 2000
+        assert chart["unit"] == "ug/m3"
+        # the uPlot series hold the same buckets (min, avg, max)
+        series = js(driver, "const c = document.querySelector('.chart[data-quantity=pm2_5] .uplot');"
+                            "return c && c.querySelectorAll('.u-legend .u-series').length")
+        assert series == 4
+        # the PM2.5 chart carries the Thai AQI band legend
+        assert "ดีมาก" in driver.find_element(By.CSS_SELECTOR, '.chart[data-quantity="pm2_5"]').find_element(
+            By.XPATH, "..").text
