@@ -3,6 +3,8 @@ acknowledged from the page and audited, voids refused to a viewer and made by a 
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -134,18 +136,33 @@ def test_an_sos_alarm_shows_within_a_second_is_acknowledged_from_the_page_and_au
         assert audited.get_attribute("data-user") == "somchai" and f"alarm/{alarm['id']}" in audited.text
 
 
-def test_more_than_ten_alarms_in_ten_minutes_are_a_flood(broker: Broker, procs: Procs, tmp_path: Path) -> None:
+def _raise_alarms(data: Path, devices: list[str], rule: str, at: float) -> None:
+    """Open alarms of one rule on many devices, written straight into the hub's store as its engine would."""
+    with sqlite3.connect(data / "hub.sqlite") as db:
+        db.executemany("INSERT INTO alarms (rule, device, severity, state, latched, title_th, title_en, detail, "
+                       "first_seen, last_seen) VALUES (?, ?, 'major', 'active', 0, 'น้ำท่วมขัง', 'Flooding', '{}', ?, ?)",
+                       [(rule, d, at, at) for d in devices])
+
+
+def test_more_than_ten_alarms_in_ten_minutes_are_a_flood_grouped_by_rule(
+        broker: Broker, procs: Procs, tmp_path: Path) -> None:
     hub = procs["hub"](broker.port)
+    _raise_alarms(hub.data, [f"kk-water-{i:04d}" for i in range(10)], "water-high", time.time() - 60)
+    _raise_alarms(hub.data, ["kk-water-0100"], "water-high", time.time() - 3600)  # an hour ago: not in the flood
     with chromium(tmp_path / "profile") as driver:
         sign_in(driver, hub.url, "admin", TEST_PASSWORD, lang="en")
-        page_ready(driver, "alarms", "#alarm-counts .count")
-        sizes = driver.execute_async_script("""
-            const done = arguments[arguments.length - 1];
-            import('/ui/pages/alarms.js').then(({flood}) => {
-              const at = (minutesAgo) => new Date(Date.now() - minutesAgo * 60000).toISOString();
-              const alarms = (n, minutesAgo) => Array.from({length: n},
-                (_, i) => ({id: i, first_seen: at(minutesAgo)}));
-              done([flood(alarms(10, 1)).length, flood(alarms(11, 1)).length,
-                    flood([...alarms(10, 1), ...alarms(5, 11)]).length]);
-            });""")
-    assert sizes == [0, 11, 0]
+        page_ready(driver, "alarms", "#alarms-open tr[data-alarm]")
+        assert driver.find_elements(By.CSS_SELECTOR, "#alarm-flood .flood-group") == []  # ten is not a flood
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#alarms-open tr[data-alarm]")) == 11
+
+        _raise_alarms(hub.data, ["kk-water-0010"], "water-high", time.time())
+        driver.refresh()
+        page_ready(driver, "alarms", '#alarm-flood .flood-group[data-rule="water-high"]')
+        group = driver.find_element(By.CSS_SELECTOR, '#alarm-flood .flood-group[data-rule="water-high"]')
+        assert "11 ×" in group.text and "Flooding" in group.text
+        assert "Alarm flood: 11 in 10 minutes" in driver.find_element(By.ID, "alarm-flood").text
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#alarms-open tr[data-alarm]")) == 1  # the older one
+        group.find_element(By.CSS_SELECTOR, '[data-ack-group="water-high"]').click()
+        wait_for(lambda: len(hub.get("/api/alarms", state="acknowledged")) == 11, 10, "the group acknowledged")
+    assert {a["acked_by"] for a in hub.get("/api/alarms", state="acknowledged")} == {"admin"}
+    assert [a["device"] for a in hub.get("/api/alarms", state="active")] == ["kk-water-0100"]

@@ -54,6 +54,11 @@ function title(alarm) {
   return (currentLang() === "en" ? alarm.title_en : alarm.title_th) || alarm.rule;
 }
 
+function details(detail) {
+  if (!detail || typeof detail !== "object") return detail;
+  return Object.entries(detail).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ");
+}
+
 function byUrgency(a, b) {
   return SEVERITIES.indexOf(a.severity) - SEVERITIES.indexOf(b.severity)
     || String(a.first_seen).localeCompare(String(b.first_seen));
@@ -157,7 +162,8 @@ registerPage("alarms", {
               h("b", {}, t("alarms.group", { n: members.length }), " ", raw(title(members[0]))),
               h("button", { type: "button", onclick: () => { open ? expanded.delete(rule) : expanded.add(rule); reload(); } },
                 open ? t("alarms.hide") : t("alarms.show")),
-              can("operator") && unacked.length ? h("button", { type: "button", class: "primary", onclick: async () => {
+              can("operator") && unacked.length ? h("button", { type: "button", class: "primary", dataset: { ackGroup: rule },
+                onclick: async () => {
                 for (const m of unacked) await api(`/api/alarms/${m.id}/ack`, { method: "POST", body: {} }).catch(() => null);
                 reload();
               } }, t("alarms.ack_group")) : ""),
@@ -171,7 +177,7 @@ registerPage("alarms", {
       detail.replaceChildren(
         h("div", { class: "row" }, h("span", { class: `sev ${a.severity}` }, label("severity", a.severity)),
           h("b", {}, raw(title(a))), raw(a.device), label("alarmstate", a.state), buttons(a)),
-        h("p", { class: "muted" }, raw(a.detail)),
+        h("p", { class: "muted" }, raw(details(a.detail))),
         table([
           { label: "alarms.at", raw: true, cell: (x) => fmt.date(x.at) },
           { label: "alarms.action", cell: (x) => label("alarmaction", x.action) },

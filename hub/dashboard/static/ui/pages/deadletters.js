@@ -100,7 +100,7 @@ registerPage("deadletters", {
         { label: "dead.device", raw: true, cell: (d) => deviceOf(d.topic) },
         { label: "dead.topic", raw: true, cell: (d) => d.topic },
         { label: "dead.size", raw: true, cell: (d) => d.size },
-        { label: "dead.detail", raw: true, cell: (d) => String(d.detail).slice(0, 120) },
+        { label: "dead.detail", raw: true, cell: (d) => String(d.detail).slice(0, 60) },
       ], chosen, { rowAttrs: (d) => ({ class: "clickable", dataset: { dead: d.id }, onclick: () => show(d) }) }));
     }
 

@@ -106,7 +106,6 @@ registerPage("reports", {
         window.L.circleMarker([lat, lon], { radius: f.id === selected ? 9 : 6, color: STATUS_COLOURS[f.properties.status],
           fillOpacity: 0.8 }).on("click", () => select(f.id)).addTo(layer);
       }
-      if (features.length) map.fitBounds(layer.getBounds(), { maxZoom: 16, padding: [20, 20] });
     }
 
     async function load() {
@@ -135,8 +134,9 @@ registerPage("reports", {
         const settings = await api("/api/dashboard/settings").catch(() => ({}));
         if (settings.tiles) L.tileLayer(settings.tiles, { maxZoom: 19 }).addTo(map);
         const zones = await api("/api/gis/zones");
-        L.geoJSON(zones, { style: { color: "#0b5cad", weight: 1, fillOpacity: 0.05 } }).addTo(map);
+        const city = L.geoJSON(zones, { style: { color: "#0b5cad", weight: 1, fillOpacity: 0.05 } }).addTo(map);
         layer = L.featureGroup().addTo(map);
+        if (city.getLayers().length) map.fitBounds(city.getBounds(), { padding: [10, 10] });
         ctx.cleanup(() => map.remove());
         drawMap();
       } catch (err) {
