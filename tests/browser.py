@@ -59,7 +59,7 @@ def sign_in(driver: Chrome, url: str, name: str, password: str, lang: str = "th"
     driver.find_element(By.ID, "signin-name").send_keys(name)
     driver.find_element(By.ID, "signin-password").send_keys(password)
     driver.find_element(By.ID, "signin-submit").click()
-    wait_for(lambda: driver.find_element(By.ID, "nav").is_displayed(), 15, "the dashboard after sign-in")
+    wait_for(lambda: driver.find_element(By.ID, "top").is_displayed(), 15, "the dashboard after sign-in")
 
 
 def page_ready(driver: Chrome, page: str, selector: str, timeout: float = 15) -> None:
@@ -67,3 +67,46 @@ def page_ready(driver: Chrome, page: str, selector: str, timeout: float = 15) ->
     driver.get(driver.current_url.split("#")[0] + f"#/{page}")
     wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, f'.page[data-page="{page.split("/")[0]}"] {selector}'),
              timeout, f"{selector} on page {page}")
+
+
+UNTRANSLATED = """
+const produced = [...window.nakhon.produced];
+const known = (text) => produced.some((p) => p.includes(text));
+const bad = new Set();
+const check = (text, where) => {
+  for (const piece of text.split(/[:·—()\\[\\],\\n|/•]+/)) {
+    const p = piece.trim();
+    if (/[A-Za-z\\u0E01-\\u0E5B]/.test(p) && !known(p)) bad.add(`${where}: ${p}`);
+  }
+};
+const skip = (el) => !el || el.closest("[data-raw], script, style, dialog:not([open])") || !el.checkVisibility();
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+  if (!skip(n.parentElement)) check(n.textContent, n.parentElement.tagName.toLowerCase());
+}
+for (const el of document.querySelectorAll("[placeholder], [aria-label], [title]")) {
+  if (skip(el)) continue;
+  for (const a of ["placeholder", "aria-label", "title"]) if (el.getAttribute(a)) check(el.getAttribute(a), `@${a}`);
+}
+return [...bad];
+"""
+"""Visible text (and placeholders, labels, titles) that came neither from t()/fmt nor from an element marked
+``data-raw`` (data shown as is: ids, names, values)."""
+
+
+def open_page(driver: Chrome, page: str, timeout: float = 20) -> None:
+    """Go to ``#/page`` and wait until the page has rendered (its element is marked ``data-ready``)."""
+    driver.get(driver.current_url.split("#")[0] + f"#/{page}")
+    name = page.split("/")[0].split("?")[0]
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, f'.page[data-page="{name}"][data-ready]'), timeout,
+             f"page {page} rendered")
+
+
+def nav_pages(driver: Chrome) -> list[str]:
+    """The pages the navigation offers the signed-in user."""
+    return [str(a.get_attribute("data-page")) for a in driver.find_elements(By.CSS_SELECTOR, "#nav a[data-page]")]
+
+
+def untranslated(driver: Chrome) -> list[str]:
+    """What :data:`UNTRANSLATED` finds on the current page."""
+    return list(js(driver, UNTRANSLATED))

@@ -85,7 +85,7 @@ addMessages({
     "signin.wrong": "ชื่อผู้ใช้หรือรหัสผ่านไม่ถูกต้อง", "signin.ended": "หมดเวลาการใช้งาน กรุณาเข้าสู่ระบบอีกครั้ง",
     "signin.failed": "เข้าสู่ระบบไม่สำเร็จ: {detail}",
     "role.viewer": "ผู้ดู", "role.operator": "ผู้ปฏิบัติการ", "role.finance": "การเงิน", "role.gis": "ภูมิสารสนเทศ",
-    "role.admin": "ผู้ดูแลระบบ",
+    "role.admin": "ผู้ดูแลระบบ", "map.zoom_in": "ขยาย", "map.zoom_out": "ย่อ",
   },
   en: {
     "shell.brand": "Nakhon — operations", "shell.menu": "Menu", "shell.lang": "ไทย", "shell.signout": "Sign out",
@@ -99,7 +99,7 @@ addMessages({
     "signin.wrong": "Wrong name or password", "signin.ended": "Your session has ended: please sign in again",
     "signin.failed": "Sign-in failed: {detail}",
     "role.viewer": "viewer", "role.operator": "operator", "role.finance": "finance", "role.gis": "GIS",
-    "role.admin": "admin",
+    "role.admin": "admin", "map.zoom_in": "Zoom in", "map.zoom_out": "Zoom out",
   },
 });
 
@@ -134,7 +134,7 @@ function locale() {
 }
 
 /** Formatting in the current language: dates in Bangkok time (Buddhist era in Thai), baht, relative times. */
-export const fmt = {
+const formats = {
   date(ts, options = { dateStyle: "medium", timeStyle: "medium" }) {
     if (ts === null || ts === undefined || ts === "") return "—";
     const d = toDate(ts);
@@ -160,6 +160,13 @@ export const fmt = {
   },
 };
 
+/** Formatting in the current language (each result counts as translated text for the label check). */
+export const fmt = Object.fromEntries(Object.entries(formats).map(([name, format]) => [name, (...args) => {
+  const text = format(...args);
+  produced.add(text);
+  return text;
+}]));
+
 /** Show a message above the page (kind "error" or "info"); it stays until dismissed or the page changes. */
 export function notice(text, kind = "info") {
   const box = document.getElementById("notice");
@@ -184,6 +191,22 @@ export function confirmAction(text) {
 }
 
 const loaded = new Map();
+let leafletLibrary;
+
+function translateLeaflet() {
+  const zoom = leafletLibrary?.Control?.Zoom;
+  if (zoom) Object.assign(zoom.prototype.options, { zoomInTitle: t("map.zoom_in"), zoomOutTitle: t("map.zoom_out") });
+}
+
+// Leaflet (loaded by whichever page first needs a map) gets its control labels from the message table
+Object.defineProperty(window, "L", {
+  configurable: true,
+  get: () => leafletLibrary,
+  set: (value) => {
+    leafletLibrary = value;
+    translateLeaflet();
+  },
+});
 
 /** Load a vendored script (a classic one, like Leaflet) once; resolves when it has run. */
 export function loadScript(src) {
@@ -464,13 +487,16 @@ async function route() {
   produced.clear();
   drawChrome();
   drawNav(id);
+  translateLeaflet();
   const page = pages.get(id);
   if (!page) {
     el.append(h("p", {}, t("shell.no_page")));
+    el.dataset.ready = "1";
     return;
   }
   if (!allowed(page)) {
     el.append(h("p", {}, t("shell.not_for_you")));
+    el.dataset.ready = "1";
     return;
   }
   document.title = `${pick(page.title)} — Nakhon`;
@@ -500,6 +526,7 @@ async function route() {
       el.append(h("p", { class: "muted" }, t("shell.page_failed", { detail: err.message })));
     }
   }
+  el.dataset.ready = "1";
 }
 
 // ---- sign-in ----------------------------------------------------------------------------------------------

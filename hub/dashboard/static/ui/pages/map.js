@@ -72,8 +72,9 @@ registerPage("map", {
     const zoneLayer = L.geoJSON(zones, {
       renderer: L.svg(),
       style: () => ({ color: "#12355b", weight: 2, fillColor: "#7fa7d9", fillOpacity: 0.15, className: "zone" }),
-      onEachFeature: (f, layer) => layer.bindTooltip(String(f.properties?.name_th && ctx.lang === "th"
-        ? f.properties.name_th : f.properties?.name || f.properties?.name_en || f.id || ""), { sticky: true }),
+      onEachFeature: (f, layer) => layer.bindTooltip(h("span", { "data-raw": "" }, String(f.properties?.name_th
+        && ctx.lang === "th" ? f.properties.name_th : f.properties?.name || f.properties?.name_en || f.id || "")),
+      { sticky: true }),
     }).addTo(map);
 
     const cluster = L.markerClusterGroup({ chunkedLoading: true, showCoverageOnHover: false, maxClusterRadius: 50,
