@@ -110,3 +110,30 @@ def nav_pages(driver: Chrome) -> list[str]:
 def untranslated(driver: Chrome) -> list[str]:
     """What :data:`UNTRANSLATED` finds on the current page."""
     return list(js(driver, UNTRANSLATED))
+
+
+def screenshots(url: str, name: str, password: str, out: Path, device: str) -> list[Path]:
+    """Every page the user sees (and ``device``'s page), in Thai, at 1366x768 and 390x844, as PNG files in ``out``."""
+    import tempfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    taken = []
+    for size in (DESKTOP, PHONE):
+        with tempfile.TemporaryDirectory() as profile, chromium(Path(profile), size) as driver:
+            sign_in(driver, url, name, password)
+            for page in [*nav_pages(driver), f"device/{device}"]:
+                open_page(driver, page)
+                js(driver, "return document.fonts.ready")
+                path = out / f"{page.split('/')[0]}-{size[0]}x{size[1]}.png"
+                driver.save_screenshot(str(path))
+                taken.append(path)
+    return taken
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python -m tests.browser URL NAME PASSWORD_FILE OUT_DIR DEVICE: the screenshots in docs/dashboard/
+    target, user, secret, folder, one = sys.argv[1:6]
+    for shot in screenshots(target, user, Path(secret).read_text().strip(), Path(folder), one):
+        print(shot)
