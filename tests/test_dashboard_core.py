@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from hub.dashboard import STATIC
-from tests.browser import chromium, js, page_ready, sign_in
+from tests.browser import chromium, js, open_page, page_ready, sign_in
 from tests.conftest import ROOT, TEST_PASSWORD, Agent, Broker, Hub, fast_air, wait_for
 
 pytestmark = pytest.mark.broker
@@ -197,3 +197,33 @@ def test_a_device_chart_shows_what_the_store_holds_for_its_window(broker: Broker
         # the PM2.5 chart carries the Thai AQI band legend
         assert "ดีมาก" in driver.find_element(By.CSS_SELECTOR, '.chart[data-quantity="pm2_5"]').find_element(
             By.XPATH, "..").text
+
+
+SOS_BUTTON = {"kind": "sim_button", "name": "sos", "event": "sos.pressed", "mean_gap_s": 2.0, "seed": 20}
+
+
+def test_a_critical_alarm_shows_a_banner_on_every_page_and_beeps_until_muted(broker: Broker, procs: Procs,
+                                                                             tmp_path: Path) -> None:
+    hub = procs["hub"](broker.port)
+    with chromium(tmp_path / "profile") as driver:
+        sign_in(driver, hub.url, "admin", TEST_PASSWORD, lang="en")
+        open_page(driver, "map")
+        js(driver, "localStorage.setItem('nakhon.mute', '0')")
+        assert not driver.find_element(By.ID, "banner").is_displayed()
+        procs["agent"]("kk-pole-0001", broker.port, drivers=[SOS_BUTTON], heartbeat_s=1.0)
+        wait_for(lambda: driver.find_element(By.ID, "banner").is_displayed(), 20, "the critical-alarm banner")
+        assert "kk-pole-0001" in driver.find_element(By.ID, "banner").text
+        assert "1 critical alarm" in driver.find_element(By.ID, "banner").text
+        wait_for(lambda: js(driver, "return window.nakhon.beeps") >= 2, 10, "two beeps")
+        open_page(driver, "fleet")
+        assert driver.find_element(By.ID, "banner").is_displayed()
+        driver.find_element(By.ID, "mute").click()
+        assert driver.find_element(By.ID, "mute").text == "Unmute"
+        beeps, ticks = js(driver, "return [window.nakhon.beeps, window.nakhon.ticks]")
+        wait_for(lambda: js(driver, "return window.nakhon.ticks") > ticks + 1, 10, "two more ticks of the beeper")
+        assert js(driver, "return window.nakhon.beeps") == beeps  # muted: the banner stays, the sound stops
+        alarm = hub.get("/api/alarms", rule="sos")[0]
+        r = httpx.post(f"{hub.url}/api/alarms/{alarm['id']}/ack", json={"comment": "on my way"}, headers=hub.auth,
+                       timeout=10)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: not driver.find_element(By.ID, "banner").is_displayed(), 10, "the banner gone after the ack")

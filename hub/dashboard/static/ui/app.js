@@ -23,7 +23,7 @@ let audio = null;
 let started = false;
 
 /** What tests and the console can inspect: the texts t() produced, keys missing in a language, beeps. */
-window.nakhon = { produced, missing, beeps: 0, messages, streamOpen: false };
+window.nakhon = { produced, missing, beeps: 0, ticks: 0, messages, streamOpen: false };
 
 // ---- messages -------------------------------------------------------------------------------------------
 
@@ -357,6 +357,7 @@ function muted() {
 }
 
 function beep() {
+  window.nakhon.ticks += 1;
   if (muted() || critical.size === 0) return;
   window.nakhon.beeps += 1;
   try {
