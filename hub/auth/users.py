@@ -15,11 +15,13 @@ from pydantic import BaseModel, Field
 from hub.audit import Actor, AuditLog
 from hub.auth import credentials
 from hub.auth.accounts import NAME_PATTERN, AccountError, Accounts, User
+from hub.auth.policy import ROLES
 from hub.auth.web import CurrentActor
 
 UserName = Annotated[str, Path(min_length=2, max_length=32, pattern=NAME_PATTERN.pattern)]
 Password = Annotated[str | None, Field(min_length=credentials.MIN_PASSWORD, max_length=credentials.MAX_PASSWORD)]
-RoleList = Annotated[list[Annotated[str, Field(max_length=16)]], Field(min_length=1, max_length=8)]
+RoleName = Annotated[str, Field(pattern=f"^({'|'.join(ROLES)})$")]
+RoleList = Annotated[list[RoleName], Field(min_length=1, max_length=len(ROLES))]
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -93,8 +95,8 @@ def create_router(accounts: Accounts, audit: AuditLog) -> APIRouter:
         password, extra = _chosen(body.password)
         try:
             user = accounts.add_user(body.name, body.roles, password)
-        except AccountError as err:
-            raise HTTPException(422, str(err)) from err
+        except AccountError as err:  # added by someone else meanwhile: the model has checked name and roles
+            raise HTTPException(409, str(err)) from err
         audit.record(actor, "user.add", f"user/{user.name}", None, {"roles": sorted(user.roles)})
         response.headers.update(NO_STORE)
         return {**_view(user).model_dump(), **extra}
@@ -128,8 +130,8 @@ def create_router(accounts: Accounts, audit: AuditLog) -> APIRouter:
         before = known(name)
         try:
             user = accounts.set_roles(name, body.roles)
-        except AccountError as err:
-            raise HTTPException(422, str(err)) from err
+        except AccountError as err:  # removed meanwhile: the model has checked the roles
+            raise HTTPException(404, str(err)) from err
         audit.record(actor, "user.roles", f"user/{name}", {"roles": sorted(before.roles)},
                      {"roles": sorted(user.roles)})
         return _view(user)
