@@ -527,6 +527,7 @@ async function route() {
       el.append(h("p", { class: "muted" }, t("shell.page_failed", { detail: err.message })));
     }
   }
+  window.nakhon.readyAt = performance.now();
   el.dataset.ready = "1";
 }
 
