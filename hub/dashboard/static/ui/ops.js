@@ -1,8 +1,8 @@
 // Pieces the operations pages (alarms, dead letters, finance, reports, audit, users) share: data cells marked as
-// data (not labels), tables, a dialog that asks for a reason or a value, Leaflet loaded on demand, Bangkok's date.
-import { h, t, addMessages, currentLang } from "./app.js";
+// data (not labels), tables, a dialog that asks for a reason or a value, Leaflet on demand, Bangkok's date.
+import { h, t, addMessages, currentLang, loadScript, loadStyle } from "./app.js";
 
-document.head.append(h("link", { rel: "stylesheet", href: "/ui/ops.css" }));
+loadStyle("/ui/ops.css");
 
 addMessages({
   th: { "ops.none": "ไม่มีรายการ", "ops.ok": "ตกลง", "ops.cancel": "ยกเลิก", "ops.required": "กรุณากรอก {field}" },
@@ -102,21 +102,10 @@ export function bangkokToday() {
   return new Intl.DateTimeFormat("en-CA", { timeZone: "Asia/Bangkok" }).format(new Date());
 }
 
-let leaflet = null;
-
-/** Leaflet (vendored), loaded once when a page first needs a map. */
-export function loadLeaflet() {
-  if (window.L) return Promise.resolve(window.L);
-  if (!leaflet) {
-    leaflet = new Promise((resolve, reject) => {
-      document.head.append(h("link", { rel: "stylesheet", href: "/vendor/leaflet/leaflet.css" }));
-      const script = h("script", { src: "/vendor/leaflet/leaflet.js" });
-      script.addEventListener("load", () => resolve(window.L));
-      script.addEventListener("error", () => reject(new Error("leaflet did not load")));
-      document.head.append(script);
-    });
-  }
-  return leaflet;
+/** Leaflet (vendored), loaded once when a page first needs a map (the map page loads the same files). */
+export async function loadLeaflet() {
+  await Promise.all([loadStyle("/vendor/leaflet/leaflet.css"), loadScript("/vendor/leaflet/leaflet.js")]);
+  return window.L;
 }
 
 /** Call fn at most once per `ms` after a burst of calls (many stream messages, one reload). */
