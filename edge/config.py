@@ -240,11 +240,14 @@ def _read_secret(path: Path, config_path: Path, key: str) -> str:
     return text
 
 
-def load(path: Path | str, environ: Mapping[str, str] | None = None, check_files: bool = False) -> LoadedConfig:
+def load(path: Path | str, environ: Mapping[str, str] | None = None, check_files: bool = False,
+         secrets: bool = True) -> LoadedConfig:
     """Read, override from the environment, and validate a device config; raise :class:`ConfigError`.
 
-    The broker's files (password, CA, certificate, key) must always exist; ``check_files`` (``agent check``)
-    also checks every file a driver setting names, which on a device means its hardware is in place.
+    The broker's files (password, CA, certificate, key) must exist and the password is read, unless
+    ``secrets`` is False (``agent check --connect`` checks those files one by one); ``check_files``
+    (``agent check``) also checks every file a driver setting names, which on a device means its hardware
+    is in place.
     """
     path = Path(path)
     env = os.environ if environ is None else environ
@@ -308,7 +311,8 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None, check_files
     def relative(named: Path) -> Path:
         return named if named.is_absolute() else path.parent / named
 
-    problems += _broker_file_problems(device, relative)
+    if secrets:
+        problems += _broker_file_problems(device, relative)
     if check_files:
         problems += _driver_file_problems(indexed, relative)
         if device.broker.password_file is not None and not relative(device.broker.password_file).is_file():
@@ -317,7 +321,7 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None, check_files
         raise ConfigError(f"{path}: " + f"\n{path}: ".join(problems))
 
     password = None
-    if device.broker.password_file is not None:
+    if device.broker.password_file is not None and secrets:
         secret = device.broker.password_file
         if not secret.is_absolute():
             secret = path.parent / secret

@@ -19,6 +19,14 @@ class HubConfigError(HubError, ValueError):
     """The hub's settings are wrong."""
 
 
+class AlarmError(HubError, ValueError):
+    """An alarm action that its state does not allow (acknowledging a cleared alarm)."""
+
+
+class NotifyError(HubError, ConnectionError):
+    """A notification channel did not take a message."""
+
+
 class MessageTooLarge(HubError, ValueError):
     """An outgoing message is larger than the hub or the broker accepts; it was not published."""
 

@@ -12,13 +12,20 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
 from edge.contract import TxOutcome, topic
 from hub import audit as audit_log
+from hub.alarms import api as alarms_api
+from hub.alarms import store as alarms_store
+from hub.alarms.feed import Feed
+from hub.alarms.rules import DEMO_RULES, load_rules
+from hub.alarms.service import AlarmService
 from hub.api import aggregate
+from hub.api import events as events_api
 from hub.api.app import create_app
 from hub.auth import accounts as auth_accounts
 from hub.auth import users as auth_users
@@ -34,6 +41,10 @@ from hub.gis import ogc, reports
 from hub.gis.reports import DEMO_ZONES, Zones
 from hub.ingest.consumer import Ingest, IngestSettings
 from hub.metrics import HubMetrics
+from hub.provision import api as provision_api
+from hub.provision import deployment as provision_deployment
+from hub.provision import pki
+from hub.provision import registry as provision_registry
 from hub.router import Route, Router
 from hub.store.sqlite import SQLiteStore
 
@@ -56,6 +67,12 @@ class HubSettings:
     public_ogc: bool = False
     tiles: str | None = None
     """The dashboard map's basemap tile URL template (none: a plain background)."""
+    deployment: Path | None = None
+    """A provisioned deployment (``nakhon provision init``): its issuing CA signs devices' CSRs, the API is
+    served over HTTPS with its certificate, and the registry is enforced unless ``enforce_registry`` is False."""
+    enforce_registry: bool | None = None
+    """Dead-letter as ``unregistered`` what devices that are not active send; None: only with a deployment."""
+    rules: Path = DEMO_RULES
 
 
 def private_directory(path: Path) -> None:
@@ -86,14 +103,18 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     zones = Zones(settings.zones)
     store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes,
                         schemas=(ledger.ensure_schema, reports.ensure_schema, auth_accounts.ensure_schema,
-                                 audit_log.ensure_schema))
+                                 audit_log.ensure_schema, provision_registry.ensure_schema,
+                                 alarms_store.ensure_schema))
     audit = audit_log.AuditLog(store)
+    alarms = AlarmService(store, load_rules(settings.rules))
     metrics = HubMetrics(store)
     finance = ledger.FinanceRoute(catalogue, settings.promptpay)
     gis = reports.ReportRoute(zones)
     routes: dict[str, Route] = {kind: finance for kind in finance.KINDS}
     routes.update({kind: gis for kind in gis.KINDS})
-    ingest = Ingest(store, settings.ingest, metrics, Router(routes))
+    ingest = Ingest(store, settings.ingest, metrics, Router(routes), observer=alarms.engine)
+    registry, broker_host, broker_port = _registry(settings, store, audit, ingest)
+    metrics.registry.register(provision_registry.ExpiryCollector(registry))
 
     def answer_kiosk(device: str, outcome: TxOutcome) -> None:
         try:
@@ -122,6 +143,8 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store.open()
+        registry.refresh_crl()
+        alarms.start()
         ingest.start()
         dispatcher = asyncio.create_task(ingest.commands.run(), name="command-dispatcher")
         stop_expiry.clear()
@@ -137,6 +160,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
             stop_expiry.set()
             expiry.join()
             ingest.stop()
+            alarms.stop()
             store.close()
             log.info("hub stopped")
 
@@ -144,15 +168,57 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
                      writer_state=ingest.writer_state, audit=audit)
     app.include_router(finance_api.create_router(store, finance, answer_kiosk, settings.bank_secret, audit))
     app.include_router(gis_api.create_router(store, zones, audit))
+    app.include_router(provision_api.create_router(registry, broker_host, broker_port))
+    app.include_router(provision_api.retire_route(registry))
     app.include_router(ogc.create_router({"reports": gis_api.reports_layer(store),
                                           "devices": gis_api.devices_layer(store),
                                           "zones": gis_api.zones_layer(zones)}))
     app.include_router(auth_users.create_router(auth_accounts.Accounts(store), audit))
+    app.include_router(events_api.create_router(store, alarms.feed))
+    app.include_router(alarms_api.create_router(alarms.engine, audit))
     app.include_router(aggregate.create_router(store))
     add_dashboard(app, settings.tiles)
     protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
     app.router.lifespan_context = lifespan
+    app.state.feed = alarms.feed
     return app, store, ingest
+
+
+def _registry(settings: HubSettings, store: SQLiteStore, audit: audit_log.AuditLog,
+              ingest: Ingest) -> tuple[provision_registry.Registry, str, int]:
+    """The device registry, with the deployment's issuing CA when there is one; and where devices reach the broker."""
+    enforce = settings.deployment is not None if settings.enforce_registry is None else settings.enforce_registry
+    if settings.deployment is None:
+        registry = provision_registry.Registry(store, audit, settings.ingest.root, enforce=enforce)
+        host, port = settings.ingest.host, settings.ingest.port
+    else:
+        d, paths = provision_deployment.load(settings.deployment)
+        try:
+            issuer = pki.Issuer.load(paths.issuing_key, paths.issuing_cert)
+            chain = paths.chain.read_bytes()
+        except (OSError, ValueError) as err:
+            raise HubConfigError(f"cannot read the issuing CA of {settings.deployment}: {err}") from err
+        registry = provision_registry.Registry(store, audit, d.root, issuer, paths.crl, chain, enforce=enforce)
+        registry.publish = ingest.publish
+        ingest.on_connected = registry.sync_broker
+        host, port = d.broker_names[0], d.device_port
+    if enforce:
+        ingest.admits = registry.admits
+        log.info("registry enforced: messages from devices that are not active are dead-lettered as unregistered")
+    return registry, host, port
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, ending the live streams as soon as a stop is asked for (it waits for open responses)."""
+
+    def __init__(self, config: uvicorn.Config, feed: Feed) -> None:
+        super().__init__(config)
+        self._feed = feed
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Stop as uvicorn does, after telling every SSE client to go."""
+        self._feed.close()
+        super().handle_exit(sig, frame)
 
 
 def serve(settings: HubSettings) -> None:
@@ -163,5 +229,12 @@ def serve(settings: HubSettings) -> None:
     # found; with these no-op handlers a graceful stop exits with status 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    print(f"Nakhon hub API on http://{settings.http_host}:{settings.http_port}", flush=True)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False)
+    tls: dict[str, str] = {}
+    if settings.deployment is not None:
+        _, paths = provision_deployment.load(settings.deployment)
+        tls = {"ssl_certfile": str(paths.https_cert), "ssl_keyfile": str(paths.https_key)}
+    scheme = "https" if tls else "http"
+    print(f"Nakhon hub API on {scheme}://{settings.http_host}:{settings.http_port}", flush=True)
+    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
+                            access_log=False, **tls)  # type: ignore[arg-type]
+    _Server(config, app.state.feed).run()

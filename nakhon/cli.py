@@ -43,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="run every driver against its simulator (no hardware needed)")
     check = agent.add_parser("check", help="validate a device config and exit (0 when valid)")
     check.add_argument("config", type=Path)
+    check.add_argument("--connect", action="store_true",
+                       help="also check files, devices, one reading per sensor, the broker (DNS, TCP, TLS, login, "
+                            "a publish) and the clock; one line per step (docs/technicians.md)")
+    check.add_argument("--simulate", action="store_true", help="with --connect: run drivers on their simulators")
+    check.add_argument("--user", help="with --connect: the service user whose permissions the file checks use "
+                                      "(default: nakhon when run as root, else you)")
+    from nakhon import provision as provision_cli
+
+    provision_cli.add_enroll_parser(agent)
 
     hub = sub.add_parser("hub", help="run the hub").add_subparsers(dest="action", required=True)
     serve = hub.add_parser("serve", help="ingest, store and serve the API until SIGTERM")
@@ -91,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tiles", default=_env("TILES"), type=_tile_url,
                        help="tile URL template for the dashboard map's basemap, e.g. "
                        "https://tiles.example.go.th/{z}/{x}/{y}.png (default: none, a plain background)")
+    serve.add_argument("--deployment", type=Path, default=_env("DEPLOYMENT"),
+                       help="a provisioned deployment (nakhon provision init): HTTPS, CSR signing, and the "
+                            "registry enforced; env NAKHON_HUB_DEPLOYMENT")
+    serve.add_argument("--registry", choices=("open", "enforce"), default=_env("REGISTRY"),
+                       help="enforce: dead-letter as unregistered what devices that are not active send "
+                            "(default: enforce with --deployment, else open)")
+    serve.add_argument("--rules", type=Path, default=_env("RULES"),
+                       help="alarm rules and notification channels TOML (default: the demo rules); see docs/alarms.md")
     serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
     serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
 
@@ -104,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--retention-days", type=float, default=float(_env("RETENTION_DAYS", "365") or 365),
                        help="keep personal fields this many days (default 365); env NAKHON_HUB_RETENTION_DAYS")
     purge.add_argument("--dry-run", action="store_true", help="count what would be stripped, change nothing")
+
+    provision_cli.add_parsers(sub)
 
     demo = sub.add_parser("demo", help="run a private broker, the hub and a simulated fleet")
     demo.add_argument("--data", type=Path, default=Path("./nakhon-data/demo"),
@@ -122,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         return _agent(args)
     if args.command == "hub":
         return _hub(args)
+    if args.command == "provision":
+        from nakhon import provision as provision_cli
+
+        return provision_cli.run(args)
     from nakhon.demo import run_demo
 
     return run_demo(args.data, args.hub_port, args.kiosk_port)
@@ -130,9 +153,20 @@ def main(argv: list[str] | None = None) -> int:
 def _agent(args: argparse.Namespace) -> int:
     # a stop that arrives while the agent is still starting ends it cleanly; run_agent then takes over
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.action == "enroll":
+        from nakhon import provision as provision_cli
+
+        return provision_cli.run_enroll(args)
     from edge import config
     from edge.errors import ConfigError, OutboxError
 
+    if args.action == "check" and not args.connect and (args.simulate or args.user):
+        print("nakhon: --simulate and --user go with --connect", file=sys.stderr)
+        return 2
+    if args.action == "check" and args.connect:
+        from edge.agents import check
+
+        return check.main(args.config, args.simulate, args.user)
     try:
         loaded = config.load(args.config, check_files=args.action == "check")
     except ConfigError as err:
@@ -224,20 +258,34 @@ def _hub(args: argparse.Namespace) -> int:
                 logging.getLogger("nakhon.hub").warning("--%s %s can be read by other users: chmod 600 it",
                                                         flag.replace("_", "-"), path)
     password = secrets["password_file"]
+    if args.deployment is not None and args.username is None:
+        from hub.provision import deployment
+
+        try:
+            chosen, paths = deployment.load(args.deployment)
+            password = paths.hub_password.read_text(encoding="utf-8").strip()
+        except (HubConfigError, OSError) as err:
+            print(f"nakhon: --deployment {args.deployment}: {err}", file=sys.stderr)
+            return 2
+        args.username, args.broker_port = deployment.HUB_USER, chosen.hub_port
     client_id = args.client_id or (f"nakhon-hub-{args.share}-{os.getpid()}" if args.share else "nakhon-hub")
     ingest = IngestSettings(host=args.broker_host, port=args.broker_port, root=args.root, username=args.username,
                             password=password, client_id=client_id, share=args.share,
                             max_payload=args.max_payload,
                             window=ClockWindow(ahead_s=args.max_clock_skew, behind_s=args.max_age),
                             max_unwritten_s=args.max_unwritten)
-    extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones), ("tiles", args.tiles)) if v}
+    extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones), ("rules", args.rules),
+                               ("tiles", args.tiles)) if v}
     try:
         settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
                                promptpay=replace(PromptPaySettings.for_demo() if args.promptpay_demo else
                                                  PromptPaySettings(biller_id=args.promptpay_biller,
                                                                    target=args.promptpay_target),
                                                  expire_after_s=args.promptpay_expiry_min * 60),
-                               bank_secret=secrets["bank_secret_file"], public_ogc=args.public_ogc, **extra)
+                               bank_secret=secrets["bank_secret_file"], public_ogc=args.public_ogc,
+                               deployment=args.deployment,
+                               enforce_registry=None if args.registry is None else args.registry == "enforce",
+                               **extra)
         serve(settings)
     except HubConfigError as err:
         print(f"nakhon: {err}", file=sys.stderr)

@@ -34,6 +34,7 @@ import aiomqtt
 from pydantic import ValidationError
 
 from edge import config as config_module
+from edge.agents import notify
 from edge.agents.clock import AgentClock
 from edge.agents.mqtt import CheckedClient
 from edge.agents.outbox import Outbox, OutboxRecord, RecordClass
@@ -391,12 +392,17 @@ class Agent:
                                   recovered=partial(self._stream_restarting, s)) for n, s in self.streams.items()]
         tasks.append(self._supervised("events", self._write_events))
         tasks.append(self._supervised("housekeeping", self._housekeeping))
+        ping = notify.watchdog_interval()
+        if ping is not None:
+            tasks.append(self._supervised("watchdog", partial(self._feed_watchdog, ping)))
         if self.cfg.kiosk is not None:
             tasks.append(self._supervised("kiosk", self._run_kiosk, backoff_max_s=30))
         link = self._supervised("connection", self._connection_loop, backoff_max_s=self.cfg.agent.backoff_max_s)
+        notify.notify("READY=1")
         try:
             await self._stopping.wait()
         finally:
+            notify.notify("STOPPING=1")
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -545,6 +551,12 @@ class Agent:
         while not self._events.empty():
             name, event, ts = self._events.get_nowait()
             await self._commit_event(name, event, ts)
+
+    async def _feed_watchdog(self, every_s: float) -> None:
+        """Tell systemd that the event loop still turns (``WatchdogSec=`` restarts an agent that hangs)."""
+        while True:
+            notify.notify("WATCHDOG=1")
+            await asyncio.sleep(every_s)
 
     async def _housekeeping(self) -> None:
         while True:

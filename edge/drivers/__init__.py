@@ -6,6 +6,8 @@ A driver module ``edge/drivers/<kind>.py`` exports:
 - ``Driver``: a class built as ``Driver(config)`` that does no I/O in its constructor and follows
   either :class:`PolledDriver` (``open``, ``read``, ``close``) or :class:`EventDriver` (``start(emit)``, ``stop``);
 - ``SAMPLE_CONFIG``: a ``[[drivers]]`` entry (as a dict) that validates, for docs and the contract tests;
+- optionally ``present(config)``: a :class:`Presence` saying whether the device is there (its port, bus or
+  reader), without opening it; ``nakhon agent check --connect`` prints it;
 - optionally ``simulate(config)``: a context manager that starts the driver's simulator (speaking the device's
   real protocol, on a pty, a TCP port or a mock pin factory) and yields a config pointing the driver at it.
   ``nakhon agent run --simulate`` and the demo use it; a module without one is its own simulator.
@@ -129,6 +131,22 @@ class HealthReporting(Protocol):
         """None while the device works, else what is wrong (the agent marks the stream unavailable)."""
 
 
+@dataclass(frozen=True)
+class Presence:
+    """What a driver module's ``present(config)`` found, for a technician: the device is there, or what to do."""
+
+    ok: bool
+    detail: str
+    fix: str | None = None
+    device_file: str | None = None
+    """The file the driver opens; ``agent check`` tests the service user's permissions on it."""
+    group: str | None = None
+    """The group that grants access to ``device_file`` (``dialout``, ``gpio``)."""
+
+
+CheckPresent = Callable[[Any], Presence]
+"""A driver module's ``present(config)``."""
+
 Simulate = Callable[[Any], AbstractContextManager[Any]]
 """A driver module's ``simulate(config)``: runs the simulator while the context is open, yields the config to use."""
 
@@ -142,6 +160,7 @@ class DriverKind:
     driver_class: type[Any]
     sample_config: Mapping[str, Any]
     simulate: Simulate | None = None
+    present: CheckPresent | None = None
 
     @property
     def polled(self) -> bool:
@@ -172,4 +191,4 @@ def load(kind: str) -> DriverKind:
     if driver_class is None or sample is None:
         raise ConfigError(f"driver module {kind!r} must export Driver and SAMPLE_CONFIG")
     return DriverKind(kind=kind, config_model=config_model, driver_class=driver_class, sample_config=sample,
-                      simulate=getattr(module, "simulate", None))
+                      simulate=getattr(module, "simulate", None), present=getattr(module, "present", None))

@@ -16,6 +16,7 @@ explicitly, so two drivers (or two tests) on two mock boards never see each othe
 
 from __future__ import annotations
 
+import glob
 import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from gpiozero.pins.mock import MockFactory
 from pydantic import Field as PydanticField
 from pydantic import PrivateAttr
 
-from edge.drivers import DriverConfig
+from edge.drivers import DriverConfig, Presence
 from edge.errors import DeviceUnavailable
 
 BcmPin = Annotated[int, PydanticField(ge=2, le=27, description="BCM GPIO number (GPIO17 is 17), not the header pin")]
@@ -97,3 +98,14 @@ def gpio_errors(what: str) -> Iterator[None]:
         yield
     except GPIO_ERRORS as err:
         raise DeviceUnavailable(f"{what}: {type(err).__name__}: {err}{_hint(err)}") from err
+
+
+def gpio_present(config: GpioConfig) -> Presence:
+    """Whether the header's GPIO controller is there (mock pins need none)."""
+    if config.pin_factory == "mock":
+        return Presence(True, "mock pins (pin_factory = \"mock\"), no hardware")
+    chips = sorted(glob.glob("/dev/gpiochip*"))
+    if not chips:
+        return Presence(False, "no GPIO controller (/dev/gpiochip*) on this machine",
+                        "run on the Raspberry Pi, or add --simulate to check the rest on a laptop")
+    return Presence(True, f"GPIO controller {chips[0]} present", device_file=chips[0], group="gpio")

@@ -18,7 +18,20 @@ from typing import Any, Self
 
 import serial
 
+from edge.drivers import Presence
 from edge.errors import DeviceUnavailable, DriverError
+
+UART_FIX = ("for /dev/serial0 enable the UART (sudo raspi-config nonint do_serial_hw 0; sudo raspi-config nonint "
+            "do_serial_cons 1) and reboot; for a USB adapter plug it in and look at ls /dev/ttyUSB* /dev/ttyACM*")
+
+
+def serial_present(url: str) -> Presence:
+    """Whether the serial port ``url`` exists (a pyserial URL such as ``socket://`` has nothing to look for)."""
+    if "://" in url:
+        return Presence(True, f"{url} (a network or loop port, nothing to look for)")
+    if not os.path.exists(url):
+        return Presence(False, f"serial port {url} does not exist", UART_FIX)
+    return Presence(True, f"serial port {url} present", device_file=url, group="dialout")
 
 
 def open_serial(url: str, *, baudrate: int, timeout: float, what: str, **kwargs: Any) -> serial.SerialBase:

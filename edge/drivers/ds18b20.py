@@ -19,7 +19,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field as PydanticField
 
 from edge.contract import Scalar
-from edge.drivers import DriverConfig, Field
+from edge.drivers import DriverConfig, Field, Presence
 from edge.errors import DeviceUnavailable
 
 W1_DEVICES = Path("/sys/bus/w1/devices")
@@ -156,3 +156,14 @@ def simulate(config: Config) -> Iterator[Config]:
     """Run a simulated probe in a temporary sysfs tree and point the driver at it."""
     with tempfile.TemporaryDirectory(prefix="nakhon-w1-") as tmp, ProbeSimulator(Path(tmp)):
         yield config.model_copy(update={"devices_dir": Path(tmp), "probe": ProbeSimulator.PROBE})
+
+
+def present(config: Config) -> Presence:
+    """Whether the kernel shows the probe on the 1-wire bus (``nakhon agent check --connect``)."""
+    folder = config.devices_dir
+    probes = sorted(p.name for p in folder.glob("28-*")) if folder.is_dir() else []
+    if config.probe in probes or (config.probe is None and probes):
+        return Presence(True, f"1-wire probe {config.probe or probes[0]} in {folder}")
+    return Presence(False, f"no 1-wire probe {config.probe or '28-*'} in {folder}",
+                    "add dtoverlay=w1-gpio to /boot/firmware/config.txt, reboot, and check the probe's wiring and "
+                    "its 4.7 kOhm pull-up")

@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, StringConstraints
 from pydantic import Field as PydanticField
 
 from edge.contract import Severity
-from edge.drivers import DriverConfig, DriverEvent, EmitEvent
-from edge.drivers._serial import open_serial, read_bytes, write_bytes
+from edge.drivers import DriverConfig, DriverEvent, EmitEvent, Presence
+from edge.drivers._serial import open_serial, read_bytes, serial_present, write_bytes
 from edge.errors import DeviceUnavailable, DriverError
 
 DEFAULT_FONT: Final = "/usr/share/fonts/truetype/tlwg/Loma.ttf"
@@ -476,3 +476,8 @@ def simulate(config: Config) -> Iterator[Config]:
         simulated = config.model_copy(update={"port": printer.path})
         simulated._caption_rasters = printer.caption_rasters
         yield simulated
+
+
+def present(config: Config) -> Presence:
+    """Whether the serial port is there (``nakhon agent check --connect``)."""
+    return serial_present(config.port)

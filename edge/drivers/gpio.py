@@ -27,8 +27,8 @@ from pydantic import Discriminator, ModelWrapValidatorHandler, StringConstraints
 from pydantic import Field as PydanticField
 
 from edge.contract import Scalar, Severity
-from edge.drivers import DriverEvent, EmitEvent
-from edge.drivers._gpio import FIXED_PULL_UP, BcmPin, GpioConfig, gpio_errors, on_board, pin_factory
+from edge.drivers import DriverEvent, EmitEvent, Presence
+from edge.drivers._gpio import FIXED_PULL_UP, BcmPin, GpioConfig, gpio_errors, gpio_present, on_board, pin_factory
 from edge.drivers._gpio_sim import Citizen, Passersby
 from edge.errors import ConfigError, DeviceUnavailable
 
@@ -436,3 +436,7 @@ def simulate(config: Config) -> Iterator[Config]:
     finally:
         board.close()
 
+
+def present(config: Config) -> Presence:
+    """Whether the GPIO controller is there (``nakhon agent check --connect``)."""
+    return gpio_present(config)

@@ -26,8 +26,8 @@ from pydantic import Field as PydanticField
 from pydantic import model_validator
 
 from edge.contract import Scalar
-from edge.drivers import Field
-from edge.drivers._gpio import BcmPin, GpioConfig, gpio_errors, on_board, pin_factory
+from edge.drivers import Field, Presence
+from edge.drivers._gpio import BcmPin, GpioConfig, gpio_errors, gpio_present, on_board, pin_factory
 from edge.drivers._gpio_sim import EchoPin, Sonar, WaterSurface
 from edge.errors import DeviceUnavailable
 
@@ -211,3 +211,8 @@ def simulate(config: Config) -> Iterator[Config]:
         yield on_board(config, board)
     finally:
         board.close()
+
+
+def present(config: Config) -> Presence:
+    """Whether the GPIO controller is there (``nakhon agent check --connect``)."""
+    return gpio_present(config)

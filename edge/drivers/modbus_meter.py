@@ -24,8 +24,8 @@ from pymodbus.exceptions import ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
 from edge.contract import Scalar
-from edge.drivers import DriverConfig, Field
-from edge.drivers._serial import open_serial
+from edge.drivers import DriverConfig, Field, Presence
+from edge.drivers._serial import open_serial, serial_present
 from edge.errors import DeviceUnavailable, DriverError
 
 DataType = Literal["float32", "int16", "uint16", "int32", "uint32"]
@@ -340,3 +340,8 @@ def simulate(config: Config) -> Iterator[Config]:
     with SimulatedMeter(config.registers, unit_id=config.unit_id, baudrate=config.baudrate, parity=config.parity,
                         stopbits=config.stopbits) as meter:
         yield config.model_copy(update={"port": meter.path})
+
+
+def present(config: Config) -> Presence:
+    """Whether the serial port is there (``nakhon agent check --connect``)."""
+    return serial_present(config.port)

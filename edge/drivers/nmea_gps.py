@@ -22,9 +22,9 @@ from pydantic import Field as PydanticField
 from pydantic import StringConstraints
 
 from edge.contract import Scalar
-from edge.drivers import DriverConfig, Field
+from edge.drivers import DriverConfig, Field, Presence
 from edge.drivers._nmea_gps_sim import BusGps
-from edge.drivers._serial import open_serial, read_bytes
+from edge.drivers._serial import open_serial, read_bytes, serial_present
 from edge.errors import DeviceUnavailable, NakhonError
 
 KNOT_KMH = 1.852
@@ -427,3 +427,8 @@ def simulate(config: Config) -> Iterator[Config]:
     """Run a simulated receiver on a bus looping through Khon Kaen; yield the config pointing at its pty."""
     with BusGps(baudrate=config.baudrate, corrupt_rate=0.002) as device:
         yield config.model_copy(update={"port": device.path})
+
+
+def present(config: Config) -> Presence:
+    """Whether the serial port is there (``nakhon agent check --connect``)."""
+    return serial_present(config.port)

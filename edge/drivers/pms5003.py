@@ -21,8 +21,8 @@ from pydantic import Field as PydanticField
 from pydantic import model_validator
 
 from edge.contract import Scalar
-from edge.drivers import DriverConfig, Field
-from edge.drivers._serial import open_serial, read_bytes, write_bytes
+from edge.drivers import DriverConfig, Field, Presence
+from edge.drivers._serial import open_serial, read_bytes, serial_present, write_bytes
 from edge.errors import DeviceUnavailable, NakhonError
 
 HEADER: Final = b"\x42\x4d"
@@ -322,3 +322,8 @@ def simulate(config: Config) -> Iterator[Config]:
 
     with PmsSensor() as sensor:
         yield config.model_copy(update={"port": sensor.path})
+
+
+def present(config: Config) -> Presence:
+    """Whether the serial port is there (``nakhon agent check --connect``)."""
+    return serial_present(config.port)

@@ -20,8 +20,8 @@ import serial
 from pydantic import Field as PydanticField
 
 from edge.contract import Severity
-from edge.drivers import DriverConfig, DriverEvent, EmitEvent
-from edge.drivers._serial import open_serial, read_bytes
+from edge.drivers import DriverConfig, DriverEvent, EmitEvent, Presence
+from edge.drivers._serial import open_serial, read_bytes, serial_present
 from edge.errors import DeviceUnavailable
 
 Terminator = Literal["cr", "lf", "crlf", "any"]
@@ -264,3 +264,8 @@ def simulate(config: Config) -> Iterator[Config]:
     # a real scanner ends every code the same way; CR is the factory setting of most
     with ScannerSimulation(terminator="cr" if config.terminator == "any" else config.terminator) as simulation:
         yield config.model_copy(update={"port": simulation.path})
+
+
+def present(config: Config) -> Presence:
+    """Whether the serial port is there (``nakhon agent check --connect``)."""
+    return serial_present(config.port)

@@ -36,7 +36,7 @@ from smartcard.pcsc.PCSCReader import PCSCReader
 from smartcard.System import readers as pcsc_readers
 
 from edge.contract import Severity
-from edge.drivers import DriverConfig, DriverEvent, EmitEvent
+from edge.drivers import DriverConfig, DriverEvent, EmitEvent, Presence
 from edge.errors import DeviceUnavailable, DriverError
 
 log = logging.getLogger(__name__)
@@ -915,3 +915,18 @@ def simulate(config: Config) -> Iterator[Config]:
         key_file.write_text(secrets.token_hex(MIN_KEY_BYTES) + "\n")
         yield config.model_copy(update={"backend": Backend.SIMULATED, "reader": kiosk.name,
                                         "hmac_key_file": key_file})
+
+
+def present(config: Config) -> Presence:
+    """Whether pcscd answers and sees the reader (``nakhon agent check --connect``)."""
+    try:
+        names = BACKENDS[config.backend](config).names()
+    except DriverError as err:
+        return Presence(False, f"pcscd does not answer ({err})",
+                        "sudo apt-get install pcscd && sudo systemctl enable --now pcscd.socket")
+    if not names:
+        return Presence(False, "pcscd sees no card reader", "plug the reader in (pcsc_scan lists what pcscd sees)")
+    if config.reader is not None and not any(config.reader in n for n in names):
+        return Presence(False, f"no reader named {config.reader!r}; pcscd sees: {', '.join(names)}",
+                        "correct the driver's reader = ... in the config")
+    return Presence(True, f"card reader {config.reader or names[0]} through pcscd")

@@ -14,10 +14,11 @@ ROLES: dict[str, str] = {
     "operator": "device commands, alarms",
     "finance": "voids, refunds, reconciliation, pending payments",
     "gis": "the problem-report workflow",
+    "technician": "registers, enrolls, suspends and revokes devices (provisioning)",
     "admin": "users, rules, settings, the audit log; passes every check",
 }
 
-PERSONAL_DATA_ROLES = frozenset(ROLES) - {"viewer"}
+PERSONAL_DATA_ROLES = frozenset(ROLES) - {"viewer", "technician"}
 """Roles that see personal data (citizen references and names, report contact fields)."""
 
 PERSONAL_FIELDS = frozenset({"citizen", "citizen_ref", "citizen_name", "contact", "contact_name", "contact_phone",
@@ -104,11 +105,37 @@ POLICY: dict[tuple[str, str], Access] = {
     ("PATCH", "/api/gis/reports/{report_id}"): role("gis"),
     ("GET", "/api/gis/reports/{report_id}/history"): READ,
     ("GET", "/api/gis/zones"): READ,
+    ("POST", "/api/provision/devices"): role("technician"),
+    ("POST", "/api/provision/devices/import"): role("technician"),
+    ("GET", "/api/provision/devices"): READ,
+    ("POST", "/api/provision/devices/{device}/code"): role("technician"),
+    ("GET", "/api/provision/devices/{device}/config"): role("technician"),
+    ("POST", "/api/provision/devices/{device}/suspend"): role("technician", "operator"),
+    ("POST", "/api/provision/devices/{device}/resume"): role("technician"),
+    ("POST", "/api/provision/devices/{device}/revoke"): role("technician"),
+    # a device redeems its single-use enrollment code here: the code is the credential, every refusal is audited
+    ("POST", "/api/provision/enroll"): PUBLIC,
+    ("GET", "/api/provision/certificates"): READ,
+    ("DELETE", "/api/devices/{device}"): ADMIN,
     ("GET", "/ogc"): OGC,
     ("GET", "/ogc/conformance"): OGC,
     ("GET", "/ogc/collections"): OGC,
     ("GET", "/ogc/collections/{cid}"): OGC,
     ("GET", "/ogc/collections/{cid}/items"): OGC,
     ("GET", "/ogc/collections/{cid}/items/{fid}"): OGC,
+    # events, the live stream, alarms, notifications and the AQI (docs/alarms.md)
+    ("GET", "/api/events"): READ,
+    ("GET", "/api/stream"): READ,
+    ("GET", "/api/alarms"): READ,
+    ("GET", "/api/alarms/{alarm_id}"): READ,
+    ("POST", "/api/alarms/{alarm_id}/ack"): role("operator"),
+    ("POST", "/api/alarms/{alarm_id}/clear"): role("operator"),
+    ("POST", "/api/alarms/{alarm_id}/shelve"): role("operator"),
+    ("POST", "/api/alarms/{alarm_id}/comment"): role("operator"),
+    ("GET", "/api/alarm-rules"): READ,
+    ("PUT", "/api/alarm-rules/{rule_id}"): ADMIN,
+    ("DELETE", "/api/alarm-rules/{rule_id}"): ADMIN,
+    ("GET", "/api/notifications"): READ,
+    ("GET", "/api/devices/{device}/aqi"): READ,
 }
 """Every route of the hub and who may call it."""

@@ -120,6 +120,17 @@ async def guard(request: Request,
     request.state.actor = Actor(user=user.name, address=address, roles=user.roles, via=via)
 
 
+async def still_admitted(request: Request) -> bool:
+    """Whether the request's session or token would still pass the guard: a long answer (the live stream) asks
+    this now and then, so a sign-out, a revoked token or a disabled user ends it."""
+    settings = getattr(request.app.state, "nakhon_guard", None)
+    access = POLICY.get(policy_key(request.method, getattr(request.scope.get("route"), "path", "")))
+    if not isinstance(settings, GuardSettings) or access is None:
+        return False
+    user, _, _ = await _authenticate(settings.accounts, request, await BEARER(request))
+    return user is not None and access.admits(user.roles)
+
+
 GUARD = [Depends(guard)]
 """App-level dependencies of every hub app: ``FastAPI(dependencies=GUARD)``, see :func:`guarded_app`."""
 

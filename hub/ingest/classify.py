@@ -45,6 +45,7 @@ class Reason(StrEnum):
     CLOCK_SKEW = "clock_skew"
     STORE_REJECTED = "store_rejected"
     KIND_NOT_ALLOWED = "kind_not_allowed"
+    UNREGISTERED = "unregistered"
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,13 @@ def _schema_detail(err: ValidationError, types: frozenset[str] | None = None) ->
 
 
 def classify(topic: str, payload: bytes, received_at: float, *, root: str = DEFAULT_ROOT,
-             max_payload: int = 262_144, window: ClockWindow | None = None) -> Classified:
+             max_payload: int = 262_144, window: ClockWindow | None = None,
+             admits: Callable[[str], bool] | None = None) -> Classified:
     """Decide what a message is; anything that is not applicable becomes a :class:`DeadLetter`.
 
     ``window`` holds the message's timestamps against ``received_at`` (the hub's clock); None skips that check.
+    ``admits`` says whether the registry takes messages from a device (None: every device, as without a
+    provisioned deployment).
     """
     if len(payload) > max_payload:
         return _dead(topic, payload, received_at, Reason.OVERSIZE,
@@ -139,6 +143,9 @@ def classify(topic: str, payload: bytes, received_at: float, *, root: str = DEFA
     if parsed is None or model is None:
         return _dead(topic, payload, received_at, Reason.BAD_TOPIC,
                      f"not a device uplink topic of the contract ({root}/DEVICE/up/...)")
+    if admits is not None and not admits(parsed.device):
+        return _dead(topic, payload, received_at, Reason.UNREGISTERED,
+                     f"device {parsed.device!r} is not active in the registry (nakhon provision device list)")
     try:
         message = model.model_validate_json(payload)
     except ValidationError as err:

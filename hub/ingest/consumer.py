@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -92,6 +92,13 @@ def publish_packet_size(topic_name: str, payload: bytes) -> int:
     return 1 + _varint_len(remaining) + remaining
 
 
+class IngestObserver(Protocol):
+    """Told about every batch right after it commits and before it is acknowledged (the alarm engine)."""
+
+    def committed(self, batch: IngestBatch) -> None:
+        """Look at a committed batch; returns once what it derived is committed too."""
+
+
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -100,8 +107,10 @@ def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
 class Ingest:
     """Subscribes ``{root}/+/up/#`` (optionally shared), stores what arrives, acknowledges and answers."""
 
-    def __init__(self, store: Store, settings: IngestSettings, metrics: HubMetrics, router: Router) -> None:
+    def __init__(self, store: Store, settings: IngestSettings, metrics: HubMetrics, router: Router,
+                 observer: IngestObserver | None = None) -> None:
         self.store = store
+        self.observer = observer
         self.settings = settings
         self.metrics = metrics
         self.router = router
@@ -114,6 +123,10 @@ class Ingest:
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
         self._in_hand_since: float | None = None
+        self.admits: Callable[[str], bool] | None = None
+        """The registry's check of a sending device (None: every device is taken, as without a deployment)."""
+        self.on_connected: Callable[[], None] | None = None
+        """Called on paho's thread after each (re)connection, once subscribed (the registry syncs the broker)."""
         metrics.watch_writer(self.writer_state)
 
     @property
@@ -197,6 +210,8 @@ class Ingest:
         self.max_packet_size = getattr(properties, "MaximumPacketSize", None)
         client.subscribe(self.subscription, qos=QOS)
         self.connected.set()
+        if self.on_connected is not None:
+            self.on_connected()
         log.info("connected to broker %s:%d, subscribed %s (session present: %s)", self.settings.host,
                  self.settings.port, self.subscription, flags.session_present)
 
@@ -267,7 +282,7 @@ class Ingest:
         s = self.settings
         topic_name, payload, at = received
         return _Entry(received, classify(topic_name, payload, at, root=s.root, max_payload=s.max_payload,
-                                         window=s.window))
+                                         window=s.window, admits=self.admits))
 
     def _store(self, entries: list[_Entry]) -> None:
         batch = IngestBatch()
@@ -281,6 +296,8 @@ class Ingest:
             elif isinstance(e.item, TxRefused):
                 batch.deadletters.append(e.item.letter)
         outcome = self._commit(batch)
+        if self.observer is not None:
+            self.observer.committed(batch)
         self._settled(batch, outcome)
         for reply in outcome.replies:
             self.commands.resolve(reply)
