@@ -1,5 +1,6 @@
 """The dashboard's operations pages in headless Chromium against a real broker, hub and agents: an SOS alarm
-acknowledged from the page and audited, voids refused to a viewer and made by a finance user."""
+acknowledged from the page and audited, a flood grouped, voids refused to a viewer and made by a finance user,
+reports triaged by a GIS user, users managed by an admin."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from selenium.webdriver.chrome.webdriver import WebDriver as Chrome
 from selenium.webdriver.common.by import By
 
-from edge.contract import Tx, now
+from edge.contract import Location, Tx, now
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.promptpay import PromptPaySettings
 from hub.router import Router
 from tests.browser import chromium, js, page_ready, sign_in
 from tests.conftest import TEST_PASSWORD, Broker, build_hub_app, user_token, wait_for
+from tests.test_gis import Kiosk
 
 pytestmark = pytest.mark.broker
 
@@ -48,6 +51,11 @@ def _with_receipts(data: Path, n: int) -> None:
 def _receipt_rows(driver: Chrome) -> list[str]:
     rows = driver.find_elements(By.CSS_SELECTOR, "#fin-receipts tr[data-receipt]")
     return [r.get_attribute("data-receipt") or "" for r in rows]
+
+
+def _text(driver: Chrome, selector: str) -> str:
+    """The text of the first element matching ``selector`` now (read in one step: the page may redraw it)."""
+    return str(js(driver, "return document.querySelector(arguments[0])?.innerText || ''", selector))
 
 
 def _session_call(driver: Chrome, method: str, path: str, body: dict[str, Any]) -> int:
@@ -125,7 +133,7 @@ def test_an_sos_alarm_shows_within_a_second_is_acknowledged_from_the_page_and_au
         row.find_element(By.CSS_SELECTOR, '[data-act="ack"]').click()
         wait_for(lambda: hub.get(f"/api/alarms/{alarm['id']}")["state"] == "acknowledged", 10, "the acknowledgement")
         assert hub.get(f"/api/alarms/{alarm['id']}")["acked_by"] == "somchai"
-        wait_for(lambda: "acknowledged" in driver.find_element(By.CSS_SELECTOR, selector).text, 10,
+        wait_for(lambda: "acknowledged" in _text(driver, selector), 10,
                  "the page to show it acknowledged")
         assert not driver.find_elements(By.CSS_SELECTOR, f'{selector} [data-act="ack"]')
 
@@ -166,3 +174,80 @@ def test_more_than_ten_alarms_in_ten_minutes_are_a_flood_grouped_by_rule(
         wait_for(lambda: len(hub.get("/api/alarms", state="acknowledged")) == 11, 10, "the group acknowledged")
     assert {a["acked_by"] for a in hub.get("/api/alarms", state="acknowledged")} == {"admin"}
     assert [a["device"] for a in hub.get("/api/alarms", state="active")] == ["kk-water-0100"]
+
+
+def test_a_gis_user_assigns_and_resolves_a_report_from_the_queue_and_a_viewer_cannot(
+        broker: Broker, procs: Procs, tmp_path: Path) -> None:
+    hub = procs["hub"](broker.port)
+    user_token(hub.data, "nida", ("gis",))
+    user_token(hub.data, "vichai", ("viewer",))
+    kiosk = Kiosk(broker.port, "kk-kiosk-0001")
+    try:
+        for i, (lat, lon, category) in enumerate([(16.45, 102.80, "streetlight"), (16.40, 102.86, "pothole")]):
+            kiosk.send(f"kk-kiosk-0001-r{i:04d}", "issue.report", {"category": category, "description": f"เรื่อง {i}"},
+                       Location(lat=lat, lon=lon))
+        wait_for(lambda: len(hub.get("/api/gis/reports")["features"]) == 2, 20, "two reports on the hub")
+    finally:
+        kiosk.close()
+    first = hub.get("/api/gis/reports")["features"][0]["id"]
+
+    with chromium(tmp_path / "viewer") as driver:
+        sign_in(driver, hub.url, "vichai", TEST_PASSWORD, lang="en")
+        page_ready(driver, "reports", "#rep-queue tr[data-report]")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#rep-queue tr[data-report]")) == 2
+        driver.find_element(By.CSS_SELECTOR, f'#rep-queue tr[data-report="{first}"]').click()
+        wait_for(lambda: "Streetlight" in _text(driver, "#rep-detail"), 10, "the report's details")
+        assert driver.find_elements(By.CSS_SELECTOR, ".page [data-act]") == []
+
+    with chromium(tmp_path / "gis") as driver:
+        sign_in(driver, hub.url, "nida", TEST_PASSWORD, lang="en")
+        page_ready(driver, "reports", f'#rep-queue tr[data-report="{first}"] [data-act="assigned"]')
+        driver.find_element(By.CSS_SELECTOR, f'#rep-queue tr[data-report="{first}"] [data-act="assigned"]').click()
+        dialog = driver.find_element(By.CSS_SELECTOR, "dialog.ask[open]")
+        dialog.find_element(By.NAME, "assignee").send_keys("electricity team")
+        dialog.find_element(By.CSS_SELECTOR, '[data-confirm="yes"]').click()
+        wait_for(lambda: hub.get(f"/api/gis/reports/{first}")["properties"]["status"] == "assigned", 10, "assigned")
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, '#rep-detail [data-act="resolved"]'), 10,
+                 "the resolve button of the assigned report")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#rep-queue tr[data-report]")) == 1  # the queue: new ones
+        driver.find_element(By.CSS_SELECTOR, '#rep-detail [data-act="resolved"]').click()
+        dialog = driver.find_element(By.CSS_SELECTOR, "dialog.ask[open]")
+        dialog.find_element(By.CSS_SELECTOR, '[data-confirm="yes"]').click()
+        assert "Please fill in Note" in dialog.text  # resolving needs a note
+        dialog.find_element(By.NAME, "note").send_keys("lamp replaced")
+        dialog.find_element(By.CSS_SELECTOR, '[data-confirm="yes"]').click()
+        wait_for(lambda: hub.get(f"/api/gis/reports/{first}")["properties"]["status"] == "resolved", 10, "resolved")
+        wait_for(lambda: "lamp replaced" in _text(driver, "#rep-detail"), 10, "the history")
+    history = hub.get(f"/api/gis/reports/{first}/history")
+    assert [(h["status"], h["assignee"], h["note"], h["by"]) for h in history][1:] == [
+        ("assigned", "electricity team", None, "nida"), ("resolved", "electricity team", "lamp replaced", "nida")]
+
+
+def test_an_admin_adds_a_user_from_the_page_sees_the_password_once_and_disables_them(
+        broker: Broker, procs: Procs, tmp_path: Path) -> None:
+    hub = procs["hub"](broker.port)
+    with chromium(tmp_path / "profile") as driver:
+        sign_in(driver, hub.url, "admin", TEST_PASSWORD, lang="en")
+        page_ready(driver, "users", 'tr[data-user="admin"]')
+        assert not driver.find_elements(By.CSS_SELECTOR, '[data-act="disable"][data-user="admin"]')  # not oneself
+        driver.find_element(By.ID, "users-add").click()
+        dialog = driver.find_element(By.CSS_SELECTOR, "dialog.ask[open]")
+        dialog.find_element(By.NAME, "name").send_keys("somsri")
+        dialog.find_element(By.CSS_SELECTOR, 'input[type="checkbox"][value="finance"]').click()
+        dialog.find_element(By.CSS_SELECTOR, '[data-confirm="yes"]').click()
+        shown = wait_for(lambda: driver.find_elements(By.ID, "users-generated"), 10, "the generated password")
+        password = shown[0].text
+        assert httpx.post(f"{hub.url}/api/session", json={"name": "somsri", "password": password},
+                          timeout=10).json()["roles"] == ["finance", "viewer"]
+        row = driver.find_element(By.CSS_SELECTOR, 'tr[data-user="somsri"]')
+        assert "finance" in row.text and "active" in row.text
+        driver.refresh()
+        page_ready(driver, "users", 'tr[data-user="somsri"]')
+        assert driver.find_elements(By.ID, "users-generated") == []  # shown once
+        driver.find_element(By.CSS_SELECTOR, '[data-act="disable"][data-user="somsri"]').click()
+        driver.find_element(By.CSS_SELECTOR, 'dialog.ask[open] [data-confirm="yes"]').click()
+        wait_for(lambda: "disabled" in _text(driver, 'tr[data-user="somsri"]'), 10,
+                 "the user disabled")
+    assert next(u for u in hub.get("/api/users") if u["name"] == "somsri")["disabled"] is True
+    assert httpx.post(f"{hub.url}/api/session", json={"name": "somsri", "password": password},
+                      timeout=10).status_code == 401
