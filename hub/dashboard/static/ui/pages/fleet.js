@@ -3,7 +3,7 @@ import { addMessages, api, fmt, h, registerPage, t } from "../app.js";
 import { LINK_STATES, badge, clockText, dataBadge, linkOf } from "../devices.js";
 
 const REFRESH_MS = 30000;
-const BATCH_MS = 300;
+const BATCH_MS = 100;
 const REFETCH_ALL_OVER = 50;
 
 addMessages({
@@ -77,19 +77,45 @@ registerPage("fleet", {
       select.value = current;
     }
 
-    function draw() {
-      const all = [...devices.values()].sort((a, b) => a.device.localeCompare(b.device));
+    const rowOf = new Map();
+
+    function drawCounts(all) {
       counts.replaceChildren(h("button", { type: "button", class: "count", dataset: { state: "" },
         onclick: () => { filter.state = ""; state.value = ""; draw(); } }, h("b", {}, all.length), t("fleet.all")),
       ...LINK_STATES.map((s) => h("button", { type: "button", class: `count ${s}`, dataset: { state: s },
         onclick: () => { filter.state = s; state.value = s; draw(); } },
       h("b", {}, all.filter((d) => linkOf(d) === s).length), t(`link.${s}`))));
+    }
+
+    function draw() {
+      const all = [...devices.values()].sort((a, b) => a.device.localeCompare(b.device));
+      drawCounts(all);
       const unique = (key) => [...new Set(all.map((d) => d[key]).filter(Boolean))].sort();
       fillSelect(kind, unique("node"), t("fleet.any_kind"), filter.kind);
       fillSelect(site, unique("site"), t("fleet.any_site"), filter.site);
       const rows = all.filter(matches);
-      body.replaceChildren(...rows.map(row));
+      rowOf.clear();
+      body.replaceChildren(...rows.map((d) => {
+        const tr = row(d);
+        rowOf.set(d.device, tr);
+        return tr;
+      }));
       shown.textContent = all.length ? t("fleet.shown", { shown: rows.length, total: all.length }) : t("fleet.empty");
+    }
+
+    function update(d) {
+      const known = devices.get(d.device);
+      devices.set(d.device, d);
+      const old = rowOf.get(d.device);
+      // a row that stays in the table is replaced where it is; anything else (new device, filter) redraws
+      if (!known || !old || !matches(d) || known.node !== d.node || known.site !== d.site) {
+        draw();
+        return;
+      }
+      const tr = row(d);
+      old.replaceWith(tr);
+      rowOf.set(d.device, tr);
+      drawCounts([...devices.values()]);
     }
 
     async function loadAll() {
@@ -111,8 +137,7 @@ registerPage("fleet", {
       }
       const fresh = await Promise.all(ids.map((id) => api(`/api/devices/${encodeURIComponent(id)}`, { quiet: true })
         .catch(() => null)));
-      for (const d of fresh) if (d) devices.set(d.device, d);
-      draw();
+      for (const d of fresh) if (d) update(d);
     }
 
     for (const [select, key] of [[kind, "kind"], [site, "site"], [state, "state"]]) {
@@ -120,6 +145,11 @@ registerPage("fleet", {
     }
     search.addEventListener("input", () => { filter.search = search.value; draw(); });
     ctx.onStream("device", (data) => {
+      const known = devices.get(data.device);
+      if (known && LINK_STATES.includes(data.state)) {  // show the new link state now, the details after the fetch
+        const agent = data.state === "online" ? known.liveness?.agent : "down";
+        update({ ...known, state: data.state, liveness: { ...known.liveness, link: data.state, agent } });
+      }
       pending.add(data.device);
       timer = timer || setTimeout(flush, BATCH_MS);
     });
