@@ -54,8 +54,10 @@ def _receipt_rows(driver: Chrome) -> list[str]:
 
 
 def _text(driver: Chrome, selector: str) -> str:
-    """The text of the first element matching ``selector`` now (read in one step: the page may redraw it)."""
-    return str(js(driver, "return document.querySelector(arguments[0])?.innerText || ''", selector))
+    """The text of the first element matching ``selector`` now (read in one step: the page may redraw it), with
+    no-break spaces as spaces."""
+    text = str(js(driver, "return document.querySelector(arguments[0])?.innerText || ''", selector))
+    return text.replace("\xa0", " ")
 
 
 def _session_call(driver: Chrome, method: str, path: str, body: dict[str, Any]) -> int:
@@ -102,6 +104,17 @@ def test_a_viewer_sees_no_void_and_is_refused_and_a_finance_user_voids_with_thei
         assert "malee" in cells and "citizen paid twice" in cells and receipts[1] in cells
         assert any(c.startswith("-") and "40.00" in c for c in cells)
         assert not driver.find_elements(By.CSS_SELECTOR, f'[data-void="{receipts[1]}"]')
+
+        day = driver.find_element(By.ID, "fin-day").get_attribute("value")
+        xlsx = driver.find_element(By.ID, "fin-register-xlsx").get_attribute("href") or ""
+        assert xlsx.endswith(f"/api/finance/register.xlsx?day={day}&lang=en")
+        form = driver.find_element(By.ID, "fin-count-form")
+        assert form.find_element(By.NAME, "device").get_attribute("value") == "kk-kiosk-0001"
+        form.find_element(By.NAME, "counted").send_keys("75")
+        form.find_element(By.NAME, "counted_by").send_keys("Somchai")
+        form.find_element(By.CSS_SELECTOR, '[type="submit"]').click()
+        wait_for(lambda: "Somchai" in _text(driver, "#fin-counts"), 10, "the cash count")
+        assert "-THB 5.00" in _text(driver, "#fin-counts")  # 80 baht of cash in the ledger, 75 counted
     entries = hub.get("/api/finance/ledger")
     assert [(e["entry"], e["amount_satang"], e["by_user"]) for e in entries][-1] == ("void", -4000, "malee")
     audit = hub.get("/api/audit", object=f"receipt/{receipts[1]}")

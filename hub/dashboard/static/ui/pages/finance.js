@@ -18,7 +18,7 @@ addMessages({
     "fin.reversed": "บันทึกรายการ {entry} ของใบเสร็จ {receipt} แล้ว", "fin.shown": "แสดง {n} จาก {total} ใบ",
     "fin.pending": "รายการพร้อมเพย์ที่รอชำระ", "fin.tx": "รายการ", "fin.created": "สร้างเมื่อ", "fin.expires": "หมดอายุ",
     "fin.cancel": "ยกเลิกรายการ", "fin.cancel_q": "ยกเลิกรายการพร้อมเพย์ {tx}? ตู้จะได้รับแจ้ง",
-    "fin.counts": "ตรวจนับเงินสด", "fin.counted": "นับได้ (บาท)", "fin.counted_by": "ผู้นับ", "fin.record": "บันทึกการนับ",
+    "fin.counts": "ตรวจนับเงินสด", "fin.counted": "นับได้ (บาท)", "fin.counted_amount": "นับได้", "fin.counted_by": "ผู้นับ", "fin.record": "บันทึกการนับ",
     "fin.ledger_cash": "ตามบัญชี", "fin.difference": "ผลต่าง", "fin.superseded": "ถูกแทนที่", "fin.latest": "ล่าสุด",
     "fin.counts_csv": "ดาวน์โหลด CSV การตรวจนับ", "fin.recorded": "บันทึกแล้ว ผลต่าง {diff}", "fin.at": "เวลา",
     "entry.payment": "รับชำระ", "entry.void": "ยกเลิก", "entry.refund": "คืนเงิน",
@@ -38,7 +38,7 @@ addMessages({
     "fin.reversed": "{entry} of receipt {receipt} recorded", "fin.shown": "{n} of {total} receipts shown",
     "fin.pending": "Pending PromptPay payments", "fin.tx": "Transaction", "fin.created": "Created", "fin.expires": "Expires",
     "fin.cancel": "Cancel payment", "fin.cancel_q": "Cancel PromptPay payment {tx}? The kiosk is told.",
-    "fin.counts": "Cash counts", "fin.counted": "Counted (baht)", "fin.counted_by": "Counted by", "fin.record": "Record count",
+    "fin.counts": "Cash counts", "fin.counted": "Counted (baht)", "fin.counted_amount": "Counted", "fin.counted_by": "Counted by", "fin.record": "Record count",
     "fin.ledger_cash": "Ledger", "fin.difference": "Difference", "fin.superseded": "superseded", "fin.latest": "latest",
     "fin.counts_csv": "Download the counts CSV", "fin.recorded": "Recorded, difference {diff}", "fin.at": "At",
     "entry.payment": "payment", "entry.void": "void", "entry.refund": "refund",
@@ -186,7 +186,7 @@ registerPage("finance", {
       ], entries, { rowAttrs: (e) => ({ dataset: { entry: e.id, kind: e.entry } }) }));
       countsBox.replaceChildren(table([
         { label: "fin.kiosk", raw: true, cell: (c) => c.device },
-        { label: "fin.counted", raw: true, cell: (c) => fmt.baht(c.counted_satang) },
+        { label: "fin.counted_amount", raw: true, cell: (c) => fmt.baht(c.counted_satang) },
         { label: "fin.ledger_cash", raw: true, cell: (c) => fmt.baht(c.ledger_satang) },
         { label: "fin.difference", raw: true, cell: (c) => fmt.baht(c.counted_satang - c.ledger_satang) },
         { label: "fin.counted_by", raw: true, cell: (c) => c.counted_by },
