@@ -115,7 +115,7 @@ function chartCard(device, q, windowS, charts) {
   async function load(since, until) {
     state.since = since;
     state.until = until;
-    const width = Math.max(280, plot.clientWidth || 600);
+    const width = Math.max(200, plot.clientWidth || 600);
     const buckets = Math.min(MAX_BUCKETS, Math.floor(width / 2));
     const answer = await api(`/api/devices/${encodeURIComponent(device)}/readings/aggregate?quantity=${encodeURIComponent(q.quantity)}`
       + `&since=${since.toISOString()}&until=${until.toISOString()}&buckets=${buckets}`);
