@@ -227,3 +227,15 @@ def test_a_critical_alarm_shows_a_banner_on_every_page_and_beeps_until_muted(bro
                        timeout=10)
         assert r.status_code == 200, r.text
         wait_for(lambda: not driver.find_element(By.ID, "banner").is_displayed(), 10, "the banner gone after the ack")
+
+
+def test_a_configured_tile_url_adds_a_basemap_to_the_map(broker: Broker, procs: Procs, tmp_path: Path) -> None:
+    tiles = "http://127.0.0.1:9/tiles/{z}/{x}/{y}.png"  # nothing listens: the layer is there, its tiles fail
+    hub = procs["hub"](broker.port, "--tiles", tiles)
+    with chromium(tmp_path / "profile") as driver:
+        sign_in(driver, hub.url, "admin", TEST_PASSWORD, lang="en")
+        open_page(driver, "map")
+        urls = js(driver, "const m = window.nakhon.map.map; const u = [];"
+                          "m.eachLayer(l => { if (l instanceof L.TileLayer) u.push(l._url); }); return u")
+        assert urls == [tiles]
+        assert driver.find_elements(By.CSS_SELECTOR, ".leaflet-tile")
