@@ -239,3 +239,20 @@ def test_a_configured_tile_url_adds_a_basemap_to_the_map(broker: Broker, procs: 
                           "m.eachLayer(l => { if (l instanceof L.TileLayer) u.push(l._url); }); return u")
         assert urls == [tiles]
         assert driver.find_elements(By.CSS_SELECTOR, ".leaflet-tile")
+
+
+def test_a_page_left_open_returns_to_the_sign_in_form_when_its_session_ends(broker: Broker, procs: Procs,
+                                                                             tmp_path: Path) -> None:
+    hub = procs["hub"](broker.port)
+    with chromium(tmp_path / "profile") as driver:
+        sign_in(driver, hub.url, "admin", TEST_PASSWORD, lang="en")
+        open_page(driver, "fleet")
+        wait_for(lambda: js(driver, "return window.nakhon.streamOpen"), 15, "the live stream")
+        cookie = driver.get_cookie("nakhon_session")
+        assert cookie is not None
+        jar = {"nakhon_session": cookie["value"]}
+        csrf = httpx.get(f"{hub.url}/api/session", cookies=jar, timeout=10).json()["csrf_token"]
+        httpx.delete(f"{hub.url}/api/session", cookies=jar, headers={"X-CSRF-Token": csrf}, timeout=10)
+        # nobody touches the page: the hub ends its stream (it checks every 15 s), the page finds out why
+        wait_for(lambda: driver.find_elements(By.ID, "signin-name"), 30, "the sign-in form, untouched page")
+        assert driver.find_element(By.ID, "signin-error").text == "Your session has ended: please sign in again"
