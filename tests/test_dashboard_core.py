@@ -15,7 +15,7 @@ from selenium.webdriver.support.ui import Select
 
 from hub.dashboard import STATIC
 from tests.browser import chromium, js, open_page, page_ready, sign_in
-from tests.conftest import ROOT, TEST_PASSWORD, Agent, Broker, Hub, fast_air, wait_for
+from tests.conftest import ROOT, TEST_PASSWORD, Agent, Broker, Hub, fast_air, user_token, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -256,3 +256,29 @@ def test_a_page_left_open_returns_to_the_sign_in_form_when_its_session_ends(brok
         # nobody touches the page: the hub ends its stream (it checks every 15 s), the page finds out why
         wait_for(lambda: driver.find_elements(By.ID, "signin-name"), 30, "the sign-in form, untouched page")
         assert driver.find_element(By.ID, "signin-error").text == "Your session has ended: please sign in again"
+
+
+def test_an_operator_sends_a_command_after_confirming_and_a_viewer_sees_no_command_form(
+        broker: Broker, procs: Procs, tmp_path: Path) -> None:
+    hub = procs["hub"](broker.port)
+    procs["agent"]("kk-aq-0001", broker.port, drivers=[fast_air(interval_s=1)])
+    _online(hub, "kk-aq-0001")
+    user_token(hub.data, "olive", ("operator",))
+    user_token(hub.data, "vera", ("viewer",))
+    with chromium(tmp_path / "operator") as driver:
+        sign_in(driver, hub.url, "olive", TEST_PASSWORD, lang="en")
+        open_page(driver, "device/kk-aq-0001")
+        driver.find_element(By.ID, "command-send").click()
+        dialog = driver.find_element(By.CSS_SELECTOR, "dialog.confirm")
+        assert dialog.text.startswith("Send ping to kk-aq-0001?")
+        dialog.find_element(By.CSS_SELECTOR, "[data-confirm=yes]").click()
+        wait_for(lambda: driver.find_element(By.ID, "command-outcome").text == "Outcome: ok", 20, "the ping's outcome")
+        wait_for(lambda: "ping" in driver.find_element(By.ID, "device-commands").text, 10, "the command history")
+        assert [c["outcome"] for c in hub.get("/api/devices/kk-aq-0001/commands")] == ["ok"]
+    with hub.db() as db:
+        assert db.execute("SELECT user FROM audit WHERE action = 'device.command'").fetchall() == [("olive",)]
+    with chromium(tmp_path / "viewer") as driver:
+        sign_in(driver, hub.url, "vera", TEST_PASSWORD, lang="en")
+        open_page(driver, "device/kk-aq-0001")
+        assert not driver.find_elements(By.ID, "command-send")
+        assert "ping" in driver.find_element(By.ID, "device-commands").text  # the history is for everyone
