@@ -143,8 +143,8 @@ def measure(params: Params) -> Timings:
             raise SystemExit("the SQL query did not return every row")
         sql_s = median_time(lambda: db.execute(SQL, args).fetchall(), params.repeats)
         api_s = median_time(lambda: get(base, limit=100_000), params.repeats)
-        buckets = len(json.loads(get(f"{base}/aggregate", bucket=3600)).get("buckets", []))
-        aggregate_s = median_time(lambda: get(f"{base}/aggregate", bucket=3600), params.repeats)
+        buckets = len(json.loads(get(f"{base}/buckets", bucket=3600)).get("buckets", []))
+        aggregate_s = median_time(lambda: get(f"{base}/buckets", bucket=3600), params.repeats)
     return Timings(sql_s, api_s, aggregate_s, buckets)
 
 

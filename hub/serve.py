@@ -24,10 +24,13 @@ from hub.alarms import store as alarms_store
 from hub.alarms.feed import Feed
 from hub.alarms.rules import DEMO_RULES, load_rules
 from hub.alarms.service import AlarmService
+from hub.api import aggregate
 from hub.api import events as events_api
 from hub.api.app import create_app
 from hub.auth import accounts as auth_accounts
+from hub.auth import users as auth_users
 from hub.auth.web import protect
+from hub.dashboard import add_dashboard
 from hub.errors import HubConfigError, StoreError
 from hub.finance import api as finance_api
 from hub.finance import ledger
@@ -62,6 +65,8 @@ class HubSettings:
     promptpay: PromptPaySettings = field(default_factory=PromptPaySettings)
     bank_secret: str | None = None
     public_ogc: bool = False
+    tiles: str | None = None
+    """The dashboard map's basemap tile URL template (none: a plain background)."""
     deployment: Path | None = None
     """A provisioned deployment (``nakhon provision init``): its issuing CA signs devices' CSRs, the API is
     served over HTTPS with its certificate, and the registry is enforced unless ``enforce_registry`` is False."""
@@ -168,8 +173,11 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     app.include_router(ogc.create_router({"reports": gis_api.reports_layer(store),
                                           "devices": gis_api.devices_layer(store),
                                           "zones": gis_api.zones_layer(zones)}))
+    app.include_router(auth_users.create_router(auth_accounts.Accounts(store), audit))
     app.include_router(events_api.create_router(store, alarms.feed))
     app.include_router(alarms_api.create_router(alarms.engine, audit))
+    app.include_router(aggregate.create_router(store))
+    add_dashboard(app, settings.tiles)
     protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
     app.router.lifespan_context = lifespan
     app.state.feed = alarms.feed

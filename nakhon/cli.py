@@ -24,6 +24,14 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"NAKHON_HUB_{name}", default)
 
 
+def _tile_url(value: str) -> str:
+    """A basemap tile URL template: http(s), with {z}, {x} and {y}, at most 500 characters."""
+    if len(value) > 500 or not value.startswith(("http://", "https://")) or not all(
+            part in value for part in ("{z}", "{x}", "{y}")):
+        raise argparse.ArgumentTypeError("a tile URL is http(s)://... with {z}, {x} and {y}, at most 500 characters")
+    return value
+
+
 def _ack_window(text: str) -> float:
     """An ack window in seconds, 0 to 5."""
     value = float(text)
@@ -102,6 +110,9 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
                        help="file with the secret the bank signs its confirmation callbacks with (docs/finance.md)")
     serve.add_argument("--public-ogc", action="store_true", default=_env("PUBLIC_OGC") == "1",
                        help="serve the GIS layers (/ogc) without sign-in")
+    serve.add_argument("--tiles", default=_env("TILES"), type=_tile_url,
+                       help="tile URL template for the dashboard map's basemap, e.g. "
+                       "https://tiles.example.go.th/{z}/{x}/{y}.png (default: none, a plain background)")
     serve.add_argument("--deployment", type=Path, default=_env("DEPLOYMENT"),
                        help="a provisioned deployment (nakhon provision init): HTTPS, CSR signing, and the "
                             "registry enforced; env NAKHON_HUB_DEPLOYMENT")
@@ -278,7 +289,8 @@ def _hub(args: argparse.Namespace) -> int:
                             max_payload=args.max_payload,
                             window=ClockWindow(ahead_s=args.max_clock_skew, behind_s=args.max_age),
                             max_unwritten_s=args.max_unwritten, ack_window_s=args.ack_window)
-    extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones), ("rules", args.rules)) if v}
+    extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones), ("rules", args.rules),
+                               ("tiles", args.tiles)) if v}
     try:
         settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
                                promptpay=replace(PromptPaySettings.for_demo() if args.promptpay_demo else

@@ -89,7 +89,7 @@ def test_aggregates_per_bucket(hub_app: HubApp) -> None:
                       _reading(START, True), _reading(START + timedelta(seconds=10 * i), 1, quantity="pm10")]
                      for i in range(360)])
     api = hub_app.client("viewer")
-    body = api.get(f"/api/devices/{DEVICE}/readings/aggregate",
+    body = api.get(f"/api/devices/{DEVICE}/readings/buckets",
                    params={"quantity": "pm2_5", "bucket": 600}).json()
     assert body["count"] == 6 and body["truncated"] is False and body["next"] is None
     assert body["bucket_s"] == 600 and body["quantity"] == "pm2_5"
@@ -97,13 +97,13 @@ def test_aggregates_per_bucket(hub_app: HubApp) -> None:
     assert first == {"start": "2026-11-23T00:00:00.000Z", "count": 60, "min": 0.0, "avg": 29.5, "max": 59.0}
     assert [b["count"] for b in body["buckets"]] == [60] * 6
     assert body["buckets"][5]["max"] == 359.0
-    cut = api.get(f"/api/devices/{DEVICE}/readings/aggregate",
+    cut = api.get(f"/api/devices/{DEVICE}/readings/buckets",
                   params={"quantity": "pm2_5", "bucket": 600, "limit": 4}).json()
     assert cut["count"] == 4 and cut["truncated"] is True and cut["next"] == "2026-11-23T00:40:00.000Z"
-    rest = api.get(f"/api/devices/{DEVICE}/readings/aggregate",
+    rest = api.get(f"/api/devices/{DEVICE}/readings/buckets",
                    params={"quantity": "pm2_5", "bucket": 600, "since": cut["next"]}).json()
     assert cut["buckets"] + rest["buckets"] == body["buckets"]
-    window = api.get(f"/api/devices/{DEVICE}/readings/aggregate",
+    window = api.get(f"/api/devices/{DEVICE}/readings/buckets",
                      params={"quantity": "pm2_5", "bucket": 3600, "since": "2026-11-23T00:30:00Z",
                              "until": "2026-11-23T00:31:00Z"}).json()
     assert window["buckets"] == [{"start": "2026-11-23T00:00:00.000Z", "count": 6, "min": 180.0, "avg": 182.5,
@@ -114,10 +114,10 @@ def test_aggregates_per_bucket(hub_app: HubApp) -> None:
                                     {"quantity": "pm2_5", "limit": 0}])
 def test_aggregate_input_is_bounded(hub_app: HubApp, params: dict[str, Any]) -> None:
     _store(hub_app, [[_reading(START, 1)]])
-    answer = hub_app.client("viewer").get(f"/api/devices/{DEVICE}/readings/aggregate", params=params)
+    answer = hub_app.client("viewer").get(f"/api/devices/{DEVICE}/readings/buckets", params=params)
     assert answer.status_code == 422
 
 
 def test_aggregate_of_an_unknown_device_is_404(hub_app: HubApp) -> None:
-    answer = hub_app.client("viewer").get("/api/devices/kk-aq-0000/readings/aggregate", params={"quantity": "x"})
+    answer = hub_app.client("viewer").get("/api/devices/kk-aq-0000/readings/buckets", params={"quantity": "x"})
     assert answer.status_code == 404

@@ -338,10 +338,10 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
         # built from SQLite's rendering of each row: a week of readings in pydantic objects takes 10x as long
         return Response("".join((head, ",".join(page.rows), "]}")), media_type="application/json")
 
-    @app.get("/api/devices/{device}/readings/aggregate")
-    def aggregate(device: DeviceId, quantity: Name, since: Instant | None = None, until: Instant | None = None,
-                  bucket: Annotated[int, Query(ge=1, le=366 * 86_400)] = 3600,
-                  limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> AggregateView:
+    @app.get("/api/devices/{device}/readings/buckets")
+    def bucketed(device: DeviceId, quantity: Name, since: Instant | None = None, until: Instant | None = None,
+                 bucket: Annotated[int, Query(ge=1, le=366 * 86_400)] = 3600,
+                 limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> AggregateView:
         """Count, min, mean and max of a quantity's numeric readings per ``bucket`` seconds (aligned to the epoch,
         UTC); ``since`` inclusive, ``until`` exclusive."""
         _known(device)

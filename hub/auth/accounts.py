@@ -150,6 +150,15 @@ class Accounts:
         self._change(name, "UPDATE users SET password_hash = ?, disabled = 0, changed_at = ? WHERE name = ?",
                      (credentials.hash_password(password),))
 
+    def set_roles(self, name: str, roles: list[str]) -> User:
+        """Replace a user's roles; their sessions end so the new roles apply at the next sign-in."""
+        chosen = check_roles(roles)
+        self._change(name, "UPDATE users SET roles = ?, changed_at = ? WHERE name = ?", (",".join(sorted(chosen)),))
+        user = self.user(name)
+        if user is None:
+            raise AccountError(f"no user {name!r}")
+        return user
+
     def verify(self, name: str, password: str) -> User | None:
         """The user if the name and password match an enabled account (slow on purpose: argon2)."""
         row = self._store.read(lambda db: db.execute(

@@ -10,13 +10,14 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from openpyxl import Workbook
 from pydantic import BaseModel, Field
 
 from edge.contract import DeviceId, TxOutcome
 from hub.api.bounds import INT64_MAX, FiscalYear, Key, Name, Satang
 from hub.audit import AuditLog
 from hub.auth.web import CurrentActor, signed_by
-from hub.finance.fiscal import baht
+from hub.finance.fiscal import BANGKOK, baht
 from hub.finance.ledger import (
     Confirmed,
     ConfirmError,
@@ -32,6 +33,7 @@ from hub.finance.ledger import (
 from hub.store.base import SqlStore
 
 AnswerKiosk = Callable[[str, TxOutcome], None]
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
 class Confirmation(BaseModel):
@@ -69,6 +71,80 @@ def _rows(db: sqlite3.Connection, sql: str, args: list[Any]) -> list[dict[str, A
     cur = db.execute(sql, args)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+REGISTER_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("day", "วันที่", "day"),
+    ("office", "หน่วยงาน", "office"),
+    ("fiscal_year", "ปีงบประมาณ", "fiscal year"),
+    ("receipt_no", "เลขที่ใบเสร็จ", "receipt no."),
+    ("entry", "รายการ", "entry"),
+    ("refers_to", "อ้างอิงใบเสร็จ", "refers to receipt"),
+    ("time", "เวลา", "time"),
+    ("device", "ตู้", "kiosk"),
+    ("service", "บริการ", "service"),
+    ("method", "วิธีชำระ", "method"),
+    ("amount_baht", "จำนวนเงิน (บาท)", "amount (baht)"),
+    ("reason", "เหตุผล", "reason"),
+    ("by_user", "ผู้ทำรายการ", "by"),
+)
+"""The daily receipt register's columns: key, Thai heading, English heading (one table for CSV and XLSX)."""
+
+_REGISTER_SQL = (
+    "SELECT e.local_date, e.office, e.fiscal_year, e.receipt_no, e.entry, p.receipt_no, "
+    "coalesce(e.paid_at, e.at), e.device, e.service, e.method, e.amount_satang, e.reason, e.by_user "
+    "FROM ledger e LEFT JOIN ledger p ON p.id = e.refers_to WHERE e.local_date = ? ORDER BY e.office, e.id")
+
+
+def register_rows(db: sqlite3.Connection, day: date) -> list[dict[str, Any]]:
+    """Every ledger entry of a local date (payments, voids, refunds) as register rows; amounts in satang."""
+    out = []
+    for d, office, fy, no, entry, refers, at, device, service, method, amount, reason, by in db.execute(
+            _REGISTER_SQL, (day.isoformat(),)):
+        local = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(BANGKOK)
+        out.append({"day": d, "office": office, "fiscal_year": fy, "receipt_no": no or "", "entry": entry,
+                    "refers_to": refers or "", "time": local.strftime("%H:%M:%S"), "device": device,
+                    "service": service, "method": method, "amount_satang": amount, "reason": reason or "",
+                    "by_user": by or ""})
+    return out
+
+
+def _register_headings(lang: str) -> list[str]:
+    return [th if lang == "th" else en for _, th, en in REGISTER_COLUMNS]
+
+
+def register_csv(rows: list[dict[str, Any]], lang: str) -> str:
+    """The register as CSV (UTF-8 with a byte-order mark so spreadsheets read the Thai), text cells made safe."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(_register_headings(lang))
+    for row in rows:
+        writer.writerow([baht(row["amount_satang"]) if key == "amount_baht" else
+                         spreadsheet_text(row[key]) if isinstance(row[key], str) else row[key]
+                         for key, _, _ in REGISTER_COLUMNS])
+    return "\ufeff" + out.getvalue()
+
+
+def register_xlsx(rows: list[dict[str, Any]], day: date, lang: str) -> bytes:
+    """The register as an XLSX workbook: one sheet, a heading row, amounts as numbers in baht, a total row."""
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None  # a new workbook always has its first sheet
+    sheet.title = f"register {day.isoformat()}"
+    sheet.append(_register_headings(lang))
+    amount_col = [key for key, _, _ in REGISTER_COLUMNS].index("amount_baht") + 1
+    for row in rows:
+        sheet.append([row["amount_satang"] / 100 if key == "amount_baht" else
+                      spreadsheet_text(row[key]) if isinstance(row[key], str) else row[key]
+                      for key, _, _ in REGISTER_COLUMNS])
+    total = sheet.max_row + 1
+    sheet.cell(total, 1, "รวม" if lang == "th" else "total")
+    sheet.cell(total, amount_col, sum(r["amount_satang"] for r in rows) / 100)
+    for (cell,) in sheet.iter_rows(min_row=2, min_col=amount_col, max_col=amount_col):
+        cell.number_format = "#,##0.00"
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
 
 
 def expire_pending(store: SqlStore, answer_kiosk: AnswerKiosk, at: datetime) -> int:
@@ -258,5 +334,23 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
                              "" if diff is None else baht(diff), spreadsheet_text(by or ""), status, n_counts])
         return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="reconciliation-{d}.csv"'})
+
+    @api.get("/register.csv")
+    def register_as_csv(day: date | None = None, lang: Literal["th", "en"] = "th") -> Response:
+        """The daily receipt register of a local date (today by default), every payment, void and refund, as CSV
+        for the clerk who keys it into the national accounting system; headings in Thai or English."""
+        d = day or today()
+        text = register_csv(store.read(lambda db: register_rows(db, d)), lang)
+        return Response(text, media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="receipts-{d.isoformat()}.csv"'})
+
+    @api.get("/register.xlsx", response_class=Response,
+             responses={200: {"content": {XLSX: {}}, "description": "the register as a workbook"}})
+    def register_as_xlsx(day: date | None = None, lang: Literal["th", "en"] = "th") -> Response:
+        """The same daily receipt register as an XLSX workbook, with amounts as numbers and a total row."""
+        d = day or today()
+        body = register_xlsx(store.read(lambda db: register_rows(db, d)), d, lang)
+        return Response(body, media_type=XLSX,
+                        headers={"Content-Disposition": f'attachment; filename="receipts-{d.isoformat()}.xlsx"'})
 
     return api
