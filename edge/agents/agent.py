@@ -672,7 +672,7 @@ class Agent:
                   self.cfg.username, self.cfg.device, self.cfg.broker.root, self.cfg.device)
 
     async def _session(self, client: CheckedClient) -> None:
-        await client.subscribe([(self._topic(f"down/{name}"), qos) for name, qos in DOWNLINK_QOS.items()])
+        await client.subscribe_checked([(self._topic(f"down/{name}"), qos) for name, qos in DOWNLINK_QOS.items()])
         try:
             await client.publish_checked(self._topic("up/status"), self.status(DeviceState.ONLINE).to_json(),
                                          retain=True)

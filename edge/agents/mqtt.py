@@ -95,6 +95,19 @@ class CheckedClient(aiomqtt.Client):
         :meth:`publish_checked` does; costs no task and no future per message."""
         self._callbacks[self._publish_qos1(topic, payload, retain=False)] = done
 
+    async def subscribe_checked(self, topics: list[tuple[str, int]]) -> None:
+        """Subscribe, giving up as soon as the connection drops: aiomqtt waits for the SUBACK until its timeout even
+        when the broker has already closed the connection (a session taken over right after its CONNACK)."""
+        subscribing = asyncio.ensure_future(self.subscribe(topics))
+        disconnected: asyncio.Future[Any] = self._disconnected
+        await asyncio.wait({subscribing, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+        if disconnected.done() and not disconnected.cancelled():
+            disconnected.exception()  # mark it retrieved; aiomqtt reports the disconnection itself
+        if not subscribing.done():
+            subscribing.cancel()
+            raise aiomqtt.MqttError("connection lost before the broker acknowledged the subscriptions")
+        subscribing.result()
+
     async def publish_checked(self, topic: str, payload: bytes, *, retain: bool = False,
                               timeout: float = 30.0) -> None:
         """Publish at QoS 1 and wait for the PUBACK; raise :class:`PublishRefused` on a failure code and
