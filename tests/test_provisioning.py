@@ -29,6 +29,7 @@ from hub.audit import AuditLog
 from hub.broker import free_port
 from hub.provision import config as config_templates
 from hub.provision import deployment, pki
+from hub.provision.registry import code_digest
 from nakhon.enroll import enroll
 from nakhon.hubclient import Hub as HubClient
 from tests.conftest import ROOT, Broker, Hub, HubApp, Proc, agent_config, fast_air, user_token, wait_for
@@ -532,7 +533,9 @@ def test_the_technician_role_registers_but_neither_retires_nor_commands(hub_app:
     tech = hub_app.client("technician")
     body = {"device": "kk-aq-0601", "node": "air-quality-pole", "site": "x"}
     made = tech.post("/api/provision/devices", json=body)
-    assert made.status_code == 201 and made.json()["status"] == "pending" and len(made.json()["code"]) >= 20
+    assert made.status_code == 201 and made.json()["status"] == "pending"
+    assert re.fullmatch(r"[A-Z2-7]{24}", made.json()["code"])  # typed after --code: never a leading "-"
+    assert code_digest(made.json()["code"].lower()) == code_digest(made.json()["code"])
     assert tech.post("/api/provision/devices", json=body).status_code == 409
     assert tech.post("/api/provision/devices", json={**body, "device": "kk-aq-0602", "node": "toaster"}
                      ).status_code == 400

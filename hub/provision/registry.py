@@ -9,6 +9,7 @@ anything from a device that is not active.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import secrets
@@ -125,8 +126,9 @@ def ensure_schema(db: sqlite3.Connection) -> None:
 
 
 def code_digest(code: str) -> str:
-    """Codes are kept as digests only (they are bearer secrets until used)."""
-    return hashlib.sha256(code.encode()).hexdigest()
+    """Codes are kept as digests only (they are bearer secrets until used); a code typed in lower case or with
+    spaces is the same code."""
+    return hashlib.sha256(code.replace(" ", "").upper().encode()).hexdigest()
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
@@ -236,7 +238,9 @@ class Registry:
 
     def issue_code(self, actor: Actor, device: str, ttl_s: float = CODE_TTL_S) -> tuple[str, float]:
         """A new single-use enrollment code for a pending device (or an active one: a rotation); and its expiry."""
-        code = secrets.token_urlsafe(18)
+        # base32: letters and 2-7 only, easy to type on a ladder, and never a leading "-" that a shell's
+        # `--code CODE` would take for an option (120 random bits)
+        code = base64.b32encode(secrets.token_bytes(15)).decode()
         expires = self.clock() + ttl_s
 
         def work(db: sqlite3.Connection) -> None:
