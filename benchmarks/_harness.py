@@ -96,8 +96,34 @@ def start_broker(stack: contextlib.ExitStack, directory: Path) -> Mosquitto:
     return broker
 
 
-class HubProcess:
+class LoggedProcess:
+    """A benchmark's child process with its log file: stopped gracefully, the end of its log shown if it dies."""
+
+    name = "the process"
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        """Stop gracefully, kill after 20 s."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def check(self) -> None:
+        """Raise with the end of the log if the process has exited."""
+        if self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise BenchError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
+
+
+class HubProcess(LoggedProcess):
     """``nakhon hub serve`` as a subprocess, stopped by SIGTERM (SIGKILL when it lingers)."""
+
+    name = "the hub"
 
     def __init__(self, stack: contextlib.ExitStack, data: Path, broker_port: int) -> None:
         self.data = data
@@ -111,22 +137,6 @@ class HubProcess:
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         stack.callback(self.stop)
-
-    def stop(self) -> None:
-        """Stop gracefully, kill after 20 s."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def check(self) -> None:
-        """Raise with the end of the hub's log if it has exited."""
-        if self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise BenchError(f"the hub exited with {self.process.returncode}:\n{tail}")
 
     def wait_healthy(self) -> None:
         """Wait for GET /healthz to answer 200 (store open, broker connected)."""

@@ -35,6 +35,7 @@ from _harness import (
     START_S,
     BenchError,
     HubProcess,
+    LoggedProcess,
     child_signals,
     progress,
     receive,
@@ -329,8 +330,10 @@ def node_red_flow(broker_port: int, db_path: Path) -> list[dict[str, Any]]:
     ]
 
 
-class NodeRedProcess:
+class NodeRedProcess(LoggedProcess):
     """Node-RED on a flow file, its editor and HTTP nodes off, stopped by SIGTERM (SIGKILL when it lingers)."""
+
+    name = "Node-RED"
 
     def __init__(self, stack: contextlib.ExitStack, red: Path, work: Path, broker_port: int) -> None:
         self.db_path = work / "node-red.sqlite"
@@ -350,21 +353,6 @@ class NodeRedProcess:
                 cwd=work, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         stack.callback(self.stop)
 
-    def stop(self) -> None:
-        """Stop gracefully, kill after 20 s."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def check(self) -> None:
-        """Raise with the end of Node-RED's log if it has exited."""
-        if self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise BenchError(f"Node-RED exited with {self.process.returncode}:\n{tail}")
 
     def db(self) -> sqlite3.Connection:
         """A read-only connection to the flow's store."""
