@@ -55,5 +55,5 @@ echo "==> ruff check ."
 echo "==> mypy (nakhon, edge, hub, provisioning, tests, benchmarks)"
 .venv/bin/mypy || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
 echo "==> tests"
-.venv/bin/python -m pytest "$@" || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
+.venv/bin/python -m pytest -n "${NAKHON_TEST_WORKERS:-3}" --dist loadgroup "$@" || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
 exit "$status"

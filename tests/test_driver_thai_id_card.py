@@ -38,6 +38,9 @@ KEY = bytes.fromhex("6b5f8a0c1e2d3f405162738495a6b7c8d9eafb0c1d2e3f405162738495a
 VALID_ID = "1101700230708"
 FORGED_ID = "1101700230705"  # the check digit of 110170023070 is 8
 
+# one pcscd per machine (its socket is /run/pcscd/pcscd.comm): every test here runs in the same pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("pcscd")
+
 
 def ref_of(citizen_id: str, key: bytes = KEY) -> str:
     return hmac.new(key, citizen_id.encode(), hashlib.sha256).hexdigest()
