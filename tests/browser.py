@@ -52,10 +52,10 @@ def js(driver: Chrome, script: str, *args: Any) -> Any:
 def sign_in(driver: Chrome, url: str, name: str, password: str, lang: str = "th") -> None:
     """Open the dashboard, choose the language and sign in through the form; wait for the navigation."""
     driver.get(url + "/")
-    wait_for(lambda: driver.find_elements(By.ID, "signin-name"), 15, "the sign-in form")
+    wait_for(lambda: driver.find_elements(By.ID, "signin-name"), 30, "the sign-in form")
     js(driver, "localStorage.setItem('nakhon.lang', arguments[0]); localStorage.setItem('nakhon.mute', '1')", lang)
     driver.get(url + "/")
-    wait_for(lambda: driver.find_elements(By.ID, "signin-name"), 15, "the sign-in form")
+    wait_for(lambda: driver.find_elements(By.ID, "signin-name"), 30, "the sign-in form")
     driver.find_element(By.ID, "signin-name").send_keys(name)
     driver.find_element(By.ID, "signin-password").send_keys(password)
     driver.find_element(By.ID, "signin-submit").click()
