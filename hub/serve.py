@@ -200,6 +200,7 @@ def _registry(settings: HubSettings, store: SQLiteStore, audit: audit_log.AuditL
             raise HubConfigError(f"cannot read the issuing CA of {settings.deployment}: {err}") from err
         registry = provision_registry.Registry(store, audit, d.root, issuer, paths.crl, chain, enforce=enforce)
         registry.publish = ingest.publish
+        registry.reload_broker = lambda: provision_deployment.reload_broker(paths)
         ingest.on_connected = registry.sync_broker
         host, port = d.broker_names[0], d.device_port
     if enforce:

@@ -174,10 +174,10 @@ def _status(hub: Hub, args: argparse.Namespace) -> int:
 _EFFECT = {
     "suspend": "its publishes are refused now and it is disconnected; resume gives its access back",
     "resume": "it may publish again from its next connection (it reconnects on its own within a minute)",
-    "revoke": "its publishes are refused now; its certificate is on the CRL, which the broker reads when it "
-              "restarts: restart the broker (systemctl restart mosquitto) so it cannot connect at all",
-    "retire": "its access is gone and its certificates are revoked (CRL: from the broker's next restart); "
-              "the id stays taken",
+    "revoke": "its publishes are refused now and it is disconnected; its certificate is on the CRL, which the "
+              "hub made the broker reload: it cannot connect again (the hub's log says if the reload failed)",
+    "retire": "its access is gone and its certificates are revoked (on the CRL the broker reloads): it cannot "
+              "connect again; the id stays taken",
 }
 
 

@@ -150,6 +150,21 @@ else
   systemctl enable "$unit"
 fi
 
+if [ "$role" = hub ]; then
+  # the hub (user nakhon) may not signal the broker: this path unit reloads it when the hub re-signs the CRL
+  for extra in nakhon-broker-reload.path nakhon-broker-reload.service; do
+    install -m 644 "$here/provisioning/systemd/$extra" "$root/etc/systemd/system/$extra"
+  done
+  if [ -n "$root" ]; then
+    mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+    ln -sfn /etc/systemd/system/nakhon-broker-reload.path \
+      "$root/etc/systemd/system/multi-user.target.wants/nakhon-broker-reload.path"
+  else
+    systemctl daemon-reload
+    systemctl enable nakhon-broker-reload.path
+  fi
+fi
+
 if [ "$role" = agent ]; then
   say "done. Next: put the device's certificate, key and CA (or its broker password) in /etc/nakhon/secrets/,"
   echo "    then check everything before it goes live:"

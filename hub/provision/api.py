@@ -154,7 +154,7 @@ def create_router(registry: Registry, broker_host: str, broker_port: int) -> API
 
         change.__doc__ = {"suspend": "Suspend: its broker access ends at once; resume brings it back.",
                           "resume": "Resume a suspended device with its certificate.",
-                          "revoke": "Revoke its certificates (CRL, from the broker's next restart) and its access "
+                          "revoke": "Revoke its certificates (the CRL, which the broker reloads) and its access "
                                     "(at once); it must enroll again with a new code."}[verb]
         router.add_api_route(f"/devices/{{device}}/{verb}", change, methods=["POST"], name=f"device_{verb}")
 
