@@ -81,6 +81,9 @@ def add_enroll_parser(agent: argparse._SubParsersAction) -> None:  # type: ignor
     enroll.add_argument("--hub", required=True, help="the hub's URL (https://...)")
     enroll.add_argument("--code", required=True, help="the enrollment code the technician was given")
     enroll.add_argument("--ca", type=Path, help="CA file to check the hub's HTTPS certificate")
+    enroll.add_argument("--ca-sha256", metavar="FINGERPRINT",
+                        help="the SHA-256 fingerprint of the deployment's root CA (in the enrollment code's QR): "
+                             "the hub's CA is fetched and accepted only when it matches; no --ca needed")
     enroll.add_argument("--dir", type=Path, default=Path("/etc/nakhon"),
                         help="where the key, certificate and config go (default /etc/nakhon)")
     enroll.add_argument("--keep-config", action="store_true",
@@ -92,8 +95,8 @@ def run_enroll(args: argparse.Namespace) -> int:
     from nakhon.enroll import enroll
 
     try:
-        done = enroll(Hub(args.hub.rstrip("/"), args.ca), args.code, args.dir, args.keep_config)
-    except (ApiError, HubError, OSError) as err:
+        done = enroll(Hub(args.hub.rstrip("/"), args.ca), args.code, args.dir, args.keep_config, args.ca_sha256)
+    except (ApiError, HubError, OSError, ValueError) as err:
         print(f"nakhon: {err}", file=sys.stderr)
         return 1
     print(f"enrolled as {done.device}; wrote {', '.join(str(f) for f in done.files)}")
@@ -143,15 +146,21 @@ def _add(hub: Hub, args: argparse.Namespace) -> int:
     target = args.out / f"{args.id}.toml"
     target.write_text(answer["config"], encoding="utf-8")
     print(f"registered {args.id} ({args.node}) as pending; its config: {target}")
-    _print_code(hub, args.id, answer["code"], answer["code_expires_at"])
+    _print_code(hub, answer)
     return 0
 
 
-def _print_code(hub: Hub, device: str, code: str, expires: str) -> None:
-    print(f"enrollment code (single use, expires {expires}):\n\n    {code}\n")
-    command = f"nakhon agent enroll --hub {hub.url} --code {code}"
+def _print_code(hub: Hub, answer: dict[str, str]) -> None:
+    """The code, and the command that enrolls with it (also as a QR code): it pins the deployment's CA."""
+    print(f"enrollment code (single use, expires {answer['code_expires_at']}):\n\n    {answer['code']}\n")
+    command = f"nakhon agent enroll --hub {hub.url} --code {answer['code']}"
+    if answer.get("ca_sha256"):
+        command += f" --ca-sha256 {answer['ca_sha256']}"
     _qr(command)
-    print(f"on the device, run:\n    sudo {command}{' --ca ca.pem' if hub.ca else ''}")
+    print(f"on the device, run:\n    sudo {command}")
+    if answer.get("ca_sha256"):
+        print(f"(the deployment's root CA has the SHA-256 fingerprint {answer['ca_sha256']}: the device trusts the "
+              "hub only with that CA)")
 
 
 def _code(hub: Hub, args: argparse.Namespace) -> int:
@@ -159,7 +168,7 @@ def _code(hub: Hub, args: argparse.Namespace) -> int:
     if args.verb == "rotate":
         print(f"rotation of {args.id}: on the device, enroll with this code and --keep-config; the old "
               "certificate stays valid until it ends or is revoked")
-    _print_code(hub, args.id, answer["code"], answer["code_expires_at"])
+    _print_code(hub, answer)
     return 0
 
 

@@ -610,3 +610,54 @@ def test_repeated_refused_enrollments_from_one_address_are_slowed(tmp_path: Path
         assert refusals == ["device.enroll_refused"] * 4
     finally:
         store.close()
+
+
+def printed_command(printed: str) -> list[str]:
+    """The enroll command ``provision device add`` printed (the same text as its QR code), without ``sudo``."""
+    found = re.search(r"on the device, run:\n    sudo nakhon (agent enroll [^\n]+)\n", printed)
+    assert found, printed
+    return found.group(1).split()
+
+
+def test_the_code_pins_the_deployments_ca_so_enroll_needs_no_ca_file(site: Site) -> None:
+    root = pki.load_cert(site.paths.root_cert)
+    openssl = subprocess.run(["openssl", "x509", "-in", str(site.paths.root_cert), "-noout", "-fingerprint",
+                              "-sha256"], capture_output=True, text=True, check=True).stdout
+    added = site.tech_cli("provision", "device", "add", "kk-aq-0512", "--node", "air-quality-pole", "--site", "x",
+                          "--out", str(site.tmp))
+    assert added.returncode == 0, added.stderr
+    command = printed_command(added.stdout)
+    pin = command[command.index("--ca-sha256") + 1]
+    assert pin == pki.fingerprint(root) == pki.normal_fingerprint(openssl.split("=", 1)[1])
+    assert "--ca" not in command
+
+    wrong = site.tmp / "pi-0512-wrong"
+    bad_pin = pki.fingerprint(pki.create_ca("Another town")[1])
+    refused = site.cli(*[bad_pin if word == pin else word for word in command], "--dir", str(wrong))
+    assert refused.returncode == 1
+    assert "not your deployment's hub" in refused.stderr and bad_pin in refused.stderr, refused.stderr
+    assert not (wrong / "device.key").exists()
+    typo = site.cli(*[pin[:-1] if word == pin else word for word in command], "--dir", str(wrong))
+    assert typo.returncode == 1 and "64 hex digits" in typo.stderr
+
+    pi = site.tmp / "pi-0512"
+    done = site.cli(*command, "--dir", str(pi))  # the code is still unused: the refusals sent nothing
+    assert done.returncode == 0, done.stderr
+    assert pki.root_of((pi / "ca.pem").read_bytes()) == root
+    assert pki.load_cert(pi / "device.pem").subject.rfc4514_string().startswith("CN=kk-aq-0512")
+
+    # --ca stays an alternative, checked against the pin when both are given
+    code = site.tech_cli("provision", "device", "code", "kk-aq-0512")
+    assert code.returncode == 0, code.stderr
+    with_file = site.cli("agent", "enroll", "--hub", site.hub.url, "--code", code_in(code.stdout), "--ca",
+                         str(site.paths.chain), "--ca-sha256", bad_pin, "--dir", str(site.tmp / "pi-0512-file"))
+    assert with_file.returncode == 1 and "not your deployment's hub" in with_file.stderr
+
+
+def test_a_pinned_root_does_not_vouch_for_a_ca_it_did_not_sign(site: Site) -> None:
+    root = pki.load_cert(site.paths.root_cert)
+    intruder = pki.create_ca("Someone in between")[1]
+    chain = pki.cert_pem(root) + pki.cert_pem(intruder)
+    with pytest.raises(pki.PinMismatch, match="did not sign"):
+        pki.pinned_chain(chain, pki.fingerprint(root))
+    assert pki.pinned_chain(site.paths.chain.read_bytes(), pki.fingerprint(root)) == root

@@ -196,6 +196,10 @@ class Registry:
         rows = self.store.read(lambda db: db.execute(sql + " ORDER BY device", args).fetchall())
         return [_entry(r) for r in rows]
 
+    def ca_fingerprint(self) -> str | None:
+        """SHA-256 fingerprint of the deployment's root CA (in the enrollment code), None without a CA."""
+        return pki.fingerprint(pki.root_of(self.chain)) if self.chain else None
+
     def admits(self, device: str) -> bool:
         """Whether ingest takes messages from ``device``: always unless enforcing, then only when active."""
         if not self.enforce:
