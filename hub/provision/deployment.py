@@ -26,7 +26,7 @@ import pwd
 import secrets
 import signal
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from hub.broker import BrokerSettings, access_control, dynamic_security_plugin
@@ -161,6 +161,15 @@ def access(d: Deployment, devices: list[str]) -> dict[str, object]:
                          {"acltype": "publishClientReceive", "topic": f"{CONTROL_TOPIC}/response", "priority": 0,
                           "allow": True}]
     return config
+
+
+def relisten(base: Path, device_port: int, hub_port: int) -> Deployment:
+    """Move a deployment whose broker runs as this user (the demo) to new ports: its settings and broker config."""
+    d, p = load(base)
+    d = replace(d, device_port=device_port, hub_port=hub_port)
+    pki.write_private(p.conf, mosquitto_conf(d, p, _current_user()).encode(), 0o640)
+    pki.write_private(p.settings, (json.dumps(asdict(d), indent=1) + "\n").encode(), 0o644)
+    return d
 
 
 def _service_ids(user: str) -> tuple[int, int] | None:
