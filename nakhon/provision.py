@@ -40,6 +40,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     init.add_argument("--device-port", type=int, default=8883)
     init.add_argument("--hub-port", type=int, default=1884, help="the broker's loopback port for the hub")
     init.add_argument("--broker-user", default="mosquitto", help="the broker's service user (run init as root)")
+    init.add_argument("--hub-user", default="nakhon",
+                      help="the hub's service user, owner of the issuing CA's key, hub/ and crl/ (run init as root)")
 
     device = verbs.add_parser("device", help="register and manage devices").add_subparsers(dest="verb",
                                                                                           required=True)
@@ -125,7 +127,8 @@ def _init(args: argparse.Namespace) -> int:
 
     names = tuple(args.names) if args.names else ("localhost", "127.0.0.1")
     for line in init(args.dir, Deployment(org=args.org, broker_names=names, device_port=args.device_port,
-                                          hub_port=args.hub_port), broker_user=args.broker_user):
+                                          hub_port=args.hub_port), broker_user=args.broker_user,
+                     hub_user=args.hub_user):
         print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout)
     return 0
 

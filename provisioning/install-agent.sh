@@ -129,6 +129,8 @@ else
       "NAKHON_HUB_BROKER_HOST=127.0.0.1" "NAKHON_HUB_BROKER_PORT=1883" "NAKHON_HUB_HTTP_HOST=0.0.0.0" \
       "# the hub's own broker account (its password file mode 600, owner nakhon):" \
       "#NAKHON_HUB_USERNAME=nakhon-hub" "#NAKHON_HUB_PASSWORD_FILE=/etc/nakhon/secrets/hub.password" \
+      "# or a provisioned deployment (sudo nakhon provision init /etc/nakhon/deployment; docs/provisioning.md):" \
+      "#NAKHON_HUB_DEPLOYMENT=/etc/nakhon/deployment" \
       > "$root/etc/nakhon/hub.env"
     chmod 640 "$root/etc/nakhon/hub.env"
   fi

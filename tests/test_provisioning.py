@@ -6,12 +6,14 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -562,12 +564,17 @@ def test_the_technician_role_registers_but_neither_retires_nor_commands(hub_app:
     assert refused.status_code == 409 and "no issuing CA" in refused.text
 
 
-def test_init_as_root_gives_the_broker_its_files_and_nobody_else(tmp_path: Path) -> None:
+def test_init_as_root_gives_the_broker_its_files_and_nobody_else(request: pytest.FixtureRequest) -> None:
     import grp
     import pwd
 
-    base = tmp_path / "deployment"
-    notes = deployment.init(base, deployment.Deployment(device_port=free_port(), hub_port=free_port()))
+    # the services' users must reach the folder, as they reach /etc/nakhon (pytest's own tmp folders are 0700)
+    reachable = Path(tempfile.mkdtemp(prefix="nakhon-init-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(reachable, ignore_errors=True))
+    reachable.chmod(0o755)
+    base = reachable / "deployment"
+    notes = deployment.init(base, deployment.Deployment(device_port=free_port(), hub_port=free_port()),
+                            hub_user="nobody")
     _, paths = deployment.load(base)
     conf = paths.conf.read_text().splitlines()
     if os.geteuid() != 0:
@@ -580,8 +587,25 @@ def test_init_as_root_gives_the_broker_its_files_and_nobody_else(tmp_path: Path)
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, group, 0o640), path
     assert paths.data.stat().st_uid == pwd.getpwnam("mosquitto").pw_uid
     assert paths.dynsec.stat().st_uid == pwd.getpwnam("mosquitto").pw_uid
-    for secret in (paths.root_key, paths.issuing_key, paths.hub_password):
-        assert (secret.stat().st_uid, secret.stat().st_mode & 0o777) == (0, 0o600)
+    assert (paths.root_key.stat().st_uid, paths.root_key.stat().st_mode & 0o777) == (0, 0o600)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for secret in (paths.issuing_key, paths.hub_password, paths.https_key):
+        assert (secret.stat().st_uid, secret.stat().st_mode & 0o777) == (nobody, 0o600)
+    assert (paths.crl.parent.stat().st_uid, paths.crl.parent.stat().st_gid) == (nobody, group)
+
+    def as_user(user: str, script: str) -> int:
+        return subprocess.run(["runuser", "-u", user, "--", "sh", "-c", script], capture_output=True,
+                              timeout=30).returncode
+
+    # the hub's service user reads what the hub needs and writes the CRL; the broker's reads its own files
+    hub_reads = " && ".join(f"test -r {f}" for f in (paths.issuing_key, paths.hub_password, paths.https_key,
+                                                     paths.chain, paths.settings, paths.issuing_cert))
+    assert as_user("nobody", f"{hub_reads} && touch {paths.crl.parent}/.probe") == 0
+    assert as_user("nobody", f"test -r {paths.root_key} || test -r {paths.server_key} || test -r {paths.conf}") != 0
+    broker_reads = " && ".join(f"test -r {f}" for f in (paths.conf, paths.server_key, paths.crl, paths.chain,
+                                                        paths.passwd))
+    assert as_user("mosquitto", broker_reads) == 0
+    assert as_user("mosquitto", f"test -r {paths.issuing_key} || test -r {paths.hub_password}") != 0
 
 
 def test_repeated_refused_enrollments_from_one_address_are_slowed(tmp_path: Path) -> None:
@@ -661,3 +685,15 @@ def test_a_pinned_root_does_not_vouch_for_a_ca_it_did_not_sign(site: Site) -> No
     with pytest.raises(pki.PinMismatch, match="did not sign"):
         pki.pinned_chain(chain, pki.fingerprint(root))
     assert pki.pinned_chain(site.paths.chain.read_bytes(), pki.fingerprint(root)) == root
+
+
+def test_plain_http_is_refused_off_loopback(tmp_path: Path) -> None:
+    from hub.errors import HubConfigError
+    from hub.ingest.consumer import IngestSettings
+    from hub.serve import HubSettings, serve
+
+    settings = HubSettings(data=tmp_path / "hub", ingest=IngestSettings(port=free_port()), http_host="0.0.0.0",
+                           deployment=tmp_path / "dep", https=False)
+    with pytest.raises(HubConfigError, match="loopback"):
+        serve(settings)
+    assert not (tmp_path / "hub").exists()  # refused before anything was made
