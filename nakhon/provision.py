@@ -153,12 +153,14 @@ def _add(hub: Hub, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_code(hub: Hub, answer: dict[str, str]) -> None:
+def _print_code(hub: Hub, answer: dict[str, str], rotation: bool = False) -> None:
     """The code, and the command that enrolls with it (also as a QR code): it pins the deployment's CA."""
     print(f"enrollment code (single use, expires {answer['code_expires_at']}):\n\n    {answer['code']}\n")
     command = f"nakhon agent enroll --hub {hub.url} --code {answer['code']}"
     if answer.get("ca_sha256"):
         command += f" --ca-sha256 {answer['ca_sha256']}"
+    if rotation:
+        command += " --keep-config"
     _qr(command)
     print(f"on the device, run:\n    sudo {command}")
     if answer.get("ca_sha256"):
@@ -171,7 +173,7 @@ def _code(hub: Hub, args: argparse.Namespace) -> int:
     if args.verb == "rotate":
         print(f"rotation of {args.id}: on the device, enroll with this code and --keep-config; the old "
               "certificate stays valid until it ends or is revoked")
-    _print_code(hub, answer)
+    _print_code(hub, answer, rotation=args.verb == "rotate")
     return 0
 
 

@@ -411,6 +411,7 @@ def test_rotation_under_a_stream_loses_nothing_and_stores_nothing_twice(site: Si
     code = site.tech_cli("provision", "device", "rotate", "kk-aq-0507")
     assert code.returncode == 0, code.stderr
     value = code_in(code.stdout)
+    assert printed_command(code.stdout)[-1] == "--keep-config"
     enroll(HubClient(site.hub.url, site.paths.chain), value, folder, keep_config=True)
     new = pki.load_cert(folder / "device.pem")
     assert new.serial_number != old.serial_number
