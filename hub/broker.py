@@ -137,12 +137,14 @@ def write_config(settings: BrokerSettings) -> Path:
 
 
 class Mosquitto:
-    """A Mosquitto process run from a generated config."""
+    """A Mosquitto process run from a generated config (or from ``conf``, a config written already: a
+    provisioned deployment's; then ``settings`` say only where it listens and its folder of logs)."""
 
-    def __init__(self, settings: BrokerSettings) -> None:
+    def __init__(self, settings: BrokerSettings, conf: Path | None = None) -> None:
         self.settings = settings
         self.process: subprocess.Popen[bytes] | None = None
-        self.conf: Path | None = None
+        self._given = conf
+        self.conf: Path | None = conf
 
     @property
     def url(self) -> str:
@@ -154,7 +156,7 @@ class Mosquitto:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(binary):
             raise BrokerError("mosquitto is not installed (Debian: apt-get install mosquitto)")
-        self.conf = write_config(self.settings)
+        self.conf = self._given or write_config(self.settings)
         self.process = subprocess.Popen([binary, "-c", str(self.conf)], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                         start_new_session=True)

@@ -73,6 +73,8 @@ class HubSettings:
     enforce_registry: bool | None = None
     """Dead-letter as ``unregistered`` what devices that are not active send; None: only with a deployment."""
     rules: Path = DEMO_RULES
+    https: bool = True
+    """With a deployment, serve the API over HTTPS; False only on a loopback address (the demo's browser pages)."""
 
 
 def private_directory(path: Path) -> None:
@@ -200,6 +202,7 @@ def _registry(settings: HubSettings, store: SQLiteStore, audit: audit_log.AuditL
             raise HubConfigError(f"cannot read the issuing CA of {settings.deployment}: {err}") from err
         registry = provision_registry.Registry(store, audit, d.root, issuer, paths.crl, chain, enforce=enforce)
         registry.publish = ingest.publish
+        registry.reload_broker = lambda: provision_deployment.reload_broker(paths)
         ingest.on_connected = registry.sync_broker
         host, port = d.broker_names[0], d.device_port
     if enforce:
@@ -223,6 +226,9 @@ class _Server(uvicorn.Server):
 
 def serve(settings: HubSettings) -> None:
     """Run the hub until SIGINT or SIGTERM."""
+    if not settings.https and settings.http_host not in ("127.0.0.1", "::1", "localhost"):
+        raise HubConfigError(f"--plain-http serves only a loopback --http-host, not {settings.http_host}: "
+                             "enrollment codes and tokens must not cross a network in clear")
     private_directory(settings.data)
     app, _, _ = build(settings)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again under the handler it
@@ -230,7 +236,7 @@ def serve(settings: HubSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     tls: dict[str, str] = {}
-    if settings.deployment is not None:
+    if settings.deployment is not None and settings.https:
         _, paths = provision_deployment.load(settings.deployment)
         tls = {"ssl_certfile": str(paths.https_cert), "ssl_keyfile": str(paths.https_key)}
     scheme = "https" if tls else "http"

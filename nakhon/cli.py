@@ -116,6 +116,9 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--deployment", type=Path, default=_env("DEPLOYMENT"),
                        help="a provisioned deployment (nakhon provision init): HTTPS, CSR signing, and the "
                             "registry enforced; env NAKHON_HUB_DEPLOYMENT")
+    serve.add_argument("--plain-http", action="store_true",
+                       help="with --deployment, serve the API over plain HTTP on a loopback --http-host (the demo's "
+                            "browser pages; devices still use mutual TLS to the broker)")
     serve.add_argument("--registry", choices=("open", "enforce"), default=_env("REGISTRY"),
                        help="enforce: dead-letter as unregistered what devices that are not active send "
                             "(default: enforce with --deployment, else open)")
@@ -298,7 +301,7 @@ def _hub(args: argparse.Namespace) -> int:
                                                                    target=args.promptpay_target),
                                                  expire_after_s=args.promptpay_expiry_min * 60),
                                bank_secret=secrets["bank_secret_file"], public_ogc=args.public_ogc,
-                               deployment=args.deployment,
+                               deployment=args.deployment, https=not args.plain_http,
                                enforce_registry=None if args.registry is None else args.registry == "enforce",
                                **extra)
         serve(settings)

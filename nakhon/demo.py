@@ -1,13 +1,18 @@
-"""``nakhon demo``: a private Mosquitto, the hub and a simulated fleet of sensor nodes, on one machine.
+"""``nakhon demo``: a provisioned deployment, its broker, the hub and a simulated fleet, on one machine.
 
-Everything runs as real processes on the embedded defaults: Mosquitto with per-device passwords and
-``%u`` ACLs on a free port, ``nakhon hub serve`` on SQLite, and one ``nakhon agent run`` per device from the
-configs in ``firmware-configs/``. The data directory keeps the broker's state, the hub's store, each
-device's outbox and the generated passwords, so a second run continues where the first stopped.
+The demo provisions its fleet as a city does: ``provision init`` makes the deployment (a CA, Mosquitto with a
+mutual-TLS listener for devices and a loopback one for the hub, per-device dynamic-security roles), a
+``technician`` account registers each device and gets its enrollment code, and each device enrolls (its key
+made in its own folder, a CSR, the certificate back, the CA pinned by the code's fingerprint) and then runs
+``nakhon agent run`` over TLS with that certificate, every driver on its simulator. The hub runs with
+``--deployment`` (registry enforced, CSR signing, CRL), over plain HTTP on loopback for the browser pages. The
+data directory keeps the deployment, the broker's state, the hub's store, each device's credentials and outbox
+and the generated passwords, so a second run continues where the first stopped without enrolling again.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import secrets
@@ -23,16 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub.broker import BrokerSettings, Mosquitto, free_port
-from hub.errors import BrokerError
+from hub.errors import BrokerError, HubError
+from hub.provision import config as device_files
+from hub.provision import deployment, pki
 from hub.store.sqlite import SQLiteStore
+from nakhon.enroll import enroll
+from nakhon.hubclient import ApiError, Hub
 
 
 class DemoError(RuntimeError):
     """The demo cannot start (a port in use, the hub not answering)."""
 
 
-FIRMWARE_CONFIGS = Path(__file__).resolve().parents[1] / "firmware-configs"
-HUB_USER = "nakhon-hub"
+TECHNICIAN = "technician"
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,11 @@ class DemoNode:
     site: str
     lat: float
     lon: float
+
+    @property
+    def node(self) -> str:
+        """The node kind: its template in ``firmware-configs/``."""
+        return self.config.removesuffix(".toml")
 
 
 FLEET = (
@@ -66,14 +79,6 @@ def _secret(path: Path) -> str:
     return value
 
 
-def broker_settings(data: Path, port: int) -> BrokerSettings:
-    """The demo's Mosquitto: the hub and one account per device of the fleet, passwords kept in ``data/secrets``."""
-    secrets_dir = data / "secrets"
-    accounts = {HUB_USER: _secret(secrets_dir / f"{HUB_USER}.password")}
-    accounts.update({n.device: _secret(secrets_dir / f"{n.device}.password") for n in FLEET})
-    return BrokerSettings(directory=data / "broker", port=port, accounts=accounts)
-
-
 def _get_json(url: str, token: str | None = None) -> object:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})  # noqa: S310
     with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (our own loopback URL)
@@ -83,9 +88,9 @@ def _get_json(url: str, token: str | None = None) -> object:
 ADMIN = "admin"
 
 
-def _admin_account(hub_data: Path, secrets_dir: Path) -> str:
-    """Create the demo's ``admin`` user (password in ``secrets/admin.password``) and an API token for it
-    (``secrets/admin.token``, used for the status line) on the first run; returns the token."""
+def _accounts(hub_data: Path, secrets_dir: Path) -> tuple[str, str]:
+    """Create the demo's ``admin`` user and the ``technician`` who provisions the fleet (passwords in
+    ``secrets/NAME.password``) with an API token each (``secrets/NAME.token``) on the first run; both tokens."""
     from hub import audit
     from hub.auth import accounts
 
@@ -93,16 +98,39 @@ def _admin_account(hub_data: Path, secrets_dir: Path) -> str:
     store.open()
     try:
         users = accounts.Accounts(store)
-        if users.user(ADMIN) is None:
-            users.add_user(ADMIN, ["admin"], _secret(secrets_dir / f"{ADMIN}.password"))
-            audit.AuditLog(store).record(audit.CLI, "user.add", f"user/{ADMIN}", None, {"roles": ["admin"]})
-        token_file = secrets_dir / f"{ADMIN}.token"
-        if not token_file.exists():
-            token_file.write_text(users.add_token(ADMIN, "nakhon demo")[1] + "\n")
-            token_file.chmod(0o600)
-        return token_file.read_text().strip()
+        tokens = []
+        for name in (ADMIN, TECHNICIAN):
+            if users.user(name) is None:
+                users.add_user(name, [name], _secret(secrets_dir / f"{name}.password"))
+                audit.AuditLog(store).record(audit.CLI, "user.add", f"user/{name}", None, {"roles": [name]})
+            token_file = secrets_dir / f"{name}.token"
+            if not token_file.exists():
+                with os.fdopen(os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                    out.write(users.add_token(name, "nakhon demo")[1] + "\n")
+            tokens.append(token_file.read_text().strip())
+        return tokens[0], tokens[1]
     finally:
         store.close()
+
+
+def _deployment(base: Path, device_port: int, hub_port: int) -> deployment.Paths:
+    """The demo's deployment on these ports: made by ``provision init`` on the first run, moved to them after."""
+    if not (base / "deployment.json").exists():
+        deployment.init(base, deployment.Deployment(org="Nakhon demo", device_port=device_port, hub_port=hub_port),
+                        broker_user=getpass.getuser())
+    else:
+        deployment.relisten(base, device_port, hub_port)
+    return deployment.load(base)[1]
+
+
+def _enrolled_until(folder: Path) -> str | None:
+    """The end date of the device's certificate in ``folder`` when its files are all there and it is valid."""
+    files = [folder / n for n in (device_files.KEY_FILE, device_files.CERT_FILE, device_files.CA_FILE,
+                                  "device.toml")]
+    if not all(f.is_file() for f in files):
+        return None
+    ends = pki.load_cert(files[1]).not_valid_after_utc
+    return ends.date().isoformat() if ends.timestamp() > time.time() + 86_400 else None
 
 
 DEFAULT_HUB_PORT = 8080
@@ -205,46 +233,68 @@ class Demo:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> None:
-        """Check the ports, start broker, hub and fleet; return once the hub answers."""
+        """Check the ports; provision the deployment; start broker and hub; enroll and start the fleet."""
         self.http_port = _port_or_free(self.http_port, "--hub-port")
         self.kiosk_port = _port_or_free(self.kiosk_port, "--kiosk-port")
         secrets_dir = self.data / "secrets"
         logs = self.data / "logs"
         _secret(secrets_dir / "bank.secret")
-        self.token = _admin_account(self.data / "hub", secrets_dir)
+        self.token, technician = _accounts(self.data / "hub", secrets_dir)
         _secret(secrets_dir / "citizen-ref.key")
-        broker_port = free_port()
-        self.broker = Mosquitto(broker_settings(self.data, broker_port))
+        device_port, hub_port = free_port(), free_port()
+        paths = _deployment(self.data / "deployment", device_port, hub_port)
+        print(f"deployment {paths.base}: its CA, devices on mutual TLS (a certificate each, CN = the device id)")
+        self.broker = Mosquitto(BrokerSettings(directory=paths.data, port=hub_port), paths.conf)
         self.broker.start()
-        print(f"broker    mosquitto on 127.0.0.1:{broker_port} (log: {self.data / 'broker' / 'mosquitto.log'})")
+        print(f"broker    mosquitto: devices on 127.0.0.1:{device_port} (TLS, client certificates), the hub on "
+              f"127.0.0.1:{hub_port} (log: {paths.log})")
         self.hub = Supervised("hub", [
-            "hub", "serve", "--data", str(self.data / "hub"), "--broker-port", str(broker_port),
-            "--username", HUB_USER, "--password-file", str(secrets_dir / f"{HUB_USER}.password"),
+            "hub", "serve", "--data", str(self.data / "hub"), "--deployment", str(paths.base), "--plain-http",
             "--bank-secret-file", str(secrets_dir / "bank.secret"), "--promptpay-demo",
             "--http-port", str(self.http_port)],
             logs / "hub.log", {})
         self.hub.start()
+        self._wait_for_hub()
+        hub = Hub(self.api, token=technician)
         for node in FLEET:
+            folder = self.data / "devices" / node.device
+            line = self._enroll(hub, node, folder)
             env = {
-                "NAKHON_DEVICE": node.device,
-                "NAKHON_SITE": f'"{node.site}"',
-                "NAKHON_BROKER__HOST": "127.0.0.1",
-                "NAKHON_BROKER__PORT": str(broker_port),
-                "NAKHON_BROKER__PASSWORD_FILE": str(secrets_dir / f"{node.device}.password"),
-                "NAKHON_OUTBOX__PATH": str(self.data / "devices" / node.device / "outbox.sqlite"),
+                "NAKHON_BROKER__PORT": str(device_port),
+                "NAKHON_OUTBOX__PATH": str(folder / "outbox.sqlite"),
                 "NAKHON_AGENT__HEARTBEAT_S": "10",
-                "NAKHON_LOCATION__LAT": str(node.lat),
-                "NAKHON_LOCATION__LON": str(node.lon),
             }
             if node.config == "service-kiosk.toml":
                 env.update({"NAKHON_DRIVERS__0__HMAC_KEY_FILE": str(secrets_dir / "citizen-ref.key"),
                             "NAKHON_DRIVERS__1__SIM_PAPER_LOG": str(logs / f"{node.device}-paper.log"),
                             "NAKHON_KIOSK__HTTP_PORT": str(self.kiosk_port)})
-            agent = Supervised(node.device, ["agent", "run", "--simulate", str(FIRMWARE_CONFIGS / node.config)],
+            agent = Supervised(node.device, ["agent", "run", "--simulate", str(folder / "device.toml")],
                                logs / f"{node.device}.log", env)
             agent.start()
             self.agents[node.device] = agent
-            print(f"agent     {node.device:<14} {node.config:<26} {node.site}")
+            print(f"agent     {node.device:<14} {node.config:<26} {node.site}  ({line})")
+
+    def _enroll(self, hub: Hub, node: DemoNode, folder: Path) -> str:
+        """As a technician and the device would: register it (or a new code), enroll with the code; what it did."""
+        until = _enrolled_until(folder)
+        if until is not None:
+            return f"enrolled before, certificate until {until}"
+        try:
+            known = {e["device"] for e in hub.call("GET", "/api/provision/devices")}
+            if node.device in known:
+                answer = hub.call("POST", f"/api/provision/devices/{node.device}/code", {"ttl_s": 600})
+            else:
+                answer = hub.call("POST", "/api/provision/devices", {
+                    "device": node.device, "node": node.node, "site": node.site, "lat": node.lat, "lon": node.lon,
+                    "code_ttl_s": 600})
+            done = enroll(Hub(self.api), answer["code"], folder, ca_sha256=answer["ca_sha256"])
+        except (ApiError, HubError, OSError, ValueError) as err:
+            raise DemoError(f"{node.device} could not enroll: {err}") from err
+        ends = pki.load_cert(folder / device_files.CERT_FILE).not_valid_after_utc.date().isoformat()
+        return f"enrolled now as {done.device}, certificate until {ends}"
+
+    def _wait_for_hub(self) -> None:
+        assert self.hub is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.hub.process is not None
@@ -265,7 +315,7 @@ class Demo:
             self.broker.stop()
             self.broker.start()  # same port and data: the fleet and the hub reconnect by themselves
             lines.append(f"broker exited with status {status}; started it again (log: "
-                         f"{self.data / 'broker' / 'mosquitto.log'})")
+                         f"{self.data / 'deployment' / 'broker' / 'data' / 'mosquitto.log'})")
         now = time.monotonic()
         for proc in ([self.hub] if self.hub else []) + list(self.agents.values()):
             line = proc.check(now)

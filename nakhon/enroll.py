@@ -9,7 +9,7 @@ certificate, which stays valid, and uses the new one from its next connection.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hub.provision import config, pki
@@ -31,8 +31,28 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     pki.write_private(path, data, mode)
 
 
-def enroll(hub: Hub, code: str, directory: Path, keep_config: bool = False) -> Installed:
-    """Enroll with ``code``; write key, certificate, CA chain and (unless ``keep_config``) the config."""
+def pin_ca(hub: Hub, expected: str, directory: Path) -> Hub:
+    """Trust on first use, checked: fetch the hub's CA chain without trust, check it against the fingerprint
+    the enrollment code carries (:func:`pki.pinned_chain`), keep it as ``ca.pem``; the hub checked with it."""
+    if hub.ca is not None:  # a CA file from the bundle: it must be the pinned one too
+        pki.pinned_chain(hub.ca.read_bytes(), expected)
+        return hub
+    answer = replace(hub, verify=False).call("GET", "/api/provision/ca")
+    chain = str(answer.get("chain", "") if isinstance(answer, dict) else "").encode()
+    pki.pinned_chain(chain, expected)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+    _write(directory / config.CA_FILE, chain, 0o644)
+    return replace(hub, ca=directory / config.CA_FILE)
+
+
+def enroll(hub: Hub, code: str, directory: Path, keep_config: bool = False,
+           ca_sha256: str | None = None) -> Installed:
+    """Enroll with ``code``; write key, certificate, CA chain and (unless ``keep_config``) the config.
+
+    With ``ca_sha256`` (from the enrollment code's QR) the hub is trusted only through the CA of that fingerprint.
+    """
+    if ca_sha256 is not None:
+        hub = pin_ca(hub, pki.normal_fingerprint(ca_sha256), directory)
     key = pki.new_key()
     answer = hub.call("POST", "/api/provision/enroll",
                       {"code": code.strip(), "csr": pki.make_csr("nakhon-device", key).decode()})

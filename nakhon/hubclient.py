@@ -29,6 +29,8 @@ class Hub:
     url: str
     ca: Path | None = None
     token: str | None = None
+    verify: bool = True
+    """False only to fetch the CA chain that is then pinned against a fingerprint (``agent enroll``)."""
 
     @classmethod
     def from_args(cls, url: str | None, ca: Path | None, token_file: Path | None) -> Hub:
@@ -50,6 +52,11 @@ class Hub:
     def _context(self) -> ssl.SSLContext | None:
         if not self.url.startswith("https://"):
             return None
+        if not self.verify:
+            unverified = ssl.create_default_context()
+            unverified.check_hostname = False
+            unverified.verify_mode = ssl.CERT_NONE
+            return unverified
         return ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:

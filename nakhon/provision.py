@@ -40,6 +40,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     init.add_argument("--device-port", type=int, default=8883)
     init.add_argument("--hub-port", type=int, default=1884, help="the broker's loopback port for the hub")
     init.add_argument("--broker-user", default="mosquitto", help="the broker's service user (run init as root)")
+    init.add_argument("--hub-user", default="nakhon",
+                      help="the hub's service user, owner of the issuing CA's key, hub/ and crl/ (run init as root)")
 
     device = verbs.add_parser("device", help="register and manage devices").add_subparsers(dest="verb",
                                                                                           required=True)
@@ -81,6 +83,9 @@ def add_enroll_parser(agent: argparse._SubParsersAction) -> None:  # type: ignor
     enroll.add_argument("--hub", required=True, help="the hub's URL (https://...)")
     enroll.add_argument("--code", required=True, help="the enrollment code the technician was given")
     enroll.add_argument("--ca", type=Path, help="CA file to check the hub's HTTPS certificate")
+    enroll.add_argument("--ca-sha256", metavar="FINGERPRINT",
+                        help="the SHA-256 fingerprint of the deployment's root CA (in the enrollment code's QR): "
+                             "the hub's CA is fetched and accepted only when it matches; no --ca needed")
     enroll.add_argument("--dir", type=Path, default=Path("/etc/nakhon"),
                         help="where the key, certificate and config go (default /etc/nakhon)")
     enroll.add_argument("--keep-config", action="store_true",
@@ -92,8 +97,8 @@ def run_enroll(args: argparse.Namespace) -> int:
     from nakhon.enroll import enroll
 
     try:
-        done = enroll(Hub(args.hub.rstrip("/"), args.ca), args.code, args.dir, args.keep_config)
-    except (ApiError, HubError, OSError) as err:
+        done = enroll(Hub(args.hub.rstrip("/"), args.ca), args.code, args.dir, args.keep_config, args.ca_sha256)
+    except (ApiError, HubError, OSError, ValueError) as err:
         print(f"nakhon: {err}", file=sys.stderr)
         return 1
     print(f"enrolled as {done.device}; wrote {', '.join(str(f) for f in done.files)}")
@@ -122,7 +127,8 @@ def _init(args: argparse.Namespace) -> int:
 
     names = tuple(args.names) if args.names else ("localhost", "127.0.0.1")
     for line in init(args.dir, Deployment(org=args.org, broker_names=names, device_port=args.device_port,
-                                          hub_port=args.hub_port), broker_user=args.broker_user):
+                                          hub_port=args.hub_port), broker_user=args.broker_user,
+                     hub_user=args.hub_user):
         print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout)
     return 0
 
@@ -143,15 +149,23 @@ def _add(hub: Hub, args: argparse.Namespace) -> int:
     target = args.out / f"{args.id}.toml"
     target.write_text(answer["config"], encoding="utf-8")
     print(f"registered {args.id} ({args.node}) as pending; its config: {target}")
-    _print_code(hub, args.id, answer["code"], answer["code_expires_at"])
+    _print_code(hub, answer)
     return 0
 
 
-def _print_code(hub: Hub, device: str, code: str, expires: str) -> None:
-    print(f"enrollment code (single use, expires {expires}):\n\n    {code}\n")
-    command = f"nakhon agent enroll --hub {hub.url} --code {code}"
+def _print_code(hub: Hub, answer: dict[str, str], rotation: bool = False) -> None:
+    """The code, and the command that enrolls with it (also as a QR code): it pins the deployment's CA."""
+    print(f"enrollment code (single use, expires {answer['code_expires_at']}):\n\n    {answer['code']}\n")
+    command = f"nakhon agent enroll --hub {hub.url} --code {answer['code']}"
+    if answer.get("ca_sha256"):
+        command += f" --ca-sha256 {answer['ca_sha256']}"
+    if rotation:
+        command += " --keep-config"
     _qr(command)
-    print(f"on the device, run:\n    sudo {command}{' --ca ca.pem' if hub.ca else ''}")
+    print(f"on the device, run:\n    sudo {command}")
+    if answer.get("ca_sha256"):
+        print(f"(the deployment's root CA has the SHA-256 fingerprint {answer['ca_sha256']}: the device trusts the "
+              "hub only with that CA)")
 
 
 def _code(hub: Hub, args: argparse.Namespace) -> int:
@@ -159,7 +173,7 @@ def _code(hub: Hub, args: argparse.Namespace) -> int:
     if args.verb == "rotate":
         print(f"rotation of {args.id}: on the device, enroll with this code and --keep-config; the old "
               "certificate stays valid until it ends or is revoked")
-    _print_code(hub, args.id, answer["code"], answer["code_expires_at"])
+    _print_code(hub, answer, rotation=args.verb == "rotate")
     return 0
 
 
@@ -174,10 +188,10 @@ def _status(hub: Hub, args: argparse.Namespace) -> int:
 _EFFECT = {
     "suspend": "its publishes are refused now and it is disconnected; resume gives its access back",
     "resume": "it may publish again from its next connection (it reconnects on its own within a minute)",
-    "revoke": "its publishes are refused now; its certificate is on the CRL, which the broker reads when it "
-              "restarts: restart the broker (systemctl restart mosquitto) so it cannot connect at all",
-    "retire": "its access is gone and its certificates are revoked (CRL: from the broker's next restart); "
-              "the id stays taken",
+    "revoke": "its publishes are refused now and it is disconnected; its certificate is on the CRL, which the "
+              "hub made the broker reload: it cannot connect again (the hub's log says if the reload failed)",
+    "retire": "its access is gone and its certificates are revoked (on the CRL the broker reloads): it cannot "
+              "connect again; the id stays taken",
 }
 
 

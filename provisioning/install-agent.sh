@@ -129,6 +129,8 @@ else
       "NAKHON_HUB_BROKER_HOST=127.0.0.1" "NAKHON_HUB_BROKER_PORT=1883" "NAKHON_HUB_HTTP_HOST=0.0.0.0" \
       "# the hub's own broker account (its password file mode 600, owner nakhon):" \
       "#NAKHON_HUB_USERNAME=nakhon-hub" "#NAKHON_HUB_PASSWORD_FILE=/etc/nakhon/secrets/hub.password" \
+      "# or a provisioned deployment (sudo nakhon provision init /etc/nakhon/deployment; docs/provisioning.md):" \
+      "#NAKHON_HUB_DEPLOYMENT=/etc/nakhon/deployment" \
       > "$root/etc/nakhon/hub.env"
     chmod 640 "$root/etc/nakhon/hub.env"
   fi
@@ -148,6 +150,21 @@ if [ -n "$root" ]; then
 else
   systemctl daemon-reload
   systemctl enable "$unit"
+fi
+
+if [ "$role" = hub ]; then
+  # the hub (user nakhon) may not signal the broker: this path unit reloads it when the hub re-signs the CRL
+  for extra in nakhon-broker-reload.path nakhon-broker-reload.service; do
+    install -m 644 "$here/provisioning/systemd/$extra" "$root/etc/systemd/system/$extra"
+  done
+  if [ -n "$root" ]; then
+    mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+    ln -sfn /etc/systemd/system/nakhon-broker-reload.path \
+      "$root/etc/systemd/system/multi-user.target.wants/nakhon-broker-reload.path"
+  else
+    systemctl daemon-reload
+    systemctl enable nakhon-broker-reload.path
+  fi
 fi
 
 if [ "$role" = agent ]; then

@@ -49,7 +49,7 @@ def test_every_route_of_the_hub_has_an_access_rule_and_every_rule_a_route(hub_ap
     assert [k for k, a in POLICY.items() if a.public] == [
         ("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
         ("POST", "/api/session"), ("GET", "/"), ("GET", "/ui/{path:path}"), ("GET", "/vendor/{path:path}"),
-        ("POST", "/api/provision/enroll")]
+        ("POST", "/api/provision/enroll"), ("GET", "/api/provision/ca")]
 
 
 def test_a_route_missing_from_the_table_is_refused_even_to_admin(hub_app: HubApp) -> None:

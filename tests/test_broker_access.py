@@ -1,4 +1,5 @@
-"""The demo's broker config with a real Mosquitto: a device cannot join the hub's share group or read others."""
+"""The password-account broker config with a real Mosquitto: a device cannot join the hub's share group or read
+others'."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.contract import Reading, Telemetry, now
-from hub.broker import Mosquitto, free_port
-from nakhon.demo import HUB_USER, broker_settings
+from hub.broker import BrokerSettings, Mosquitto, free_port
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.broker
@@ -57,11 +57,19 @@ class Account:
         self.client.disconnect()
 
 
+HUB_USER = "nakhon-hub"
+
+
 @pytest.fixture
 def demo_broker(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    """The demo's Mosquitto (its generated accounts and access control) on a free port."""
+    """A Mosquitto with generated accounts (passwords in ``secrets/``) and access control on a free port."""
     data = tmp_path / "demo"
-    broker = Mosquitto(broker_settings(data, free_port()))
+    accounts = {user: f"secret-of-{user}" for user in (HUB_USER, "kk-aq-0001", "kk-aq-0002", "kk-wl-0001")}
+    (data / "secrets").mkdir(parents=True)
+    for user, password in accounts.items():
+        (data / "secrets" / f"{user}.password").write_text(password)
+        (data / "secrets" / f"{user}.password").chmod(0o600)
+    broker = Mosquitto(BrokerSettings(directory=data / "broker", port=free_port(), accounts=accounts))
     broker.start()
     yield data, broker.settings.port
     broker.stop()

@@ -1,4 +1,5 @@
-"""``nakhon demo``: the whole fleet on one machine, stopped by Ctrl-C, continued by a second run."""
+"""``nakhon demo``: the whole fleet on one machine, provisioned as a technician does (enrollment, mutual TLS),
+stopped by Ctrl-C, continued by a second run."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from hub.broker import free_port
+from hub.provision import deployment, pki
 from nakhon.demo import FLEET, Supervised
 from tests.conftest import ROOT, wait_for
 
@@ -104,6 +106,32 @@ def _signed_in(api: str, data: Path) -> httpx.Client:
     return client
 
 
+def assert_fleet_enrolled_over_tls(data: Path, paths: deployment.Paths, out: str,
+                                   registry: dict[str, dict[str, str]]) -> None:
+    """Every demo device enrolled by the technician (key made in its folder, a certificate with CN = its id from
+    the deployment's issuing CA) and connected to the broker's mutual-TLS listener under that identity."""
+    conf = paths.conf.read_text().splitlines()
+    for line in ("require_certificate true", "use_identity_as_username true", "use_username_as_clientid true",
+                 "allow_anonymous false", f"crlfile {paths.crl}"):
+        assert line in conf, line
+    settings, _ = deployment.load(data / "deployment")
+    issuing = pki.load_cert(paths.issuing_cert)
+    log = paths.log.read_text(errors="replace")
+    listener_of = dict(re.findall(r"New connection from (\S+) on port (\d+)\.", log))
+    for node in FLEET:
+        folder = data / "devices" / node.device
+        assert (folder / "device.key").stat().st_mode & 0o077 == 0
+        cert = pki.load_cert(folder / "device.pem")
+        cert.verify_directly_issued_by(issuing)
+        assert cert.subject.rfc4514_string() == f"CN={node.device},O=Nakhon demo"
+        assert "tls = true" in (folder / "device.toml").read_text().splitlines()
+        assert registry[node.device]["status"] == "active" and registry[node.device]["created_by"] == "technician"
+        assert f"enrolled now as {node.device}" in out
+        addresses = re.findall(rf"New client connected from (\S+) as {node.device} \(.*u'{node.device}'\)", log)
+        assert addresses, f"{node.device} never connected"
+        assert {listener_of[a] for a in addresses} == {str(settings.device_port)}, node.device
+
+
 def test_a_process_that_keeps_failing_is_restarted_with_growing_delays(tmp_path: Path) -> None:
     failing = Supervised("kk-bad-0001", ["agent", "check", str(tmp_path / "missing.toml")], tmp_path / "bad.log",
                          {"PYTHONPATH": str(ROOT)})
@@ -165,7 +193,7 @@ def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> 
                  "the demo to say it restarts the hub")
         wait_for(lambda: "hub started again (restart 1)" in run.output(), 30, "the hub to be started again")
         wait_for(lambda: _answers(f"{api}/healthz"), 60, "the restarted hub to answer on the same port")
-        os.kill(_pid_of(data, "agent", "run", "NAKHON_DEVICE=kk-wl-0001"), signal.SIGKILL)
+        os.kill(_pid_of(data, "agent", "run", str(data / "devices" / "kk-wl-0001" / "device.toml")), signal.SIGKILL)
         wait_for(lambda: "kk-wl-0001 started again (restart 1)" in run.output(), 30, "the agent to be restarted")
         os.kill(_pid_of(data, "-c"), signal.SIGKILL)
         wait_for(lambda: "broker exited with status -9; started it again" in run.output(), 30,
@@ -177,6 +205,7 @@ def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> 
         before = stored()
         wait_for(lambda: stored() > before + 5, 60, "the fleet's data to flow again through the restarted broker")
         first_seq = hub.get("/api/devices/kk-aq-0001", timeout=10).json()["last_seq"]
+        registry = {e["device"]: e for e in hub.get("/api/provision/devices", timeout=10).json()}
     finally:
         out = run.stop()
     assert run.proc.returncode == 0, out
@@ -184,12 +213,13 @@ def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> 
     assert f"Sign in as 'admin' with the password in {data / 'secrets' / 'admin.password'}" in out
     assert _processes_using(data) == []
     secrets_before = {p.name: p.read_text() for p in (data / "secrets").iterdir()}
-    conf = (data / "broker" / "mosquitto.conf").read_text()
-    assert "allow_anonymous false" in conf and "use_username_as_clientid true" in conf
-    access = json.loads((data / "broker" / "dynamic-security.json").read_text())
+    _, paths = deployment.load(data / "deployment")
+    assert_fleet_enrolled_over_tls(data, paths, out, registry)
+    access = json.loads(paths.dynsec.read_text())
     assert access["defaultACLAccess"]["subscribe"] is False
     assert {c["username"] for c in access["clients"]} == {"nakhon-hub", *(n.device for n in FLEET)}
     assert all(oct(p.stat().st_mode)[-3:] == "600" for p in (data / "secrets").iterdir())
+    certificates = {d: (data / "devices" / d / "device.pem").read_bytes() for d in (n.device for n in FLEET)}
 
     run = DemoRun(data, hub_port, kiosk_port)
     try:
@@ -205,4 +235,7 @@ def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> 
         out = run.stop()
     assert run.proc.returncode == 0, out
     assert {p.name: p.read_text() for p in (data / "secrets").iterdir()} == secrets_before
+    # the second run enrolled nobody again: same certificates, each device said it was enrolled before
+    assert {d: (data / "devices" / d / "device.pem").read_bytes() for d in certificates} == certificates
+    assert out.count("enrolled before, certificate until") == len(FLEET) and "enrolled now" not in out
     assert _processes_using(data) == []

@@ -138,6 +138,13 @@ def test_hub_install_and_its_unit_verifies(tmp_path: Path) -> None:
     assert (tree / "etc/systemd/system/multi-user.target.wants/nakhon-hub.service").is_symlink()
     checked = verify(tree, "nakhon-hub.service")
     assert checked.returncode == 0, checked.stderr
+    reload_path = (tree / "etc/systemd/system/nakhon-broker-reload.path").read_text()
+    assert "PathChanged=/etc/nakhon/deployment/crl/crl.pem" in reload_path.splitlines()
+    assert "ExecStart=/bin/systemctl reload mosquitto.service" in (
+        tree / "etc/systemd/system/nakhon-broker-reload.service").read_text().splitlines()
+    assert (tree / "etc/systemd/system/multi-user.target.wants/nakhon-broker-reload.path").is_symlink()
+    checked = verify(tree, "nakhon-broker-reload.path")
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_verify_catches_a_unit_whose_program_is_missing(tmp_path: Path) -> None:

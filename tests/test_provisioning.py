@@ -6,12 +6,14 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -348,22 +350,36 @@ def test_refused_at_the_broker_expired_foreign_ca_and_other_devices_topics(site:
     client.close()
 
 
-def test_a_revoked_device_is_refused_at_once_and_cannot_connect_after_the_reload(site: Site) -> None:
-    folder = site.enrolled("kk-aq-0506")
+def test_a_revoked_device_is_refused_at_once_and_cannot_reconnect_while_the_others_stay(site: Site) -> None:
+    folder, other = site.enrolled("kk-aq-0506"), site.enrolled("kk-aq-0511")
     client = device_client(site.broker.port, site.paths.chain, folder / "device.pem", folder / "device.key")
     assert client.connected.wait(10), client.refused
     assert client.publish("nakhon/kk-aq-0506/up/status") == 0
+    stays = device_client(site.broker.port, site.paths.chain, other / "device.pem", other / "device.key")
+    assert stays.connected.wait(10), stays.refused
+    wait_for(lambda: stays.publish("nakhon/kk-aq-0511/up/status") == 0, 20, "the other device's access")
+    drops: list[object] = []
+    stays.client.on_disconnect = lambda *args: drops.append(args)
+    broker_pid = site.broker.process.pid if site.broker.process else 0
+    reloads = site.broker.log().count("Reloading config.")
     done = site.tech_cli("provision", "device", "revoke", "kk-aq-0506")
     assert done.returncode == 0, done.stderr
-    assert "restart the broker" in done.stdout
-    # the broker kicks it; paho reconnects on its own, still with no access
-    wait_for(lambda: client.publish("nakhon/kk-aq-0506/up/status") == NOT_AUTHORIZED, 20,
-             "the revoked device's publishes to be refused")
+    assert "cannot connect again" in done.stdout
+    # the broker kicks it at once (its dynamic-security client is deleted), and paho's reconnections fail
+    wait_for(lambda: not client.client.is_connected(), 20, "the revoked device to be disconnected")
     client.close()
     assert pki.load_cert(folder / "device.pem").serial_number in x509_crl(site.paths.crl)
-    site.broker.restart()
+    # the hub made the broker reload its CRL (SIGHUP), with no restart: the revoked certificate is refused at
+    # its next handshake, and the other device never lost its connection nor its access
+    wait_for(lambda: site.broker.log().count("Reloading config.") > reloads, 20, "the broker to reload")
+    assert site.broker.process is not None and site.broker.process.pid == broker_pid
     assert refused_at_handshake(site.broker.port, site.paths.chain, folder / "device.pem", folder / "device.key")
-    wait_for(lambda: _hub_connected(site), 30, "the hub back on the broker")
+    assert stays.publish("nakhon/kk-aq-0511/up/status") == 0
+    assert drops == []
+    stays.close()
+    again = device_client(site.broker.port, site.paths.chain, other / "device.pem", other / "device.key")
+    assert again.connected.wait(10), again.refused
+    again.close()
 
 
 def _hub_connected(site: Site) -> bool:
@@ -395,6 +411,7 @@ def test_rotation_under_a_stream_loses_nothing_and_stores_nothing_twice(site: Si
     code = site.tech_cli("provision", "device", "rotate", "kk-aq-0507")
     assert code.returncode == 0, code.stderr
     value = code_in(code.stdout)
+    assert printed_command(code.stdout)[-1] == "--keep-config"
     enroll(HubClient(site.hub.url, site.paths.chain), value, folder, keep_config=True)
     new = pki.load_cert(folder / "device.pem")
     assert new.serial_number != old.serial_number
@@ -548,12 +565,17 @@ def test_the_technician_role_registers_but_neither_retires_nor_commands(hub_app:
     assert refused.status_code == 409 and "no issuing CA" in refused.text
 
 
-def test_init_as_root_gives_the_broker_its_files_and_nobody_else(tmp_path: Path) -> None:
+def test_init_as_root_gives_the_broker_its_files_and_nobody_else(request: pytest.FixtureRequest) -> None:
     import grp
     import pwd
 
-    base = tmp_path / "deployment"
-    notes = deployment.init(base, deployment.Deployment(device_port=free_port(), hub_port=free_port()))
+    # the services' users must reach the folder, as they reach /etc/nakhon (pytest's own tmp folders are 0700)
+    reachable = Path(tempfile.mkdtemp(prefix="nakhon-init-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(reachable, ignore_errors=True))
+    reachable.chmod(0o755)
+    base = reachable / "deployment"
+    notes = deployment.init(base, deployment.Deployment(device_port=free_port(), hub_port=free_port()),
+                            hub_user="nobody")
     _, paths = deployment.load(base)
     conf = paths.conf.read_text().splitlines()
     if os.geteuid() != 0:
@@ -566,8 +588,25 @@ def test_init_as_root_gives_the_broker_its_files_and_nobody_else(tmp_path: Path)
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, group, 0o640), path
     assert paths.data.stat().st_uid == pwd.getpwnam("mosquitto").pw_uid
     assert paths.dynsec.stat().st_uid == pwd.getpwnam("mosquitto").pw_uid
-    for secret in (paths.root_key, paths.issuing_key, paths.hub_password):
-        assert (secret.stat().st_uid, secret.stat().st_mode & 0o777) == (0, 0o600)
+    assert (paths.root_key.stat().st_uid, paths.root_key.stat().st_mode & 0o777) == (0, 0o600)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for secret in (paths.issuing_key, paths.hub_password, paths.https_key):
+        assert (secret.stat().st_uid, secret.stat().st_mode & 0o777) == (nobody, 0o600)
+    assert (paths.crl.parent.stat().st_uid, paths.crl.parent.stat().st_gid) == (nobody, group)
+
+    def as_user(user: str, script: str) -> int:
+        return subprocess.run(["runuser", "-u", user, "--", "sh", "-c", script], capture_output=True,
+                              timeout=30).returncode
+
+    # the hub's service user reads what the hub needs and writes the CRL; the broker's reads its own files
+    hub_reads = " && ".join(f"test -r {f}" for f in (paths.issuing_key, paths.hub_password, paths.https_key,
+                                                     paths.chain, paths.settings, paths.issuing_cert))
+    assert as_user("nobody", f"{hub_reads} && touch {paths.crl.parent}/.probe") == 0
+    assert as_user("nobody", f"test -r {paths.root_key} || test -r {paths.server_key} || test -r {paths.conf}") != 0
+    broker_reads = " && ".join(f"test -r {f}" for f in (paths.conf, paths.server_key, paths.crl, paths.chain,
+                                                        paths.passwd))
+    assert as_user("mosquitto", broker_reads) == 0
+    assert as_user("mosquitto", f"test -r {paths.issuing_key} || test -r {paths.hub_password}") != 0
 
 
 def test_repeated_refused_enrollments_from_one_address_are_slowed(tmp_path: Path) -> None:
@@ -596,3 +635,66 @@ def test_repeated_refused_enrollments_from_one_address_are_slowed(tmp_path: Path
         assert refusals == ["device.enroll_refused"] * 4
     finally:
         store.close()
+
+
+def printed_command(printed: str) -> list[str]:
+    """The enroll command ``provision device add`` printed (the same text as its QR code), without ``sudo``."""
+    found = re.search(r"on the device, run:\n    sudo nakhon (agent enroll [^\n]+)\n", printed)
+    assert found, printed
+    return found.group(1).split()
+
+
+def test_the_code_pins_the_deployments_ca_so_enroll_needs_no_ca_file(site: Site) -> None:
+    root = pki.load_cert(site.paths.root_cert)
+    openssl = subprocess.run(["openssl", "x509", "-in", str(site.paths.root_cert), "-noout", "-fingerprint",
+                              "-sha256"], capture_output=True, text=True, check=True).stdout
+    added = site.tech_cli("provision", "device", "add", "kk-aq-0512", "--node", "air-quality-pole", "--site", "x",
+                          "--out", str(site.tmp))
+    assert added.returncode == 0, added.stderr
+    command = printed_command(added.stdout)
+    pin = command[command.index("--ca-sha256") + 1]
+    assert pin == pki.fingerprint(root) == pki.normal_fingerprint(openssl.split("=", 1)[1])
+    assert "--ca" not in command
+
+    wrong = site.tmp / "pi-0512-wrong"
+    bad_pin = pki.fingerprint(pki.create_ca("Another town")[1])
+    refused = site.cli(*[bad_pin if word == pin else word for word in command], "--dir", str(wrong))
+    assert refused.returncode == 1
+    assert "not your deployment's hub" in refused.stderr and bad_pin in refused.stderr, refused.stderr
+    assert not (wrong / "device.key").exists()
+    typo = site.cli(*[pin[:-1] if word == pin else word for word in command], "--dir", str(wrong))
+    assert typo.returncode == 1 and "64 hex digits" in typo.stderr
+
+    pi = site.tmp / "pi-0512"
+    done = site.cli(*command, "--dir", str(pi))  # the code is still unused: the refusals sent nothing
+    assert done.returncode == 0, done.stderr
+    assert pki.root_of((pi / "ca.pem").read_bytes()) == root
+    assert pki.load_cert(pi / "device.pem").subject.rfc4514_string().startswith("CN=kk-aq-0512")
+
+    # --ca stays an alternative, checked against the pin when both are given
+    code = site.tech_cli("provision", "device", "code", "kk-aq-0512")
+    assert code.returncode == 0, code.stderr
+    with_file = site.cli("agent", "enroll", "--hub", site.hub.url, "--code", code_in(code.stdout), "--ca",
+                         str(site.paths.chain), "--ca-sha256", bad_pin, "--dir", str(site.tmp / "pi-0512-file"))
+    assert with_file.returncode == 1 and "not your deployment's hub" in with_file.stderr
+
+
+def test_a_pinned_root_does_not_vouch_for_a_ca_it_did_not_sign(site: Site) -> None:
+    root = pki.load_cert(site.paths.root_cert)
+    intruder = pki.create_ca("Someone in between")[1]
+    chain = pki.cert_pem(root) + pki.cert_pem(intruder)
+    with pytest.raises(pki.PinMismatch, match="did not sign"):
+        pki.pinned_chain(chain, pki.fingerprint(root))
+    assert pki.pinned_chain(site.paths.chain.read_bytes(), pki.fingerprint(root)) == root
+
+
+def test_plain_http_is_refused_off_loopback(tmp_path: Path) -> None:
+    from hub.errors import HubConfigError
+    from hub.ingest.consumer import IngestSettings
+    from hub.serve import HubSettings, serve
+
+    settings = HubSettings(data=tmp_path / "hub", ingest=IngestSettings(port=free_port()), http_host="0.0.0.0",
+                           deployment=tmp_path / "dep", https=False)
+    with pytest.raises(HubConfigError, match="loopback"):
+        serve(settings)
+    assert not (tmp_path / "hub").exists()  # refused before anything was made

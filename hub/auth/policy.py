@@ -116,6 +116,8 @@ POLICY: dict[tuple[str, str], Access] = {
     ("POST", "/api/provision/devices/{device}/revoke"): role("technician"),
     # a device redeems its single-use enrollment code here: the code is the credential, every refusal is audited
     ("POST", "/api/provision/enroll"): PUBLIC,
+    # the deployment's CA certificates (public by nature): a device pins them against the code's fingerprint
+    ("GET", "/api/provision/ca"): PUBLIC,
     ("GET", "/api/provision/certificates"): READ,
     ("DELETE", "/api/devices/{device}"): ADMIN,
     ("GET", "/ogc"): OGC,

@@ -103,7 +103,7 @@ def create_router(registry: Registry, broker_host: str, broker_port: int) -> API
             out: dict[str, Any] = {**entry.as_dict(), "config": rendered(entry)}
             if body.issue_code:
                 code, expires = registry.issue_code(actor, body.device, body.code_ttl_s)
-                out |= {"code": code, "code_expires_at": _iso(expires)}
+                out |= {"code": code, "code_expires_at": _iso(expires), "ca_sha256": registry.ca_fingerprint()}
         except RegistryError as err:
             raise refused(err) from err
         return out
@@ -135,7 +135,16 @@ def create_router(registry: Registry, broker_host: str, broker_port: int) -> API
             value, expires = registry.issue_code(actor, device, body.ttl_s)
         except RegistryError as err:
             raise refused(err) from err
-        return {"device": device, "code": value, "code_expires_at": _iso(expires)}
+        return {"device": device, "code": value, "code_expires_at": _iso(expires),
+                "ca_sha256": registry.ca_fingerprint()}
+
+    @router.get("/ca")
+    def ca() -> dict[str, Any]:
+        """The deployment's CA chain (public): a device fetches it before it trusts the hub, and pins it against
+        the root's SHA-256 fingerprint its enrollment code carries."""
+        if not registry.chain:
+            raise HTTPException(404, "this hub has no deployment CA (serve it with --deployment DIR)")
+        return {"chain": registry.chain.decode(), "sha256": registry.ca_fingerprint()}
 
     @router.get("/devices/{device}/config", response_model=None)
     def device_config(device: DeviceId) -> dict[str, Any]:
@@ -154,7 +163,7 @@ def create_router(registry: Registry, broker_host: str, broker_port: int) -> API
 
         change.__doc__ = {"suspend": "Suspend: its broker access ends at once; resume brings it back.",
                           "resume": "Resume a suspended device with its certificate.",
-                          "revoke": "Revoke its certificates (CRL, from the broker's next restart) and its access "
+                          "revoke": "Revoke its certificates (the CRL, which the broker reloads) and its access "
                                     "(at once); it must enroll again with a new code."}[verb]
         router.add_api_route(f"/devices/{{device}}/{verb}", change, methods=["POST"], name=f"device_{verb}")
 

@@ -1,20 +1,22 @@
 """A provisioned deployment on disk: ``nakhon provision init DIR`` writes it, ``nakhon hub serve --deployment DIR``
 reads it.
 
-Layout (modes in brackets; ``g`` = readable by the ``mosquitto`` group when init runs as root)::
+Layout (modes in brackets; ``g`` = readable by the ``mosquitto`` group when init runs as root; ``h`` = owned by
+the hub's service user, ``nakhon``, when init runs as root and that user exists)::
 
     DIR/deployment.json              root, ports, broker host names (644)
     DIR/ca/root.key                  root CA key: MOVE IT OFFLINE after init (600)
     DIR/ca/root.pem, ca/issuing.pem  certificates (644)
-    DIR/ca/issuing.key               the hub's signing key for devices' CSRs and the CRL (600)
+    DIR/ca/issuing.key               the hub's signing key for devices' CSRs and the CRL (600 h)
     DIR/broker/mosquitto.conf        the production broker config (640 g)
     DIR/broker/ca.pem                root + issuing chain the broker trusts (644)
     DIR/broker/server.pem, .key      the broker's TLS identity (key 640 g)
-    DIR/broker/crl.pem               revoked device certificates, re-signed by the hub (644)
+    DIR/crl/crl.pem                  revoked device certificates, re-signed by the hub (644; its folder 750 h g)
     DIR/broker/passwd                the hub's broker account, hashed (640 g)
     DIR/broker/dynamic-security.json per-device access, kept in step with the registry by the hub (660 g)
-    DIR/hub/broker.password          the hub's broker password in clear (600)
-    DIR/hub/https.pem, https.key     the hub's HTTPS identity for enrollment (key 600)
+    DIR/hub/broker.password          the hub's broker password in clear (600 h)
+    DIR/hub/https.pem, https.key     the hub's HTTPS identity for enrollment (key 600 h; the folder 700 h)
+    DIR/broker/data/mosquitto.pid    the running broker's pid: the hub sends it SIGHUP after each revocation
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import json
 import os
 import pwd
 import secrets
+import signal
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from hub.broker import BrokerSettings, access_control, dynamic_security_plugin
@@ -66,9 +69,9 @@ _FILES = {
     "settings": "deployment.json", "root_key": "ca/root.key", "root_cert": "ca/root.pem",
     "issuing_key": "ca/issuing.key", "issuing_cert": "ca/issuing.pem", "conf": "broker/mosquitto.conf",
     "chain": "broker/ca.pem", "server_cert": "broker/server.pem", "server_key": "broker/server.key",
-    "crl": "broker/crl.pem", "passwd": "broker/passwd", "dynsec": "broker/dynamic-security.json",
+    "crl": "crl/crl.pem", "passwd": "broker/passwd", "dynsec": "broker/dynamic-security.json",
     "data": "broker/data", "log": "broker/data/mosquitto.log", "hub_password": "hub/broker.password",
-    "https_cert": "hub/https.pem", "https_key": "hub/https.key",
+    "https_cert": "hub/https.pem", "https_key": "hub/https.key", "pid": "broker/data/mosquitto.pid",
 }
 
 
@@ -96,6 +99,7 @@ def mosquitto_conf(d: Deployment, p: Paths, user: str) -> str:
         f"plugin_opt_config_file {p.dynsec}",
         "persistence true",
         f"persistence_location {p.data}/",
+        f"pid_file {p.pid}",
         "autosave_interval 60",
         f"max_queued_messages {d.max_queued_messages}",
         "max_queued_bytes 104857600",
@@ -125,6 +129,27 @@ def mosquitto_conf(d: Deployment, p: Paths, user: str) -> str:
     ])
 
 
+def reload_broker(p: Paths) -> int:
+    """SIGHUP the deployment's running broker (from its ``pid_file``); its pid.
+
+    Mosquitto 2.0.11 re-reads on SIGHUP its password file and its listeners' certificates and CRL (measured:
+    a revoked certificate is refused at the next handshake while every connected client stays connected).
+    Raises :class:`BrokerError` saying why when it cannot (no broker running, another user's broker).
+    """
+    try:
+        pid = int(p.pid.read_text(encoding="ascii").strip())
+        program = Path(f"/proc/{pid}/comm").read_text(encoding="ascii").strip()
+    except (OSError, ValueError) as err:
+        raise BrokerError(f"no running broker found through {p.pid} ({err})") from err
+    if program != "mosquitto":  # a stale pid file whose number now belongs to another program
+        raise BrokerError(f"{p.pid} names pid {pid}, which is {program!r}, not mosquitto")
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as err:
+        raise BrokerError(f"cannot signal the broker (pid {pid}): {err.strerror}") from err
+    return pid
+
+
 def access(d: Deployment, devices: list[str]) -> dict[str, object]:
     """The dynamic-security config for the hub and these active devices; the hub also administers it."""
     config = access_control(BrokerSettings(directory=Path("."), port=0, root=d.root, operators=(HUB_USER,)),
@@ -139,6 +164,15 @@ def access(d: Deployment, devices: list[str]) -> dict[str, object]:
     return config
 
 
+def relisten(base: Path, device_port: int, hub_port: int) -> Deployment:
+    """Move a deployment whose broker runs as this user (the demo) to new ports: its settings and broker config."""
+    d, p = load(base)
+    d = replace(d, device_port=device_port, hub_port=hub_port)
+    pki.write_private(p.conf, mosquitto_conf(d, p, _current_user()).encode(), 0o640)
+    pki.write_private(p.settings, (json.dumps(asdict(d), indent=1) + "\n").encode(), 0o644)
+    return d
+
+
 def _service_ids(user: str) -> tuple[int, int] | None:
     """(uid, gid) of the broker's service user when init runs as root and that user is another one, else None."""
     if os.geteuid() != 0 or user == _current_user():
@@ -150,16 +184,30 @@ def _service_ids(user: str) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def init(base: Path, d: Deployment, broker_user: str = "mosquitto") -> list[str]:
+def _hub_ids(user: str) -> tuple[int, int] | None:
+    """(uid, gid) of the hub's service user when init runs as root and that user exists, else None."""
+    if os.geteuid() != 0 or user == _current_user():
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def init(base: Path, d: Deployment, broker_user: str = "mosquitto", hub_user: str = "nakhon") -> list[str]:
     """Create a deployment in ``base`` (which must not hold one); return the notes to print.
 
-    Run as root, the broker's files go to ``broker_user``'s group (its data and access file to the user).
+    Run as root, the broker's files go to ``broker_user``'s group (its data and access file to the user), and
+    what the hub reads or writes (the issuing CA's key, its own credentials, the CRL's folder) to ``hub_user``
+    (``nakhon-hub.service`` runs as ``nakhon``), when that user exists.
     """
     ids = _service_ids(broker_user)
+    hub_ids = _hub_ids(hub_user)
     p = Paths(base)
     if p.settings.exists():
         raise HubConfigError(f"{base} already holds a deployment; refusing to overwrite its CA")
-    for sub in ("ca", "broker", "hub"):
+    for sub in ("ca", "broker", "hub", "crl"):
         (base / sub).mkdir(parents=True, exist_ok=True, mode=0o750)
     p.data.mkdir(exist_ok=True, mode=0o750)
     root_key, root_cert = pki.create_ca(d.org)
@@ -198,7 +246,7 @@ def init(base: Path, d: Deployment, broker_user: str = "mosquitto") -> list[str]
              f"hub:    nakhon hub serve --deployment {base}"]
     if ids is not None:
         uid, gid = ids
-        for path in (base, base / "broker", p.conf, p.server_key, p.passwd):
+        for path in (base, base / "broker", p.conf, p.server_key, p.passwd, p.crl.parent, p.crl):
             os.chown(path, 0, gid)
         for path in (p.data, p.dynsec):  # the broker writes its persistence and the plugin's file
             os.chown(path, uid, gid)
@@ -206,6 +254,22 @@ def init(base: Path, d: Deployment, broker_user: str = "mosquitto") -> list[str]
     else:
         notes.append(f"the broker runs as {_current_user()} (init was not run as root for another service user); "
                      "see docs/provisioning.md for the file owners of a service")
+    if hub_ids is not None:
+        uid, gid = hub_ids
+        for path in (p.issuing_key, base / "hub", p.hub_password, p.https_key, p.https_cert):
+            os.chown(path, uid, gid)
+        (base / "hub").chmod(0o700)
+        # the hub writes the CRL, the broker's group reads it
+        os.chown(p.crl.parent, uid, ids[1] if ids else gid)
+        os.chown(p.crl, uid, ids[1] if ids else gid)
+        # the hub, as another user, passes through these folders to the public files (each secret has its mode)
+        for path in (base, base / "ca", base / "broker"):
+            path.chmod(0o755)
+        notes.append(f"the hub's files (ca/issuing.key, hub/, the CRL's folder) belong to {hub_user}, which "
+                     "nakhon-hub.service runs as")
+    elif os.geteuid() == 0:
+        notes.append(f"no user {hub_user!r} here: ca/issuing.key, hub/ and crl/ stay root's; run the hub as root, "
+                     "or create the user (install-agent.sh --hub does) and run init again in a new folder")
     return notes
 
 

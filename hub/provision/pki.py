@@ -187,6 +187,57 @@ def _org(cert: x509.Certificate) -> str:
     return str(found[0].value) if found else "Nakhon"
 
 
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the certificate's DER, lower-case hex (``openssl x509 -fingerprint -sha256`` prints it with
+    colons, in capitals)."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def normal_fingerprint(text: str) -> str:
+    """A fingerprint as typed or printed (colons, spaces, any case, a ``sha256:`` prefix) in :func:`fingerprint`'s
+    form; raise ValueError unless it is 32 bytes of hex."""
+    value = text.strip().lower().removeprefix("sha256:").removeprefix("sha256=").replace(":", "").replace(" ", "")
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"not a SHA-256 fingerprint (64 hex digits): {text[:100]!r}")
+    return value
+
+
+def root_of(chain: bytes) -> x509.Certificate:
+    """The self-signed (root) certificate of a PEM chain."""
+    for cert in x509.load_pem_x509_certificates(chain):
+        if cert.subject == cert.issuer:
+            return cert
+    raise HubConfigError("the CA chain holds no self-signed root certificate")
+
+
+class PinMismatch(HubConfigError):
+    """A CA chain whose root is not the one the enrollment code names, or that holds a certificate it did not sign."""
+
+
+def pinned_chain(chain: bytes, expected: str) -> x509.Certificate:
+    """Check a CA chain fetched without trust: its root has the ``expected`` fingerprint and signed every other
+    certificate in it (so nobody in between can slip in a CA of their own); the root."""
+    try:
+        certs = x509.load_pem_x509_certificates(chain)
+    except ValueError as err:
+        raise PinMismatch(f"the hub sent no PEM CA chain ({err})") from err
+    found = {fingerprint(c): c for c in certs}
+    root = found.get(expected)
+    if root is None:
+        raise PinMismatch(f"the hub's CA has the SHA-256 fingerprint {', '.join(found) or 'none'}, but the "
+                          f"enrollment code names {expected}: this is not your deployment's hub, or someone is "
+                          "in between. Do not enroll; tell the operator")
+    for cert in certs:
+        if cert is root:
+            continue
+        try:
+            cert.verify_directly_issued_by(root)
+        except (ValueError, TypeError, InvalidSignature) as err:
+            raise PinMismatch(f"the hub's CA chain holds {cert.subject.rfc4514_string()}, which the pinned root "
+                              "did not sign: do not enroll; tell the operator") from err
+    return root
+
+
 def crl_pem(crl: x509.CertificateRevocationList) -> bytes:
     """The CRL as PEM."""
     return crl.public_bytes(serialization.Encoding.PEM)

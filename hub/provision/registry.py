@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import secrets
 import sqlite3
 import threading
@@ -28,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from hub.audit import Actor, AuditLog
-from hub.errors import HubError
+from hub.errors import BrokerError, HubError
 from hub.provision import pki
 from hub.provision.deployment import CONTROL_TOPIC
 from hub.store.sqlite import SQLiteStore
@@ -63,6 +64,8 @@ CREATE INDEX IF NOT EXISTS certificates_by_device ON certificates (device);
 """
 
 CODE_TTL_S = 24 * 3600.0
+
+log = logging.getLogger("nakhon.hub.registry")
 
 
 class Status(StrEnum):
@@ -173,6 +176,8 @@ class Registry:
         self.clock = clock
         self.publish: Callable[[str, bytes], None] | None = None
         """Sends a message to the broker (the hub's ingest client); None while the hub has no broker."""
+        self.reload_broker: Callable[[], object] | None = None
+        """Makes the broker re-read the CRL (SIGHUP); None without a deployment."""
         self._active: frozenset[str] | None = None
         self._lock = threading.Lock()
 
@@ -190,6 +195,10 @@ class Registry:
             sql, args = _SELECT + " WHERE status = ?", (status.value,)  # type: ignore[assignment]
         rows = self.store.read(lambda db: db.execute(sql + " ORDER BY device", args).fetchall())
         return [_entry(r) for r in rows]
+
+    def ca_fingerprint(self) -> str | None:
+        """SHA-256 fingerprint of the deployment's root CA (in the enrollment code), None without a CA."""
+        return pki.fingerprint(pki.root_of(self.chain)) if self.chain else None
 
     def admits(self, device: str) -> bool:
         """Whether ingest takes messages from ``device``: always unless enforcing, then only when active."""
@@ -306,13 +315,14 @@ class Registry:
 
     def set_status(self, actor: Actor, device: str, to: Status, revoke: bool = False) -> Entry:
         """Suspend or retire a device (``revoke`` also puts its certificates on the CRL and sends it back to
-        pending): its broker access is withdrawn at once; the CRL applies from the broker's next restart."""
+        pending): its broker access is withdrawn at once, and the broker reloads the CRL, so a revoked
+        certificate cannot connect again."""
         now = self.clock()
         allowed = {Status.SUSPENDED: {Status.ACTIVE, Status.PENDING},
                    Status.PENDING: {Status.ACTIVE, Status.SUSPENDED},
                    Status.ACTIVE: {Status.SUSPENDED}, Status.RETIRED: set(Status) - {Status.RETIRED}}
 
-        def work(db: sqlite3.Connection) -> Entry:
+        def work(db: sqlite3.Connection) -> tuple[Entry, bool]:
             row = db.execute(_SELECT + " WHERE device = ?", (device,)).fetchone()
             if row is None:
                 raise RegistryError(f"no device {device!r} in the registry", 404)
@@ -334,11 +344,13 @@ class Registry:
             if revoked:
                 self._write_crl(db)
             return Entry(before.device, before.node, before.site, before.lat, before.lon, to, before.created_at,
-                         before.created_by)
+                         before.created_by), bool(revoked)
 
-        entry = self.store.write(work)
+        entry, revoked = self.store.write(work)
         self._changed()
         self._send(grant(self.root, device) if to is Status.ACTIVE else withdraw(device))
+        if revoked:
+            self._reload(f"after revoking {device}", logging.WARNING)
         return entry
 
     def resume(self, actor: Actor, device: str) -> Entry:
@@ -391,6 +403,18 @@ class Registry:
     def refresh_crl(self) -> None:
         """Re-sign the CRL from the registry (at the hub's start): a full year of validity again."""
         self.store.read(self._write_crl)
+        self._reload("after re-signing the CRL", logging.INFO)
+
+    def _reload(self, why: str, level: int) -> None:
+        if self.reload_broker is None or self.crl_path is None:
+            return
+        try:
+            self.reload_broker()
+        except BrokerError as err:
+            log.log(level, "the broker did not reload its CRL %s: %s; on a service install the unit "
+                    "nakhon-broker-reload.path does it, else run: systemctl reload mosquitto", why, err)
+            return
+        log.info("broker reloaded its CRL %s", why)
 
     def crl_expiry_seconds(self) -> float | None:
         """Seconds until the CRL on disk passes its nextUpdate (None without a deployment or a readable CRL)."""
