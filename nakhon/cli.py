@@ -58,7 +58,8 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
                            argument_default=argparse.SUPPRESS,
                            epilog="Every flag is also a key of the config file and a NAKHON_HUB_<KEY> variable "
                                   "(hub/hub.example.toml, docs/configuration.md).")
-    serve.add_argument("--config", type=Path, help="hub.toml with the hub's settings; env NAKHON_HUB_CONFIG")
+    serve.add_argument("--config", type=Path, metavar="FILE",
+                       help="hub.toml with the hub's settings; env NAKHON_HUB_CONFIG")
     serve.add_argument("--data", type=Path, help="data directory (SQLite store); env NAKHON_HUB_DATA")
     serve.add_argument("--broker-host")
     serve.add_argument("--broker-port", type=int)
@@ -109,7 +110,7 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--timeseries", metavar="URL",
                        help="time-series store: sqlite (default) or victoriametrics+http://HOST:PORT")
     config = hub.add_parser("config", help="print the hub's effective settings (file < environment), secrets as ***")
-    config.add_argument("--config", type=Path, help="hub.toml; env NAKHON_HUB_CONFIG")
+    config.add_argument("--config", type=Path, metavar="FILE", help="hub.toml; env NAKHON_HUB_CONFIG")
     config.add_argument("--check", action="store_true",
                         help="also read the secret files (private, not empty); exit 2 on any problem")
 
