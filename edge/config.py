@@ -1,7 +1,8 @@
 """Device configuration: one TOML file per device, overridable from the environment, secrets kept apart.
 
-Loading validates everything, every ``[[drivers]]`` entry included, before any device is opened, and a
-problem is reported as ``FILE: KEY: what was expected`` so that a field technician can fix it on the spot.
+Read through the configuration base the hub shares (:mod:`nakhon.settings`). Loading validates everything,
+every ``[[drivers]]`` entry included, before any device is opened, and a problem is reported as
+``FILE: KEY: what was expected`` so that a field technician can fix it on the spot.
 
 Environment overrides: ``NAKHON_<KEY>``, with ``__`` between nested keys and list indices as numbers,
 for instance ``NAKHON_BROKER__PORT=8883``, ``NAKHON_OUTBOX__PATH=/data/outbox.sqlite`` or
@@ -12,21 +13,20 @@ fall back to plain strings.
 from __future__ import annotations
 
 import os
-import stat
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from edge import drivers
 from edge.contract import DEFAULT_ROOT, DeviceId, Location
 from edge.errors import ConfigError
+from nakhon.settings import FileSettings, InvalidSettings, describe, location, read_secret
 
 ENV_PREFIX = "NAKHON_"
-_NOT_OVERRIDABLE = {"NAKHON_CONFIG", "NAKHON_LOG_LEVEL", "NAKHON_DATA"}
 
 
 class _Section(BaseModel):
@@ -116,8 +116,11 @@ class KioskSettings(_Section):
     zones: list[KioskZone] = Field(default_factory=list, description="names of the zones a report may land in")
 
 
-class DeviceConfig(_Section):
+class DeviceConfig(FileSettings):
     """A whole device configuration file."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix=ENV_PREFIX)
+    env_ignored: ClassVar[frozenset[str]] = frozenset({"NAKHON_CONFIG", "NAKHON_LOG_LEVEL", "NAKHON_DATA"})
 
     device: DeviceId
     site: str | None = None
@@ -175,69 +178,8 @@ def _driver_file_problems(entries: list[tuple[int, drivers.DriverConfig]],
     return problems
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def _describe(err: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[str]:
-    lines = []
-    for e in err.errors():
-        given = "" if e["type"] == "missing" else f" (got {e['input']!r})"
-        lines.append(f"{_location(prefix + tuple(e['loc']))}: {e['msg']}{given}")
-    return lines
-
-
-def _parse_env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Overlay ``NAKHON_A__B=value`` variables onto the parsed TOML (returns a new dict)."""
-    import copy
-
-    merged = copy.deepcopy(data)
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name in _NOT_OVERRIDABLE:
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
-        node: Any = merged
-        for i, part in enumerate(path):
-            last = i == len(path) - 1
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"environment {name}: no list entry {part!r} to override")
-                key: int | str = int(part)
-            else:
-                key = part
-            if last:
-                node[key] = _parse_env_value(raw)
-            else:
-                if isinstance(node, dict) and key not in node:
-                    node[key] = {}
-                node = node[key]
-    return merged
-
-
-def _read_secret(path: Path, config_path: Path, key: str) -> str:
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as err:
-        raise ConfigError(f"{config_path}: {key}: cannot read secret file {path}: {err.strerror}") from err
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "secret file %s is readable by other users; run: chmod 600 %s", path, path)
-    if not text:
-        raise ConfigError(f"{config_path}: {key}: secret file {path} is empty")
-    return text
+    return [line for _, line in describe(err, prefix)]
 
 
 def load(path: Path | str, environ: Mapping[str, str] | None = None, check_files: bool = False,
@@ -250,20 +192,14 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None, check_files
     is in place.
     """
     path = Path(path)
-    env = os.environ if environ is None else environ
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the config file: {err.strerror}") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from err
-    data = apply_env_overrides(raw, env)
-
-    problems: list[str] = []
-    try:
-        device = DeviceConfig.model_validate(data)
+        device = DeviceConfig.load(path, os.environ if environ is None else environ)
+    except InvalidSettings as err:
+        raise ConfigError(str(err)) from err
     except ValidationError as err:
         raise ConfigError(f"{path}: " + f"\n{path}: ".join(_describe(err))) from err
+
+    problems: list[str] = []
 
     resolved: list[tuple[drivers.DriverKind, drivers.DriverConfig]] = []
     indexed: list[tuple[int, drivers.DriverConfig]] = []
@@ -273,13 +209,13 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None, check_files
         where = ("drivers", index)
         kind_name = entry.get("kind")
         if not isinstance(kind_name, str):
-            problems.append(f"{_location((*where, 'kind'))}: Field required: one of "
+            problems.append(f"{location((*where, 'kind'))}: Field required: one of "
                             f"{', '.join(drivers.available_kinds())}")
             continue
         try:
             kind = drivers.load(kind_name)
         except ConfigError as err:
-            problems.append(f"{_location((*where, 'kind'))}: {err}")
+            problems.append(f"{location((*where, 'kind'))}: {err}")
             continue
         try:
             config = kind.config_model.model_validate(entry)
@@ -287,14 +223,14 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None, check_files
             problems.extend(_describe(err, where))
             continue
         if config.name in names:
-            problems.append(f"{_location((*where, 'name'))}: {config.name!r} is already the name of "
+            problems.append(f"{location((*where, 'name'))}: {config.name!r} is already the name of "
                             f"drivers[{names[config.name]}]; sensor names must be unique")
             continue
         names[config.name] = index
         for claim in sorted(config.claims()):
             if claim in claimed:
                 other = claimed[claim]
-                problems.append(f"{_location((*where,))}: {config.name!r} claims {claim}, already claimed by "
+                problems.append(f"{location((*where,))}: {config.name!r} claims {claim}, already claimed by "
                                 f"drivers[{other}] ({device.drivers[other].get('name')!r}); one device per port or pin")
             else:
                 claimed[claim] = index
@@ -325,5 +261,8 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None, check_files
         secret = device.broker.password_file
         if not secret.is_absolute():
             secret = path.parent / secret
-        password = _read_secret(secret, path, "broker.password_file")
+        try:
+            password = read_secret(secret, str(path), "broker.password_file", private=False)
+        except InvalidSettings as err:
+            raise ConfigError(str(err)) from err
     return LoadedConfig(path=path, device=device, drivers=tuple(resolved), password=password)

@@ -9,6 +9,10 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hub import config as hub_config
 
 
 def _setup_logging() -> None:
@@ -22,22 +26,6 @@ def _setup_logging() -> None:
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"NAKHON_HUB_{name}", default)
-
-
-def _tile_url(value: str) -> str:
-    """A basemap tile URL template: http(s), with {z}, {x} and {y}, at most 500 characters."""
-    if len(value) > 500 or not value.startswith(("http://", "https://")) or not all(
-            part in value for part in ("{z}", "{x}", "{y}")):
-        raise argparse.ArgumentTypeError("a tile URL is http(s)://... with {z}, {x} and {y}, at most 500 characters")
-    return value
-
-
-def _ack_window(text: str) -> float:
-    """An ack window in seconds, 0 to 5."""
-    value = float(text)
-    if not 0.0 <= value <= 5.0:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 5 seconds")
-    return value
 
 
 def _parser(accounts: bool = True) -> argparse.ArgumentParser:
@@ -64,68 +52,70 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     provision_cli.add_enroll_parser(agent)
 
     hub = sub.add_parser("hub", help="run the hub").add_subparsers(dest="action", required=True)
-    serve = hub.add_parser("serve", help="ingest, store and serve the API until SIGTERM")
-    serve.add_argument("--data", type=Path, default=Path(_env("DATA", "./nakhon-data/hub") or ""),
-                       help="data directory (SQLite store); env NAKHON_HUB_DATA")
-    serve.add_argument("--broker-host", default=_env("BROKER_HOST", "127.0.0.1"))
-    serve.add_argument("--broker-port", type=int, default=int(_env("BROKER_PORT", "1883") or 1883))
-    serve.add_argument("--username", default=_env("USERNAME"), help="broker username of the hub")
-    serve.add_argument("--password-file", type=Path, default=_env("PASSWORD_FILE"),
-                       help="file holding the hub's broker password")
-    serve.add_argument("--root", default=_env("ROOT", "nakhon"), help="topic root of the deployment")
-    serve.add_argument("--client-id", default=_env("CLIENT_ID"),
-                       help="MQTT client id (stable, so the broker keeps the hub's session); "
-                            "default nakhon-hub, or nakhon-hub-GROUP-PID with --share")
-    serve.add_argument("--share", default=_env("SHARE"), metavar="GROUP",
+    # every serve flag defaults to "not given", so that only the flags on the command line override the
+    # config file and the NAKHON_HUB_* environment (hub/config.py holds the defaults)
+    serve = hub.add_parser("serve", help="ingest, store and serve the API until SIGTERM",
+                           argument_default=argparse.SUPPRESS,
+                           epilog="Every flag is also a key of the config file and a NAKHON_HUB_<KEY> variable "
+                                  "(hub/hub.example.toml, docs/configuration.md).")
+    serve.add_argument("--config", type=Path, metavar="FILE",
+                       help="hub.toml with the hub's settings; env NAKHON_HUB_CONFIG")
+    serve.add_argument("--data", type=Path, help="data directory (SQLite store); env NAKHON_HUB_DATA")
+    serve.add_argument("--broker-host")
+    serve.add_argument("--broker-port", type=int)
+    serve.add_argument("--username", help="broker username of the hub")
+    serve.add_argument("--password-file", type=Path, help="file holding the hub's broker password")
+    serve.add_argument("--root", help="topic root of the deployment")
+    serve.add_argument("--client-id", help="MQTT client id (stable, so the broker keeps the hub's session); "
+                                           "default nakhon-hub, or nakhon-hub-GROUP-PID with --share")
+    serve.add_argument("--share", metavar="GROUP",
                        help="subscribe through $share/GROUP/ so several hub processes split the load")
-    serve.add_argument("--max-payload", type=int, default=int(_env("MAX_PAYLOAD", "262144") or 262144),
-                       help="larger payloads go to the dead-letter store (bytes)")
-    serve.add_argument("--max-clock-skew", type=float, default=float(_env("MAX_CLOCK_SKEW", "600") or 600),
-                       metavar="SECONDS", help="timestamps further ahead of the hub's clock are dead-lettered "
-                                               "as clock_skew")
-    serve.add_argument("--max-age", type=float, default=float(_env("MAX_AGE", "31622400") or 31622400),
-                       metavar="SECONDS", help="timestamps further behind the hub's clock are dead-lettered "
-                                               "as clock_skew (default 366 days)")
-    serve.add_argument("--max-unwritten", type=float, default=float(_env("MAX_UNWRITTEN", "60") or 60),
-                       metavar="SECONDS", help="/healthz answers 503 while a message waits longer to be stored")
-    serve.add_argument("--ack-window", type=_ack_window, default=_ack_window(_env("ACK_WINDOW", "0.03") or "0.03"),
-                       metavar="SECONDS", help="committed seqs wait at most this long to share one down/ack per "
-                                               "device (0: one ack per commit)")
-    serve.add_argument("--fees", type=Path, default=_env("FEES"),
-                       help="fee catalogue TOML (default: the demo catalogue)")
-    serve.add_argument("--zones", type=Path, default=_env("ZONES"),
-                       help="municipal zones GeoJSON (default: the demo zones of Khon Kaen)")
-    serve.add_argument("--promptpay-biller", default=_env("PROMPTPAY_BILLER"),
+    serve.add_argument("--max-payload", type=int, help="larger payloads go to the dead-letter store (bytes)")
+    serve.add_argument("--max-clock-skew", type=float, metavar="SECONDS",
+                       help="timestamps further ahead of the hub's clock are dead-lettered as clock_skew")
+    serve.add_argument("--max-age", type=float, metavar="SECONDS", help="timestamps further behind the hub's clock "
+                                                                        "are dead-lettered as clock_skew (366 days)")
+    serve.add_argument("--max-unwritten", type=float, metavar="SECONDS",
+                       help="/healthz answers 503 while a message waits longer to be stored")
+    serve.add_argument("--ack-window", type=float, metavar="SECONDS", help="committed seqs wait at most this long "
+                                                                           "to share one down/ack per device (0: one "
+                                                                           "ack per commit)")
+    serve.add_argument("--fees", type=Path, help="fee catalogue TOML (default: the demo catalogue)")
+    serve.add_argument("--zones", type=Path, help="municipal zones GeoJSON (default: the demo zones of Khon Kaen)")
+    serve.add_argument("--promptpay-biller",
                        help="registered biller id: QR payments use bill payment (tag 30) with ref1 = the transaction")
-    serve.add_argument("--promptpay-target", default=_env("PROMPTPAY_TARGET"),
-                       help="PromptPay phone or tax id used when no biller id is set (tag 29); "
-                            "without either, PromptPay is off")
+    serve.add_argument("--promptpay-target", help="PromptPay phone or tax id used when no biller id is set (tag 29); "
+                                                  "without either, PromptPay is off")
     serve.add_argument("--promptpay-expiry-min", type=float,
-                       default=float(_env("PROMPTPAY_EXPIRY_MIN", "15") or 15),
                        help="minutes a QR payment waits for the bank before it expires (default 15)")
     serve.add_argument("--promptpay-demo", action="store_true",
                        help="demo only: QR codes to a target that is no account, labelled as a demo")
     serve.add_argument("--bank-secret-file", type=Path,
-                       default=_env("BANK_SECRET_FILE"),
                        help="file with the secret the bank signs its confirmation callbacks with (docs/finance.md)")
-    serve.add_argument("--public-ogc", action="store_true", default=_env("PUBLIC_OGC") == "1",
-                       help="serve the GIS layers (/ogc) without sign-in")
-    serve.add_argument("--tiles", default=_env("TILES"), type=_tile_url,
-                       help="tile URL template for the dashboard map's basemap, e.g. "
-                       "https://tiles.example.go.th/{z}/{x}/{y}.png (default: none, a plain background)")
-    serve.add_argument("--deployment", type=Path, default=_env("DEPLOYMENT"),
+    serve.add_argument("--public-ogc", action="store_true", help="serve the GIS layers (/ogc) without sign-in")
+    serve.add_argument("--tiles", help="tile URL template for the dashboard map's basemap, e.g. https://tiles."
+                                       "example.go.th/{z}/{x}/{y}.png (default: none, a plain background)")
+    serve.add_argument("--deployment", type=Path,
                        help="a provisioned deployment (nakhon provision init): HTTPS, CSR signing, and the "
                             "registry enforced; env NAKHON_HUB_DEPLOYMENT")
     serve.add_argument("--plain-http", action="store_true",
                        help="with --deployment, serve the API over plain HTTP on a loopback --http-host (the demo's "
                             "browser pages; devices still use mutual TLS to the broker)")
-    serve.add_argument("--registry", choices=("open", "enforce"), default=_env("REGISTRY"),
+    serve.add_argument("--registry", choices=("open", "enforce"),
                        help="enforce: dead-letter as unregistered what devices that are not active send "
                             "(default: enforce with --deployment, else open)")
-    serve.add_argument("--rules", type=Path, default=_env("RULES"),
+    serve.add_argument("--rules", type=Path,
                        help="alarm rules and notification channels TOML (default: the demo rules); see docs/alarms.md")
-    serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
-    serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
+    serve.add_argument("--http-host")
+    serve.add_argument("--http-port", type=int)
+    serve.add_argument("--records", metavar="URL",
+                       help="records store: sqlite:///PATH (default: hub.sqlite in --data) or postgresql://USER@HOST/DB")
+    serve.add_argument("--timeseries", metavar="URL",
+                       help="time-series store: sqlite (default) or victoriametrics+http://HOST:PORT")
+    config = hub.add_parser("config", help="print the hub's effective settings (file < environment), secrets as ***")
+    config.add_argument("--config", type=Path, metavar="FILE", help="hub.toml; env NAKHON_HUB_CONFIG")
+    config.add_argument("--check", action="store_true",
+                        help="also read the secret files (private, not empty); exit 2 on any problem")
 
     if accounts:
         from hub.auth import admin
@@ -254,6 +244,27 @@ def _hub(args: argparse.Namespace) -> int:
         return admin.run(args)
     if args.action == "purge":
         return _purge(args)
+    from hub import config
+    from hub.errors import HubConfigError
+
+    path = config.config_path(getattr(args, "config", None), os.environ)
+    flags = {k: v for k, v in vars(args).items() if k in config.HubSettings.model_fields}
+    try:
+        settings = config.load(path, os.environ, flags)
+        reading = args.action == "serve" or args.check
+        secrets = config.read_secrets(settings, path, os.environ, flags) if reading else None
+    except HubConfigError as err:
+        print(f"nakhon: invalid hub settings\n{err}", file=sys.stderr)
+        return 2
+    if args.action == "config":
+        print(f"# nakhon hub: effective settings ({path or 'no config file'}, then NAKHON_HUB_*)")
+        print(config.render(settings, secrets), end="")
+        return 0
+    assert secrets is not None
+    return _serve(settings, secrets)
+
+
+def _serve(settings: hub_config.HubSettings, secrets: hub_config.HubSecrets) -> int:
     from dataclasses import replace
 
     from hub.errors import HubConfigError
@@ -262,49 +273,45 @@ def _hub(args: argparse.Namespace) -> int:
     from hub.ingest.consumer import IngestSettings
     from hub.serve import HubSettings, serve
 
-    secrets: dict[str, str | None] = {}
-    for flag in ("password_file", "bank_secret_file"):
-        path = getattr(args, flag)
-        secrets[flag] = None
-        if path:
-            try:
-                secrets[flag] = Path(path).read_text(encoding="utf-8").strip()
-            except OSError as err:
-                print(f"nakhon: cannot read --{flag.replace('_', '-')} {path}: {err.strerror}", file=sys.stderr)
-                return 2
-            if Path(path).stat().st_mode & 0o077:
-                logging.getLogger("nakhon.hub").warning("--%s %s can be read by other users: chmod 600 it",
-                                                        flag.replace("_", "-"), path)
-    password = secrets["password_file"]
-    if args.deployment is not None and args.username is None:
+    if not settings.embedded:
+        # the one place the store URLs reach serve: the PostgreSQL and VictoriaMetrics stores (issue 11) take
+        # records=settings.records_url(secrets.records_password) and timeseries=settings.timeseries here
+        print(f"nakhon: records = {settings.records!r}, timeseries = {settings.timeseries!r}: this hub has only "
+              f"the embedded store (sqlite:///{settings.data}/hub.sqlite and sqlite)", file=sys.stderr)
+        return 2
+    password = secrets.password
+    username, broker_port = settings.username, settings.broker_port
+    if settings.deployment is not None and username is None:
         from hub.provision import deployment
 
         try:
-            chosen, paths = deployment.load(args.deployment)
+            chosen, paths = deployment.load(settings.deployment)
             password = paths.hub_password.read_text(encoding="utf-8").strip()
         except (HubConfigError, OSError) as err:
-            print(f"nakhon: --deployment {args.deployment}: {err}", file=sys.stderr)
+            print(f"nakhon: --deployment {settings.deployment}: {err}", file=sys.stderr)
             return 2
-        args.username, args.broker_port = deployment.HUB_USER, chosen.hub_port
-    client_id = args.client_id or (f"nakhon-hub-{args.share}-{os.getpid()}" if args.share else "nakhon-hub")
-    ingest = IngestSettings(host=args.broker_host, port=args.broker_port, root=args.root, username=args.username,
-                            password=password, client_id=client_id, share=args.share,
-                            max_payload=args.max_payload,
-                            window=ClockWindow(ahead_s=args.max_clock_skew, behind_s=args.max_age),
-                            max_unwritten_s=args.max_unwritten, ack_window_s=args.ack_window)
-    extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones), ("rules", args.rules),
-                               ("tiles", args.tiles)) if v}
+        username, broker_port = deployment.HUB_USER, chosen.hub_port
+    share = settings.share
+    client_id = settings.client_id or (f"nakhon-hub-{share}-{os.getpid()}" if share else "nakhon-hub")
+    ingest = IngestSettings(host=settings.broker_host, port=broker_port, root=settings.root, username=username,
+                            password=password, client_id=client_id, share=share,
+                            max_payload=settings.max_payload,
+                            window=ClockWindow(ahead_s=settings.max_clock_skew, behind_s=settings.max_age),
+                            max_unwritten_s=settings.max_unwritten, ack_window_s=settings.ack_window)
+    extra: dict[str, Any] = {k: v for k, v in (("fees", settings.fees), ("zones", settings.zones),
+                                               ("rules", settings.rules), ("tiles", settings.tiles)) if v}
     try:
-        settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
-                               promptpay=replace(PromptPaySettings.for_demo() if args.promptpay_demo else
-                                                 PromptPaySettings(biller_id=args.promptpay_biller,
-                                                                   target=args.promptpay_target),
-                                                 expire_after_s=args.promptpay_expiry_min * 60),
-                               bank_secret=secrets["bank_secret_file"], public_ogc=args.public_ogc,
-                               deployment=args.deployment, https=not args.plain_http,
-                               enforce_registry=None if args.registry is None else args.registry == "enforce",
-                               **extra)
-        serve(settings)
+        serving = HubSettings(data=settings.data, ingest=ingest, http_host=settings.http_host,
+                              http_port=settings.http_port,
+                              promptpay=replace(PromptPaySettings.for_demo() if settings.promptpay_demo else
+                                                PromptPaySettings(biller_id=settings.promptpay_biller,
+                                                                  target=settings.promptpay_target),
+                                                expire_after_s=settings.promptpay_expiry_min * 60),
+                              bank_secret=secrets.bank_secret, public_ogc=settings.public_ogc,
+                              deployment=settings.deployment, https=not settings.plain_http,
+                              enforce_registry=None if settings.registry is None else settings.registry == "enforce",
+                              **extra)
+        serve(serving)
     except HubConfigError as err:
         print(f"nakhon: {err}", file=sys.stderr)
         return 2

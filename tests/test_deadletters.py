@@ -107,6 +107,7 @@ def test_the_demo_broker_refuses_a_device_publishing_on_another_devices_topic(
     broker = broker_factory(accounts=accounts)
     hub_pw = tmp_path / "hub.pw"
     hub_pw.write_text("hub-secret")
+    hub_pw.chmod(0o600)
     hub = procs["hub"](broker.port, "--username", "nakhon-hub", "--password-file", str(hub_pw))
     pw2 = tmp_path / "two.pw"
     pw2.write_text("secret-two\n")
