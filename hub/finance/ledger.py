@@ -152,7 +152,8 @@ def _widen_payment_statuses(db: sqlite3.Connection, old_sql: str) -> None:
 def _next_receipt(db: sqlite3.Connection, catalogue: Catalogue, office: str, fy: int) -> str:
     row = db.execute(
         "INSERT INTO receipt_counters (office, fiscal_year, last) VALUES (?, ?, 1) "
-        "ON CONFLICT (office, fiscal_year) DO UPDATE SET last = last + 1 RETURNING last", (office, fy)).fetchone()
+        "ON CONFLICT (office, fiscal_year) DO UPDATE SET last = receipt_counters.last + 1 RETURNING last",
+        (office, fy)).fetchone()
     return f"{catalogue.offices[office].receipt_prefix}-{fy}-{row[0]:06d}"
 
 

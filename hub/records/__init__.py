@@ -1,0 +1,1 @@
+"""The records store: everything transactional (registry, dedup, commands, finance, GIS, accounts, audit)."""
