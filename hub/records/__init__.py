@@ -1,1 +1,1 @@
-"""The records store: everything transactional (registry, dedup, commands, finance, GIS, accounts, audit)."""
+"""The records store: everything transactional (registry, ledger, reports, audit...), behind engine-neutral seams."""
