@@ -16,7 +16,6 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
@@ -29,15 +28,15 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from hub.errors import HubConfigError, RecordRejected, StoreError
+from hub.records.migrate import Migration, describe, upgrade
+from hub.records.session import Session
 
 if TYPE_CHECKING:
     from hub.gis.reports import Zones
-    from hub.records.session import Session
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).with_name("migrations") / "postgresql"
 MIGRATION_LOCK = 0x4E414B484F4E
 """The ``pg_advisory_xact_lock`` key every hub process takes to migrate ("NAKHON" in ASCII)."""
 URL_MAX = 2048
@@ -124,7 +123,7 @@ _STATEMENTS = re.compile(_LITERALS + r"|;", re.S)
 
 def _rewrite(match: re.Match[str]) -> str:
     token = match.group(0)
-    if token == "?":
+    if token == "?":  # noqa: S105 (a placeholder, not a password)
         return "%s"
     if token.lower() == "user":
         return '"user"'
@@ -181,7 +180,7 @@ class PostgresSession:
             cur.executemany(to_postgres(sql), [tuple(r) for r in rows])
 
     def script(self, sql: str) -> None:
-        """Run PostgreSQL's own SQL as it is (several statements, no parameters): the migrations."""
+        """Run PostgreSQL's own SQL as it is (several statements, no parameters, no rewriting)."""
         self._conn.execute(sql.encode("utf-8"))
 
 
@@ -202,6 +201,8 @@ class PostgresRecords:
         self._timeout = connect_timeout_s
         self._writer: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._reader: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self.applied: list[Migration] = []
+        """The migrations the last :meth:`open` applied."""
 
     def _pool(self, params: dict[str, Any], *, read_only: bool) -> ConnectionPool[psycopg.Connection[Any]]:
         kwargs: dict[str, Any] = {"context": ADAPTERS, "autocommit": read_only}
@@ -233,9 +234,9 @@ class PostgresRecords:
             raise StoreError(f"cannot open connections to the records database {self.shown}: {err}") from err
         log.info("records store: PostgreSQL at %s", self.shown)
         if self._migrate:
-            applied = self.migrate()
-            if applied:
-                log.info("records store: applied migrations %s", ", ".join(map(str, applied)))
+            self.applied = self.migrate()
+            for line in describe(self.applied):
+                log.info("records store: %s", line)
 
     def close(self) -> None:
         """Close both pools; safe to call twice and on a half-opened store."""
@@ -276,37 +277,10 @@ class PostgresRecords:
             raise StoreError("the records store is not open")
         return pool
 
-    def migrate(self) -> list[int]:
+    def migrate(self) -> list[Migration]:
         """Apply the pending migrations in order, in one transaction under the advisory lock: a second hub
-        process waits, then finds nothing to do. Returns the versions applied."""
-        return self.write(apply_migrations)
-
-
-def migrations() -> list[tuple[int, str, Path]]:
-    """The PostgreSQL migrations shipped with the hub: (version, name, file), in order."""
-    found = []
-    for path in sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql")):
-        version, _, name = path.stem.partition("_")
-        found.append((int(version), name, path))
-    return found
-
-
-def apply_migrations(session: PostgresSession) -> list[int]:
-    """Inside a write: take the migration lock, then apply what ``schema_migrations`` lacks."""
-    DIALECT.lock_migrations(session)
-    session.script("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-                   "name TEXT NOT NULL, applied_at TEXT NOT NULL)")
-    done = {int(v) for (v,) in session.execute("SELECT version FROM schema_migrations").fetchall()}
-    applied = []
-    for version, name, path in migrations():
-        if version in done:
-            continue
-        for statement in split_script(path.read_text(encoding="utf-8")):
-            session.execute(statement)
-        session.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                        (version, name, datetime.now(UTC).isoformat(timespec="seconds")))
-        applied.append(version)
-    return applied
+        process waits, then finds nothing to do. Returns those applied."""
+        return self.write(lambda session: upgrade(session, DIALECT))
 
 
 def split_script(script: str) -> list[str]:
