@@ -306,6 +306,8 @@ class PostgresDialect:
     """PostgreSQL's :class:`hub.records.dialect.Dialect`: point-in-polygon by PostGIS in the database, jsonb."""
 
     engine: Literal["postgresql"] = "postgresql"
+    insertion_order = "row_order"
+    """An identity column the migrations give the tables SQLite orders by ``rowid``."""
 
     def split_script(self, script: str) -> list[str]:
         """See :func:`split_script`."""
