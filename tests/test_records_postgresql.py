@@ -331,3 +331,4 @@ def test_every_sqlite_table_and_column_exists_on_postgresql(records: PostgresRec
             found.setdefault(table, set()).add(column)
     assert {t: found.get(t) for t in expected} == expected
     assert [m.version for m in records.applied] == [m.version for m in migrations("sqlite")]
+
