@@ -139,6 +139,13 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     migrate.add_argument("--data", type=Path, default=Path(_env("DATA", "./nakhon-data/hub") or ""),
                          help="data directory (SQLite store); env NAKHON_HUB_DATA")
 
+    move = hub.add_parser("migrate-store", help="copy an embedded deployment's records from SQLite to an empty "
+                                                "PostgreSQL database, with a count per table at the end")
+    move.add_argument("--from", dest="from_url", required=True, help="sqlite:///PATH of the hub.sqlite file")
+    move.add_argument("--to", dest="to_url", required=True,
+                      help="postgresql://USER@HOST:PORT/DB (?password_file=PATH, or --password-file)")
+    move.add_argument("--password-file", type=Path, help="file holding the PostgreSQL password")
+
     provision_cli.add_parsers(sub)
 
     demo = sub.add_parser("demo", help="run a private broker, the hub and a simulated fleet")
@@ -271,6 +278,10 @@ def _hub(args: argparse.Namespace) -> int:
         return _purge(args)
     if args.action == "migrate":
         return _migrate(args)
+    if args.action == "migrate-store":
+        from hub.records import transfer
+
+        return transfer.run(args.from_url, args.to_url, args.password_file)
     from dataclasses import replace
 
     from hub.errors import HubConfigError
