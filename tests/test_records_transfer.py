@@ -85,7 +85,7 @@ def test_migrate_store_copies_every_records_table_and_verifies_the_counts(
             "(SELECT ST_AsText(geom) FROM reports), (SELECT user FROM api_tokens)").fetchone())
         assert copied == (b"\x00\xff{", 1, "POINT(102.8 16.45)", "malee")
         history = records.read(lambda s: s.execute(
-            "SELECT status FROM report_history ORDER BY row_order").fetchall())
+            "SELECT status FROM report_history ORDER BY rowid").fetchall())
         assert history == [("new",), ("assigned",)]
         receipt = records.write(lambda s: ROUTE.apply(_payment(9), s)).result["receipt_no"]
         assert str(receipt).endswith("-000003")  # the counter came along: no number given twice

@@ -221,7 +221,7 @@ class SQLiteStore:
         for device, (first, last) in seen.items():
             db.execute(
                 "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) "
-                "ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+                "ON CONFLICT (device) DO UPDATE SET last_seen = max(devices.last_seen, excluded.last_seen)",
                 (device, first, last))
         for device in set(new_seqs) | set(dups):
             seqs = new_seqs.get(device, [])
@@ -243,7 +243,7 @@ class SQLiteStore:
         heartbeat = status.model_dump(mode="json", exclude={"v", "device", "state", "at"}, exclude_none=True)
         db.execute(
             "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) "
-            "ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+            "ON CONFLICT (device) DO UPDATE SET last_seen = max(devices.last_seen, excluded.last_seen)",
             (status.device, received_at, received_at))
         db.execute(
             "UPDATE devices SET state = ?, last_status_at = ?, node = coalesce(node, ?), "
@@ -268,7 +268,8 @@ class SQLiteStore:
             return TxOutcome(tx_id=tx.tx_id, status=TxStatus.REJECTED, duplicate=False,
                              reason=f"tx_id {tx.tx_id!r} was already used by another device", result={}), False
         if row is not None:
-            db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, 'tx')",
+            db.execute("INSERT INTO received (device, seq, kind) VALUES (?, ?, 'tx') ON CONFLICT (device, seq) "
+                       "DO NOTHING",
                        (tx.device, tx.seq))
             return TxOutcome.model_validate_json(row[0]), True
         outcome = decide(tx, db)
@@ -277,14 +278,15 @@ class SQLiteStore:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (tx.tx_id, tx.device, tx.seq, tx.kind, tx.model_dump(mode="json")["created_at"], received_at,
              outcome.status.value, outcome.model_dump_json()))
-        if db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, 'tx')",
+        if db.execute("INSERT INTO received (device, seq, kind) VALUES (?, ?, 'tx') ON CONFLICT (device, seq) "
+                      "DO NOTHING",
                       (tx.device, tx.seq)).rowcount:
             db.execute(
                 "INSERT INTO devices (device, first_seen, last_seen, min_seq, max_seq, received) "
                 "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (device) DO UPDATE SET "
-                "last_seen = max(last_seen, excluded.last_seen), received = received + 1, "
-                "min_seq = min(coalesce(min_seq, excluded.min_seq), excluded.min_seq), "
-                "max_seq = max(coalesce(max_seq, 0), excluded.max_seq)",
+                "last_seen = max(devices.last_seen, excluded.last_seen), received = devices.received + 1, "
+                "min_seq = min(coalesce(devices.min_seq, excluded.min_seq), excluded.min_seq), "
+                "max_seq = max(coalesce(devices.max_seq, 0), excluded.max_seq)",
                 (tx.device, received_at, received_at, tx.seq, tx.seq))
         return outcome, False
 
