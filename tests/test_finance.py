@@ -24,6 +24,7 @@ from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.fiscal import BANGKOK, baht, fiscal_year, local_date, thai_date
 from hub.finance.promptpay import PromptPaySettings, bill_payment, crc16_ccitt_false, credit_transfer
 from hub.ingest.consumer import IngestSettings
+from hub.records.postgresql import records_store
 from hub.router import Router
 from hub.serve import HubSettings, build
 from hub.store.sqlite import SQLiteStore
@@ -59,9 +60,10 @@ def test_thai_fiscal_years_and_money() -> None:
     assert baht(123456) == "1,234.56" and baht(-5) == "-0.05"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Any:
-    s = SQLiteStore(tmp_path / "hub.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    s = SQLiteStore(tmp_path / "hub.sqlite") if request.param == "sqlite" else \
+        records_store(request.getfixturevalue("postgres_url"))
     s.open()
     yield s
     s.close()
