@@ -29,7 +29,11 @@ def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'hub.sqlite'}"
 
 
-RECORDS_URLS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {"sqlite": _sqlite}
+def _postgresql(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return str(request.getfixturevalue("postgres_url"))  # tests/fixtures/postgres.py
+
+
+RECORDS_URLS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {"sqlite": _sqlite, "postgresql": _postgresql}
 
 
 def _open(url: str, tmp_path: Path) -> SqlStore:
@@ -94,12 +98,12 @@ def test_inserts_return_ids_and_conflicts_do_nothing(records_engine: SqlStore) -
 
 def test_migrations_are_applied_once(records_url: str, tmp_path: Path) -> None:
     store = _open(records_url, tmp_path)
+    engine = store.read(lambda db: db.engine)
     store.close()
     again = _open(records_url, tmp_path)
     again.close()
     assert again.applied == []
-    assert store.applied == [] or [m.version for m in store.applied] == [
-        m.version for m in migrations(store.read(lambda db: db.engine))]
+    assert store.applied == [] or [m.version for m in store.applied] == [m.version for m in migrations(engine)]
 
 
 def test_a_redelivered_batch_is_acknowledged_again_and_stored_once(records_engine: SqlStore) -> None:

@@ -391,7 +391,7 @@ class PostgresStore(SQLiteStore):
     def __init__(self, url: str, deadletter_keep_bytes: int = 4096,
                  schemas: Sequence[Callable[[Session], None]] = (), *, password_file: Path | None = None,
                  max_connections: int = 10) -> None:
-        super().__init__(Path(), deadletter_keep_bytes, schemas)
+        super().__init__(Path(), deadletter_keep_bytes, schemas, readings=False)
         self.records = PostgresRecords(url, password_file=password_file, max_connections=max_connections,
                                        migrate=False)
         self._reads = _PooledReads(self.records)
