@@ -126,9 +126,7 @@ class AlarmEngine:
                 if rule_id not in self.file_rules:
                     self.rules[rule_id] = RULE.validate_json(body)
             self._on = {(r, d) for r, d in db.execute("SELECT rule, device FROM alarms WHERE state != 'cleared'")}
-            has_reports = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reports'").fetchone()
-            if has_reports:
-                self._last_report = int(db.execute("SELECT coalesce(max(id), 0) FROM reports").fetchone()[0])
+            self._last_report = int(db.execute("SELECT coalesce(max(id), 0) FROM reports").fetchone()[0])
 
         self.store.read(load)
         for d in self.store.devices():
@@ -385,8 +383,6 @@ class AlarmEngine:
             self._changed(db, out, alarm_id, "unshelved", None, None, now)
 
     def _reports(self, db: Session, out: _Write, now: float) -> None:
-        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reports'").fetchone():
-            return
         rows = db.execute("SELECT id, device, category, lat, lon, zone, status, created_at FROM reports "
                           "WHERE id > ? ORDER BY id LIMIT 100", (self._last_report,)).fetchall()
         for rid, device, category, lat, lon, zone, status, created_at in rows:
