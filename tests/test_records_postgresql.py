@@ -386,3 +386,13 @@ def test_a_transaction_is_applied_once_when_two_hub_processes_race_on_its_tx_id(
     finally:
         for hub in hubs:
             hub.close()
+
+
+def test_the_store_carries_on_after_postgresql_restarts(postgres_server: PostgresServer, records: PostgresRecords,
+                                                       ) -> None:
+    add = "INSERT INTO received (device, seq, kind) VALUES ('kk-aq-0001', ?, 'telemetry')"
+    records.write(lambda s: s.execute(add, (1,)))
+    assert records.read(lambda s: s.execute("SELECT count(*) FROM received").fetchone()) == (1,)
+    postgres_server.restart()  # every pooled connection is now broken
+    records.write(lambda s: s.execute(add, (2,)))
+    assert records.read(lambda s: s.execute("SELECT count(*) FROM received").fetchone()) == (2,)
