@@ -68,7 +68,7 @@ def test_migrate_store_copies_every_records_table_and_verifies_the_counts(
         tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "hub.sqlite"
     _embedded_deployment(path)
-    assert main(["hub", "migrate-store", "--from", f"sqlite://{path}", "--to", postgres_url]) == 0
+    assert main(["hub", "migrate-store", "--from", f"sqlite:///{path}", "--to", postgres_url]) == 0
     out, err = capsys.readouterr()
     assert "received" in err and "[" + "#" * 30 + "] 2500/2500" in err
     counts = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:-1]}
@@ -93,15 +93,16 @@ def test_migrate_store_copies_every_records_table_and_verifies_the_counts(
     finally:
         records.close()
 
-    assert main(["hub", "migrate-store", "--from", f"sqlite://{path}", "--to", postgres_url]) == 1
+    assert main(["hub", "migrate-store", "--from", f"sqlite:///{path}", "--to", postgres_url]) == 1
     assert "not empty" in capsys.readouterr().err
 
 
 def test_migrate_store_refuses_a_missing_source_without_creating_it(tmp_path: Path, postgres_url: str,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nothing" / "hub.sqlite"
-    assert main(["hub", "migrate-store", "--from", f"sqlite://{missing}", "--to", postgres_url]) == 1
+    assert main(["hub", "migrate-store", "--from", f"sqlite:///{missing}", "--to", postgres_url]) == 1
     assert "no such SQLite file" in capsys.readouterr().err and not missing.parent.exists()
-    assert sqlite_path("sqlite:///var/lib/nakhon/hub/hub.sqlite") == Path("/var/lib/nakhon/hub/hub.sqlite")
+    assert sqlite_path("sqlite:////var/lib/nakhon/hub/hub.sqlite") == Path("/var/lib/nakhon/hub/hub.sqlite")
+    assert sqlite_path("sqlite:///data/hub.sqlite") == Path("data/hub.sqlite")
     with pytest.raises(ValueError, match="sqlite:///PATH"):
         sqlite_path("postgresql://x@y/z")

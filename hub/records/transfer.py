@@ -17,8 +17,8 @@ from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import unquote, urlsplit
 
+from hub.backends import SQLITE_PREFIX
 from hub.errors import HubConfigError, StoreError
 from hub.records.postgresql import PostgresRecords, PostgresSession
 from hub.records.session import Session
@@ -46,11 +46,11 @@ class TableCount:
 
 
 def sqlite_path(url: str) -> Path:
-    """The file of a ``sqlite:///PATH`` URL."""
-    parts = urlsplit(url)
-    if parts.scheme != "sqlite" or parts.netloc or not parts.path:
+    """The file of a ``sqlite:///PATH`` URL, read as :mod:`hub.backends` reads it (``sqlite:////abs/path``,
+    ``sqlite:///relative/path``)."""
+    if not url.startswith(SQLITE_PREFIX) or len(url) == len(SQLITE_PREFIX):
         raise HubConfigError(f"{url}: an embedded records URL is sqlite:///PATH")
-    return Path(unquote(parts.path))
+    return Path(url[len(SQLITE_PREFIX):])
 
 
 def _tables(session: Session) -> list[str]:
