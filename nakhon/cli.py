@@ -147,6 +147,8 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     move.add_argument("--to", dest="to_url", required=True,
                       help="postgresql://USER@HOST:PORT/DB (?password_file=PATH, or --password-file)")
     move.add_argument("--password-file", type=Path, help="file holding the PostgreSQL password")
+    move.add_argument("--timeseries", metavar="URL", help="also copy the file's readings to this time-series store "
+                      "(sqlite:///PATH or victoriametrics+http://HOST:PORT)")
 
     provision_cli.add_parsers(sub)
 
@@ -298,7 +300,7 @@ def _hub(args: argparse.Namespace) -> int:
     if args.action == "migrate-store":
         from hub.records import transfer
 
-        return transfer.run(args.from_url, args.to_url, args.password_file)
+        return transfer.run(args.from_url, args.to_url, args.password_file, args.timeseries)
     from dataclasses import replace
 
     from hub.errors import HubConfigError

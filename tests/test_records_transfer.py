@@ -3,13 +3,14 @@ ids kept and sequences continued; a target with rows is refused."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from edge.contract import Location, Tx, TxStatus, now
+from edge.contract import Location, Reading, Tx, TxStatus, now
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.promptpay import PromptPaySettings
@@ -17,10 +18,13 @@ from hub.gis.reports import DEMO_ZONES, ReportRoute, Zones, change_status
 from hub.records.postgresql import PostgresRecords
 from hub.records.session import Session
 from hub.records.transfer import sqlite_path
+from hub.store.base import IngestBatch, SeqMessage
 from hub.store.sqlite import SQLiteStore
+from hub.timeseries.sqlite import SQLiteTimeSeries
 from nakhon.cli import main
 
 CITIZEN = {"ref": "9f2c" * 16}
+T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 ROUTE = ledger.FinanceRoute(load_catalogue(DEMO_FEES), PromptPaySettings(target="0801234567"))
 
 
@@ -59,6 +63,10 @@ def _embedded_deployment(path: Path) -> None:
             s.execute("INSERT INTO registry (device, node, site, status, created_at, created_by, changed_at) "
                       "VALUES ('kk-aq-0001', 'air-quality', 'kkc-hq', 'active', 1.0, 'admin', 1.0)")
         store.write(fleet)
+        store.ingest(IngestBatch(messages=[SeqMessage(device="kk-aq-0002", seq=n, received_at=1.0 + n, telemetry=[
+            Reading(ts=T0 + timedelta(seconds=n), sensor="pm", quantity="pm2_5", value=10.0 + n, unit="ug/m3"),
+            Reading(ts=T0 + timedelta(seconds=n), sensor="door", quantity="open", value=n % 2 == 0, unit=None)])
+            for n in range(1, 6)]))
         store.record_command("cmd-1", "kk-aq-0001", "ping", {}, 5.0)
     finally:
         store.close()
@@ -68,11 +76,14 @@ def test_migrate_store_copies_every_records_table_and_verifies_the_counts(
         tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "hub.sqlite"
     _embedded_deployment(path)
-    assert main(["hub", "migrate-store", "--from", f"sqlite:///{path}", "--to", postgres_url]) == 0
+    series = tmp_path / "series.sqlite"
+    assert main(["hub", "migrate-store", "--from", f"sqlite:///{path}", "--to", postgres_url,
+                 "--timeseries", f"sqlite:///{series}"]) == 0
     out, err = capsys.readouterr()
-    assert "received" in err and "[" + "#" * 30 + "] 2500/2500" in err
+    assert "received" in err and "[" + "#" * 30 + "] 2505/2505" in err
     counts = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:-1]}
-    assert counts["ledger"] == ["3", "3"] and counts["received"] == ["2500", "2500"]
+    assert counts["ledger"] == ["3", "3"] and counts["received"] == ["2505", "2505"]
+    assert counts["readings"] == ["10", "10"]
     assert counts["report_history"] == ["2", "2"] and counts["deadletters"] == ["1", "1"]
     assert all(source == target for source, target in counts.values())
     assert out.splitlines()[-1].endswith("verified")
@@ -92,6 +103,13 @@ def test_migrate_store_copies_every_records_table_and_verifies_the_counts(
         assert records.read(lambda s: s.execute("SELECT max(id) FROM ledger").fetchone()) == (4,)
     finally:
         records.close()
+    moved = SQLiteTimeSeries(SQLiteStore(series), owns_store=True)
+    moved.open()
+    try:
+        page = moved.readings_page("kk-aq-0002", None, None, None, 100)
+        assert [json.loads(r)["value"] for r in page.rows][:4] == [11.0, False, 12.0, True]
+    finally:
+        moved.close()
 
     assert main(["hub", "migrate-store", "--from", f"sqlite:///{path}", "--to", postgres_url]) == 1
     assert "not empty" in capsys.readouterr().err

@@ -5,7 +5,9 @@ receipt counters, payments, reconciliations, reports and their history, accounts
 the feed), in one PostgreSQL transaction: a failure leaves the target as empty as it was. Ids are kept, so
 receipts, reversals and history still refer to the right rows, and the identity sequences continue after the
 largest id copied. The target must be empty; the source is only read (after its own pending migrations, as
-the hub would apply them at start-up). Readings stay in the time-series store.
+the hub would apply them at start-up). The file's readings, if any, go to the time-series store the new hub
+will use (``--timeseries URL``), written through its :class:`hub.timeseries.base.TimeSeries` interface and
+counted back through it.
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
-from hub.backends import SQLITE_PREFIX
+from hub.backends import SQLITE_PREFIX, open_backends
 from hub.errors import HubConfigError, StoreError
 from hub.records.postgresql import PostgresRecords, PostgresSession
 from hub.records.session import Session
 from hub.store.sqlite import SQLiteStore
+from hub.timeseries.base import Point, TimeSeries
+from hub.timeseries.sqlite import from_ms
 
 TIMESERIES_TABLES = frozenset({"readings", "latest"})
 """SQLite keeps the time series in the records file; they are not records."""
 PARENTS_FIRST = ("users", "alarms", "notifications", "reports", "ledger")
 """Tables other tables refer to, copied before them (the ledger refers to itself: rows go in id order)."""
 BATCH = 2000
+READINGS_PAGE = 10_000
 
 
 @dataclass(frozen=True)
@@ -135,10 +140,50 @@ def _copy(source: SQLiteStore, target: PostgresSession, tables: Sequence[str], p
                            f"coalesce((SELECT max(id) FROM {table}), 0) + 1, false)")
 
 
+def _points(session: Session, series: TimeSeries, progress: Progress, total: int) -> None:
+    """Write the file's readings to the time-series store in batches, in (device, seq, idx) order."""
+    cursor = session.execute("SELECT device, seq, idx, ts, sensor, quantity, value, is_bool, unit FROM readings "
+                             "ORDER BY device, seq, idx")
+    done = 0
+    while rows := list(islice(cursor, BATCH)):
+        series.write([Point(device, seq, idx, from_ms(ts), sensor, quantity, bool(value) if is_bool else value, unit)
+                      for device, seq, idx, ts, sensor, quantity, value, is_bool, unit in rows])
+        done += len(rows)
+        progress("readings", done, total)
+
+
+def _series_count(series: TimeSeries, devices: Sequence[str]) -> int:
+    """How many readings the time-series store holds for these devices, counted through its own pages."""
+    count = 0
+    for device in devices:
+        after = None
+        while True:
+            page = series.readings_page(device, None, None, None, READINGS_PAGE, after)
+            count += len(page.rows)
+            if page.next_after is None:
+                break
+            after = page.next_after
+    return count
+
+
+def _copy_readings(source: SQLiteStore, timeseries_url: str, progress: Progress) -> TableCount:
+    series = open_backends(None, timeseries_url, source.path.parent).timeseries
+    total = source.read(partial(_count, table="readings"))
+    series.open()
+    try:
+        progress("readings", 0, total)
+        source.read(partial(_points, series=series, progress=progress, total=total))
+        devices = source.read(lambda s: [r[0] for r in s.execute("SELECT DISTINCT device FROM readings")])
+        return TableCount("readings", total, _series_count(series, devices))
+    finally:
+        series.close()
+
+
 def migrate_store(source_url: str, target_url: str, *, password_file: Path | None = None,
-                  progress: Progress | None = None) -> list[TableCount]:
-    """Copy every records table from the SQLite file to the empty PostgreSQL database; returns the counts of
-    both sides per table, taken after the commit."""
+                  timeseries_url: str | None = None, progress: Progress | None = None) -> list[TableCount]:
+    """Copy every records table from the SQLite file to the empty PostgreSQL database, and its readings to the
+    time-series store at ``timeseries_url`` if given; returns the counts of both sides per table, taken after
+    the commit."""
     path = sqlite_path(source_url)
     if not path.is_file():
         raise HubConfigError(f"{path}: no such SQLite file")
@@ -150,8 +195,11 @@ def migrate_store(source_url: str, target_url: str, *, password_file: Path | Non
         target.open()
         tables = source.read(_tables)
         target.write(lambda s: _copy(source, s, tables, show))
-        return [TableCount(t, source.read(partial(_count, table=t)), target.read(partial(_count, table=t)))
-                for t in tables]
+        counts = [TableCount(t, source.read(partial(_count, table=t)), target.read(partial(_count, table=t)))
+                  for t in tables]
+        if timeseries_url is not None:
+            counts.append(_copy_readings(source, timeseries_url, show))
+        return counts
     finally:
         source.close()
         target.close()
@@ -167,11 +215,12 @@ def report(counts: Sequence[TableCount]) -> list[str]:
     return lines
 
 
-def run(source_url: str, target_url: str, password_file: Path | None = None, out: Any = None) -> int:
+def run(source_url: str, target_url: str, password_file: Path | None = None, timeseries_url: str | None = None,
+        out: Any = None) -> int:
     """``nakhon hub migrate-store``: copy, print the verification, 0 when every count matches."""
     out = out or sys.stdout
     try:
-        counts = migrate_store(source_url, target_url, password_file=password_file)
+        counts = migrate_store(source_url, target_url, password_file=password_file, timeseries_url=timeseries_url)
     except (StoreError, HubConfigError) as err:
         print(f"nakhon: {err}", file=sys.stderr)
         return 1
