@@ -213,9 +213,6 @@ class Store(Protocol):
         """One device, or None."""
 
 
-
-
-
     def deadletters(self, limit: int, reason: str | None = None) -> list[StoredDeadLetter]:
         """The newest dead letters first."""
 

@@ -335,8 +335,6 @@ class SQLiteStore:
                 for ts, sensor, q, v, is_bool, unit, seq in self._r().execute(sql, args)]
 
 
-
-
     def deadletters(self, limit: int, reason: str | None = None) -> list[StoredDeadLetter]:
         """Newest first."""
         sql = "SELECT id, topic, reason, detail, received_at, size, payload FROM deadletters"
