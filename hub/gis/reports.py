@@ -28,7 +28,6 @@ WORKFLOW: dict[str, frozenset[str]] = {
 """Allowed status changes: a resolved report can be reopened by assigning it again."""
 
 
-
 @dataclass(frozen=True)
 class Zone:
     """A municipal zone polygon."""
@@ -67,8 +66,6 @@ class Zones:
         """The zone containing the point (the first one listed, where zones overlap), or None."""
         point = Point(lon, lat)
         return next((z.zone for z in self.zones if z.prepared.covers(point)), None)
-
-
 
 
 class ReportRoute:
