@@ -33,6 +33,7 @@ from hub.records.postgresql import (
 from hub.records.session import Session
 from hub.store.base import CommandOutcome
 from hub.store.sqlite import SQLiteStore
+from nakhon.cli import main
 from tests.fixtures.postgres import PostgresServer
 
 CITIZEN = {"ref": "9f2c" * 16}
@@ -396,3 +397,12 @@ def test_the_store_carries_on_after_postgresql_restarts(postgres_server: Postgre
     postgres_server.restart()  # every pooled connection is now broken
     records.write(lambda s: s.execute(add, (2,)))
     assert records.read(lambda s: s.execute("SELECT count(*) FROM received").fetchone()) == (2,)
+
+
+def test_nakhon_hub_migrate_applies_the_postgresql_migrations_once(postgres_url: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hub", "migrate", "--records", postgres_url]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"applied {m.version:04d} {m.name}" for m in migrations("postgresql")]
+    assert main(["hub", "migrate", "--records", postgres_url]) == 0
+    assert capsys.readouterr().out.splitlines() == ["up to date"]
