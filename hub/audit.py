@@ -2,38 +2,19 @@
 
 Like the ledger, the table refuses UPDATE and DELETE with triggers, so history cannot be rewritten through the
 store. Other modules audit a change with one call, ``audit.record(actor, action, obj, before, after)``; pass
-``db=`` the connection of a running :meth:`SQLiteStore.write` to commit the row with the change itself.
+``db=`` the connection of a running records store's :meth:`write` to commit the row with the change itself.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from edge.contract import format_timestamp
-from hub.store.sqlite import SQLiteStore
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    id       INTEGER PRIMARY KEY,
-    at       TEXT NOT NULL,
-    user     TEXT NOT NULL,
-    address  TEXT NOT NULL,
-    action   TEXT NOT NULL,
-    object   TEXT NOT NULL,
-    before   TEXT,
-    after    TEXT
-);
-CREATE INDEX IF NOT EXISTS audit_by_user ON audit (user, id);
-CREATE INDEX IF NOT EXISTS audit_by_object ON audit (object, id);
-CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"""
+from hub.records.session import Session
+from hub.store.base import SqlStore
 
 
 @dataclass(frozen=True)
@@ -65,11 +46,6 @@ class AuditEntry:
     after: Any
 
 
-def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the audit table and its append-only triggers if needed."""
-    db.executescript(SCHEMA)
-
-
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, default=str, sort_keys=True)
 
@@ -77,16 +53,16 @@ def _json(value: Any) -> str | None:
 class AuditLog:
     """The audit log on the hub's SQLite store."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: SqlStore) -> None:
         self._store = store
 
     def record(self, actor: Actor, action: str, obj: str, before: Any = None, after: Any = None, *,
-               db: sqlite3.Connection | None = None) -> None:
+               db: Session | None = None) -> None:
         """Append one row; inside a running write when ``db`` is given, else in a commit of its own."""
         row = (format_timestamp(datetime.now(UTC)), actor.user, actor.address, action[:100], obj[:200],
                _json(before), _json(after))
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: Session) -> None:
             conn.execute("INSERT INTO audit (at, user, address, action, object, before, after) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 

@@ -45,12 +45,16 @@ def _records_url(url: str) -> str:
 
 
 def _timeseries_url(url: str) -> str:
-    """``sqlite`` (the records file) or ``victoriametrics+http://HOST:PORT``."""
+    """``sqlite`` (the records file), ``sqlite:///PATH`` (a file of its own) or ``victoriametrics+http://HOST:PORT``."""
     if url == "sqlite":
+        return url
+    if url.startswith("sqlite:///"):
+        if not url[len("sqlite:///"):]:
+            raise ValueError("sqlite:/// needs the readings file's path, e.g. sqlite:////var/lib/nakhon/readings.sqlite")
         return url
     parts = urlsplit(url)
     if parts.scheme not in TIMESERIES_SCHEMES or not parts.hostname:
-        raise ValueError("a time-series store is sqlite or victoriametrics+http://HOST:PORT")
+        raise ValueError("a time-series store is sqlite, sqlite:///PATH or victoriametrics+http://HOST:PORT")
     if parts.username is not None or parts.query or parts.path.strip("/"):
         raise ValueError("a VictoriaMetrics URL is victoriametrics+http://HOST:PORT, with no user, path or query")
     _ = parts.port
@@ -112,18 +116,13 @@ class HubSettings(FileSettings):
     records_password_file: Path | None = Field(None, description="file holding the PostgreSQL password")
     timeseries: Annotated[str, Field(max_length=1024), AfterValidator(_timeseries_url)] = "sqlite"
 
-    @property
-    def embedded(self) -> bool:
-        """Whether both stores are the embedded SQLite file in the data directory (today's only engine)."""
-        return self.records == f"sqlite:///{self.data}/hub.sqlite" and self.timeseries == "sqlite"
-
-    def records_url(self, password: str | None) -> str:
-        """The records URL with the PostgreSQL password from its file put in (never log this one)."""
-        if password is None or not self.records.startswith("postgresql://"):
+    def records_store_url(self) -> str:
+        """The records URL as :mod:`hub.backends` opens it: a PostgreSQL password comes from
+        ``records_password_file`` (``?password_file=``), never written into the URL."""
+        if self.records_password_file is None or not self.records.startswith("postgresql://"):
             return self.records
-        scheme, rest = self.records.split("://", 1)
-        user, at, host = rest.partition("@")
-        return f"{scheme}://{user}:{quote(password, safe='')}@{host}" if at else self.records
+        joiner = "&" if urlsplit(self.records).query else "?"
+        return f"{self.records}{joiner}password_file={quote(str(self.records_password_file), safe='/')}"
 
 
 @dataclass(frozen=True)

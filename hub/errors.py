@@ -38,3 +38,8 @@ class RecordRejected(StoreError):
 
 class CommandInvalid(HubError, ValueError):
     """A command breaks the wire contract's bounds (a string too long, a number out of range); it was not sent."""
+
+
+class TimeSeriesUnavailable(StoreError):
+    """The time-series store cannot take or answer readings now (down, unreachable, overloaded): ingest keeps the
+    batch unacknowledged and tries again."""

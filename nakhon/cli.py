@@ -128,6 +128,19 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     purge.add_argument("--retention-days", type=float, default=float(_env("RETENTION_DAYS", "365") or 365),
                        help="keep personal fields this many days (default 365); env NAKHON_HUB_RETENTION_DAYS")
     purge.add_argument("--dry-run", action="store_true", help="count what would be stripped, change nothing")
+    migrate = hub.add_parser("migrate", help="apply the records store's pending schema migrations and exit")
+    migrate.add_argument("--data", type=Path, default=Path(_env("DATA", "./nakhon-data/hub") or ""),
+                         help="data directory (SQLite store); env NAKHON_HUB_DATA")
+    _store_flags(migrate, timeseries=False)
+
+    move = hub.add_parser("migrate-store", help="copy an embedded deployment's records from SQLite to an empty "
+                                                "PostgreSQL database, with a count per table at the end")
+    move.add_argument("--from", dest="from_url", required=True, help="sqlite:///PATH of the hub.sqlite file")
+    move.add_argument("--to", dest="to_url", required=True,
+                      help="postgresql://USER@HOST:PORT/DB (?password_file=PATH, or --password-file)")
+    move.add_argument("--password-file", type=Path, help="file holding the PostgreSQL password")
+    move.add_argument("--timeseries", metavar="URL", help="also copy the file's readings to this time-series store "
+                      "(sqlite:///PATH or victoriametrics+http://HOST:PORT)")
 
     provision_cli.add_parsers(sub)
 
@@ -138,6 +151,17 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
                       help="the hub's API port (8080; 0: any free port)")
     demo.add_argument("--kiosk-port", type=int, default=8088, help="the kiosk screen's port (8088; 0: any free port)")
     return p
+
+
+def _store_flags(parser: argparse.ArgumentParser, timeseries: bool = True) -> None:
+    """``--records URL`` (and ``--timeseries URL``): the stores of :mod:`hub.backends`."""
+    parser.add_argument("--records", default=_env("RECORDS"), metavar="URL",
+                        help="records store: sqlite:///PATH (default <data>/hub.sqlite) or postgresql://...; "
+                             "env NAKHON_HUB_RECORDS")
+    if timeseries:
+        parser.add_argument("--timeseries", default=_env("TIMESERIES"), metavar="URL",
+                            help="time-series store: sqlite (default: the records file), sqlite:///PATH or "
+                                 "victoriametrics+http://HOST:PORT; env NAKHON_HUB_TIMESERIES")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,13 +219,11 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _purge(args: argparse.Namespace) -> int:
-    import sqlite3
     from datetime import UTC, datetime, timedelta
 
     from hub import audit
     from hub.errors import StoreError
-    from hub.finance import ledger
-    from hub.gis import reports
+    from hub.records.session import Session
     from hub.retention import purge
     from hub.store.sqlite import SQLiteStore
 
@@ -213,9 +235,9 @@ def _purge(args: argparse.Namespace) -> int:
         print(f"nakhon: no hub store at {path}", file=sys.stderr)
         return 2
     older_than = datetime.now(UTC) - timedelta(days=args.retention_days)
-    store = SQLiteStore(path, schemas=(ledger.ensure_schema, reports.ensure_schema, audit.ensure_schema))
+    store = SQLiteStore(path)
 
-    def work(db: sqlite3.Connection) -> dict[str, int]:
+    def work(db: Session) -> dict[str, int]:
         removed = purge(db, older_than, args.dry_run)
         if not args.dry_run:
             audit.AuditLog(store).record(audit.CLI, "data.purge", "store", None,
@@ -237,6 +259,30 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from hub.backends import open_backends
+    from hub.errors import HubConfigError, StoreError
+    from hub.records.migrate import describe
+
+    try:
+        # only the records store is opened; a records URL other than SQLite needs a time-series URL beside it,
+        # and any will do for a store that is built but never opened
+        series = None if args.records is None or args.records.startswith("sqlite:") else "sqlite:///unused"
+        store = open_backends(args.records, series, args.data).records
+    except HubConfigError as err:
+        print(f"nakhon: {err}", file=sys.stderr)
+        return 2
+    try:
+        store.open()
+    except StoreError as err:
+        print(f"nakhon: {err}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print("\n".join(describe(store.applied)))
+    return 0
+
+
 def _hub(args: argparse.Namespace) -> int:
     from hub.auth import admin
 
@@ -244,6 +290,12 @@ def _hub(args: argparse.Namespace) -> int:
         return admin.run(args)
     if args.action == "purge":
         return _purge(args)
+    if args.action == "migrate":
+        return _migrate(args)
+    if args.action == "migrate-store":
+        from hub.records import transfer
+
+        return transfer.run(args.from_url, args.to_url, args.password_file, args.timeseries)
     from hub import config
     from hub.errors import HubConfigError
 
@@ -273,12 +325,6 @@ def _serve(settings: hub_config.HubSettings, secrets: hub_config.HubSecrets) -> 
     from hub.ingest.consumer import IngestSettings
     from hub.serve import HubSettings, serve
 
-    if not settings.embedded:
-        # the one place the store URLs reach serve: the PostgreSQL and VictoriaMetrics stores (issue 11) take
-        # records=settings.records_url(secrets.records_password) and timeseries=settings.timeseries here
-        print(f"nakhon: records = {settings.records!r}, timeseries = {settings.timeseries!r}: this hub has only "
-              f"the embedded store (sqlite:///{settings.data}/hub.sqlite and sqlite)", file=sys.stderr)
-        return 2
     password = secrets.password
     username, broker_port = settings.username, settings.broker_port
     if settings.deployment is not None and username is None:
@@ -309,6 +355,7 @@ def _serve(settings: hub_config.HubSettings, secrets: hub_config.HubSecrets) -> 
                                                 expire_after_s=settings.promptpay_expiry_min * 60),
                               bank_secret=secrets.bank_secret, public_ogc=settings.public_ogc,
                               deployment=settings.deployment, https=not settings.plain_http,
+                              records=settings.records_store_url(), timeseries=settings.timeseries,
                               enforce_registry=None if settings.registry is None else settings.registry == "enforce",
                               **extra)
         serve(serving)

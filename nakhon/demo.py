@@ -94,7 +94,7 @@ def _accounts(hub_data: Path, secrets_dir: Path) -> tuple[str, str]:
     from hub import audit
     from hub.auth import accounts
 
-    store = SQLiteStore(hub_data / "hub.sqlite", schemas=(accounts.ensure_schema, audit.ensure_schema))
+    store = SQLiteStore(hub_data / "hub.sqlite")
     store.open()
     try:
         users = accounts.Accounts(store)

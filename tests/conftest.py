@@ -23,9 +23,12 @@ from hub import audit
 from hub.auth import accounts
 from hub.auth.web import protect
 from hub.broker import BrokerSettings, Mosquitto, free_port
+from hub.records.postgresql import records_store
 from hub.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ("tests.fixtures.postgres",)
+
 CI_SKIP = "skipped under CI=true, where only the real-Raspberry-Pi tier (`pi` marker) may skip"
 
 
@@ -167,13 +170,13 @@ class Proc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-AUTH_SCHEMAS = (accounts.ensure_schema, audit.ensure_schema)
 TEST_PASSWORD = "correct horse battery staple"
 
 
-def user_token(data: Path, name: str = "admin", roles: tuple[str, ...] = ("admin",)) -> str:
-    """Create (if needed) a user in the hub store of ``data`` and return a new API token of theirs."""
-    store = SQLiteStore(data / "hub.sqlite", schemas=AUTH_SCHEMAS)
+def user_token(data: Path, name: str = "admin", roles: tuple[str, ...] = ("admin",), records: str | None = None) -> str:
+    """Create (if needed) a user in the hub store of ``data`` (or the ``records`` URL's) and return a new API
+    token of theirs."""
+    store = SQLiteStore(data / "hub.sqlite") if records is None else records_store(records)
     store.open()
     try:
         users = accounts.Accounts(store)
@@ -224,6 +227,7 @@ def build_hub_app(data: Path, public_ogc: bool = False) -> HubApp:
 
     app, store, _ = build(HubSettings(data=data, ingest=IngestSettings(port=free_port()),
                                       bank_secret=HUB_BANK_SECRET, public_ogc=public_ogc))
+    assert isinstance(store, SQLiteStore)  # the embedded default
     store.open()
     return HubApp(app, store)
 
@@ -242,7 +246,7 @@ class Hub(Proc):
     def __init__(self, data: Path, broker_port: int, extra: list[str], log_path: Path) -> None:
         self.http_port = free_port()
         self.data = data
-        self.token = user_token(data)
+        self.token = user_token(data, records=extra[extra.index("--records") + 1] if "--records" in extra else None)
         super().__init__(["hub", "serve", "--data", str(data), "--broker-port", str(broker_port),
                           "--http-port", str(self.http_port), *extra], log_path)
 

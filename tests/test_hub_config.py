@@ -45,13 +45,12 @@ def test_the_file_alone_sets_the_hub(tmp_path: Path) -> None:
         (Path("/srv/hub"), 8883, "ingest", 9080)
     assert settings.records == "postgresql://nakhon@db.local:5432/nakhon"
     assert settings.timeseries == "victoriametrics+http://127.0.0.1:8428"
-    assert settings.broker_host == "127.0.0.1" and not settings.embedded
+    assert settings.broker_host == "127.0.0.1"
 
 
 def test_the_records_store_defaults_to_the_sqlite_file_in_the_data_directory(tmp_path: Path) -> None:
     settings = config.load(_toml(tmp_path, 'data = "/srv/hub"\n'), {})
     assert settings.records == "sqlite:////srv/hub/hub.sqlite" and settings.timeseries == "sqlite"
-    assert settings.embedded
 
 
 def test_the_environment_overrides_the_file(tmp_path: Path) -> None:
@@ -90,7 +89,7 @@ def test_secrets_come_from_private_files_and_a_file_others_can_read_is_refused(t
     secrets = config.read_secrets(settings, path, {})
     assert (secrets.password, secrets.bank_secret, secrets.records_password) == \
         ("s3cret-broker", "s3cret-bank", "p@ss/word")
-    assert settings.records_url(secrets.records_password) == "postgresql://nakhon:p%40ss%2Fword@db.local/nakhon"
+    assert settings.records_store_url() == f"postgresql://nakhon@db.local/nakhon?password_file={pg}"
     bank.chmod(0o644)
     with pytest.raises(HubConfigError) as err:
         config.read_secrets(settings, path, {})

@@ -14,27 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sqlite3
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from hub.records.session import Session
 
 RING_MAX = 2_000
 QUEUE_MAX = 1_000
 BACKLOG_MAX = 10_000
 """Rows replayed at most on one reconnect; older ones are in ``/api/events`` and ``/api/alarms``."""
 KEEP_S = 7 * 86_400
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feed (
-    id   INTEGER PRIMARY KEY AUTOINCREMENT,
-    at   REAL NOT NULL,
-    type TEXT NOT NULL,
-    key  TEXT UNIQUE,
-    data TEXT NOT NULL
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -50,16 +41,16 @@ class FeedItem:
         return f"id: {self.id}\nevent: {self.type}\ndata: {self.data}\n\n"
 
 
-def append(db: sqlite3.Connection, at: float, kind: str, data: dict[str, Any], key: str | None = None,
+def append(db: Session, at: float, kind: str, data: dict[str, Any], key: str | None = None,
            ) -> FeedItem | None:
     """Inside a write: add a row; returns None when ``key`` was already fed (a redelivered event)."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    row = db.execute("INSERT OR IGNORE INTO feed (at, type, key, data) VALUES (?, ?, ?, ?) RETURNING id",
-                     (at, kind, key, text)).fetchone()
+    row = db.execute("INSERT INTO feed (at, type, key, data) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING "
+                     "RETURNING id", (at, kind, key, text)).fetchone()
     return FeedItem(int(row[0]), kind, text) if row else None
 
 
-def prune(db: sqlite3.Connection, now: float) -> None:
+def prune(db: Session, now: float) -> None:
     """Inside a write: forget rows older than :data:`KEEP_S`."""
     db.execute("DELETE FROM feed WHERE at < ?", (now - KEEP_S,))
 
@@ -146,7 +137,7 @@ class Feed:
             return [item for item in self._ring if item.id > after]
 
 
-def backlog(db: sqlite3.Connection, after: int) -> list[FeedItem]:
+def backlog(db: Session, after: int) -> list[FeedItem]:
     """Stored rows after ``after``, oldest first."""
     rows = db.execute("SELECT id, type, data FROM feed WHERE id > ? ORDER BY id LIMIT ?", (after, BACKLOG_MAX))
     return [FeedItem(int(i), str(t), str(d)) for i, t, d in rows]

@@ -9,7 +9,6 @@ them after its restart. Each try is recorded with its outcome; a failed one is t
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from typing import Any
@@ -18,6 +17,7 @@ from hub.alarms import store as sql
 from hub.alarms.engine import AlarmEngine, Clock
 from hub.errors import NotifyError, StoreError
 from hub.notify.channels import Outgoing, send
+from hub.records.session import Session
 
 log = logging.getLogger("nakhon.hub.notify")
 
@@ -104,7 +104,7 @@ class NotificationWorker:
         now = self.clock()
         attempts = n["attempts"] + 1
 
-        def record(db: sqlite3.Connection) -> None:
+        def record(db: Session) -> None:
             db.execute("INSERT INTO notification_attempts (notification_id, at, ok, detail, elapsed_ms) "
                        "VALUES (?, ?, ?, ?, ?)", (n["id"], now, ok, detail[:500], elapsed_ms))
             if ok:

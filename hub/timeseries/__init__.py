@@ -1,0 +1,1 @@
+"""The time-series store: readings, written in batches and read raw, bucketed or newest-first."""
