@@ -123,7 +123,7 @@ def test_a_bad_setting_names_where_it_came_from_the_key_and_what_was_expected(
     ("records", "sqlite:///", "sqlite:/// needs the database file's path"),
     ("records", "postgresql://nakhon@db.local", "names its host and database"),
     ("records", "postgresql://nakhon@db.local:99999/nakhon", "Port out of range"),
-    ("timeseries", "influxdb://127.0.0.1:8086", "a time-series store is sqlite or victoriametrics+http://"),
+    ("timeseries", "influxdb://127.0.0.1:8086", "a time-series store is sqlite, sqlite:///PATH or victoriametrics+http://"),
     ("timeseries", "victoriametrics+http://127.0.0.1:8428/api", "with no user, path or query"),
 ])
 def test_a_bad_store_url_is_refused(tmp_path: Path, key: str, url: str, expected: str) -> None:
@@ -166,9 +166,11 @@ def test_hub_config_check_prints_the_settings_with_secrets_hidden_and_exits_2_on
     assert f"{bad}: http_port: Input should be a valid integer" in run.stderr
 
 
-def test_hub_serve_refuses_a_store_this_hub_does_not_have(tmp_path: Path) -> None:
-    run = _cli("hub", "serve", "--data", str(tmp_path), "--records", "postgresql://nakhon@127.0.0.1:9/nakhon")
-    assert run.returncode == 2 and "this hub has only the embedded store" in run.stderr
+def test_hub_serve_says_which_records_database_it_cannot_reach(tmp_path: Path) -> None:
+    run = _cli("hub", "serve", "--data", str(tmp_path), "--records", "postgresql://nakhon@127.0.0.1:9/nakhon",
+               "--timeseries", f"sqlite:///{tmp_path / 'readings.sqlite'}", "--http-port", "0")
+    assert run.returncode != 0
+    assert "cannot reach the records database postgresql://nakhon@127.0.0.1:9/nakhon" in run.stderr
 
 
 @pytest.mark.broker
