@@ -53,8 +53,6 @@ SPAN: Final = "3650d"
 """How far back an open-ended query looks for a device's first reading."""
 MAX_STEPS: Final = 10_000
 """Buckets per query_range call (VictoriaMetrics answers at most ``-search.maxPointsPerTimeseries``, 30,000)."""
-FIRST_WINDOW_MS: Final = 3_600_000
-"""The first export window of a readings page; each further one is twice as long."""
 
 _SERIES: Final = ("value", "seq", "idx")
 _NUMERIC: Final = '"int|float"'
@@ -258,14 +256,14 @@ class VictoriaMetrics:
 
     def readings_page(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
                       limit: int, after: ReadingKey | None = None) -> ReadingsPage:
-        """Readings in (ts, seq, idx) order as the API's JSON objects, exported window by window (each twice
-        as long as the one before) until the page is full."""
+        """Readings in (ts, seq, idx) order as the API's JSON objects, exported in windows sized from the
+        count of samples in the range to hold about one page each (bounded memory for a large range)."""
         selector = self._selector(device, quantity, '"reading_(value|seq|idx)"')
         lo, hi = self._bounds(selector, since, until)
         if after is not None:
             lo = max(lo, after[0])
         rows: list[tuple[ReadingKey, dict[str, str], Any]] = []
-        width = FIRST_WINDOW_MS
+        width = self._window(device, quantity, lo, hi, limit)
         start = lo
         while start < hi and len(rows) <= limit:
             end = min(hi, start + width)
@@ -274,6 +272,17 @@ class VictoriaMetrics:
         page = rows[:limit]
         return ReadingsPage(rows=[self._render(key, labels, value) for key, labels, value in page],
                             next_after=page[-1][0] if len(rows) > limit else None)
+
+    def _window(self, device: str, quantity: str | None, lo: int, hi: int, limit: int) -> int:
+        """An export window from ``lo`` that holds about ``limit`` readings, judged by the count in [lo, hi)."""
+        if hi <= lo:
+            return 1
+        selector = self._selector(device, quantity, '"reading_value"')
+        found = self._query(f"sum(count_over_time({selector}[{hi - lo}ms]))", hi - 1)
+        count = float(found[0]["value"][1]) if found else 0.0
+        if count <= limit:
+            return hi - lo
+        return max(1, int((hi - lo) * (limit + 1) / count * 1.25))
 
     @staticmethod
     def _render(key: ReadingKey, labels: dict[str, str], value: Any) -> str:
