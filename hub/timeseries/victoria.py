@@ -26,6 +26,7 @@ What VictoriaMetrics keeps, and how it differs from the SQLite store:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import defaultdict
@@ -58,6 +59,7 @@ _SERIES: Final = ("value", "seq", "idx")
 _NUMERIC: Final = '"int|float"'
 
 
+@functools.lru_cache(maxsize=4096)
 def _escape(text: str) -> str:
     """A tag key or value in line protocol: backslash, comma, equals sign and space escaped."""
     if "\n" in text or "\r" in text:
@@ -127,7 +129,7 @@ def _seconds(ms: int) -> str:
 def _iso(ms: int) -> str:
     """A time as the readings API writes it (SQLite's ``%Y-%m-%dT%H:%M:%fZ``)."""
     whole, frac = divmod(ms, 1000)
-    return f"{_from_ms(whole * 1000):%Y-%m-%dT%H:%M:%S}.{frac:03d}Z"
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{frac:03d}Z"
 
 
 def _quote(text: str) -> str:
@@ -137,6 +139,21 @@ def _quote(text: str) -> str:
 
 def _json(text: str | None) -> str:
     return json.dumps(text, ensure_ascii=False)
+
+
+class _Series:
+    """The labels of one exported series and the parts of its readings' JSON that they decide."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.labels = labels
+        unit = labels.get("unit", "" if "unit_empty" in labels else None)
+        self.head = f'"sensor":{_json(labels["sensor"])},"quantity":{_json(labels["quantity"])},"value":'
+        self.tail = f'"unit":{_json(unit)},"seq":'
+        self._decode = _DECODE[labels["type"]]
+
+    def value(self, raw: Any) -> str:
+        """A sample's value as JSON text."""
+        return self._decode(raw, self.labels)
 
 
 class VictoriaMetrics:
@@ -236,8 +253,8 @@ class VictoriaMetrics:
             labels += f",quantity={_quote(quantity)}"
         return f"{{{labels}{extra}}}"
 
-    def _samples(self, selector: str, start: int, end: int) -> list[tuple[ReadingKey, dict[str, str], Any]]:
-        """Readings from ``start`` to ``end`` (ms, inclusive): key, labels and raw value, in key order."""
+    def _samples(self, selector: str, start: int, end: int) -> list[tuple[ReadingKey, _Series, Any]]:
+        """Readings from ``start`` to ``end`` (ms, inclusive): key, series and raw value, in key order."""
         series: dict[tuple[tuple[str, str], ...], dict[str, dict[int, Any]]] = defaultdict(dict)
         for s in self._export(selector, start, end):
             labels = s["metric"]
@@ -248,9 +265,10 @@ class VictoriaMetrics:
         found = []
         for labels, fields in series.items():
             seqs, idxs = fields.get("seq", {}), fields.get("idx", {})
+            one = _Series(dict(labels))
             for ts, value in fields.get("value", {}).items():
                 if ts in seqs and ts in idxs:
-                    found.append(((ts, int(seqs[ts]), int(idxs[ts])), dict(labels), value))
+                    found.append(((ts, int(seqs[ts]), int(idxs[ts])), one, value))
         found.sort(key=lambda row: row[0])
         return found
 
@@ -262,7 +280,7 @@ class VictoriaMetrics:
         lo, hi = self._bounds(selector, since, until)
         if after is not None:
             lo = max(lo, after[0])
-        rows: list[tuple[ReadingKey, dict[str, str], Any]] = []
+        rows: list[tuple[ReadingKey, _Series, Any]] = []
         width = self._window(device, quantity, lo, hi, limit)
         start = lo
         while start < hi and len(rows) <= limit:
@@ -270,7 +288,8 @@ class VictoriaMetrics:
             rows += [r for r in self._samples(selector, start, end - 1) if after is None or r[0] > after]
             start, width = end, width * 2
         page = rows[:limit]
-        return ReadingsPage(rows=[self._render(key, labels, value) for key, labels, value in page],
+        return ReadingsPage(rows=[f'{{"ts":"{_iso(key[0])}",{one.head}{one.value(v)},{one.tail}{key[1]}}}'
+                                  for key, one, v in page],
                             next_after=page[-1][0] if len(rows) > limit else None)
 
     def _window(self, device: str, quantity: str | None, lo: int, hi: int, limit: int) -> int:
@@ -283,13 +302,6 @@ class VictoriaMetrics:
         if count <= limit:
             return hi - lo
         return max(1, int((hi - lo) * (limit + 1) / count * 1.25))
-
-    @staticmethod
-    def _render(key: ReadingKey, labels: dict[str, str], value: Any) -> str:
-        unit = labels.get("unit", "" if "unit_empty" in labels else None)
-        return (f'{{"ts":"{_iso(key[0])}","sensor":{_json(labels["sensor"])},'
-                f'"quantity":{_json(labels["quantity"])},"value":{_DECODE[labels["type"]](value, labels)},'
-                f'"unit":{_json(unit)},"seq":{key[1]}}}')
 
     def _bounds(self, selector: str, since: datetime | None, until: datetime | None) -> tuple[int, int]:
         """[lo, hi) in ms: the window asked for, its open ends closed at the first and last sample."""
