@@ -113,7 +113,8 @@ def line(p: Point) -> str:
 
 
 def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000 + (0.5 if value.timestamp() >= 0 else -0.5))
+    seconds = value.timestamp()
+    return int(seconds * 1000 + (0.5 if seconds >= 0 else -0.5))
 
 
 def _from_ms(value: int) -> datetime:
@@ -195,11 +196,11 @@ class VictoriaMetrics:
         VictoriaMetrics does not answer or answers 5xx, RecordRejected when it refuses the lines (4xx)."""
         if not points:
             return
-        lines = [line(p) for p in points]
+        body = "\n".join([line(p) for p in points])  # one string: influxdb-client walks a list item by item
         if self._writer is None:
             raise TimeSeriesUnavailable("the VictoriaMetrics store is not open")
         try:
-            self._writer.write(bucket="nakhon", record=lines, write_precision=cast(WritePrecision, WritePrecision.MS))
+            self._writer.write(bucket="nakhon", record=body, write_precision=cast(WritePrecision, WritePrecision.MS))
         except InfluxDBError as err:
             status = err.response.status if err.response is not None else None
             if status is not None and 400 <= status < 500:
