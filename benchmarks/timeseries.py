@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import math
+import random
 import shutil
 import statistics
 import subprocess
@@ -172,9 +173,10 @@ def points(total: int) -> Iterator[list[Point]]:
     batch: list[Point] = []
     for d in range(devices):
         device = f"bench-aq-{d:04d}"
+        noise = random.Random(d)  # a real clock's jitter and a real sensor's noise: patterns would compress away
         for i in range(WEEKS * PER_WEEK):
-            ts = first + timedelta(seconds=i * INTERVAL_S, milliseconds=i * 7919 % 250)  # a real clock's jitter
-            value = round(18 + 12 * math.sin(i / 360 + d) + (i * 7919 % 97) / 10, 1)
+            ts = first + timedelta(seconds=i * INTERVAL_S, milliseconds=noise.randrange(250))
+            value = round(max(0.0, 18 + 12 * math.sin(i / 360 + d) + noise.gauss(0, 3)), 1)
             batch.append(Point(device=device, seq=i // PER_MESSAGE + 1, idx=i % PER_MESSAGE, ts=ts,
                                sensor="pm", quantity=QUANTITY, value=value, unit="ug/m3"))
             if len(batch) == BATCH:

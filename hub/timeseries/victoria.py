@@ -312,16 +312,18 @@ class VictoriaMetrics:
         return lo, hi
 
     def aggregate(self, device: str, quantity: str, since: datetime | None, until: datetime | None,
-                  bucket_s: int, limit: int) -> list[ReadingBucket]:
-        """Numeric readings per bucket: whole buckets holding one series by MetricsQL rollups; the buckets cut
-        by ``since`` or ``until`` and those several series share (two sensors of one quantity) from the raw
-        samples, summed in (ts, seq, idx) order as SQLite sums them, so that both stores give the same mean."""
+                  bucket_s: float, limit: int, origin: datetime | None = None) -> list[ReadingBucket]:
+        """Numeric readings per bucket of ``bucket_s`` (whole ms) aligned to ``origin`` (the epoch): whole buckets
+        holding one series by MetricsQL rollups; the buckets cut by ``since`` or ``until`` and those several series
+        share (two sensors of one quantity) from the raw samples, summed in (ts, seq, idx) order as SQLite sums
+        them, so that both stores give the same mean."""
         values = self._selector(device, quantity, '"reading_value"', f",type=~{_NUMERIC}")
         lo, hi = self._bounds(values, since, until)
-        width = bucket_s * 1000
+        width = max(1, round(bucket_s * 1000))
+        zero = _ms(origin) if origin is not None else 0
         out: dict[int, ReadingBucket] = {}
         raw: list[int] = []  # starts of buckets to compute from raw samples
-        first_full = -(-lo // width) * width
+        first_full = zero - ((zero - lo) // width) * width
         if first_full != lo:
             raw.append(first_full - width)
         start = first_full
@@ -393,17 +395,17 @@ class VictoriaMetrics:
         return {(r["metric"]["sensor"], r["metric"]["quantity"]): _from_ms(round(float(r["value"][1]) * 1000))
                 for r in rows}
 
-    def quantities(self, device: str, since: datetime | None,
-                   until: datetime | None) -> list[tuple[str, str, str | None]]:
-        """The (sensor, quantity, unit) a device sent in a window, by sensor and quantity."""
-        now = int(time.time() * 1000)
-        start = _ms(since) if since is not None else now - 3650 * 86_400_000
-        end = _ms(until) - 1 if until is not None else now + 86_400_000
-        r = self._call("/api/v1/series", {"match[]": self._selector(device, None, '"reading_value"'),
-                                          "start": _seconds(start), "end": _seconds(end)})
+    def quantities(self, device: str, since: datetime | None = None,
+                   until: datetime | None = None) -> list[tuple[str, str, str | None]]:
+        """The (sensor, quantity, unit) a device sent in [since, until), sorted (no unit first)."""
+        selector = self._selector(device, None, '"reading_value"')
+        lo, hi = self._bounds(selector, since, until)
+        if hi <= lo:
+            return []
+        rows = self._query(f"count_over_time({selector}[{hi - lo}ms])", hi - 1)
         found = {(m["sensor"], m["quantity"], m.get("unit", "" if "unit_empty" in m else None))
-                 for m in r.json()["data"]}
-        return sorted(found, key=lambda q: (q[0], q[1], q[2] or ""))
+                 for m in (r["metric"] for r in rows)}
+        return sorted(found, key=lambda q: (q[0], q[1], q[2] is not None, q[2] or ""))
 
     def purge_before(self, cutoff: datetime) -> int:
         """Delete nothing and return 0: VictoriaMetrics drops whole months of data past its ``-retentionPeriod``
@@ -416,3 +418,8 @@ class VictoriaMetrics:
             return self._get("/health", {}).text.strip() == "OK"
         except TimeSeriesUnavailable:
             return False
+
+
+def timeseries_store(url: str) -> VictoriaMetrics:
+    """The store at ``http://HOST:PORT`` (``hub.backends`` strips the ``victoriametrics+``)."""
+    return VictoriaMetrics(url)
