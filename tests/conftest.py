@@ -225,6 +225,7 @@ def build_hub_app(data: Path, public_ogc: bool = False) -> HubApp:
 
     app, store, _ = build(HubSettings(data=data, ingest=IngestSettings(port=free_port()),
                                       bank_secret=HUB_BANK_SECRET, public_ogc=public_ogc))
+    assert isinstance(store, SQLiteStore)  # the embedded default
     store.open()
     return HubApp(app, store)
 

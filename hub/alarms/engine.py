@@ -46,8 +46,8 @@ from hub.errors import AlarmError, StoreError
 from hub.faults import crash_point
 from hub.notify.messages import compose
 from hub.records.session import Session
-from hub.store.base import IngestBatch
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import IngestBatch, SqlStore
+from hub.timeseries.base import TimeSeries
 
 log = logging.getLogger("nakhon.hub.alarms")
 
@@ -93,8 +93,10 @@ _Op = Callable[[Session, _Write], None]
 class AlarmEngine:
     """Rules, the alarms they raise, and the operator's actions on them."""
 
-    def __init__(self, store: SQLiteStore, config: RulesFile, feed: Feed, clock: Clock = time.time) -> None:
+    def __init__(self, store: SqlStore, config: RulesFile, feed: Feed, clock: Clock = time.time,
+                 *, timeseries: TimeSeries) -> None:
         self.store = store
+        self.timeseries = timeseries
         self.config = config
         self.feed = feed
         self.clock = clock
@@ -135,7 +137,7 @@ class AlarmEngine:
             self._heartbeat(info, d.heartbeat or {})
             if d.state in ("offline", "lost"):
                 info.offline_since = now
-            for (sensor, _q), _ts in self.store.latest(d.device).items():
+            for (sensor, _q), _ts in self.timeseries.latest(d.device).items():
                 self._last_reading[(d.device, sensor)] = now
 
     def _info(self, device: str) -> DeviceInfo:
@@ -467,8 +469,9 @@ class AlarmEngine:
             payload = {"alarm": alarm, "where": where, "step": step, "subject": subject, "text": body,
                        "language": language}
             db.execute(
-                "INSERT OR IGNORE INTO notifications (alarm_id, channel, step, retry_key, language, subject, body, "
-                "payload, state, next_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                "INSERT INTO notifications (alarm_id, channel, step, retry_key, language, subject, body, "
+                "payload, state, next_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) "
+                "ON CONFLICT (alarm_id, channel, step) DO NOTHING",
                 (alarm["id"], channel_id, step, str(uuid.uuid4()), language, subject, body,
                  json.dumps(payload, ensure_ascii=False), now, now))
             out.notified = True

@@ -46,8 +46,8 @@ def append(db: Session, at: float, kind: str, data: dict[str, Any], key: str | N
            ) -> FeedItem | None:
     """Inside a write: add a row; returns None when ``key`` was already fed (a redelivered event)."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    row = db.execute("INSERT OR IGNORE INTO feed (at, type, key, data) VALUES (?, ?, ?, ?) RETURNING id",
-                     (at, kind, key, text)).fetchone()
+    row = db.execute("INSERT INTO feed (at, type, key, data) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING "
+                     "RETURNING id", (at, kind, key, text)).fetchone()
     return FeedItem(int(row[0]), kind, text) if row else None
 
 

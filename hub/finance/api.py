@@ -103,7 +103,7 @@ def register_rows(db: Session, day: date) -> list[dict[str, Any]]:
             _REGISTER_SQL, (day.isoformat(),)):
         local = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(BANGKOK)
         out.append({"day": d, "office": office, "fiscal_year": fy, "receipt_no": no or "", "entry": entry,
-                    "refers_to": refers or "", "time": local.strftime("%H:%M:%S"), "device": device,
+                    "refers_to": refers or "", "time": f"{local:%H:%M:%S}", "device": device,
                     "service": service, "method": method, "amount_satang": amount, "reason": reason or "",
                     "by_user": by or ""})
     return out
@@ -316,13 +316,14 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
         rows = store.read(lambda db: db.execute(
             "SELECT k.device, coalesce(l.cash, 0), coalesce(l.n, 0), r.counted_satang, r.counted_by, "
             "coalesce(r.counts, 0) FROM "
-            "(SELECT device FROM ledger WHERE local_date = ?1 AND method = 'cash' UNION "
-            " SELECT device FROM reconciliations WHERE day = ?1) k "
+            "(SELECT device FROM ledger WHERE local_date = ? AND method = 'cash' UNION "
+            " SELECT device FROM reconciliations WHERE day = ?) k "
             "LEFT JOIN (SELECT device, sum(amount_satang) AS cash, count(*) AS n FROM ledger "
-            "           WHERE local_date = ?1 AND method = 'cash' GROUP BY device) l ON l.device = k.device "
-            "LEFT JOIN (SELECT device, counted_satang, counted_by, max(id), count(*) AS counts FROM reconciliations "
-            "           WHERE day = ?1 "
-            "           GROUP BY device) r ON r.device = k.device ORDER BY k.device", (d,)).fetchall())
+            "           WHERE local_date = ? AND method = 'cash' GROUP BY device) l ON l.device = k.device "
+            "LEFT JOIN (SELECT c.device, c.counted_satang, c.counted_by, n.counts FROM reconciliations c "
+            "           JOIN (SELECT max(id) AS last, count(*) AS counts FROM reconciliations WHERE day = ? "
+            "                 GROUP BY device) n ON c.id = n.last) r ON r.device = k.device "
+            "ORDER BY k.device", (d, d, d, d)).fetchall())
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(["day", "device", "cash_entries", "ledger_cash_baht", "counted_baht", "difference_baht",

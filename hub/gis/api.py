@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import partial
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
@@ -16,8 +16,10 @@ from hub.audit import AuditLog
 from hub.auth.web import CurrentActor
 from hub.gis.ogc import FeatureLayer
 from hub.gis.reports import FeatureQuery, WorkflowError, Zones, change_status, report, reports
+from hub.records.dialect import dialect_of
 from hub.records.session import Session
 from hub.store.base import SqlStore
+from hub.timeseries.base import TimeSeries
 
 GEOJSON = "application/geo+json"
 
@@ -46,20 +48,25 @@ def reports_layer(store: SqlStore) -> FeatureLayer:
     return FeatureLayer(items, one)
 
 
-def _gps_fix(db: Session, device: str) -> dict[str, Any]:
-    rows = db.execute("SELECT quantity, value, max(ts) FROM readings WHERE device = ? AND quantity IN "
-                      "('latitude', 'longitude') GROUP BY quantity", (device,)).fetchall()
-    return {q: v for q, v, _ in rows}
+def _gps_fix(series: TimeSeries, device: str) -> dict[str, Any]:
+    """The newest latitude and longitude a device sent."""
+    fix = {}
+    for (_, quantity), at in series.latest(device).items():
+        if quantity in ("latitude", "longitude"):
+            page = series.readings_page(device, quantity, at, at + timedelta(milliseconds=1), 1)
+            if page.rows:
+                fix[quantity] = json.loads(page.rows[0])["value"]
+    return fix
 
 
-def device_features(store: SqlStore) -> list[dict[str, Any]]:
+def device_features(store: SqlStore, series: TimeSeries) -> list[dict[str, Any]]:
     """Where each device is: its configured location, else its latest GPS fix."""
     features = []
     for d in store.devices():
         location = (d.heartbeat or {}).get("location")
         source = "configured"
         if not location:
-            latest = store.read(partial(_gps_fix, device=d.device))
+            latest = _gps_fix(series, d.device)
             if "latitude" not in latest or "longitude" not in latest:
                 continue
             location, source = {"lat": latest["latitude"], "lon": latest["longitude"]}, "gps"
@@ -70,17 +77,17 @@ def device_features(store: SqlStore) -> list[dict[str, Any]]:
     return features
 
 
-def devices_layer(store: SqlStore) -> FeatureLayer:
+def devices_layer(store: SqlStore, series: TimeSeries) -> FeatureLayer:
     """Device locations as an OGC layer."""
     def items(query: FeatureQuery, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-        features = device_features(store)
+        features = device_features(store, series)
         if query.bbox:
             area = box(*query.bbox)
             features = [f for f in features if area.covers(Point(f["geometry"]["coordinates"]))]
         return features[offset:offset + limit], len(features)
 
     def one(fid: str) -> dict[str, Any] | None:
-        return next((f for f in device_features(store) if f["id"] == fid), None)
+        return next((f for f in device_features(store, series) if f["id"] == fid), None)
 
     return FeatureLayer(items, one)
 
@@ -150,8 +157,9 @@ def create_router(store: SqlStore, zones: Zones, audit: AuditLog) -> APIRouter:
     @api.get("/reports/{report_id}/history")
     def history(report_id: PositiveId) -> list[dict[str, Any]]:
         """Every status the report went through."""
-        rows = store.read(lambda db: db.execute("SELECT at, status, assignee, note, by_user FROM report_history "
-                                                "WHERE report_id = ? ORDER BY rowid", (report_id,)).fetchall())
+        rows = store.read(lambda db: db.execute("SELECT at, status, assignee, note, by_user FROM report_history "  # noqa: S608
+                                                f"WHERE report_id = ? ORDER BY {dialect_of(db).insertion_order}",
+                                                (report_id,)).fetchall())
         return [{"at": at, "status": s, "assignee": a, "note": n, "by": by} for at, s, a, n, by in rows]
 
     @api.get("/zones")

@@ -31,7 +31,7 @@ from hub.errors import HubError
 from hub.provision import pki
 from hub.provision.deployment import CONTROL_TOPIC
 from hub.records.session import Session
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import SqlStore
 
 CODE_TTL_S = 24 * 3600.0
 
@@ -127,7 +127,7 @@ def withdraw(device: str) -> list[dict[str, object]]:
 class Registry:
     """The registry on the hub's store, the issuing CA, and the broker's access kept in step."""
 
-    def __init__(self, store: SQLiteStore, audit: AuditLog, root: str, issuer: pki.Issuer | None = None,
+    def __init__(self, store: SqlStore, audit: AuditLog, root: str, issuer: pki.Issuer | None = None,
                  crl_path: Path | None = None, chain: bytes = b"", enforce: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
