@@ -24,11 +24,11 @@ from typing import Protocol
 import httpx
 from _harness import HOST, START_S, BenchError, LoggedProcess, progress, run_guarded, table, work_dir
 
-from edge.contract import Reading
 from hub.broker import free_port
-from hub.store.base import IngestBatch, ReadingBucket, ReadingsPage, SeqMessage
+from hub.store.base import ReadingBucket, ReadingsPage
 from hub.store.sqlite import SQLiteStore
 from hub.timeseries.base import Point
+from hub.timeseries.sqlite import SQLiteTimeSeries
 from hub.timeseries.victoria import VictoriaMetrics
 
 WEEK_END = datetime(2026, 11, 30, tzinfo=UTC)
@@ -38,6 +38,7 @@ WEEKS = 4
 """Each device holds this many weeks of 10-second PM2.5; the stored total grows with the number of devices."""
 PER_WEEK = 7 * 86_400 // INTERVAL_S
 PER_MESSAGE = 60
+"""Readings per message (one minute of a device): the seq and idx of each point."""
 BATCH = 48_000
 """Readings per write: whole messages, so that no message is split across two writes."""
 QUANTITY = "pm2_5"
@@ -59,24 +60,17 @@ class Backend(Protocol):
 
 
 class SQLiteBackend:
-    """The embedded store, loaded through its ingest (one message per minute of a device's readings)."""
+    """The embedded store's readings table in a file of its own, loaded through its time-series write."""
 
     name = "sqlite"
 
     def __init__(self, directory: Path) -> None:
-        self.path = directory / "hub.sqlite"
-        self.store = SQLiteStore(self.path)
+        self.path = directory / "series.sqlite"
+        self.store = SQLiteTimeSeries(SQLiteStore(self.path), owns_store=True)
         self.store.open()
 
     def load(self, points: list[Point]) -> None:
-        messages = []
-        for i in range(0, len(points), PER_MESSAGE):
-            chunk = points[i:i + PER_MESSAGE]
-            readings = [Reading.model_construct(ts=p.ts, sensor=p.sensor, quantity=p.quantity, value=p.value,
-                                                unit=p.unit, clock=None) for p in chunk]
-            messages.append(SeqMessage(device=chunk[0].device, seq=chunk[0].seq, received_at=time.time(),
-                                       telemetry=readings))
-        self.store.ingest(IngestBatch(messages=messages))
+        self.store.write(points)
 
     def page(self, since: datetime, until: datetime) -> ReadingsPage:
         return self.store.readings_page(DEVICE, QUANTITY, since, until, 100_000)
@@ -85,9 +79,8 @@ class SQLiteBackend:
         return self.store.aggregate(DEVICE, QUANTITY, since, until, bucket_s, 10_000)
 
     def disk_bytes(self) -> int:
-        self.store.write(lambda db: None)
-        self.store.read(lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
-        return sum(p.stat().st_size for p in self.path.parent.glob("hub.sqlite*"))
+        self.store.store.read(lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        return sum(p.stat().st_size for p in self.path.parent.glob("series.sqlite*"))
 
     def close(self) -> None:
         self.store.close()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -397,14 +398,24 @@ class VictoriaMetrics:
 
     def quantities(self, device: str, since: datetime | None = None,
                    until: datetime | None = None) -> list[tuple[str, str, str | None]]:
-        """The (sensor, quantity, unit) a device sent in [since, until), sorted (no unit first)."""
+        """(sensor, quantity, unit) a device sent, sorted (no unit first): with no window the unit of each
+        quantity's newest reading, in a window [since, until) every unit."""
         selector = self._selector(device, None, '"reading_value"')
         lo, hi = self._bounds(selector, since, until)
         if hi <= lo:
             return []
-        rows = self._query(f"count_over_time({selector}[{hi - lo}ms])", hi - 1)
-        found = {(m["sensor"], m["quantity"], m.get("unit", "" if "unit_empty" in m else None))
-                 for m in (r["metric"] for r in rows)}
+        rows = self._query(f"tlast_over_time({selector}[{hi - lo}ms])", hi - 1)
+        newest: dict[tuple[str, str], tuple[float, str | None]] = {}
+        found = set()
+        for r in rows:
+            m = r["metric"]
+            unit = m.get("unit", "" if "unit_empty" in m else None)
+            found.add((m["sensor"], m["quantity"], unit))
+            last = float(r["value"][1])
+            if newest.get((m["sensor"], m["quantity"]), (-math.inf, None))[0] < last:
+                newest[m["sensor"], m["quantity"]] = (last, unit)
+        if since is None and until is None:
+            found = {(s, q, unit) for (s, q), (_, unit) in newest.items()}
         return sorted(found, key=lambda q: (q[0], q[1], q[2] is not None, q[2] or ""))
 
     def purge_before(self, cutoff: datetime) -> int:
