@@ -23,8 +23,8 @@ from tests.test_delivery import drain
 
 pytestmark = pytest.mark.broker
 
-OUTAGE_S = float(os.environ.get("NAKHON_TEST_VM_OUTAGE_S", "10"))
-"""How long VictoriaMetrics stays stopped; issue 11 asks for 60 (``NAKHON_TEST_VM_OUTAGE_S=60``), the suite
+OUTAGE_S = float(os.environ.get("VM_OUTAGE_S", "10"))
+"""How long VictoriaMetrics stays stopped; issue 11 asks for 60 (``VM_OUTAGE_S=60``), the suite
 takes 10 to stay fast."""
 
 
