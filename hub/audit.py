@@ -46,8 +46,6 @@ class AuditEntry:
     after: Any
 
 
-
-
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, default=str, sort_keys=True)
 

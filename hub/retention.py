@@ -19,7 +19,6 @@ PERSONAL_EVENT_KEYS = ("name_th", "name_en", "citizen_id", "citizen_id_masked", 
 """Keys of an event's ``data`` that name or reach a person."""
 
 
-
 @dataclass(frozen=True)
 class Strip:
     """One kind of personal field: which rows hold it, how it is erased, and which column dates the row."""

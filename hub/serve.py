@@ -36,15 +36,18 @@ from hub.finance import api as finance_api
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.promptpay import PromptPaySettings
+from hub.finance.repository import SqlFinance
 from hub.gis import api as gis_api
 from hub.gis import ogc, reports
 from hub.gis.reports import DEMO_ZONES, Zones
+from hub.gis.repository import SqlReports
 from hub.ingest.consumer import Ingest, IngestSettings
 from hub.metrics import HubMetrics
 from hub.provision import api as provision_api
 from hub.provision import deployment as provision_deployment
 from hub.provision import pki
 from hub.provision import registry as provision_registry
+from hub.records.dialect import dialect_of
 from hub.router import Route, Router
 from hub.store.base import SqlStore
 
@@ -111,6 +114,8 @@ def build(settings: HubSettings) -> tuple[FastAPI, SqlStore, Ingest]:
     alarms = AlarmService(store, load_rules(settings.rules), timeseries=timeseries)
     metrics = HubMetrics(store)
     finance = ledger.FinanceRoute(catalogue, settings.promptpay)
+    finance_records = SqlFinance(store, catalogue, audit)
+    report_records = SqlReports(store, audit)
     gis = reports.ReportRoute(zones)
     routes: dict[str, Route] = {kind: finance for kind in finance.KINDS}
     routes.update({kind: gis for kind in gis.KINDS})
@@ -133,7 +138,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SqlStore, Ingest]:
         every = min(30.0, max(1.0, settings.promptpay.expire_after_s / 4))
         while not stop_expiry.wait(every):
             try:
-                ended = finance_api.expire_pending(store, answer_kiosk, datetime.now(UTC))
+                ended = finance_api.expire_pending(finance_records, answer_kiosk, datetime.now(UTC))
             except StoreError as err:
                 log.warning("cannot expire pending PromptPay payments now: %s", err)
                 continue
@@ -146,6 +151,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SqlStore, Ingest]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         backends.open()
+        store.write(lambda db: dialect_of(db).load_zones(db, zones))
         registry.refresh_crl()
         alarms.start()
         ingest.start()
@@ -171,11 +177,11 @@ def build(settings: HubSettings) -> tuple[FastAPI, SqlStore, Ingest]:
 
     app = create_app(store, metrics, ingest.commands, broker_connected=ingest.connected.is_set,
                      writer_state=ingest.writer_state, audit=audit, timeseries=timeseries)
-    app.include_router(finance_api.create_router(store, finance, answer_kiosk, settings.bank_secret, audit))
-    app.include_router(gis_api.create_router(store, zones, audit))
+    app.include_router(finance_api.create_router(finance_records, answer_kiosk, settings.bank_secret))
+    app.include_router(gis_api.create_router(report_records, zones))
     app.include_router(provision_api.create_router(registry, broker_host, broker_port))
     app.include_router(provision_api.retire_route(registry))
-    app.include_router(ogc.create_router({"reports": gis_api.reports_layer(store),
+    app.include_router(ogc.create_router({"reports": gis_api.reports_layer(report_records),
                                           "devices": gis_api.devices_layer(store, timeseries),
                                           "zones": gis_api.zones_layer(zones)}))
     app.include_router(auth_users.create_router(auth_accounts.Accounts(store), audit))

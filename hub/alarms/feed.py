@@ -28,7 +28,6 @@ BACKLOG_MAX = 10_000
 KEEP_S = 7 * 86_400
 
 
-
 @dataclass(frozen=True)
 class FeedItem:
     """One streamed change: ``type`` is ``device``, ``event``, ``alarm`` or ``report``."""

@@ -22,7 +22,6 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9._-]{1,31}$")
 SESSION_TTL_S = 8 * 3600.0
 
 
-
 class AccountError(HubError, ValueError):
     """A user or token operation that cannot be done (unknown name, bad role, name taken...)."""
 
@@ -46,8 +45,6 @@ class ApiToken:
     label: str
     created_at: float
     revoked: bool
-
-
 
 
 def _roles(text: str) -> frozenset[str]:

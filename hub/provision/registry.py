@@ -91,8 +91,6 @@ class Enrolled:
     chain: bytes
 
 
-
-
 def code_digest(code: str) -> str:
     """Codes are kept as digests only (they are bearer secrets until used); a code typed in lower case or with
     spaces is the same code."""
@@ -377,7 +375,6 @@ class Registry:
         revoked = [(int(s, 16), datetime.fromtimestamp(at, UTC)) for s, at in
                    db.execute("SELECT serial, revoked_at FROM certificates WHERE revoked_at IS NOT NULL")]
         pki.write_private(self.crl_path, pki.crl_pem(self.issuer.crl(revoked)), 0o644)
-
 
 
 class ExpiryCollector(Collector):

@@ -1,4 +1,5 @@
-"""The hub's store interface: what ingest and the API need, so a time-series backend can replace SQLite.
+"""The hub's records store interface: what ingest and the API need, so another engine can replace SQLite
+(readings have their own interface, :mod:`hub.timeseries.base`).
 
 Ingest hands the store one :class:`IngestBatch` at a time and acknowledges to devices only what
 :meth:`Store.ingest` returned after its commit. Deduplication by ``(device, seq)`` happens inside that
@@ -210,9 +211,6 @@ class Store(Protocol):
 
     def device(self, device: str) -> DeviceRecord | None:
         """One device, or None."""
-
-
-
 
 
     def deadletters(self, limit: int, reason: str | None = None) -> list[StoredDeadLetter]:

@@ -209,17 +209,17 @@ class SQLiteStore:
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", events)
         for device, (first, last) in seen.items():
             db.execute(
-                "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) "
-                "ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+                _SEEN,
                 (device, first, last))
         for device in set(new_seqs) | set(dups):
             seqs = new_seqs.get(device, [])
             db.execute(
                 "UPDATE devices SET received = received + ?, duplicates = duplicates + ?, "
-                "min_seq = min(coalesce(min_seq, ?), ?), max_seq = max(coalesce(max_seq, 0), ?) "
+                "min_seq = CASE WHEN min_seq IS NOT NULL AND min_seq <= ? THEN min_seq ELSE ? END, "
+                "max_seq = CASE WHEN max_seq IS NOT NULL AND max_seq >= ? THEN max_seq ELSE ? END "
                 "WHERE device = ?",
-                (len(seqs), dups.get(device, 0), min(seqs, default=2**62), min(seqs, default=2**62),
-                 max(seqs, default=0), device))
+                (len(seqs), dups.get(device, 0), *[min(seqs, default=2**62)] * 2, *[max(seqs, default=0)] * 2,
+                 device))
         for s in batch.statuses:
             self._apply_status(db, s.status, s.received_at)
         out.new_messages = sum(len(v) for v in new_seqs.values())
@@ -231,14 +231,14 @@ class SQLiteStore:
         # device's credentials alone must not be enough to turn it into a kiosk
         heartbeat = status.model_dump(mode="json", exclude={"v", "device", "state", "at"}, exclude_none=True)
         db.execute(
-            "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) "
-            "ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+            _SEEN,
             (status.device, received_at, received_at))
         db.execute(
             "UPDATE devices SET state = ?, last_status_at = ?, node = coalesce(node, ?), "
-            "site = coalesce(?, site), dropped_at_edge = max(dropped_at_edge, ?), "
+            "site = coalesce(?, site), "
+            "dropped_at_edge = CASE WHEN dropped_at_edge >= ? THEN dropped_at_edge ELSE ? END, "
             "heartbeat = CASE WHEN ? THEN ? ELSE heartbeat END WHERE device = ?",
-            (status.state.value, received_at, status.node, status.site, status.dropped or 0,
+            (status.state.value, received_at, status.node, status.site, status.dropped or 0, status.dropped or 0,
              bool(heartbeat), json.dumps(heartbeat), status.device))
 
     # -- transactions --------------------------------------------------------------------------
@@ -273,9 +273,13 @@ class SQLiteStore:
             db.execute(
                 "INSERT INTO devices (device, first_seen, last_seen, min_seq, max_seq, received) "
                 "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (device) DO UPDATE SET "
-                "last_seen = max(last_seen, excluded.last_seen), received = received + 1, "
-                "min_seq = min(coalesce(min_seq, excluded.min_seq), excluded.min_seq), "
-                "max_seq = max(coalesce(max_seq, 0), excluded.max_seq)",
+                "last_seen = CASE WHEN excluded.last_seen > devices.last_seen THEN excluded.last_seen "
+                "ELSE devices.last_seen END, "
+                "received = devices.received + 1, "
+                "min_seq = CASE WHEN devices.min_seq IS NOT NULL AND devices.min_seq <= excluded.min_seq "
+                "THEN devices.min_seq ELSE excluded.min_seq END, "
+                "max_seq = CASE WHEN devices.max_seq IS NOT NULL AND devices.max_seq >= excluded.max_seq "
+                "THEN devices.max_seq ELSE excluded.max_seq END",
                 (tx.device, received_at, received_at, tx.seq, tx.seq))
         return outcome, False
 
@@ -329,8 +333,6 @@ class SQLiteStore:
         return [StoredReading(ts=from_ms(ts), sensor=sensor, quantity=q, value=bool(v) if is_bool else v,
                               unit=unit, seq=seq)
                 for ts, sensor, q, v, is_bool, unit, seq in self._r().execute(sql, args)]
-
-
 
 
     def deadletters(self, limit: int, reason: str | None = None) -> list[StoredDeadLetter]:
@@ -415,6 +417,12 @@ class SQLiteStore:
         """Every (device, seq) stored; for tests and audits."""
         return set(self._r().execute("SELECT device, seq FROM received").fetchall())
 
+
+_SEEN = ("INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) ON CONFLICT (device) DO UPDATE SET "
+         "last_seen = CASE WHEN excluded.last_seen > devices.last_seen THEN excluded.last_seen "
+         "ELSE devices.last_seen END")
+"""A device seen (device, first, last): added, or its last contact moved to the later of the two (portable SQL,
+no two-argument max)."""
 
 _COMMAND_COLUMNS = ("cmd_id, device, name, args, outcome, sent_at, published_at, expires_at, replied_at, "
                    "result, error, replays")
