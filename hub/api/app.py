@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.contract import DeviceId, Timestamp
@@ -124,6 +125,12 @@ class DeadLetterView(BaseModel):
     payload_text: str | None
     payload_base64: str | None
 
+
+GZIP_MIN_BYTES: Final = 1024
+"""Answers smaller than this go as they are: compressing them saves less than it costs."""
+NOT_COMPRESSED: Final = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/vnd.pmtiles")
+"""Sent as they are: the SSE stream (``text/event-stream``: gzip would hold events back in its buffer), files
+compressed already (images, fonts, a basemap whose tiles are compressed one by one)."""
 
 MAX_ARGS_DEPTH: Final = 16
 """How deeply a command's arguments may nest objects and arrays."""
@@ -281,6 +288,8 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
     app = guarded_app(title="Nakhon hub", version="1", summary="Fleet registry, telemetry, dead letters and commands "
                   "of a Nakhon deployment.")
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=6,
+                       exclude_content_types=NOT_COMPRESSED)
     app.add_exception_handler(RequestValidationError, validation_error)
 
     def _known(device: str) -> DeviceRecord:
