@@ -1,9 +1,10 @@
 """The dashboard under a city's load: 2,000 devices, a week of 10-second readings for some, 200 open alarms.
 
 Measured in one run, in headless Chromium against a hub subprocess: the time to first render of the fleet and
-map pages (navigation start to the page marked ready, cold browser), what the browser downloads for each, the
-time from a device's state change (its status published to the broker) to the fleet page showing it, and the
-aggregate endpoint's time and size for a week of 10-second data against returning the raw points.
+map pages (navigation start to the page marked ready, cold browser), what the browser downloads for each (as sent,
+gzip-compressed, and the same files uncompressed), the time from a device's state change (its status published to
+the broker) to the fleet page showing it, and the aggregate endpoint's time and size for a week of 10-second data
+against returning the raw points; then the fleet page's first render with 5,000 devices (a second hub).
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ def populate(data: Path, devices: int, weekly: int, alarms: int, broker_port: in
         store.close()
 
 
-def first_render(url: str, page: str, ready: str) -> tuple[float, int]:
-    """(ms from navigation start to the page rendered, bytes transferred) in a cold browser."""
+def first_render(url: str, page: str, ready: str) -> tuple[float, int, int]:
+    """(ms from navigation start to the page rendered, bytes transferred, the same uncompressed) in a cold
+    browser."""
     with tempfile.TemporaryDirectory() as profile, chromium(Path(profile)) as driver:
         sign_in(driver, url, "admin", PASSWORD, lang="en")
         driver.execute_cdp_cmd("Network.clearBrowserCache", {})
@@ -93,9 +95,11 @@ def first_render(url: str, page: str, ready: str) -> tuple[float, int]:
                 raise BenchError(f"the {page} page did not render within 60 s")
             time.sleep(0.02)
         took = float(js(driver, "return window.nakhon.readyAt"))
-        size = int(js(driver, "return performance.getEntriesByType('navigation').concat("
-                              "performance.getEntriesByType('resource')).reduce((n, e) => n + e.transferSize, 0)"))
-        return took, size
+        sent, plain = js(driver, "const all = performance.getEntriesByType('navigation').concat("
+                                 "performance.getEntriesByType('resource'));"
+                                 "return [all.reduce((n, e) => n + e.transferSize, 0),"
+                                 "all.reduce((n, e) => n + e.decodedBodySize, 0)]")
+        return took, int(sent), int(plain)
 
 
 WATCH = """
@@ -184,6 +188,23 @@ def aggregate_vs_raw(url: str, runs: int) -> dict[str, tuple[float, int, int]]:
     return out
 
 
+def fleet_ready(devices: int) -> str:
+    """The page's check that the fleet table holds every device (its rows in view drawn)."""
+    return f"window.nakhon.fleet && window.nakhon.fleet.total >= {devices} && window.nakhon.fleet.rendered > 0"
+
+
+def city_fleet(stack: contextlib.ExitStack, directory: Path, devices: int, runs: int) -> list[tuple[float, int, int]]:
+    """The fleet page's first render on a second hub (with a broker of its own) whose registry holds ``devices``."""
+    progress(f"fleet page with {devices} devices")
+    broker = start_broker(stack, directory / "city" / "broker")
+    data = directory / "city" / "hub"
+    populate(data, devices, 0, 0, broker.settings.port)
+    hub = HubProcess(stack, data, broker.settings.port)
+    hub.wait_healthy()
+    url = f"http://{HOST}:{hub.http_port}"
+    return [first_render(url, "fleet", fleet_ready(devices)) for _ in range(runs)]
+
+
 def run(args: argparse.Namespace) -> None:
     with contextlib.ExitStack() as stack:
         directory = work_dir(stack)
@@ -197,29 +218,38 @@ def run(args: argparse.Namespace) -> None:
         hub.wait_subscribed(broker.settings.port)
         url = f"http://{HOST}:{hub.http_port}"
         progress("fleet and map pages, cold")
-        fleet = [first_render(url, "fleet", f"document.querySelectorAll('#fleet-table tbody tr').length >= "
-                                            f"{args.devices}") for _ in range(args.runs)]
+        fleet = [first_render(url, "fleet", fleet_ready(args.devices)) for _ in range(args.runs)]
         map_ = [first_render(url, "map", "window.nakhon.map") for _ in range(args.runs)]
         progress(f"{args.changes} state changes to the fleet page")
         streamed, changes = state_changes(url, broker.settings.port, args.changes)
         progress("aggregate against raw readings")
         week = aggregate_vs_raw(url, args.runs)
+        city = city_fleet(stack, directory, args.city, args.runs) if args.city else []
     rows = [["measure", "median", "all runs"],
-            ["fleet page, first render (ms)", f"{statistics.median(t for t, _ in fleet):.0f}",
-             " ".join(f"{t:.0f}" for t, _ in fleet)],
-            ["fleet page, downloaded (KB)", f"{statistics.median(s for _, s in fleet) / 1024:.0f}", ""],
-            ["map page, first render (ms)", f"{statistics.median(t for t, _ in map_):.0f}",
-             " ".join(f"{t:.0f}" for t, _ in map_)],
-            ["map page, downloaded (KB)", f"{statistics.median(s for _, s in map_) / 1024:.0f}", ""],
+            ["fleet page, first render (ms)", f"{statistics.median(t for t, _, _ in fleet):.0f}",
+             " ".join(f"{t:.0f}" for t, _, _ in fleet)],
+            ["fleet page, downloaded (KB)", f"{statistics.median(s for _, s, _ in fleet) / 1024:.0f}",
+             f"uncompressed {statistics.median(p for _, _, p in fleet) / 1024:.0f}"],
+            ["map page, first render (ms)", f"{statistics.median(t for t, _, _ in map_):.0f}",
+             " ".join(f"{t:.0f}" for t, _, _ in map_)],
+            ["map page, downloaded (KB)", f"{statistics.median(s for _, s, _ in map_) / 1024:.0f}",
+             f"uncompressed {statistics.median(p for _, _, p in map_) / 1024:.0f}"],
             ["state change to the stream (ms)", f"{statistics.median(streamed):.0f}",
              f"p90 {sorted(streamed)[int(0.9 * (len(streamed) - 1))]:.0f}, max {max(streamed):.0f}"],
             ["state change to fleet page (ms)", f"{statistics.median(changes):.0f}",
              f"p90 {sorted(changes)[int(0.9 * (len(changes) - 1))]:.0f}, max {max(changes):.0f}"]]
     rows += [[f"week of 10 s data, {name}", f"{ms:.0f} ms", f"{size / 1024:.0f} KB, {points} points"]
              for name, (ms, size, points) in week.items()]
+    if city:
+        rows += [[f"fleet page at {args.city} devices, first render (ms)",
+                  f"{statistics.median(t for t, _, _ in city):.0f}", " ".join(f"{t:.0f}" for t, _, _ in city)],
+                 [f"fleet page at {args.city} devices, downloaded (KB)",
+                  f"{statistics.median(s for _, s, _ in city) / 1024:.0f}",
+                  f"uncompressed {statistics.median(p for _, _, p in city) / 1024:.0f}"]]
     print("\n".join(table(rows)))
     if args.json:
-        print(json.dumps({"fleet": fleet, "map": map_, "state_change_ms": changes, "stream_ms": streamed,
+        print(json.dumps({"fleet": fleet, "map": map_, "city_fleet": city, "state_change_ms": changes,
+                          "stream_ms": streamed,
                           "week": {k: {"ms": v[0], "bytes": v[1], "points": v[2]} for k, v in week.items()}}))
 
 
@@ -230,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weekly", type=int, default=3, help="devices with a week of 10 s readings (default 3)")
     p.add_argument("--alarms", type=int, default=200, help="open alarms (default 200)")
     p.add_argument("--changes", type=int, default=20, help="state changes timed to the page (default 20)")
+    p.add_argument("--city", type=int, default=5000, help="devices of the second hub, for the fleet page alone "
+                   "(default 5000; 0: skip)")
     p.add_argument("--runs", type=int, default=3, help="runs of each page load and query (default 3)")
     p.add_argument("--json", action="store_true", help="also print the result as one JSON object")
     args = p.parse_args(argv)

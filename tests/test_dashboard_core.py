@@ -131,11 +131,11 @@ def test_a_stopped_agent_shows_offline_on_the_fleet_page_without_a_reload(broker
         assert js(driver, "return document.querySelector('#fleet-counts [data-state=offline] b').textContent") == "1"
         # the filters and the search narrow the table; one click opens the device
         Select(driver.find_element(By.ID, "fleet-state")).select_by_value("offline")
-        rows = driver.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr[data-device]")
         assert [r.get_attribute("data-device") for r in rows] == ["kk-aq-0002"]
         Select(driver.find_element(By.ID, "fleet-state")).select_by_value("")
         driver.find_element(By.ID, "fleet-search").send_keys("0001")
-        rows = driver.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr[data-device]")
         assert [r.get_attribute("data-device") for r in rows] == ["kk-aq-0001"]
         rows[0].click()
         wait_for(lambda: driver.current_url.endswith("#/device/kk-aq-0001"), 10, "the device page")
