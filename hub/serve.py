@@ -67,6 +67,8 @@ class HubSettings:
     public_ogc: bool = False
     tiles: str | None = None
     """The dashboard map's basemap tile URL template (none: a plain background)."""
+    pmtiles: Path | None = None
+    """A local PMTiles file for the dashboard map's basemap (none: a plain background, or ``tiles``)."""
     deployment: Path | None = None
     """A provisioned deployment (``nakhon provision init``): its issuing CA signs devices' CSRs, the API is
     served over HTTPS with its certificate, and the registry is enforced unless ``enforce_registry`` is False."""
@@ -177,7 +179,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     app.include_router(events_api.create_router(store, alarms.feed))
     app.include_router(alarms_api.create_router(alarms.engine, audit))
     app.include_router(aggregate.create_router(store))
-    add_dashboard(app, settings.tiles)
+    add_dashboard(app, settings.tiles, settings.pmtiles)
     protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
     app.router.lifespan_context = lifespan
     app.state.feed = alarms.feed

@@ -113,6 +113,9 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--tiles", default=_env("TILES"), type=_tile_url,
                        help="tile URL template for the dashboard map's basemap, e.g. "
                        "https://tiles.example.go.th/{z}/{x}/{y}.png (default: none, a plain background)")
+    serve.add_argument("--pmtiles", type=Path, default=_env("PMTILES"),
+                       help="a local .pmtiles file (vector or raster) for the dashboard map's basemap, e.g. the "
+                            "city's extract (docs/dashboard.md); env NAKHON_HUB_PMTILES")
     serve.add_argument("--deployment", type=Path, default=_env("DEPLOYMENT"),
                        help="a provisioned deployment (nakhon provision init): HTTPS, CSR signing, and the "
                             "registry enforced; env NAKHON_HUB_DEPLOYMENT")
@@ -290,7 +293,7 @@ def _hub(args: argparse.Namespace) -> int:
                             window=ClockWindow(ahead_s=args.max_clock_skew, behind_s=args.max_age),
                             max_unwritten_s=args.max_unwritten, ack_window_s=args.ack_window)
     extra = {k: v for k, v in (("fees", args.fees), ("zones", args.zones), ("rules", args.rules),
-                               ("tiles", args.tiles)) if v}
+                               ("tiles", args.tiles), ("pmtiles", args.pmtiles)) if v}
     try:
         settings = HubSettings(data=args.data, ingest=ingest, http_host=args.http_host, http_port=args.http_port,
                                promptpay=replace(PromptPaySettings.for_demo() if args.promptpay_demo else

@@ -25,10 +25,12 @@ Procs = dict[str, Callable[..., Any]]
 def test_the_vendored_libraries_are_the_pinned_versions_with_their_licences() -> None:
     script = (ROOT / "hub" / "dashboard" / "fetch-vendor.sh").read_text()
     pinned = dict(re.findall(r'^  "(\S+) (\S+) sha512-\S+"$', script, re.M))
-    assert set(pinned) == {"leaflet", "leaflet.markercluster", "uplot", "@fontsource/noto-sans-thai"}
+    assert set(pinned) == {"leaflet", "leaflet.markercluster", "protomaps-leaflet", "uplot",
+                           "@fontsource/noto-sans-thai"}
     vendor = STATIC / "vendor"
     licences = {"leaflet": "BSD 2-Clause License", "leaflet.markercluster": "Permission is hereby granted",
-                "uplot": "The MIT License", "@fontsource/noto-sans-thai": "SIL Open Font License, Version 1.1"}
+                "protomaps-leaflet": "Redistribution and use in source and binary forms", "uplot": "The MIT License",
+                "@fontsource/noto-sans-thai": "SIL Open Font License, Version 1.1"}
     for name, version in pinned.items():
         folder = vendor / name.removeprefix("@fontsource/")
         assert (folder / "VERSION").read_text().split() == [name, version]

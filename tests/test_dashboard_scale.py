@@ -16,7 +16,6 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
@@ -200,6 +199,6 @@ def test_the_fleet_page_keeps_only_the_rows_in_view_at_5000_devices(broker: Brok
         Select(driver.find_element(By.ID, "fleet-kind")).select_by_value("water-level-node")
         assert js(driver, "return window.nakhon.fleet.shown") == len(range(0, CITY, 3))
         # and what it downloaded came gzip-compressed
-        sizes = js(driver, "const e = performance.getEntriesByType('resource').find(e => e.name.endsWith('/ui/app.js'));"
-                           "return [e.encodedBodySize, e.decodedBodySize]")
+        sizes = js(driver, "const e = performance.getEntriesByType('resource')"
+                           ".find(e => e.name.endsWith('/ui/app.js')); return [e.encodedBodySize, e.decodedBodySize]")
         assert 0 < sizes[0] < sizes[1] / 2, sizes
