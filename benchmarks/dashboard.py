@@ -102,6 +102,12 @@ def first_render(url: str, page: str, ready: str) -> tuple[float, int, int]:
         return took, int(sent), int(plain)
 
 
+SHOW = """
+const search = document.getElementById("fleet-search");
+search.value = arguments[0];
+search.dispatchEvent(new Event("input"));
+"""
+
 WATCH = """
 const [device, state] = arguments;
 window.seen = null;
@@ -147,6 +153,12 @@ def state_changes(url: str, broker_port: int, changes: int) -> tuple[list[float]
             open_page(driver, "fleet", 60)
             for n in range(changes):
                 device, state = _device(1000 + n // 2), ("offline" if n % 2 == 0 else "online")
+                js(driver, SHOW, device)  # the table draws only the rows in view: bring this one there
+                wait_for_row = time.monotonic() + 10
+                while not js(driver, f"return Boolean(document.querySelector('tr[data-device=\"{device}\"]'))"):
+                    if time.monotonic() > wait_for_row:
+                        raise BenchError(f"{device} has no row on the fleet page")
+                    time.sleep(0.01)
                 js(driver, WATCH, device, state)
                 sent = time.time()
                 client.publish(topic(ROOT, device, "up/status"), Status(
@@ -158,6 +170,10 @@ def state_changes(url: str, broker_port: int, changes: int) -> tuple[list[float]
                         raise BenchError(f"{device} never showed {state} on the fleet page")
                     time.sleep(0.01)
                 took.append(float(seen) - sent * 1000)
+                while (device, state) not in on_stream:  # the page can be quicker than this reader thread
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"{device} {state} never came on the stream")
+                    time.sleep(0.01)
                 streamed.append(on_stream[(device, state)] - sent * 1000)
     finally:
         client.loop_stop()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub.broker import BrokerSettings, Mosquitto, free_port
+from hub.dashboard import DEMO_BASEMAP
 from hub.errors import BrokerError
 from hub.store.sqlite import SQLiteStore
 
@@ -221,7 +222,7 @@ class Demo:
             "hub", "serve", "--data", str(self.data / "hub"), "--broker-port", str(broker_port),
             "--username", HUB_USER, "--password-file", str(secrets_dir / f"{HUB_USER}.password"),
             "--bank-secret-file", str(secrets_dir / "bank.secret"), "--promptpay-demo",
-            "--http-port", str(self.http_port)],
+            "--pmtiles", str(DEMO_BASEMAP), "--http-port", str(self.http_port)],
             logs / "hub.log", {})
         self.hub.start()
         for node in FLEET:

@@ -78,7 +78,9 @@ registerPage("fleet", {
       SORTS[key] ? h("button", { type: "button", class: "sort", title: t("fleet.sort", { column: t(label) }),
         onclick: () => sortBy(key) }, t(label)) : t(label)));
     const table = h("table", { id: "fleet-table" }, h("thead", {}, h("tr", {}, ...headers)), body);
-    const wrap = h("div", { class: "table-wrap fleet-scroll", id: "fleet-scroll" }, table);
+    // focusable, so that the keyboard scrolls the list (arrows, Page Up/Down, Home, End) past the rows drawn
+    const wrap = h("div", { class: "table-wrap fleet-scroll", id: "fleet-scroll", tabindex: "0", role: "region",
+      "aria-label": t("fleet.title") }, table);
     el.append(h("h1", {}, t("fleet.title")), counts,
       h("div", { class: "filters" }, kind, site, state, search), shown, wrap);
 
