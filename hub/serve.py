@@ -26,7 +26,7 @@ from hub.alarms.rules import DEMO_RULES, load_rules
 from hub.alarms.service import AlarmService
 from hub.api import aggregate
 from hub.api import events as events_api
-from hub.api.app import create_app
+from hub.api.app import compress, create_app
 from hub.auth import accounts as auth_accounts
 from hub.auth import users as auth_users
 from hub.auth.web import protect
@@ -181,6 +181,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     app.include_router(aggregate.create_router(store))
     add_dashboard(app, settings.tiles, settings.pmtiles)
     protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
+    compress(app)
     app.router.lifespan_context = lifespan
     app.state.feed = alarms.feed
     return app, store, ingest

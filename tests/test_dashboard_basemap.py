@@ -54,7 +54,8 @@ def test_a_bad_basemap_file_stops_the_hub_at_start_up_with_a_message(tmp_path: P
 
 @pytest.mark.broker
 def test_the_map_draws_the_local_basemap_read_by_range_requests(broker: Broker, procs: Procs, tmp_path: Path) -> None:
-    hub = procs["hub"](broker.port, "--pmtiles", str(DEMO_BASEMAP))
+    tiles = "http://127.0.0.1:9/tiles/{z}/{x}/{y}.png"  # nothing listens: the layer is there, its tiles fail
+    hub = procs["hub"](broker.port, "--pmtiles", str(DEMO_BASEMAP), "--tiles", tiles)
     whole = DEMO_BASEMAP.read_bytes()
     assert httpx.get(f"{hub.url}{BASEMAP_URL}", timeout=10).status_code == 401  # for signed-in users only
     r = httpx.get(f"{hub.url}{BASEMAP_URL}", headers={**hub.auth, "Range": "bytes=0-126", "Accept-Encoding": "gzip"},
@@ -68,7 +69,10 @@ def test_the_map_draws_the_local_basemap_read_by_range_requests(broker: Broker, 
     with chromium(tmp_path / "profile") as driver:
         sign_in(driver, hub.url, "admin", TEST_PASSWORD, lang="en")
         open_page(driver, "map")
-        assert js(driver, "return Object.keys(window.nakhon.map.basemaps)") == ["Local basemap"]
+        assert js(driver, "return Object.keys(window.nakhon.map.basemaps)") == ["Local basemap", "Tile server basemap"]
+        on_map = "const m = window.nakhon.map; return Object.entries(m.basemaps).filter(([, l]) => m.map.hasLayer(l))" \
+                 ".map(([k]) => k)"
+        assert js(driver, on_map) == ["Local basemap"]  # the local one first: it needs no network
         # protomaps-leaflet paints each tile on a canvas: wait for one with the land colour on it
         painted = """
         return [...document.querySelectorAll('.leaflet-tile-pane canvas')].filter(c => {
@@ -82,3 +86,8 @@ def test_the_map_draws_the_local_basemap_read_by_range_requests(broker: Broker, 
         assert any(url.endswith(BASEMAP_URL) for url in loaded)
         assert "No basemap" not in driver.find_element("id", "map-located").text
         assert "Nakhon demo data" in driver.find_element("css selector", ".leaflet-control-attribution").text
+        # the layer switch offers the tile server instead
+        switch = driver.find_element("css selector", ".leaflet-control-layers")
+        assert switch.text.split("\n") == ["Local basemap", "Tile server basemap"]
+        switch.find_elements("css selector", "input[type=radio]")[1].click()
+        wait_for(lambda: js(driver, on_map) == ["Tile server basemap"], 10, "the tile server's basemap")

@@ -51,7 +51,8 @@ def test_the_page_and_its_files_need_no_sign_in_but_the_data_does(broker: Broker
     assert httpx.get(f"{hub.url}/ui/..%2f__init__.py", timeout=10).status_code == 404
     assert httpx.get(f"{hub.url}/ui/nothing.js", timeout=10).status_code == 404
     assert httpx.get(f"{hub.url}/api/dashboard/settings", timeout=10).status_code == 401
-    assert hub.get("/api/dashboard/settings") == {"tiles": "https://tiles.example.go.th/{z}/{x}/{y}.png"}
+    assert hub.get("/api/dashboard/settings") == {"tiles": "https://tiles.example.go.th/{z}/{x}/{y}.png",
+                                                  "basemap": None}
 
 
 def test_sign_in_wrong_password_and_the_end_of_a_session(broker: Broker, procs: Procs, tmp_path: Path) -> None:

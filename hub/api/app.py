@@ -280,6 +280,14 @@ def _device_view(store: Store, d: DeviceRecord) -> DeviceView:
                       liveness=assess(d, store.latest(d.device)), heartbeat=d.heartbeat)
 
 
+def compress(app: FastAPI) -> None:
+    """Compress the app's answers with gzip for clients that ask (not :data:`NOT_COMPRESSED`). Call it last: the
+    middleware added last is the outermost, and compression must come after every middleware that reads or
+    rewrites an answer's body (the personal-data filter)."""
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=6,
+                       exclude_content_types=NOT_COMPRESSED)
+
+
 def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
                broker_connected: Any = None, writer_state: Callable[[], WriterState] | None = None,
                max_body_bytes: int = MAX_BODY_BYTES, *, audit: AuditLog) -> FastAPI:
@@ -288,8 +296,6 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
     app = guarded_app(title="Nakhon hub", version="1", summary="Fleet registry, telemetry, dead letters and commands "
                   "of a Nakhon deployment.")
     app.add_middleware(BodyLimit, limit=max_body_bytes)
-    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=6,
-                       exclude_content_types=NOT_COMPRESSED)
     app.add_exception_handler(RequestValidationError, validation_error)
 
     def _known(device: str) -> DeviceRecord:
