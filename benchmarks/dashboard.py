@@ -84,6 +84,12 @@ def populate(data: Path, devices: int, weekly: int, alarms: int, broker_port: in
 def first_render(url: str, page: str, ready: str) -> tuple[float, int, int]:
     """(ms from navigation start to the page rendered, bytes transferred, the same uncompressed) in a cold
     browser."""
+    took, sent, plain, _ = first_render_and(url, page, ready, "return 0")
+    return took, sent, plain
+
+
+def first_render_and(url: str, page: str, ready: str, then: str) -> tuple[float, int, int, float]:
+    """:func:`first_render`, and the number the script ``then`` returns from the rendered page."""
     with tempfile.TemporaryDirectory() as profile, chromium(Path(profile)) as driver:
         sign_in(driver, url, "admin", PASSWORD, lang="en")
         driver.execute_cdp_cmd("Network.clearBrowserCache", {})
@@ -99,7 +105,7 @@ def first_render(url: str, page: str, ready: str) -> tuple[float, int, int]:
                                  "performance.getEntriesByType('resource'));"
                                  "return [all.reduce((n, e) => n + e.transferSize, 0),"
                                  "all.reduce((n, e) => n + e.decodedBodySize, 0)]")
-        return took, int(sent), int(plain)
+        return took, int(sent), int(plain), float(js(driver, then))
 
 
 SHOW = """
@@ -209,8 +215,10 @@ def fleet_ready(devices: int) -> str:
     return f"window.nakhon.fleet && window.nakhon.fleet.total >= {devices} && window.nakhon.fleet.rendered > 0"
 
 
-def city_fleet(stack: contextlib.ExitStack, directory: Path, devices: int, runs: int) -> list[tuple[float, int, int]]:
-    """The fleet page's first render on a second hub (with a broker of its own) whose registry holds ``devices``."""
+def city_fleet(stack: contextlib.ExitStack, directory: Path, devices: int,
+               runs: int) -> tuple[list[tuple[float, int, int]], list[float], list[float]]:
+    """On a second hub (with a broker of its own) whose registry holds ``devices``: the fleet page's first renders,
+    the device list's answer times (ms, gzip) and the page's own time to filter, sort and draw its table (ms)."""
     progress(f"fleet page with {devices} devices")
     broker = start_broker(stack, directory / "city" / "broker")
     data = directory / "city" / "hub"
@@ -218,7 +226,15 @@ def city_fleet(stack: contextlib.ExitStack, directory: Path, devices: int, runs:
     hub = HubProcess(stack, data, broker.settings.port)
     hub.wait_healthy()
     url = f"http://{HOST}:{hub.http_port}"
-    return [first_render(url, "fleet", fleet_ready(devices)) for _ in range(runs)]
+    cookies = _signed_in(url)
+    answers = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        httpx.get(f"{url}/api/devices", cookies=cookies, timeout=60).raise_for_status()
+        answers.append((time.perf_counter() - started) * 1000)
+    renders = [first_render_and(url, "fleet", fleet_ready(devices), "return window.nakhon.fleet.drawMs")
+               for _ in range(runs)]
+    return [(t, s, p) for t, s, p, _ in renders], answers, [d for *_, d in renders]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -240,7 +256,7 @@ def run(args: argparse.Namespace) -> None:
         streamed, changes = state_changes(url, broker.settings.port, args.changes)
         progress("aggregate against raw readings")
         week = aggregate_vs_raw(url, args.runs)
-        city = city_fleet(stack, directory, args.city, args.runs) if args.city else []
+        city, city_api, city_draw = city_fleet(stack, directory, args.city, args.runs) if args.city else ([], [], [])
     rows = [["measure", "median", "all runs"],
             ["fleet page, first render (ms)", f"{statistics.median(t for t, _, _ in fleet):.0f}",
              " ".join(f"{t:.0f}" for t, _, _ in fleet)],
@@ -261,10 +277,15 @@ def run(args: argparse.Namespace) -> None:
                   f"{statistics.median(t for t, _, _ in city):.0f}", " ".join(f"{t:.0f}" for t, _, _ in city)],
                  [f"fleet page at {args.city} devices, downloaded (KB)",
                   f"{statistics.median(s for _, s, _ in city) / 1024:.0f}",
-                  f"uncompressed {statistics.median(p for _, _, p in city) / 1024:.0f}"]]
+                  f"uncompressed {statistics.median(p for _, _, p in city) / 1024:.0f}"],
+                 [f"of which GET /api/devices at {args.city} (ms)", f"{statistics.median(city_api):.0f}",
+                  " ".join(f"{t:.0f}" for t in city_api)],
+                 [f"of which the page's filter, sort and draw at {args.city} (ms)",
+                  f"{statistics.median(city_draw):.0f}", " ".join(f"{t:.0f}" for t in city_draw)]]
     print("\n".join(table(rows)))
     if args.json:
-        print(json.dumps({"fleet": fleet, "map": map_, "city_fleet": city, "state_change_ms": changes,
+        print(json.dumps({"fleet": fleet, "map": map_, "city_fleet": city, "city_devices_api_ms": city_api,
+                          "city_draw_ms": city_draw, "state_change_ms": changes,
                           "stream_ms": streamed,
                           "week": {k: {"ms": v[0], "bytes": v[1], "points": v[2]} for k, v in week.items()}}))
 
