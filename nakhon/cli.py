@@ -114,7 +114,7 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
                        help="tile URL template for the dashboard map's basemap, e.g. "
                        "https://tiles.example.go.th/{z}/{x}/{y}.png (default: none, a plain background)")
     serve.add_argument("--pmtiles", type=Path, default=_env("PMTILES"),
-                       help="a local .pmtiles file (vector or raster) for the dashboard map's basemap, e.g. the "
+                       help="a local vector (MVT) .pmtiles file for the dashboard map's basemap, e.g. the "
                             "city's extract (docs/dashboard.md); env NAKHON_HUB_PMTILES")
     serve.add_argument("--deployment", type=Path, default=_env("DEPLOYMENT"),
                        help="a provisioned deployment (nakhon provision init): HTTPS, CSR signing, and the "
