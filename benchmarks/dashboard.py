@@ -1,9 +1,10 @@
 """The dashboard under a city's load: 2,000 devices, a week of 10-second readings for some, 200 open alarms.
 
 Measured in one run, in headless Chromium against a hub subprocess: the time to first render of the fleet and
-map pages (navigation start to the page marked ready, cold browser), what the browser downloads for each, the
-time from a device's state change (its status published to the broker) to the fleet page showing it, and the
-aggregate endpoint's time and size for a week of 10-second data against returning the raw points.
+map pages (navigation start to the page marked ready, cold browser), what the browser downloads for each (as sent,
+gzip-compressed, and the same files uncompressed), the time from a device's state change (its status published to
+the broker) to the fleet page showing it, and the aggregate endpoint's time and size for a week of 10-second data
+against returning the raw points; then the fleet page's first render with 5,000 devices (a second hub).
 """
 
 from __future__ import annotations
@@ -80,8 +81,15 @@ def populate(data: Path, devices: int, weekly: int, alarms: int, broker_port: in
         store.close()
 
 
-def first_render(url: str, page: str, ready: str) -> tuple[float, int]:
-    """(ms from navigation start to the page rendered, bytes transferred) in a cold browser."""
+def first_render(url: str, page: str, ready: str) -> tuple[float, int, int]:
+    """(ms from navigation start to the page rendered, bytes transferred, the same uncompressed) in a cold
+    browser."""
+    took, sent, plain, _ = first_render_and(url, page, ready, "return 0")
+    return took, sent, plain
+
+
+def first_render_and(url: str, page: str, ready: str, then: str) -> tuple[float, int, int, float]:
+    """:func:`first_render`, and the number the script ``then`` returns from the rendered page."""
     with tempfile.TemporaryDirectory() as profile, chromium(Path(profile)) as driver:
         sign_in(driver, url, "admin", PASSWORD, lang="en")
         driver.execute_cdp_cmd("Network.clearBrowserCache", {})
@@ -93,10 +101,18 @@ def first_render(url: str, page: str, ready: str) -> tuple[float, int]:
                 raise BenchError(f"the {page} page did not render within 60 s")
             time.sleep(0.02)
         took = float(js(driver, "return window.nakhon.readyAt"))
-        size = int(js(driver, "return performance.getEntriesByType('navigation').concat("
-                              "performance.getEntriesByType('resource')).reduce((n, e) => n + e.transferSize, 0)"))
-        return took, size
+        sent, plain = js(driver, "const all = performance.getEntriesByType('navigation').concat("
+                                 "performance.getEntriesByType('resource'));"
+                                 "return [all.reduce((n, e) => n + e.transferSize, 0),"
+                                 "all.reduce((n, e) => n + e.decodedBodySize, 0)]")
+        return took, int(sent), int(plain), float(js(driver, then))
 
+
+SHOW = """
+const search = document.getElementById("fleet-search");
+search.value = arguments[0];
+search.dispatchEvent(new Event("input"));
+"""
 
 WATCH = """
 const [device, state] = arguments;
@@ -143,6 +159,12 @@ def state_changes(url: str, broker_port: int, changes: int) -> tuple[list[float]
             open_page(driver, "fleet", 60)
             for n in range(changes):
                 device, state = _device(1000 + n // 2), ("offline" if n % 2 == 0 else "online")
+                js(driver, SHOW, device)  # the table draws only the rows in view: bring this one there
+                wait_for_row = time.monotonic() + 10
+                while not js(driver, f"return Boolean(document.querySelector('tr[data-device=\"{device}\"]'))"):
+                    if time.monotonic() > wait_for_row:
+                        raise BenchError(f"{device} has no row on the fleet page")
+                    time.sleep(0.01)
                 js(driver, WATCH, device, state)
                 sent = time.time()
                 client.publish(topic(ROOT, device, "up/status"), Status(
@@ -154,6 +176,10 @@ def state_changes(url: str, broker_port: int, changes: int) -> tuple[list[float]
                         raise BenchError(f"{device} never showed {state} on the fleet page")
                     time.sleep(0.01)
                 took.append(float(seen) - sent * 1000)
+                while (device, state) not in on_stream:  # the page can be quicker than this reader thread
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"{device} {state} never came on the stream")
+                    time.sleep(0.01)
                 streamed.append(on_stream[(device, state)] - sent * 1000)
     finally:
         client.loop_stop()
@@ -184,6 +210,33 @@ def aggregate_vs_raw(url: str, runs: int) -> dict[str, tuple[float, int, int]]:
     return out
 
 
+def fleet_ready(devices: int) -> str:
+    """The page's check that the fleet table holds every device (its rows in view drawn)."""
+    return f"window.nakhon.fleet && window.nakhon.fleet.total >= {devices} && window.nakhon.fleet.rendered > 0"
+
+
+def city_fleet(stack: contextlib.ExitStack, directory: Path, devices: int,
+               runs: int) -> tuple[list[tuple[float, int, int]], list[float], list[float]]:
+    """On a second hub (with a broker of its own) whose registry holds ``devices``: the fleet page's first renders,
+    the device list's answer times (ms, gzip) and the page's own time to filter, sort and draw its table (ms)."""
+    progress(f"fleet page with {devices} devices")
+    broker = start_broker(stack, directory / "city" / "broker")
+    data = directory / "city" / "hub"
+    populate(data, devices, 0, 0, broker.settings.port)
+    hub = HubProcess(stack, data, broker.settings.port)
+    hub.wait_healthy()
+    url = f"http://{HOST}:{hub.http_port}"
+    cookies = _signed_in(url)
+    answers = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        httpx.get(f"{url}/api/devices", cookies=cookies, timeout=60).raise_for_status()
+        answers.append((time.perf_counter() - started) * 1000)
+    renders = [first_render_and(url, "fleet", fleet_ready(devices), "return window.nakhon.fleet.drawMs")
+               for _ in range(runs)]
+    return [(t, s, p) for t, s, p, _ in renders], answers, [d for *_, d in renders]
+
+
 def run(args: argparse.Namespace) -> None:
     with contextlib.ExitStack() as stack:
         directory = work_dir(stack)
@@ -197,29 +250,43 @@ def run(args: argparse.Namespace) -> None:
         hub.wait_subscribed(broker.settings.port)
         url = f"http://{HOST}:{hub.http_port}"
         progress("fleet and map pages, cold")
-        fleet = [first_render(url, "fleet", f"document.querySelectorAll('#fleet-table tbody tr').length >= "
-                                            f"{args.devices}") for _ in range(args.runs)]
+        fleet = [first_render(url, "fleet", fleet_ready(args.devices)) for _ in range(args.runs)]
         map_ = [first_render(url, "map", "window.nakhon.map") for _ in range(args.runs)]
         progress(f"{args.changes} state changes to the fleet page")
         streamed, changes = state_changes(url, broker.settings.port, args.changes)
         progress("aggregate against raw readings")
         week = aggregate_vs_raw(url, args.runs)
+        city, city_api, city_draw = city_fleet(stack, directory, args.city, args.runs) if args.city else ([], [], [])
     rows = [["measure", "median", "all runs"],
-            ["fleet page, first render (ms)", f"{statistics.median(t for t, _ in fleet):.0f}",
-             " ".join(f"{t:.0f}" for t, _ in fleet)],
-            ["fleet page, downloaded (KB)", f"{statistics.median(s for _, s in fleet) / 1024:.0f}", ""],
-            ["map page, first render (ms)", f"{statistics.median(t for t, _ in map_):.0f}",
-             " ".join(f"{t:.0f}" for t, _ in map_)],
-            ["map page, downloaded (KB)", f"{statistics.median(s for _, s in map_) / 1024:.0f}", ""],
+            ["fleet page, first render (ms)", f"{statistics.median(t for t, _, _ in fleet):.0f}",
+             " ".join(f"{t:.0f}" for t, _, _ in fleet)],
+            ["fleet page, downloaded (KB)", f"{statistics.median(s for _, s, _ in fleet) / 1024:.0f}",
+             f"uncompressed {statistics.median(p for _, _, p in fleet) / 1024:.0f}"],
+            ["map page, first render (ms)", f"{statistics.median(t for t, _, _ in map_):.0f}",
+             " ".join(f"{t:.0f}" for t, _, _ in map_)],
+            ["map page, downloaded (KB)", f"{statistics.median(s for _, s, _ in map_) / 1024:.0f}",
+             f"uncompressed {statistics.median(p for _, _, p in map_) / 1024:.0f}"],
             ["state change to the stream (ms)", f"{statistics.median(streamed):.0f}",
              f"p90 {sorted(streamed)[int(0.9 * (len(streamed) - 1))]:.0f}, max {max(streamed):.0f}"],
             ["state change to fleet page (ms)", f"{statistics.median(changes):.0f}",
              f"p90 {sorted(changes)[int(0.9 * (len(changes) - 1))]:.0f}, max {max(changes):.0f}"]]
     rows += [[f"week of 10 s data, {name}", f"{ms:.0f} ms", f"{size / 1024:.0f} KB, {points} points"]
              for name, (ms, size, points) in week.items()]
+    if city:
+        rows += [[f"fleet page at {args.city} devices, first render (ms)",
+                  f"{statistics.median(t for t, _, _ in city):.0f}", " ".join(f"{t:.0f}" for t, _, _ in city)],
+                 [f"fleet page at {args.city} devices, downloaded (KB)",
+                  f"{statistics.median(s for _, s, _ in city) / 1024:.0f}",
+                  f"uncompressed {statistics.median(p for _, _, p in city) / 1024:.0f}"],
+                 [f"of which GET /api/devices at {args.city} (ms)", f"{statistics.median(city_api):.0f}",
+                  " ".join(f"{t:.0f}" for t in city_api)],
+                 [f"of which the page's filter, sort and draw at {args.city} (ms)",
+                  f"{statistics.median(city_draw):.0f}", " ".join(f"{t:.0f}" for t in city_draw)]]
     print("\n".join(table(rows)))
     if args.json:
-        print(json.dumps({"fleet": fleet, "map": map_, "state_change_ms": changes, "stream_ms": streamed,
+        print(json.dumps({"fleet": fleet, "map": map_, "city_fleet": city, "city_devices_api_ms": city_api,
+                          "city_draw_ms": city_draw, "state_change_ms": changes,
+                          "stream_ms": streamed,
                           "week": {k: {"ms": v[0], "bytes": v[1], "points": v[2]} for k, v in week.items()}}))
 
 
@@ -230,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weekly", type=int, default=3, help="devices with a week of 10 s readings (default 3)")
     p.add_argument("--alarms", type=int, default=200, help="open alarms (default 200)")
     p.add_argument("--changes", type=int, default=20, help="state changes timed to the page (default 20)")
+    p.add_argument("--city", type=int, default=5000, help="devices of the second hub, for the fleet page alone "
+                   "(default 5000; 0: skip)")
     p.add_argument("--runs", type=int, default=3, help="runs of each page load and query (default 3)")
     p.add_argument("--json", action="store_true", help="also print the result as one JSON object")
     args = p.parse_args(argv)

@@ -105,6 +105,7 @@ class HubSettings(FileSettings):
     bank_secret_file: Path | None = None
     public_ogc: bool = False
     tiles: Annotated[str, Field(max_length=500), AfterValidator(_tile_url)] | None = None
+    pmtiles: Path | None = Field(None, description="a local vector .pmtiles basemap for the dashboard map")
     deployment: Path | None = None
     plain_http: bool = Field(False, description="with deployment: the API over plain HTTP on a loopback http_host")
     registry: Literal["open", "enforce"] | None = None

@@ -25,7 +25,7 @@ from hub.alarms.rules import DEMO_RULES, load_rules
 from hub.alarms.service import AlarmService
 from hub.api import aggregate
 from hub.api import events as events_api
-from hub.api.app import create_app
+from hub.api.app import compress, create_app
 from hub.auth import accounts as auth_accounts
 from hub.auth import users as auth_users
 from hub.auth.web import protect
@@ -70,6 +70,8 @@ class HubSettings:
     public_ogc: bool = False
     tiles: str | None = None
     """The dashboard map's basemap tile URL template (none: a plain background)."""
+    pmtiles: Path | None = None
+    """A local PMTiles file for the dashboard map's basemap (none: a plain background, or ``tiles``)."""
     deployment: Path | None = None
     """A provisioned deployment (``nakhon provision init``): its issuing CA signs devices' CSRs, the API is
     served over HTTPS with its certificate, and the registry is enforced unless ``enforce_registry`` is False."""
@@ -190,8 +192,9 @@ def build(settings: HubSettings) -> tuple[FastAPI, SqlStore, Ingest]:
     app.include_router(events_api.create_router(store, alarms.feed))
     app.include_router(alarms_api.create_router(alarms.engine, audit))
     app.include_router(aggregate.create_router(store, timeseries))
-    add_dashboard(app, settings.tiles)
+    add_dashboard(app, settings.tiles, settings.pmtiles)
     protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
+    compress(app)
     app.router.lifespan_context = lifespan
     app.state.feed = alarms.feed
     return app, store, ingest

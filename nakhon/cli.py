@@ -95,6 +95,9 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--public-ogc", action="store_true", help="serve the GIS layers (/ogc) without sign-in")
     serve.add_argument("--tiles", help="tile URL template for the dashboard map's basemap, e.g. https://tiles."
                                        "example.go.th/{z}/{x}/{y}.png (default: none, a plain background)")
+    serve.add_argument("--pmtiles", type=Path,
+                       help="a local vector (MVT) .pmtiles file for the dashboard map's basemap, e.g. the "
+                            "city's extract (docs/dashboard.md); env NAKHON_HUB_PMTILES")
     serve.add_argument("--deployment", type=Path,
                        help="a provisioned deployment (nakhon provision init): HTTPS, CSR signing, and the "
                             "registry enforced; env NAKHON_HUB_DEPLOYMENT")
@@ -345,7 +348,8 @@ def _serve(settings: hub_config.HubSettings, secrets: hub_config.HubSecrets) -> 
                             window=ClockWindow(ahead_s=settings.max_clock_skew, behind_s=settings.max_age),
                             max_unwritten_s=settings.max_unwritten, ack_window_s=settings.ack_window)
     extra: dict[str, Any] = {k: v for k, v in (("fees", settings.fees), ("zones", settings.zones),
-                                               ("rules", settings.rules), ("tiles", settings.tiles)) if v}
+                                               ("rules", settings.rules), ("tiles", settings.tiles),
+                                               ("pmtiles", settings.pmtiles)) if v}
     try:
         serving = HubSettings(data=settings.data, ingest=ingest, http_host=settings.http_host,
                               http_port=settings.http_port,

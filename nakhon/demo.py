@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub.broker import BrokerSettings, Mosquitto, free_port
+from hub.dashboard import DEMO_BASEMAP
 from hub.errors import BrokerError, HubError
 from hub.provision import config as device_files
 from hub.provision import deployment, pki
@@ -251,7 +252,7 @@ class Demo:
         self.hub = Supervised("hub", [
             "hub", "serve", "--data", str(self.data / "hub"), "--deployment", str(paths.base), "--plain-http",
             "--bank-secret-file", str(secrets_dir / "bank.secret"), "--promptpay-demo",
-            "--http-port", str(self.http_port)],
+            "--pmtiles", str(DEMO_BASEMAP), "--http-port", str(self.http_port)],
             logs / "hub.log", {})
         self.hub.start()
         self._wait_for_hub()

@@ -94,6 +94,11 @@ return [...bad];
 ``data-raw`` (data shown as is: ids, names, values)."""
 
 
+TILES_SHOWN = """return [...document.querySelectorAll('.leaflet-tile')].every(
+  (tile) => tile.classList.contains('leaflet-tile-loaded') && getComputedStyle(tile).opacity === '1')"""
+"""Every basemap tile on the page has loaded and faded in (true on a page without a map)."""
+
+
 def open_page(driver: Chrome, page: str, timeout: float = 20) -> None:
     """Go to ``#/page`` and wait until the page has rendered (its element is marked ``data-ready``)."""
     driver.get(driver.current_url.split("#")[0] + f"#/{page}")
@@ -124,6 +129,7 @@ def screenshots(url: str, name: str, password: str, out: Path, device: str) -> l
             for page in [*nav_pages(driver), f"device/{device}"]:
                 open_page(driver, page)
                 js(driver, "return document.fonts.ready")
+                wait_for(lambda: js(driver, TILES_SHOWN), 30, "the basemap's tiles shown")
                 path = out / f"{page.split('/')[0]}-{size[0]}x{size[1]}.png"
                 driver.save_screenshot(str(path))
                 taken.append(path)

@@ -25,10 +25,12 @@ Procs = dict[str, Callable[..., Any]]
 def test_the_vendored_libraries_are_the_pinned_versions_with_their_licences() -> None:
     script = (ROOT / "hub" / "dashboard" / "fetch-vendor.sh").read_text()
     pinned = dict(re.findall(r'^  "(\S+) (\S+) sha512-\S+"$', script, re.M))
-    assert set(pinned) == {"leaflet", "leaflet.markercluster", "uplot", "@fontsource/noto-sans-thai"}
+    assert set(pinned) == {"leaflet", "leaflet.markercluster", "protomaps-leaflet", "uplot",
+                           "@fontsource/noto-sans-thai"}
     vendor = STATIC / "vendor"
     licences = {"leaflet": "BSD 2-Clause License", "leaflet.markercluster": "Permission is hereby granted",
-                "uplot": "The MIT License", "@fontsource/noto-sans-thai": "SIL Open Font License, Version 1.1"}
+                "protomaps-leaflet": "Redistribution and use in source and binary forms", "uplot": "The MIT License",
+                "@fontsource/noto-sans-thai": "SIL Open Font License, Version 1.1"}
     for name, version in pinned.items():
         folder = vendor / name.removeprefix("@fontsource/")
         assert (folder / "VERSION").read_text().split() == [name, version]
@@ -49,7 +51,8 @@ def test_the_page_and_its_files_need_no_sign_in_but_the_data_does(broker: Broker
     assert httpx.get(f"{hub.url}/ui/..%2f__init__.py", timeout=10).status_code == 404
     assert httpx.get(f"{hub.url}/ui/nothing.js", timeout=10).status_code == 404
     assert httpx.get(f"{hub.url}/api/dashboard/settings", timeout=10).status_code == 401
-    assert hub.get("/api/dashboard/settings") == {"tiles": "https://tiles.example.go.th/{z}/{x}/{y}.png"}
+    assert hub.get("/api/dashboard/settings") == {"tiles": "https://tiles.example.go.th/{z}/{x}/{y}.png",
+                                                  "basemap": None}
 
 
 def test_sign_in_wrong_password_and_the_end_of_a_session(broker: Broker, procs: Procs, tmp_path: Path) -> None:
@@ -131,11 +134,11 @@ def test_a_stopped_agent_shows_offline_on_the_fleet_page_without_a_reload(broker
         assert js(driver, "return document.querySelector('#fleet-counts [data-state=offline] b').textContent") == "1"
         # the filters and the search narrow the table; one click opens the device
         Select(driver.find_element(By.ID, "fleet-state")).select_by_value("offline")
-        rows = driver.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr[data-device]")
         assert [r.get_attribute("data-device") for r in rows] == ["kk-aq-0002"]
         Select(driver.find_element(By.ID, "fleet-state")).select_by_value("")
         driver.find_element(By.ID, "fleet-search").send_keys("0001")
-        rows = driver.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr[data-device]")
         assert [r.get_attribute("data-device") for r in rows] == ["kk-aq-0001"]
         rows[0].click()
         wait_for(lambda: driver.current_url.endswith("#/device/kk-aq-0001"), 10, "the device page")

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.contract import DeviceId, Timestamp
@@ -125,6 +126,12 @@ class DeadLetterView(BaseModel):
     payload_text: str | None
     payload_base64: str | None
 
+
+GZIP_MIN_BYTES: Final = 1024
+"""Answers smaller than this go as they are: compressing them saves less than it costs."""
+NOT_COMPRESSED: Final = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/vnd.pmtiles")
+"""Sent as they are: the SSE stream (``text/event-stream``: gzip would hold events back in its buffer), files
+compressed already (images, fonts, a basemap whose tiles are compressed one by one)."""
 
 MAX_ARGS_DEPTH: Final = 16
 """How deeply a command's arguments may nest objects and arrays."""
@@ -272,6 +279,14 @@ def _device_view(series: TimeSeries, d: DeviceRecord) -> DeviceView:
                       last_seen=_when(d.last_seen), last_seq=d.last_seq, received=d.received, lost=d.lost,
                       dropped_at_edge=d.dropped_at_edge, duplicates=d.duplicates,
                       liveness=assess(d, series.latest(d.device)), heartbeat=d.heartbeat)
+
+
+def compress(app: FastAPI) -> None:
+    """Compress the app's answers with gzip for clients that ask (not :data:`NOT_COMPRESSED`). Call it last: the
+    middleware added last is the outermost, and compression must come after every middleware that reads or
+    rewrites an answer's body (the personal-data filter)."""
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=6,
+                       exclude_content_types=NOT_COMPRESSED)
 
 
 def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,

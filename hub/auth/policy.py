@@ -70,6 +70,7 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", "/ui/{path:path}"): PUBLIC,
     ("GET", "/vendor/{path:path}"): PUBLIC,
     ("GET", "/api/dashboard/settings"): READ,
+    ("GET", "/api/dashboard/basemap.pmtiles"): READ,
     ("GET", "/api/session"): READ,
     ("DELETE", "/api/session"): READ,
     ("GET", "/api/audit"): ADMIN,

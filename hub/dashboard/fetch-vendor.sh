@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Vendors the dashboard's front-end libraries from the npm registry into hub/dashboard/static/vendor/: Leaflet,
-# leaflet.markercluster, uPlot and the Noto Sans Thai font (OFL). Each package is fetched with `npm pack` at a
+# leaflet.markercluster, protomaps-leaflet (vector basemaps from a .pmtiles file), uPlot and the Noto Sans Thai
+# font (OFL). Each package is fetched with `npm pack` at a
 # pinned version and checked against its registry integrity (`npm view NAME@VERSION dist.integrity`); only the
 # files the pages load are kept, with the package's licence. Rerun after changing a version and its integrity,
 # then commit the result. Nothing is loaded from the internet at run time.
@@ -11,6 +12,7 @@ cd "$(dirname "$0")"
 PACKAGES=(
   "leaflet 1.9.4 sha512-nxS1ynzJOmOlHp+iL3FyWqK89GtNL8U8rvlMOsQdTTssxZwCXh8N2NB3GDQOL+YR3XnWyZAxwQixURb+FA74PA=="
   "leaflet.markercluster 1.5.3 sha512-vPTw/Bndq7eQHjLBVlWpnGeLa3t+3zGiuM7fJwCkiMFq+nmRuG3RI3f7f4N4TDX7T4NpbAXpR2+NTRSEGfCSeA=="
+  "protomaps-leaflet 5.1.0 sha512-N0YY1Gbw5nZ9n8VUOvwHKm/w3zhTTuaZEeMZl8doHemeM4ujGPp2otI6t4Sgqrz8iM4svx2rpG1Q17rHkOWSaA=="
   "uplot 1.6.32 sha512-KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMasNuGGzQm/ep3tOkyTxpiQIw=="
   "@fontsource/noto-sans-thai 5.3.0 sha512-ngqUyvDukkZUHypQbUJvUdAeYa2aYZsyeDTsdqMudf7GK2F2TK19OZ5kbo+37qsBtkNpmAMhEObQnWnzPqzKUw=="
 )
@@ -18,6 +20,7 @@ PACKAGES=(
 declare -A KEEP=(
   [leaflet]="dist/leaflet.js dist/leaflet.css dist/images LICENSE"
   [leaflet.markercluster]="dist/leaflet.markercluster.js dist/MarkerCluster.css dist/MarkerCluster.Default.css MIT-LICENCE.txt"
+  [protomaps-leaflet]="dist/protomaps-leaflet.js LICENSE"
   [uplot]="dist/uPlot.iife.min.js dist/uPlot.min.css LICENSE"
   [@fontsource/noto-sans-thai]="400.css 700.css LICENSE"
 )

@@ -470,7 +470,8 @@ function drawChrome() {
   document.getElementById("signout").textContent = t("shell.signout");
   const roles = me.roles.map((r) => t(`role.${r}`)).join(", ");
   document.getElementById("who").replaceChildren(t("shell.who", { name: me.name, roles }), " ",
-    h("span", { id: "live", class: "live off" }, t(source && window.nakhon.streamOpen ? "shell.live" : "shell.reconnecting")));
+    h("span", { id: "live", class: `live ${source && window.nakhon.streamOpen ? "on" : "off"}` },
+      t(source && window.nakhon.streamOpen ? "shell.live" : "shell.reconnecting")));
   produced.add(me.name);
   produced.add(t("shell.who", { name: me.name, roles }));
   drawBanner();

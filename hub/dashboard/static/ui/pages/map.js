@@ -1,5 +1,7 @@
 // Map: devices coloured by link state (clustered), zones, open citizen reports, buses with their recent track.
-// No basemap unless the hub is started with --tiles URL: zones and layers are drawn on a plain background.
+// No basemap unless the hub is started with --tiles URL or --pmtiles FILE (a local vector basemap, drawn by
+// protomaps-leaflet from HTTP Range reads of the file): zones and layers are drawn on a plain background. With both,
+// a layer switch offers each.
 import { addMessages, api, h, loadScript, loadStyle, registerPage, t } from "../app.js";
 import { LINK_STATES, STATE_COLOURS } from "../devices.js";
 
@@ -12,13 +14,17 @@ const DEFAULT_VIEW = { lat: 16.43, lon: 102.83, zoom: 12 };  // Khon Kaen, until
 addMessages({
   th: {
     "map.title": "แผนที่", "map.devices": "อุปกรณ์", "map.zones": "เขต", "map.reports": "เรื่องร้องเรียน",
-    "map.buses": "รถโดยสารและเส้นทาง {minutes} นาทีล่าสุด", "map.no_basemap": "ไม่มีแผนที่ฐาน (ตั้งค่า --tiles เพื่อเพิ่ม)",
+    "map.buses": "รถโดยสารและเส้นทาง {minutes} นาทีล่าสุด",
+    "map.no_basemap": "ไม่มีแผนที่ฐาน (ตั้งค่า --pmtiles หรือ --tiles เพื่อเพิ่ม)",
+    "map.basemap_local": "แผนที่ฐานในเครื่อง", "map.basemap_tiles": "แผนที่ฐานจากเซิร์ฟเวอร์แผนที่",
     "map.open_device": "เปิดอุปกรณ์", "map.report": "เรื่องที่ {id}: {category}", "map.report_status.new": "ใหม่",
     "map.report_status.assigned": "มอบหมายแล้ว", "map.located": "มีพิกัด {n} เครื่อง",
   },
   en: {
     "map.title": "Map", "map.devices": "Devices", "map.zones": "Zones", "map.reports": "Citizen reports",
-    "map.buses": "Buses and their last {minutes} minutes", "map.no_basemap": "No basemap (start the hub with --tiles to add one)",
+    "map.buses": "Buses and their last {minutes} minutes",
+    "map.no_basemap": "No basemap (start the hub with --pmtiles or --tiles to add one)",
+    "map.basemap_local": "Local basemap", "map.basemap_tiles": "Tile server basemap",
     "map.open_device": "Open device", "map.report": "Report {id}: {category}", "map.report_status.new": "new",
     "map.report_status.assigned": "assigned", "map.located": "{n} devices located",
   },
@@ -29,6 +35,23 @@ async function leaflet() {
     loadStyle("/vendor/leaflet.markercluster/MarkerCluster.Default.css"), loadScript("/vendor/leaflet/leaflet.js")]);
   await loadScript("/vendor/leaflet.markercluster/leaflet.markercluster.js");
   return window.L;
+}
+
+function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+/** The basemaps the hub offers, by label: its local PMTiles file and its tile URL, each when configured. */
+async function basemaps(L, settings, lang) {
+  const layers = [];
+  if (settings.basemap) {
+    await loadScript("/vendor/protomaps-leaflet/protomaps-leaflet.js");
+    const b = settings.basemap;
+    layers.push([t("map.basemap_local"), window.protomapsL.leafletLayer({
+      url: b.url, flavor: "light", lang, maxDataZoom: b.max_zoom, maxZoom: 19, attribution: escapeHtml(b.attribution) })]);
+  }
+  if (settings.tiles) layers.push([t("map.basemap_tiles"), L.tileLayer(settings.tiles, { maxZoom: 19 })]);
+  return layers;
 }
 
 function clusterIcon(L, cluster) {
@@ -63,11 +86,15 @@ registerPage("map", {
     const box = h("div", { id: "map" });
     el.append(h("h1", {}, t("map.title")), legend,
       h("p", { class: "muted", id: "map-located" }, t("map.located", { n: devices.features.length }),
-        settings.tiles ? "" : ` · ${t("map.no_basemap")}`),
+        settings.tiles || settings.basemap ? "" : ` · ${t("map.no_basemap")}`),
       box);
-    const map = L.map(box, { preferCanvas: true, zoomControl: true, maxZoom: 19, minZoom: 3, attributionControl: Boolean(settings.tiles) });
+    const bases = await basemaps(L, settings, ctx.lang);
+    const map = L.map(box, { preferCanvas: true, zoomControl: true, maxZoom: 19, minZoom: 3,
+      attributionControl: bases.length > 0 });
     ctx.cleanup(() => map.remove());
-    if (settings.tiles) L.tileLayer(settings.tiles, { maxZoom: 19 }).addTo(map);
+    if (map.attributionControl) map.attributionControl.getContainer().dataset.raw = "";  // sources' names, as given
+    if (bases.length) bases[0][1].addTo(map);
+    if (bases.length > 1) L.control.layers(Object.fromEntries(bases), {}, { collapsed: false }).addTo(map);
 
     const zoneLayer = L.geoJSON(zones, {
       renderer: L.svg(),
@@ -116,6 +143,10 @@ registerPage("map", {
     const bounds = L.latLngBounds([]);
     if (zones.features?.length) bounds.extend(zoneLayer.getBounds());
     if (markers.size) bounds.extend(cluster.getBounds());
+    if (!bounds.isValid() && settings.basemap) {
+      const [west, south, east, north] = settings.basemap.bounds;
+      bounds.extend([[south, west], [north, east]]);
+    }
     if (bounds.isValid()) map.fitBounds(bounds, { padding: [20, 20] });
     else map.setView([DEFAULT_VIEW.lat, DEFAULT_VIEW.lon], DEFAULT_VIEW.zoom);
 
@@ -128,7 +159,8 @@ registerPage("map", {
       cluster.refreshClusters(marker);
     });
     ctx.onStream("report", (r) => addReport(r.id, r.lat, r.lon, r.category, r.status));
-    window.nakhon.map = { map, cluster, zones: zoneLayer, reports: reportLayer, buses: busLayer };
+    window.nakhon.map = { map, cluster, zones: zoneLayer, reports: reportLayer, buses: busLayer,
+      basemaps: Object.fromEntries(bases.map(([label, layer]) => [label, layer])) };
     ctx.cleanup(() => { delete window.nakhon.map; });
   },
 });
