@@ -28,6 +28,7 @@ from hub.api import aggregate
 from hub.api import events as events_api
 from hub.api.app import create_app
 from hub.auth import accounts as auth_accounts
+from hub.auth import throttle as auth_throttle
 from hub.auth import users as auth_users
 from hub.auth.web import protect
 from hub.dashboard import add_dashboard
@@ -104,7 +105,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes,
                         schemas=(ledger.ensure_schema, reports.ensure_schema, auth_accounts.ensure_schema,
                                  audit_log.ensure_schema, provision_registry.ensure_schema,
-                                 alarms_store.ensure_schema))
+                                 alarms_store.ensure_schema, auth_throttle.ensure_schema))
     audit = audit_log.AuditLog(store)
     alarms = AlarmService(store, load_rules(settings.rules))
     metrics = HubMetrics(store)
@@ -178,7 +179,8 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     app.include_router(alarms_api.create_router(alarms.engine, audit))
     app.include_router(aggregate.create_router(store))
     add_dashboard(app, settings.tiles)
-    protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
+    protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc,
+            throttle=auth_throttle.StoredSignInThrottle(store))
     app.router.lifespan_context = lifespan
     app.state.feed = alarms.feed
     return app, store, ingest
