@@ -40,7 +40,6 @@ from _harness import (
     work_dir,
 )
 
-from hub import audit
 from hub.auth import accounts
 from hub.store.sqlite import SQLiteStore
 
@@ -129,7 +128,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def _operator_token(data: Path) -> str:
     """An operator in the (not yet started) hub's store, and a new API token of theirs."""
-    store = SQLiteStore(data / "hub.sqlite", schemas=(accounts.ensure_schema, audit.ensure_schema))
+    store = SQLiteStore(data / "hub.sqlite")
     store.open()
     try:
         users = accounts.Accounts(store)

@@ -20,9 +20,7 @@ import httpx
 from _harness import HOST, HubProcess, progress, run_guarded, start_broker, work_dir
 
 from edge.contract import Reading
-from hub.audit import ensure_schema as audit_schema
 from hub.auth.accounts import Accounts
-from hub.auth.accounts import ensure_schema as accounts_schema
 from hub.store.base import IngestBatch, SeqMessage
 from hub.store.sqlite import SQLiteStore
 
@@ -106,7 +104,7 @@ def measure(params: Params) -> Timings:
     with contextlib.ExitStack() as stack:
         work = work_dir(stack)
         data = work / "hub"
-        store = SQLiteStore(data / "hub.sqlite", schemas=(accounts_schema, audit_schema))
+        store = SQLiteStore(data / "hub.sqlite")
         store.open()
         try:
             progress(f"storing {params.rows:,} messages x {len(QUANTITIES)} readings ({params.days} days every "

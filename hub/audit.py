@@ -8,32 +8,13 @@ store. Other modules audit a change with one call, ``audit.record(actor, action,
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from edge.contract import format_timestamp
+from hub.records.session import Session
 from hub.store.sqlite import SQLiteStore
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    id       INTEGER PRIMARY KEY,
-    at       TEXT NOT NULL,
-    user     TEXT NOT NULL,
-    address  TEXT NOT NULL,
-    action   TEXT NOT NULL,
-    object   TEXT NOT NULL,
-    before   TEXT,
-    after    TEXT
-);
-CREATE INDEX IF NOT EXISTS audit_by_user ON audit (user, id);
-CREATE INDEX IF NOT EXISTS audit_by_object ON audit (object, id);
-CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"""
 
 
 @dataclass(frozen=True)
@@ -65,9 +46,6 @@ class AuditEntry:
     after: Any
 
 
-def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the audit table and its append-only triggers if needed."""
-    db.executescript(SCHEMA)
 
 
 def _json(value: Any) -> str | None:
@@ -81,12 +59,12 @@ class AuditLog:
         self._store = store
 
     def record(self, actor: Actor, action: str, obj: str, before: Any = None, after: Any = None, *,
-               db: sqlite3.Connection | None = None) -> None:
+               db: Session | None = None) -> None:
         """Append one row; inside a running write when ``db`` is given, else in a commit of its own."""
         row = (format_timestamp(datetime.now(UTC)), actor.user, actor.address, action[:100], obj[:200],
                _json(before), _json(after))
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: Session) -> None:
             conn.execute("INSERT INTO audit (at, user, address, action, object, before, after) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 

@@ -7,11 +7,11 @@ closed case, and names or contact details an older kiosk put into events.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
 from edge.contract import format_timestamp
+from hub.records.session import Session
 
 PERSONAL_EVENT_KEYS = ("name_th", "name_en", "citizen_id", "citizen_id_masked", "holder", "address", "birth_date",
                        "photo", "phone", "contact")
@@ -45,7 +45,7 @@ STRIPS = (
 """Every personal field the hub keeps; a resolved report's description goes because it may hold a phone number."""
 
 
-def purge(db: sqlite3.Connection, older_than: datetime, dry_run: bool = False) -> dict[str, int]:
+def purge(db: Session, older_than: datetime, dry_run: bool = False) -> dict[str, int]:
     """Erase personal fields of rows dated before ``older_than`` (inside the caller's transaction); returns how
     many rows each ``table.field`` lost (or would lose, with ``dry_run``)."""
     removed: dict[str, int] = {}

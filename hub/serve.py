@@ -20,7 +20,6 @@ from fastapi import FastAPI
 from edge.contract import TxOutcome, topic
 from hub import audit as audit_log
 from hub.alarms import api as alarms_api
-from hub.alarms import store as alarms_store
 from hub.alarms.feed import Feed
 from hub.alarms.rules import DEMO_RULES, load_rules
 from hub.alarms.service import AlarmService
@@ -102,10 +101,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     catalogue = load_catalogue(settings.fees)
     _warn_about(settings)
     zones = Zones(settings.zones)
-    store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes,
-                        schemas=(ledger.ensure_schema, reports.ensure_schema, auth_accounts.ensure_schema,
-                                 audit_log.ensure_schema, provision_registry.ensure_schema,
-                                 alarms_store.ensure_schema, auth_throttle.ensure_schema))
+    store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes)
     audit = audit_log.AuditLog(store)
     alarms = AlarmService(store, load_rules(settings.rules))
     metrics = HubMetrics(store)

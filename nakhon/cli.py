@@ -135,6 +135,9 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     purge.add_argument("--retention-days", type=float, default=float(_env("RETENTION_DAYS", "365") or 365),
                        help="keep personal fields this many days (default 365); env NAKHON_HUB_RETENTION_DAYS")
     purge.add_argument("--dry-run", action="store_true", help="count what would be stripped, change nothing")
+    migrate = hub.add_parser("migrate", help="apply the records store's pending schema migrations and exit")
+    migrate.add_argument("--data", type=Path, default=Path(_env("DATA", "./nakhon-data/hub") or ""),
+                         help="data directory (SQLite store); env NAKHON_HUB_DATA")
 
     provision_cli.add_parsers(sub)
 
@@ -202,13 +205,11 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _purge(args: argparse.Namespace) -> int:
-    import sqlite3
     from datetime import UTC, datetime, timedelta
 
     from hub import audit
     from hub.errors import StoreError
-    from hub.finance import ledger
-    from hub.gis import reports
+    from hub.records.session import Session
     from hub.retention import purge
     from hub.store.sqlite import SQLiteStore
 
@@ -220,9 +221,9 @@ def _purge(args: argparse.Namespace) -> int:
         print(f"nakhon: no hub store at {path}", file=sys.stderr)
         return 2
     older_than = datetime.now(UTC) - timedelta(days=args.retention_days)
-    store = SQLiteStore(path, schemas=(ledger.ensure_schema, reports.ensure_schema, audit.ensure_schema))
+    store = SQLiteStore(path)
 
-    def work(db: sqlite3.Connection) -> dict[str, int]:
+    def work(db: Session) -> dict[str, int]:
         removed = purge(db, older_than, args.dry_run)
         if not args.dry_run:
             audit.AuditLog(store).record(audit.CLI, "data.purge", "store", None,
@@ -244,6 +245,23 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from hub.errors import StoreError
+    from hub.records.migrate import describe
+    from hub.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(args.data / "hub.sqlite")
+    try:
+        store.open()
+    except StoreError as err:
+        print(f"nakhon: {err}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print("\n".join(describe(store.applied)))
+    return 0
+
+
 def _hub(args: argparse.Namespace) -> int:
     from hub.auth import admin
 
@@ -251,6 +269,8 @@ def _hub(args: argparse.Namespace) -> int:
         return admin.run(args)
     if args.action == "purge":
         return _purge(args)
+    if args.action == "migrate":
+        return _migrate(args)
     from dataclasses import replace
 
     from hub.errors import HubConfigError

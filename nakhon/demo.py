@@ -89,7 +89,7 @@ def _admin_account(hub_data: Path, secrets_dir: Path) -> str:
     from hub import audit
     from hub.auth import accounts
 
-    store = SQLiteStore(hub_data / "hub.sqlite", schemas=(accounts.ensure_schema, audit.ensure_schema))
+    store = SQLiteStore(hub_data / "hub.sqlite")
     store.open()
     try:
         users = accounts.Accounts(store)

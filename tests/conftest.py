@@ -26,6 +26,8 @@ from hub.broker import BrokerSettings, Mosquitto, free_port
 from hub.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ("tests.fixtures.postgres",)
+
 CI_SKIP = "skipped under CI=true, where only the real-Raspberry-Pi tier (`pi` marker) may skip"
 
 
@@ -167,13 +169,12 @@ class Proc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-AUTH_SCHEMAS = (accounts.ensure_schema, audit.ensure_schema)
 TEST_PASSWORD = "correct horse battery staple"
 
 
 def user_token(data: Path, name: str = "admin", roles: tuple[str, ...] = ("admin",)) -> str:
     """Create (if needed) a user in the hub store of ``data`` and return a new API token of theirs."""
-    store = SQLiteStore(data / "hub.sqlite", schemas=AUTH_SCHEMAS)
+    store = SQLiteStore(data / "hub.sqlite")
     store.open()
     try:
         users = accounts.Accounts(store)

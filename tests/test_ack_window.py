@@ -17,7 +17,7 @@ from hub.ingest.consumer import Ingest, IngestSettings
 from hub.metrics import HubMetrics
 from hub.router import Router
 from hub.store.sqlite import SQLiteStore
-from tests.conftest import AUTH_SCHEMAS, wait_for
+from tests.conftest import wait_for
 
 DEVICE = "kk-aq-0321"
 
@@ -50,7 +50,7 @@ def consumer(tmp_path: Path) -> Iterator[Callable[[float], tuple[Ingest, _Acks]]
     started: list[tuple[Ingest, SQLiteStore]] = []
 
     def make(window_s: float) -> tuple[Ingest, _Acks]:
-        store = SQLiteStore(tmp_path / f"hub-{len(started)}.sqlite", schemas=AUTH_SCHEMAS)
+        store = SQLiteStore(tmp_path / f"hub-{len(started)}.sqlite")
         store.open()
         # no broker on this port: paho retries in the background, the writer works from its queue alone
         settings = IngestSettings(port=free_port(), batch_max=10, ack_window_s=window_s)

@@ -40,8 +40,7 @@ class Rig:
     def __init__(self, tmp_path: Path, rules: list[dict[str, Any]],
                  channels: list[dict[str, Any]] | None = None) -> None:
         self.now = T0
-        self.store = SQLiteStore(tmp_path / "hub.sqlite", schemas=(alarms_store.ensure_schema,
-                                                                   accounts.ensure_schema, audit.ensure_schema))
+        self.store = SQLiteStore(tmp_path / "hub.sqlite")
         self.store.open()
         self.feed = Feed()
         config = RulesFile.model_validate({"rules": rules, "channels": channels or []})

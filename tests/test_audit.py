@@ -3,7 +3,6 @@ report transitions name the user in their own records; only admin reads it."""
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,6 +14,7 @@ from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.promptpay import PromptPaySettings
 from hub.gis.reports import DEMO_ZONES, ReportRoute, Zones
+from hub.records.session import Session
 from hub.router import Router
 from nakhon import cli
 from tests.conftest import HubApp
@@ -81,7 +81,7 @@ def test_a_refused_change_leaves_no_audit_row(hub_app: HubApp) -> None:
 def test_the_audit_log_is_append_only_in_the_database(hub_app: HubApp) -> None:
     AuditLog(hub_app.store).record(Actor(user="malee", address="10.0.0.5"), "cash.count", "reconciliation/x")
     for sql in ("UPDATE audit SET user = 'someone else'", "DELETE FROM audit"):
-        def edit(db: sqlite3.Connection, sql: str = sql) -> None:
+        def edit(db: Session, sql: str = sql) -> None:
             db.execute(sql)
 
         with pytest.raises(StoreError, match="append-only"):

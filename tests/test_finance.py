@@ -23,12 +23,11 @@ from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.fiscal import BANGKOK, baht, fiscal_year, local_date, thai_date
 from hub.finance.promptpay import PromptPaySettings, bill_payment, crc16_ccitt_false, credit_transfer
-from hub.gis import reports
 from hub.ingest.consumer import IngestSettings
 from hub.router import Router
 from hub.serve import HubSettings, build
 from hub.store.sqlite import SQLiteStore
-from tests.conftest import AUTH_SCHEMAS, Broker, signed_client, wait_for
+from tests.conftest import Broker, signed_client, wait_for
 from tests.test_gis import Kiosk
 
 CITIZEN = {"ref": "9f2c" * 16}
@@ -62,7 +61,7 @@ def test_thai_fiscal_years_and_money() -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Any:
-    s = SQLiteStore(tmp_path / "hub.sqlite", schemas=(ledger.ensure_schema, reports.ensure_schema, *AUTH_SCHEMAS))
+    s = SQLiteStore(tmp_path / "hub.sqlite")
     s.open()
     yield s
     s.close()
@@ -364,7 +363,7 @@ def test_a_store_from_before_expiry_and_two_times_is_brought_up_to_date(tmp_path
             BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: add a compensating entry'); END;
     """)
     db.close()
-    store = SQLiteStore(tmp_path / "old.sqlite", schemas=(ledger.ensure_schema,))
+    store = SQLiteStore(tmp_path / "old.sqlite")
     store.open()
     try:
         assert store.write(lambda db: ledger.end_payment(db, "tx-old-000001", "expired", T0)) is not None

@@ -36,10 +36,11 @@ from hub.errors import RecordRejected
 from hub.ingest.classify import ClockWindow, Reason, TxRefused, classify
 from hub.ingest.consumer import Ingest, IngestSettings
 from hub.metrics import HubMetrics
+from hub.records.session import Session
 from hub.router import Route, Router
 from hub.store.base import DeadLetter, IngestBatch, SeqMessage
 from hub.store.sqlite import SQLiteStore
-from tests.conftest import AUTH_SCHEMAS, Broker, Hub, signed_client, wait_for
+from tests.conftest import Broker, Hub, signed_client, wait_for
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 POLE = "kk-aq-0666"
@@ -308,7 +309,7 @@ def test_a_transaction_that_breaks_the_contract_is_answered_rejected_and_a_kiosk
 
 # -- the writer in process, against a real broker ------------------------------------------------------------------
 
-def _poison(db: sqlite3.Connection) -> None:
+def _poison(db: Session) -> None:
     """A store that refuses one row the way SQLite refuses a constraint (an IntegrityError)."""
     db.execute("CREATE TRIGGER IF NOT EXISTS refuse_poison BEFORE INSERT ON readings WHEN NEW.sensor = 'poison' "
                "BEGIN SELECT RAISE(ABORT, 'poisoned reading'); END")
@@ -323,7 +324,7 @@ class _Exploding:
 
 @pytest.fixture
 def ingest(broker: Broker, tmp_path: Path) -> Iterator[Ingest]:
-    store = SQLiteStore(tmp_path / "hub.sqlite", schemas=(_poison, *AUTH_SCHEMAS))
+    store = SQLiteStore(tmp_path / "hub.sqlite", schemas=(_poison,))
     store.open()
     routes: dict[str, Route] = {"fee.payment": _Exploding()}
     settings = IngestSettings(port=broker.port, client_id="hub-under-test", max_unwritten_s=0.5, batch_max=50)

@@ -15,7 +15,7 @@ from hub.ingest.consumer import Ingest, IngestSettings
 from hub.metrics import HubMetrics
 from hub.router import Router
 from hub.store.sqlite import SQLiteStore
-from tests.conftest import AUTH_SCHEMAS, Broker, wait_for
+from tests.conftest import Broker, wait_for
 from tests.test_ingest_hardening import Device
 
 POLE = "kk-aq-0909"
@@ -29,7 +29,7 @@ def _telemetry(seq: int) -> bytes:
 
 @pytest.fixture
 def ingest(broker: Broker, tmp_path: Path) -> Iterator[Ingest]:
-    store = SQLiteStore(tmp_path / "hub.sqlite", schemas=AUTH_SCHEMAS)
+    store = SQLiteStore(tmp_path / "hub.sqlite")
     store.open()
     consumer = Ingest(store, IngestSettings(port=broker.port, client_id="hub-receiver-test"), HubMetrics(store),
                       Router({}))

@@ -13,8 +13,8 @@ from edge.contract import Location, Tx, format_timestamp
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.promptpay import PromptPaySettings
-from hub.gis import reports
 from hub.gis.reports import DEMO_ZONES, ReportRoute, Zones
+from hub.records.session import Session
 from hub.router import Router
 from hub.store.sqlite import SQLiteStore
 from nakhon.cli import main
@@ -26,7 +26,7 @@ CITIZEN = {"ref": "ab12" * 16}
 
 def _fill(data: Path) -> None:
     """Two cash payments by a citizen (400 days ago and now), a resolved old report and an old card event."""
-    store = SQLiteStore(data / "hub.sqlite", schemas=(ledger.ensure_schema, reports.ensure_schema))
+    store = SQLiteStore(data / "hub.sqlite")
     store.open()
     catalogue = load_catalogue(DEMO_FEES)
     for i, at in enumerate((OLD, NOW)):
@@ -41,7 +41,7 @@ def _fill(data: Path) -> None:
     store.apply_tx(report, OLD.timestamp(), Router({"issue.report": ReportRoute(Zones(DEMO_ZONES))}).decide)
     old = format_timestamp(OLD)
 
-    def backdate(db: sqlite3.Connection) -> None:
+    def backdate(db: Session) -> None:
         db.execute("UPDATE reports SET status = 'resolved', created_at = ?, updated_at = ?", (old, old))
         db.execute("UPDATE report_history SET at = ?, note = 'called the citizen back'", (old,))
         db.execute("INSERT INTO events (device, seq, ts, sensor, event, severity, data) VALUES "

@@ -21,9 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.contract import DeviceState
-from hub.auth import accounts
 from hub.auth.throttle import StoredSignInThrottle, ThrottleRule
-from hub.auth.throttle import ensure_schema as throttle_schema
 from hub.notify.worker import NotificationWorker
 from hub.store.sqlite import SQLiteStore
 from tests.conftest import Agent, Broker, Hub, fast_air, wait_for
@@ -260,8 +258,7 @@ def test_two_notification_workers_send_a_notification_once(pair: Callable[..., t
 
 
 def test_failed_sign_ins_count_on_every_hub_process(tmp_path: Path) -> None:
-    stores = [SQLiteStore(tmp_path / "hub.sqlite", schemas=(accounts.ensure_schema, throttle_schema))
-              for _ in range(2)]
+    stores = [SQLiteStore(tmp_path / "hub.sqlite") for _ in range(2)]
     for s in stores:
         s.open()
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -19,6 +18,7 @@ from hub.api.bounds import Instant, PositiveId
 from hub.audit import Actor, AuditLog
 from hub.auth.web import CurrentActor
 from hub.errors import AlarmError
+from hub.records.session import Session
 
 Comment = Annotated[str | None, Field(max_length=1000)]
 RuleId = Annotated[str, Path(min_length=1, max_length=64)]
@@ -97,7 +97,7 @@ def create_router(engine: AlarmEngine, audit: AuditLog) -> APIRouter:
 
     def _act(alarm_id: int, action: str, actor: Actor, comment: str | None, until: float | None = None,
              ) -> dict[str, Any]:
-        def audited(db: sqlite3.Connection, before: dict[str, Any], after: dict[str, Any]) -> None:
+        def audited(db: Session, before: dict[str, Any], after: dict[str, Any]) -> None:
             audit.record(actor, f"alarm.{action}", f"alarm/{alarm_id}", _view(before),
                          {**_view(after), "comment": comment}, db=db)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -54,13 +53,14 @@ from hub.alarms.rules import (
 from hub.errors import AlarmError, StoreError
 from hub.faults import crash_point
 from hub.notify.messages import compose
+from hub.records.session import Session
 from hub.store.base import IngestBatch
 from hub.store.sqlite import SQLiteStore
 
 log = logging.getLogger("nakhon.hub.alarms")
 
 Clock = Callable[[], float]
-Audited = Callable[[sqlite3.Connection, Any, Any], None]
+Audited = Callable[[Session, Any, Any], None]
 """Called inside the transaction of a user's change with what it was and what it is (the audit log)."""
 
 CHANNEL_RULE = EventRule(id="notify.channel-failing", type="event", events=["notify.failing"], latched=False,
@@ -95,7 +95,7 @@ class _Write:
     raised: bool = False
 
 
-_Op = Callable[[sqlite3.Connection, _Write], None]
+_Op = Callable[[Session, _Write], None]
 
 
 class AlarmEngine:
@@ -127,7 +127,7 @@ class AlarmEngine:
         """Load API rules, open alarms and the registry from the store (after the store is open)."""
         now = self.clock()
 
-        def load(db: sqlite3.Connection) -> None:
+        def load(db: Session) -> None:
             self.rules = dict(self.file_rules)
             for rule_id, body in db.execute("SELECT id, body FROM alarm_rules"):
                 if rule_id not in self.file_rules:
@@ -195,7 +195,7 @@ class AlarmEngine:
         if not ops:
             return
 
-        def run(db: sqlite3.Connection, out: _Write) -> None:
+        def run(db: Session, out: _Write) -> None:
             for op in ops:
                 op(db, out)
 
@@ -209,7 +209,7 @@ class AlarmEngine:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    def _transact(self, work: Callable[[sqlite3.Connection, _Write], None]) -> _Write:
+    def _transact(self, work: Callable[[Session, _Write], None]) -> _Write:
         with self._lock:
             out = _Write()
             self.store.write(lambda db: work(db, out))
@@ -220,7 +220,7 @@ class AlarmEngine:
             self.on_notify()
         return out
 
-    def _evaluate(self, db: sqlite3.Connection, out: _Write, batch: IngestBatch) -> None:
+    def _evaluate(self, db: Session, out: _Write, batch: IngestBatch) -> None:
         now = self.clock()
         for s in batch.statuses:
             st = s.status
@@ -332,7 +332,7 @@ class AlarmEngine:
         self.store.read(self.sync)
         self._transact(self._tick)
 
-    def sync(self, db: sqlite3.Connection) -> None:
+    def sync(self, db: Session) -> None:
         """Learn what other hub processes changed: open alarms, devices' links and which sensors' newest
         readings moved (their arrival dated by this engine's clock)."""
         opened = {(str(r), str(d)) for r, d in db.execute("SELECT rule, device FROM alarms WHERE state != 'cleared'")}
@@ -358,7 +358,7 @@ class AlarmEngine:
                         self._last_reading[key] = now
             self._newest = newest
 
-    def _tick(self, db: sqlite3.Connection, out: _Write) -> None:
+    def _tick(self, db: Session, out: _Write) -> None:
         now = self.clock()
         for device, info in list(self.devices.items()):
             for rule in self._of(OfflineRule):
@@ -396,7 +396,7 @@ class AlarmEngine:
                 silent.append(sensor)
         return silent
 
-    def _escalate(self, db: sqlite3.Connection, out: _Write, now: float) -> None:
+    def _escalate(self, db: Session, out: _Write, now: float) -> None:
         rows = db.execute(f"SELECT {sql.ALARM_COLUMNS} FROM alarms "  # noqa: S608 (constant)
                           "WHERE state = 'active' AND next_step >= 0").fetchall()
         for row in rows:
@@ -414,14 +414,14 @@ class AlarmEngine:
             self._notify(db, out, alarm, rule, step, now)
             sql.add_history(db, alarm["id"], now, "escalated", None, f"step {step + 1}", alarm["state"])
 
-    def _unshelve(self, db: sqlite3.Connection, out: _Write, now: float) -> None:
+    def _unshelve(self, db: Session, out: _Write, now: float) -> None:
         rows = db.execute("SELECT id FROM alarms WHERE state = 'shelved' AND shelved_until <= ?", (now,)).fetchall()
         for (alarm_id,) in rows:
             if db.execute("UPDATE alarms SET state = shelved_from, shelved_until = NULL, shelved_from = NULL "
                           "WHERE id = ? AND state = 'shelved'", (alarm_id,)).rowcount:
                 self._changed(db, out, alarm_id, "unshelved", None, None, now)
 
-    def _reports(self, db: sqlite3.Connection, out: _Write, now: float) -> None:
+    def _reports(self, db: Session, out: _Write, now: float) -> None:
         if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reports'").fetchone():
             return
         rows = db.execute("SELECT id, device, category, lat, lon, zone, status, created_at FROM reports "
@@ -433,7 +433,7 @@ class AlarmEngine:
             self._last_report = rid
 
     # -- alarm changes (inside a write) --------------------------------------------------------
-    def _feed(self, db: sqlite3.Connection, out: _Write, now: float, kind: str, data: dict[str, Any],
+    def _feed(self, db: Session, out: _Write, now: float, kind: str, data: dict[str, Any],
               key: str | None = None) -> FeedItem | None:
         item = feed_module.append(db, now, kind, data, key)
         if item is not None:
@@ -443,7 +443,7 @@ class AlarmEngine:
     def _rule(self, rule_id: str) -> AnyRule | None:
         return CHANNEL_RULE if rule_id == CHANNEL_RULE.id else self.rules.get(rule_id)
 
-    def _raise(self, db: sqlite3.Connection, out: _Write, rule: AnyRule, device: str, sensor: str | None,
+    def _raise(self, db: Session, out: _Write, rule: AnyRule, device: str, sensor: str | None,
                value: float | None, detail: dict[str, Any], now: float) -> None:
         self._on.add((rule.id, device))
         latched = isinstance(rule, EventRule) and rule.latched
@@ -471,7 +471,7 @@ class AlarmEngine:
                 self._notify(db, out, alarm, rule, step, now)
         log.warning("alarm %d raised: %s on %s (%s)", alarm_id, rule.id, device, rule.severity.value)
 
-    def _auto_clear(self, db: sqlite3.Connection, out: _Write, rule: AnyRule, device: str, now: float,
+    def _auto_clear(self, db: Session, out: _Write, rule: AnyRule, device: str, now: float,
                     why: str, look: bool = False) -> None:
         """Clear the rule's open alarm on the device: one this engine knows of, or (``look``) any in the store."""
         self._pending.pop((rule.id, device), None)
@@ -480,7 +480,7 @@ class AlarmEngine:
         self._on.discard((rule.id, device))
         self._clear_open(db, out, rule, device, now, why)
 
-    def _clear_open(self, db: sqlite3.Connection, out: _Write, rule: AnyRule, device: str, now: float,
+    def _clear_open(self, db: Session, out: _Write, rule: AnyRule, device: str, now: float,
                     why: str) -> None:
         existing = sql.open_alarm(db, rule.id, device)
         if existing is None or existing["latched"]:
@@ -489,7 +489,7 @@ class AlarmEngine:
                    (now, existing["id"]))
         self._changed(db, out, existing["id"], "cleared", None, f"condition ended: {why}", now)
 
-    def _changed(self, db: sqlite3.Connection, out: _Write, alarm_id: int, action: str, user: str | None,
+    def _changed(self, db: Session, out: _Write, alarm_id: int, action: str, user: str | None,
                  comment: str | None, now: float) -> dict[str, Any]:
         alarm = sql.alarm(db, alarm_id)
         if alarm is None:
@@ -498,7 +498,7 @@ class AlarmEngine:
         self._feed(db, out, now, "alarm", {"change": action, "user": user, "comment": comment, "alarm": alarm})
         return alarm
 
-    def _notify(self, db: sqlite3.Connection, out: _Write, alarm: dict[str, Any], rule: AnyRule, step: int,
+    def _notify(self, db: Session, out: _Write, alarm: dict[str, Any], rule: AnyRule, step: int,
                 now: float) -> None:
         info = self._info(alarm["device"])
         where = {"site": info.site, "lat": info.lat, "lon": info.lon}
@@ -527,7 +527,7 @@ class AlarmEngine:
         ``audited`` is called inside the same transaction with the alarm before and after."""
         done: dict[str, Any] = {}
 
-        def work(db: sqlite3.Connection, out: _Write) -> None:
+        def work(db: Session, out: _Write) -> None:
             alarm = sql.alarm(db, alarm_id)
             if alarm is None:
                 raise LookupError(f"no alarm {alarm_id}")
@@ -543,13 +543,13 @@ class AlarmEngine:
         self._transact(work)
         return done
 
-    def _ack(self, db: sqlite3.Connection, alarm: dict[str, Any], user: str, now: float, _: float | None) -> None:
+    def _ack(self, db: Session, alarm: dict[str, Any], user: str, now: float, _: float | None) -> None:
         if alarm["state"] != "active":
             raise AlarmError(f"alarm {alarm['id']} is {alarm['state']}; only an active alarm is acknowledged")
         db.execute("UPDATE alarms SET state = 'acknowledged', acked_by = ?, acked_at = ? WHERE id = ?",
                    (user, now, alarm["id"]))
 
-    def _clear(self, db: sqlite3.Connection, alarm: dict[str, Any], user: str, now: float, _: float | None) -> None:
+    def _clear(self, db: Session, alarm: dict[str, Any], user: str, now: float, _: float | None) -> None:
         if alarm["state"] == "cleared":
             raise AlarmError(f"alarm {alarm['id']} is already cleared")
         db.execute("UPDATE alarms SET state = 'cleared', cleared_by = ?, cleared_at = ?, next_step = -1 "
@@ -558,7 +558,7 @@ class AlarmEngine:
         self._on.discard(key)
         self._pending.pop(key, None)
 
-    def _shelve(self, db: sqlite3.Connection, alarm: dict[str, Any], user: str, now: float,
+    def _shelve(self, db: Session, alarm: dict[str, Any], user: str, now: float,
                 until: float | None) -> None:
         if alarm["state"] == "cleared":
             raise AlarmError(f"alarm {alarm['id']} is cleared; there is nothing to shelve")
@@ -568,7 +568,7 @@ class AlarmEngine:
                    "shelved_from = CASE WHEN state = 'shelved' THEN shelved_from ELSE state END WHERE id = ?",
                    (until, user, alarm["id"]))
 
-    def _comment(self, db: sqlite3.Connection, alarm: dict[str, Any], user: str, now: float,
+    def _comment(self, db: Session, alarm: dict[str, Any], user: str, now: float,
                  _: float | None) -> None:
         """A comment changes nothing but the history."""
 
@@ -580,7 +580,7 @@ class AlarmEngine:
             raise AlarmError(f"rule {rule.id} comes from the rules file; change it there")
         check_channels(rule, set(self.channels))
 
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: Session) -> None:
             before = db.execute("SELECT body FROM alarm_rules WHERE id = ?", (rule.id,)).fetchone()
             db.execute("INSERT INTO alarm_rules (id, body, updated_at, updated_by) VALUES (?, ?, ?, ?) "
                        "ON CONFLICT (id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at, "
@@ -598,7 +598,7 @@ class AlarmEngine:
         if rule_id in self.file_rules:
             raise AlarmError(f"rule {rule_id} comes from the rules file; change it there")
 
-        def work(db: sqlite3.Connection) -> bool:
+        def work(db: Session) -> bool:
             before = db.execute("DELETE FROM alarm_rules WHERE id = ? RETURNING body", (rule_id,)).fetchone()
             if before is not None and audited is not None:
                 audited(db, json.loads(before[0]), None)
@@ -622,7 +622,7 @@ class AlarmEngine:
                                                             "delivered again"))
 
 
-_ACTIONS: dict[str, Callable[[AlarmEngine, sqlite3.Connection, dict[str, Any], str, float, float | None], None]] = {
+_ACTIONS: dict[str, Callable[[AlarmEngine, Session, dict[str, Any], str, float, float | None], None]] = {
     "ack": AlarmEngine._ack,
     "clear": AlarmEngine._clear,
     "shelve": AlarmEngine._shelve,

@@ -21,12 +21,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from hub.records.session import Session
 
 RING_MAX = 2_000
 QUEUE_MAX = 1_000
@@ -38,23 +39,6 @@ KEEP_S = 7 * 86_400
 FOLLOW_S = 0.25
 """How often a following feed reads rows other hub processes committed."""
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feed (
-    id   INTEGER PRIMARY KEY AUTOINCREMENT,
-    at   REAL NOT NULL,
-    type TEXT NOT NULL,
-    key  TEXT UNIQUE,
-    data TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS feed_counter (
-    id   INTEGER PRIMARY KEY CHECK (id = 1),
-    last INTEGER NOT NULL
-);
-INSERT INTO feed_counter (id, last)
-    SELECT 1, max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'feed'), 0),
-                  coalesce((SELECT max(id) FROM feed), 0))
-    WHERE true ON CONFLICT (id) DO NOTHING;
-"""
 
 
 @dataclass(frozen=True)
@@ -70,7 +54,7 @@ class FeedItem:
         return f"id: {self.id}\nevent: {self.type}\ndata: {self.data}\n\n"
 
 
-def append(db: sqlite3.Connection, at: float, kind: str, data: dict[str, Any], key: str | None = None,
+def append(db: Session, at: float, kind: str, data: dict[str, Any], key: str | None = None,
            ) -> FeedItem | None:
     """Inside a write: add a row; returns None when ``key`` was already fed (a redelivered event)."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
@@ -83,7 +67,7 @@ def append(db: sqlite3.Connection, at: float, kind: str, data: dict[str, Any], k
     return FeedItem(feed_id, kind, text)
 
 
-def prune(db: sqlite3.Connection, now: float) -> None:
+def prune(db: Session, now: float) -> None:
     """Inside a write: forget rows older than :data:`KEEP_S`."""
     db.execute("DELETE FROM feed WHERE at < ?", (now - KEEP_S,))
 
@@ -218,12 +202,12 @@ class Feed:
             return [item for item in self._ring if item.id > after]
 
 
-def backlog(db: sqlite3.Connection, after: int) -> list[FeedItem]:
+def backlog(db: Session, after: int) -> list[FeedItem]:
     """Stored rows after ``after``, oldest first."""
     rows = db.execute("SELECT id, type, data FROM feed WHERE id > ? ORDER BY id LIMIT ?", (after, BACKLOG_MAX))
     return [FeedItem(int(i), str(t), str(d)) for i, t, d in rows]
 
 
-def newest(db: sqlite3.Connection) -> int:
+def newest(db: Session) -> int:
     """The id of the newest stored row (0 for none)."""
     return int(db.execute("SELECT coalesce(max(id), 0) FROM feed").fetchone()[0])

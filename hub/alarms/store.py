@@ -3,88 +3,9 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
-from hub.alarms import feed
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS alarms (
-    id            INTEGER PRIMARY KEY,
-    rule          TEXT NOT NULL,
-    device        TEXT NOT NULL,
-    sensor        TEXT,
-    severity      TEXT NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('active', 'acknowledged', 'shelved', 'cleared')),
-    latched       INTEGER NOT NULL,
-    title_th      TEXT NOT NULL,
-    title_en      TEXT NOT NULL,
-    value         REAL,
-    detail        TEXT NOT NULL,
-    count         INTEGER NOT NULL DEFAULT 1,
-    first_seen    REAL NOT NULL,
-    last_seen     REAL NOT NULL,
-    acked_by      TEXT,
-    acked_at      REAL,
-    cleared_by    TEXT,
-    cleared_at    REAL,
-    shelved_until REAL,
-    shelved_by    TEXT,
-    shelved_from  TEXT,
-    next_step     INTEGER NOT NULL DEFAULT -1
-);
-CREATE UNIQUE INDEX IF NOT EXISTS alarms_open ON alarms (rule, device) WHERE state != 'cleared';
-CREATE INDEX IF NOT EXISTS alarms_by_state ON alarms (state, id);
-CREATE TABLE IF NOT EXISTS alarm_history (
-    alarm_id INTEGER NOT NULL REFERENCES alarms (id),
-    at       REAL NOT NULL,
-    action   TEXT NOT NULL,
-    user     TEXT,
-    comment  TEXT,
-    state    TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alarm_history_by_alarm ON alarm_history (alarm_id, at);
-CREATE TABLE IF NOT EXISTS alarm_rules (
-    id         TEXT PRIMARY KEY,
-    body       TEXT NOT NULL,
-    updated_at REAL NOT NULL,
-    updated_by TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS notifications (
-    id         INTEGER PRIMARY KEY,
-    alarm_id   INTEGER NOT NULL REFERENCES alarms (id),
-    channel    TEXT NOT NULL,
-    step       INTEGER NOT NULL,
-    retry_key  TEXT NOT NULL,
-    language   TEXT NOT NULL,
-    subject    TEXT NOT NULL,
-    body       TEXT NOT NULL,
-    payload    TEXT NOT NULL,
-    state      TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
-    attempts   INTEGER NOT NULL DEFAULT 0,
-    next_at    REAL NOT NULL,
-    created_at REAL NOT NULL,
-    sent_at    REAL,
-    last_error TEXT,
-    UNIQUE (alarm_id, channel, step)
-);
-CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_at);
-CREATE TABLE IF NOT EXISTS notification_attempts (
-    notification_id INTEGER NOT NULL REFERENCES notifications (id),
-    at              REAL NOT NULL,
-    ok              INTEGER NOT NULL,
-    detail          TEXT NOT NULL,
-    elapsed_ms      REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS notification_attempts_by_id ON notification_attempts (notification_id, at);
-CREATE INDEX IF NOT EXISTS events_by_time ON events (ts, device, seq);
-"""
-
-
-def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the alarm, notification and feed tables (registered with the store like finance and GIS)."""
-    db.executescript(SCHEMA + feed.SCHEMA)
-
+from hub.records.session import Session
 
 ALARM_COLUMNS = ("id, rule, device, sensor, severity, state, latched, title_th, title_en, value, detail, count, "
                  "first_seen, last_seen, acked_by, acked_at, cleared_by, cleared_at, shelved_until, shelved_by, "
@@ -100,13 +21,13 @@ def alarm_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
-def alarm(db: sqlite3.Connection, alarm_id: int) -> dict[str, Any] | None:
+def alarm(db: Session, alarm_id: int) -> dict[str, Any] | None:
     """One alarm, or None."""
     row = db.execute(f"SELECT {ALARM_COLUMNS} FROM alarms WHERE id = ?", (alarm_id,)).fetchone()  # noqa: S608
     return alarm_dict(row) if row else None
 
 
-def open_alarm(db: sqlite3.Connection, rule: str, device: str) -> dict[str, Any] | None:
+def open_alarm(db: Session, rule: str, device: str) -> dict[str, Any] | None:
     """The open (not cleared) alarm of a rule on a device, or None."""
     row = db.execute(f"SELECT {ALARM_COLUMNS} FROM alarms WHERE rule = ? AND device = ? "  # noqa: S608
                      "AND state != 'cleared'", (rule, device)).fetchone()
@@ -116,7 +37,7 @@ def open_alarm(db: sqlite3.Connection, rule: str, device: str) -> dict[str, Any]
 _FILTERS = {"state": "state = ?", "severity": "severity = ?", "device": "device = ?", "rule": "rule = ?"}
 
 
-def alarms(db: sqlite3.Connection, filters: dict[str, str | None], limit: int) -> list[dict[str, Any]]:
+def alarms(db: Session, filters: dict[str, str | None], limit: int) -> list[dict[str, Any]]:
     """Alarms matching the given filters, newest first."""
     where = [(_FILTERS[k], v) for k, v in filters.items() if v is not None]
     sql = f"SELECT {ALARM_COLUMNS} FROM alarms"  # noqa: S608 (constant)
@@ -126,14 +47,14 @@ def alarms(db: sqlite3.Connection, filters: dict[str, str | None], limit: int) -
     return [alarm_dict(r) for r in db.execute(sql, [v for _, v in where] + [limit])]
 
 
-def history(db: sqlite3.Connection, alarm_id: int) -> list[dict[str, Any]]:
+def history(db: Session, alarm_id: int) -> list[dict[str, Any]]:
     """Everything that happened to an alarm, oldest first."""
     rows = db.execute("SELECT at, action, user, comment, state FROM alarm_history WHERE alarm_id = ? "
                       "ORDER BY at, rowid", (alarm_id,))
     return [dict(zip(("at", "action", "user", "comment", "state"), r, strict=True)) for r in rows]
 
 
-def add_history(db: sqlite3.Connection, alarm_id: int, at: float, action: str, user: str | None,
+def add_history(db: Session, alarm_id: int, at: float, action: str, user: str | None,
                 comment: str | None, state: str) -> None:
     """Record one step of an alarm's life."""
     db.execute("INSERT INTO alarm_history (alarm_id, at, action, user, comment, state) VALUES (?, ?, ?, ?, ?, ?)",
@@ -151,7 +72,7 @@ def notification_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
-def notifications(db: sqlite3.Connection, alarm_id: int | None, channel: str | None, state: str | None,
+def notifications(db: Session, alarm_id: int | None, channel: str | None, state: str | None,
                   limit: int) -> list[dict[str, Any]]:
     """Notifications with every attempt, newest first."""
     where = [(c, v) for c, v in (("alarm_id = ?", alarm_id), ("channel = ?", channel), ("state = ?", state))
@@ -169,14 +90,14 @@ def notifications(db: sqlite3.Connection, alarm_id: int | None, channel: str | N
     return out
 
 
-def due_notifications(db: sqlite3.Connection, now: float, limit: int = 20) -> list[dict[str, Any]]:
+def due_notifications(db: Session, now: float, limit: int = 20) -> list[dict[str, Any]]:
     """Pending notifications whose next try is due, oldest first."""
     rows = db.execute(f"SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE state = 'pending' "  # noqa: S608
                       "AND next_at <= ? ORDER BY next_at, id LIMIT ?", (now, limit))
     return [notification_dict(r) for r in rows]
 
 
-def next_due(db: sqlite3.Connection) -> float | None:
+def next_due(db: Session) -> float | None:
     """When the next pending notification is due."""
     row = db.execute("SELECT min(next_at) FROM notifications WHERE state = 'pending'").fetchone()
     return float(row[0]) if row and row[0] is not None else None

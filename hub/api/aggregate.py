@@ -4,7 +4,6 @@ gets a few hundred buckets instead of 60,000 points; and the quantities a device
 from __future__ import annotations
 
 import math
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
@@ -13,6 +12,7 @@ from pydantic import BaseModel
 
 from edge.contract import DeviceId, Timestamp
 from hub.api.bounds import Instant, Name
+from hub.records.session import Session
 from hub.store.base import SqlStore
 
 DEFAULT_SPAN: Final = timedelta(days=1)
@@ -54,7 +54,7 @@ def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-def _buckets(db: sqlite3.Connection, device: str, quantity: str, since: int, until: int,
+def _buckets(db: Session, device: str, quantity: str, since: int, until: int,
              size: int) -> tuple[str | None, list[Bucket]]:
     rows = db.execute(
         "SELECT (ts - ?1) / ?2 AS b, MIN(value), AVG(value), MAX(value), COUNT(*), MAX(unit) FROM readings "
@@ -95,7 +95,7 @@ def create_router(store: SqlStore) -> APIRouter:
         """Every (sensor, quantity) the device has sent, with its unit and newest reading time."""
         known(device)
 
-        def work(db: sqlite3.Connection) -> list[Any]:
+        def work(db: Session) -> list[Any]:
             return db.execute(
                 "SELECT l.sensor, l.quantity, l.ts, (SELECT unit FROM readings r WHERE r.device = l.device "
                 "AND r.quantity = l.quantity AND r.ts = l.ts LIMIT 1) FROM latest l WHERE l.device = ? "

@@ -8,7 +8,6 @@ user's tokens stop working too.
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,37 +15,12 @@ from typing import Any
 from hub.auth import credentials
 from hub.auth.policy import ROLES
 from hub.errors import HubError
+from hub.records.session import Session
 from hub.store.sqlite import SQLiteStore
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9._-]{1,31}$")
 SESSION_TTL_S = 8 * 3600.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    name          TEXT PRIMARY KEY,
-    password_hash TEXT NOT NULL,
-    roles         TEXT NOT NULL,
-    disabled      INTEGER NOT NULL DEFAULT 0,
-    created_at    REAL NOT NULL,
-    changed_at    REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    digest     TEXT PRIMARY KEY,
-    user       TEXT NOT NULL REFERENCES users (name),
-    address    TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user);
-CREATE TABLE IF NOT EXISTS api_tokens (
-    id         INTEGER PRIMARY KEY,
-    digest     TEXT NOT NULL UNIQUE,
-    user       TEXT NOT NULL REFERENCES users (name),
-    label      TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    revoked_at REAL
-);
-"""
 
 
 class AccountError(HubError, ValueError):
@@ -74,9 +48,6 @@ class ApiToken:
     revoked: bool
 
 
-def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the account tables if needed."""
-    db.executescript(SCHEMA)
 
 
 def _roles(text: str) -> frozenset[str]:
@@ -113,7 +84,7 @@ class Accounts:
         credentials.check_password_rules(password)
         hashed, now = credentials.hash_password(password), self._clock()
 
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: Session) -> None:
             if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
                 raise AccountError(f"user {name!r} exists already (use reset or disable)")
             db.execute("INSERT INTO users (name, password_hash, roles, created_at, changed_at) VALUES (?, ?, ?, ?, ?)",
@@ -133,7 +104,7 @@ class Accounts:
         return next((u for u in self.users() if u.name == name), None)
 
     def _change(self, name: str, sql: str, args: tuple[Any, ...]) -> None:
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: Session) -> None:
             if not db.execute(sql, (*args, self._clock(), name)).rowcount:
                 raise AccountError(f"no user {name!r}")
             db.execute("DELETE FROM sessions WHERE user = ?", (name,))
@@ -176,7 +147,7 @@ class Accounts:
         """Start a session; returns the cookie value (kept only as its digest)."""
         session, now = credentials.new_session(), self._clock()
 
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: Session) -> None:
             db.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
             db.execute("INSERT INTO sessions (digest, user, address, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
                        (credentials.digest(session), user, address[:64], now, now + SESSION_TTL_S))
@@ -201,12 +172,13 @@ class Accounts:
         value, now = credentials.new_token(), self._clock()
         label = label[:100]
 
-        def work(db: sqlite3.Connection) -> int:
+        def work(db: Session) -> int:
             if not db.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone():
                 raise AccountError(f"no user {user!r}")
-            cur = db.execute("INSERT INTO api_tokens (digest, user, label, created_at) VALUES (?, ?, ?, ?)",
+            cur = db.execute("INSERT INTO api_tokens (digest, user, label, created_at) VALUES (?, ?, ?, ?) "
+                             "RETURNING id",
                              (credentials.digest(value), user, label, now))
-            return int(cur.lastrowid or 0)
+            return int(cur.fetchone()[0])
 
         return ApiToken(self._store.write(work), user, label, now, False), value
 
@@ -221,7 +193,7 @@ class Accounts:
 
     def revoke_token(self, token_id: int) -> ApiToken:
         """Revoke a token for good."""
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: Session) -> None:
             if not db.execute("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                               (self._clock(), token_id)).rowcount:
                 raise AccountError(f"no active token {token_id}")

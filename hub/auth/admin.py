@@ -12,9 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hub import audit as audit_log
 from hub.audit import CLI, AuditLog
-from hub.auth import accounts as auth_accounts
 from hub.auth import credentials, signature
 from hub.auth.accounts import AccountError, Accounts
 from hub.auth.policy import ROLES
@@ -123,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         signed = signature.headers(secret, args.body.encode())
         print(" ".join(f"-H {name}:{value}" for name, value in signed.items()))
         return 0
-    store = SQLiteStore(args.data / "hub.sqlite", schemas=(auth_accounts.ensure_schema, audit_log.ensure_schema))
+    store = SQLiteStore(args.data / "hub.sqlite")
     commands: dict[str, Callable[[argparse.Namespace, Accounts, AuditLog], None]] = {"user": _user, "token": _token}
     try:
         store.open()

@@ -6,7 +6,6 @@ load balancer slow the same guesser alike: spreading tries over the processes ea
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,14 +14,6 @@ from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS signin_failures (
-    scope TEXT NOT NULL,
-    key   TEXT NOT NULL,
-    at    REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS signin_failures_by_key ON signin_failures (scope, key, at);
-"""
 
 
 @dataclass(frozen=True)
@@ -83,11 +74,6 @@ class SignInThrottle:
     def succeeded(self, name: str) -> None:
         """A good sign-in clears the name's count (the address keeps its own)."""
         self._failures.pop(("name", name), None)
-
-
-def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the failed sign-ins table (registered with the store like the accounts)."""
-    db.executescript(SCHEMA)
 
 
 class RecordsStore(Protocol):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
@@ -30,6 +29,7 @@ from hub.finance.ledger import (
     reverse,
     today,
 )
+from hub.records.session import Session
 from hub.store.base import SqlStore
 
 AnswerKiosk = Callable[[str, TxOutcome], None]
@@ -67,7 +67,7 @@ def spreadsheet_text(value: str) -> str:
     return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
 
 
-def _rows(db: sqlite3.Connection, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+def _rows(db: Session, sql: str, args: list[Any]) -> list[dict[str, Any]]:
     cur = db.execute(sql, args)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
@@ -96,7 +96,7 @@ _REGISTER_SQL = (
     "FROM ledger e LEFT JOIN ledger p ON p.id = e.refers_to WHERE e.local_date = ? ORDER BY e.office, e.id")
 
 
-def register_rows(db: sqlite3.Connection, day: date) -> list[dict[str, Any]]:
+def register_rows(db: Session, day: date) -> list[dict[str, Any]]:
     """Every ledger entry of a local date (payments, voids, refunds) as register rows; amounts in satang."""
     out = []
     for d, office, fy, no, entry, refers, at, device, service, method, amount, reason, by in db.execute(
@@ -149,7 +149,7 @@ def register_xlsx(rows: list[dict[str, Any]], day: date, lang: str) -> bytes:
 
 def expire_pending(store: SqlStore, answer_kiosk: AnswerKiosk, at: datetime) -> int:
     """End every pending PromptPay payment whose time is up and tell its kiosk; returns how many ended."""
-    def work(db: sqlite3.Connection) -> list[tuple[str, TxOutcome]]:
+    def work(db: Session) -> list[tuple[str, TxOutcome]]:
         ended = [end_payment(db, tx_id, "expired", at) for tx_id in due_to_expire(db, at)]
         for _, outcome in (e for e in ended if e is not None):
             store.replace_tx_outcome(db, outcome.tx_id, outcome)
@@ -170,7 +170,7 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
     def confirm(tx_id: Key, body: Confirmation, actor: CurrentActor) -> dict[str, Any]:
         """The bank's callback, signed (docs/finance.md): the payment is paid, gets its receipt number, and the
         kiosk gets the outcome."""
-        def work(db: sqlite3.Connection) -> tuple[Confirmed, str]:
+        def work(db: Session) -> tuple[Confirmed, str]:
             confirmed = confirm_payment(db, route.catalogue, tx_id, body.amount_satang, body.bank_ref,
                                         datetime.now(UTC))
             device = store.replace_tx_outcome(db, tx_id, confirmed.outcome)
@@ -193,7 +193,7 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
     @api.post("/payments/{tx_id}/cancel")
     def cancel(tx_id: Key, actor: CurrentActor) -> dict[str, Any]:
         """Cancel a PromptPay payment still waiting for the bank; the kiosk is told and stops asking."""
-        def work(db: sqlite3.Connection) -> tuple[str, TxOutcome] | str:
+        def work(db: Session) -> tuple[str, TxOutcome] | str:
             ended = end_payment(db, tx_id, "cancelled", datetime.now(UTC))
             if ended is not None:
                 store.replace_tx_outcome(db, tx_id, ended[1])
@@ -264,7 +264,7 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
     @api.post("/receipts/{receipt_no}/reverse")
     def reverse_receipt(receipt_no: Key, body: Reversal, actor: CurrentActor) -> dict[str, Any]:
         """Void or refund a receipt with a compensating ledger entry (nothing is edited)."""
-        def work(db: sqlite3.Connection) -> int:
+        def work(db: Session) -> int:
             entry_id = reverse(db, receipt_no, body.entry, body.reason, datetime.now(UTC), by=actor.user)
             audit.record(actor, f"receipt.{body.entry}", f"receipt/{receipt_no}", {"reversed": False},
                          {"reversed": True, "entry": body.entry, "reason": body.reason, "ledger_id": entry_id}, db=db)
@@ -291,7 +291,7 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
     @api.post("/reconciliations")
     def record_count(body: CashCount, actor: CurrentActor) -> dict[str, Any]:
         """Record the cash counted from a known kiosk and compare it with the ledger; earlier counts stay."""
-        def work(db: sqlite3.Connection) -> dict[str, Any]:
+        def work(db: Session) -> dict[str, Any]:
             result = reconcile(db, body.device, body.day, body.counted_satang, body.counted_by, datetime.now(UTC),
                                recorded_by=actor.user)
             after = {k: v for k, v in result.items() if k != "earlier_counts"}

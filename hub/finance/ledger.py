@@ -9,7 +9,6 @@ number) until the bank's confirmation arrives, or until it expires or is cancell
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -19,86 +18,7 @@ from edge.contract import Tx, TxOutcome, TxStatus, format_timestamp, tx_referenc
 from hub.finance.catalogue import Catalogue
 from hub.finance.fiscal import BANGKOK, fiscal_year, local_date
 from hub.finance.promptpay import PromptPaySettings
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger (
-    id           INTEGER PRIMARY KEY,
-    at           TEXT NOT NULL,
-    local_date   TEXT NOT NULL,
-    entry        TEXT NOT NULL CHECK (entry IN ('payment', 'void', 'refund')),
-    office       TEXT NOT NULL,
-    fiscal_year  INTEGER NOT NULL,
-    receipt_no   TEXT,
-    refers_to    INTEGER REFERENCES ledger (id),
-    tx_id        TEXT,
-    device       TEXT NOT NULL,
-    service      TEXT NOT NULL,
-    method       TEXT NOT NULL,
-    amount_satang INTEGER NOT NULL,
-    citizen_ref  TEXT,
-    reason       TEXT,
-    paid_at      TEXT,
-    by_user      TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS ledger_receipts ON ledger (receipt_no) WHERE receipt_no IS NOT NULL;
-CREATE UNIQUE INDEX IF NOT EXISTS ledger_one_reversal ON ledger (refers_to) WHERE refers_to IS NOT NULL;
-CREATE INDEX IF NOT EXISTS ledger_by_day ON ledger (local_date, device);
-CREATE TRIGGER IF NOT EXISTS ledger_append_only_delete BEFORE DELETE ON ledger
-    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: add a compensating entry'); END;
-CREATE TABLE IF NOT EXISTS receipt_counters (
-    office      TEXT NOT NULL,
-    fiscal_year INTEGER NOT NULL,
-    last        INTEGER NOT NULL,
-    PRIMARY KEY (office, fiscal_year)
-);
-CREATE TABLE IF NOT EXISTS payments (
-    tx_id         TEXT PRIMARY KEY,
-    device        TEXT NOT NULL,
-    office        TEXT NOT NULL,
-    service       TEXT NOT NULL,
-    method        TEXT NOT NULL,
-    amount_satang INTEGER NOT NULL,
-    citizen_ref   TEXT,
-    status        TEXT NOT NULL CHECK (status IN ('pending', 'paid', 'expired', 'cancelled')),
-    reference     TEXT NOT NULL,
-    created_at    TEXT NOT NULL,
-    paid_at       TEXT,
-    bank_ref      TEXT,
-    receipt_no    TEXT,
-    kiosk_at      TEXT,
-    expires_at    TEXT,
-    ended_at      TEXT
-);
-CREATE TABLE IF NOT EXISTS reconciliations (
-    id             INTEGER PRIMARY KEY,
-    device         TEXT NOT NULL,
-    day            TEXT NOT NULL,
-    counted_satang INTEGER NOT NULL,
-    ledger_satang  INTEGER NOT NULL,
-    entries        INTEGER NOT NULL,
-    counted_by     TEXT NOT NULL,
-    at             TEXT NOT NULL,
-    recorded_by    TEXT
-);
-"""
-
-_APPEND_ONLY = """
-DROP TRIGGER IF EXISTS ledger_append_only_update;
-DROP TRIGGER IF EXISTS ledger_append_only_columns;
-CREATE TRIGGER IF NOT EXISTS ledger_append_only_columns BEFORE UPDATE OF
-    id, at, local_date, entry, office, fiscal_year, receipt_no, refers_to, tx_id, device, service, method,
-    amount_satang, reason, paid_at, by_user ON ledger
-    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: add a compensating entry'); END;
-CREATE TRIGGER IF NOT EXISTS ledger_citizen_ref_only_erased BEFORE UPDATE OF citizen_ref ON ledger
-    WHEN NEW.citizen_ref IS NOT NULL
-    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: a citizen reference can only be erased'); END;
-"""
-"""Nothing in the ledger changes, except that :func:`hub.retention.purge` may erase the citizen reference."""
-
-_ADDED_COLUMNS = {"ledger": ("paid_at TEXT", "by_user TEXT"),
-                  "payments": ("kiosk_at TEXT", "expires_at TEXT", "ended_at TEXT"),
-                  "reconciliations": ("recorded_by TEXT",)}
-"""Columns added after the first release: stores made before get them at start-up."""
+from hub.records.session import Session
 
 KIOSK_CLOCK_TRUSTED = timedelta(days=30)
 """How far back a kiosk's transaction time may lie and still date a cash payment (a hub outage); older, or
@@ -126,37 +46,19 @@ class Receipt:
     """When the hub wrote the entry."""
 
 
-def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the finance tables if needed, and bring tables of an older store up to date."""
-    db.executescript(SCHEMA)
-    for table, columns in _ADDED_COLUMNS.items():
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        for column in columns:
-            if column.split()[0] not in have:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-    old_check = db.execute("SELECT sql FROM sqlite_master WHERE name = 'payments'").fetchone()[0]
-    if "'expired'" not in old_check:
-        _widen_payment_statuses(db, old_check)
-    db.execute("CREATE INDEX IF NOT EXISTS payments_by_status ON payments (status, expires_at)")
-    db.executescript(_APPEND_ONLY)
 
 
-def _widen_payment_statuses(db: sqlite3.Connection, old_sql: str) -> None:
-    """Stores made before expiry allowed only pending and paid: rebuild ``payments`` with the wider CHECK."""
-    new_sql = old_sql.replace("IN ('pending', 'paid')", "IN ('pending', 'paid', 'expired', 'cancelled')")
-    db.executescript(f"BEGIN; ALTER TABLE payments RENAME TO payments_before_expiry; {new_sql}; "  # noqa: S608 (our schema)
-                     "INSERT INTO payments SELECT * FROM payments_before_expiry; DROP TABLE payments_before_expiry; "
-                     "COMMIT;")
 
 
-def _next_receipt(db: sqlite3.Connection, catalogue: Catalogue, office: str, fy: int) -> str:
+def _next_receipt(db: Session, catalogue: Catalogue, office: str, fy: int) -> str:
     row = db.execute(
         "INSERT INTO receipt_counters (office, fiscal_year, last) VALUES (?, ?, 1) "
-        "ON CONFLICT (office, fiscal_year) DO UPDATE SET last = last + 1 RETURNING last", (office, fy)).fetchone()
+        "ON CONFLICT (office, fiscal_year) DO UPDATE SET last = receipt_counters.last + 1 RETURNING last",
+        (office, fy)).fetchone()
     return f"{catalogue.offices[office].receipt_prefix}-{fy}-{row[0]:06d}"
 
 
-def _post_payment(db: sqlite3.Connection, catalogue: Catalogue, *, at: datetime, paid_at: datetime, office: str,
+def _post_payment(db: Session, catalogue: Catalogue, *, at: datetime, paid_at: datetime, office: str,
                   tx_id: str, device: str, service: str, method: str, amount: int,
                   citizen_ref: str | None) -> Receipt:
     day = local_date(paid_at)
@@ -219,7 +121,7 @@ class FinanceRoute:
             raise PaymentRejected(f"{service.code} needs the citizen's ID card")
         return office, service.code, str(method), service.amount_satang
 
-    def apply(self, tx: Tx, db: sqlite3.Connection) -> TxOutcome:
+    def apply(self, tx: Tx, db: Session) -> TxOutcome:
         """Take the payment inside the hub's transaction; never commits."""
         try:
             office, code, method, amount = self._check(tx)
@@ -272,7 +174,7 @@ class Confirmed:
     same (the money is the municipality's to account for), and an officer hands over or refunds the receipt."""
 
 
-def confirm_payment(db: sqlite3.Connection, catalogue: Catalogue, tx_id: str, amount_satang: int,
+def confirm_payment(db: Session, catalogue: Catalogue, tx_id: str, amount_satang: int,
                     bank_ref: str, at: datetime) -> Confirmed:
     """Record the bank's confirmation of a PromptPay payment: its receipt, or the one it already has."""
     row = db.execute("SELECT device, office, service, method, amount_satang, citizen_ref, status, receipt_no, "
@@ -305,7 +207,7 @@ ENDINGS: dict[str, str] = {
 """Why a pending payment ended, as the kiosk shows it (``result.ended`` carries the key)."""
 
 
-def end_payment(db: sqlite3.Connection, tx_id: str, ending: str, at: datetime) -> tuple[str, TxOutcome] | None:
+def end_payment(db: Session, tx_id: str, ending: str, at: datetime) -> tuple[str, TxOutcome] | None:
     """End a pending PromptPay payment (``expired`` or ``cancelled``); returns (device, final outcome), or None
     when it is not pending any more."""
     row = db.execute("UPDATE payments SET status = ?, ended_at = ? WHERE tx_id = ? AND status = 'pending' "
@@ -318,13 +220,13 @@ def end_payment(db: sqlite3.Connection, tx_id: str, ending: str, at: datetime) -
         "ended": ending, "reference": reference, "amount_satang": amount, "service": service, "office": office})
 
 
-def due_to_expire(db: sqlite3.Connection, at: datetime) -> list[str]:
+def due_to_expire(db: Session, at: datetime) -> list[str]:
     """Pending payments whose time is up."""
     return [r[0] for r in db.execute("SELECT tx_id FROM payments WHERE status = 'pending' AND expires_at IS NOT NULL "
                                      "AND expires_at <= ?", (format_timestamp(at),))]
 
 
-def reverse(db: sqlite3.Connection, receipt_no: str, entry: str, reason: str, at: datetime,
+def reverse(db: Session, receipt_no: str, entry: str, reason: str, at: datetime,
             by: str | None = None) -> int:
     """Add a void or refund entry compensating the payment with this receipt number, made by user ``by``;
     returns its id."""
@@ -337,20 +239,20 @@ def reverse(db: sqlite3.Connection, receipt_no: str, entry: str, reason: str, at
     pid, office, fy, tx_id, device, service, method, amount, citizen = row
     cur = db.execute(
         "INSERT INTO ledger (at, local_date, entry, office, fiscal_year, refers_to, tx_id, device, service, method, "
-        "amount_satang, citizen_ref, reason, by_user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "amount_satang, citizen_ref, reason, by_user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (format_timestamp(at), local_date(at).isoformat(), entry, office, fy, pid, tx_id, device, service, method,
          -amount, citizen, reason, by))
-    return int(cur.lastrowid or 0)
+    return int(cur.fetchone()[0])
 
 
-def cash_in_ledger(db: sqlite3.Connection, device: str, day: date) -> tuple[int, int]:
+def cash_in_ledger(db: Session, device: str, day: date) -> tuple[int, int]:
     """Net cash (satang) and number of cash entries a kiosk took on a local date."""
     row = db.execute("SELECT coalesce(sum(amount_satang), 0), count(*) FROM ledger WHERE device = ? AND "
                      "local_date = ? AND method = 'cash'", (device, day.isoformat())).fetchone()
     return int(row[0]), int(row[1])
 
 
-def reconcile(db: sqlite3.Connection, device: str, day: date, counted_satang: int, counted_by: str,
+def reconcile(db: Session, device: str, day: date, counted_satang: int, counted_by: str,
               at: datetime, recorded_by: str | None = None) -> dict[str, Any]:
     """Record the cash counted from a known kiosk against what its ledger says (entered by user ``recorded_by``);
     returns the comparison, with the earlier counts of the same kiosk and day (kept: the latest stands)."""
@@ -359,16 +261,16 @@ def reconcile(db: sqlite3.Connection, device: str, day: date, counted_satang: in
     ledger, entries = cash_in_ledger(db, device, day)
     earlier = counts(db, day, device)
     cur = db.execute("INSERT INTO reconciliations (device, day, counted_satang, ledger_satang, entries, counted_by, "
-                     "at, recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     "at, recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                      (device, day.isoformat(), counted_satang, ledger, entries, counted_by, format_timestamp(at),
                       recorded_by))
-    return {"id": cur.lastrowid, "device": device, "day": day.isoformat(), "counted_satang": counted_satang,
+    return {"id": int(cur.fetchone()[0]), "device": device, "day": day.isoformat(), "counted_satang": counted_satang,
             "ledger_satang": ledger, "difference_satang": counted_satang - ledger, "entries": entries,
             "counted_by": counted_by, "balanced": counted_satang == ledger, "recorded_by": recorded_by,
             "earlier_counts": [{**c, "superseded": True} for c in earlier]}
 
 
-def counts(db: sqlite3.Connection, day: date, device: str | None = None) -> list[dict[str, Any]]:
+def counts(db: Session, day: date, device: str | None = None) -> list[dict[str, Any]]:
     """Every cash count of a day, oldest first; each says whether a later count of its kiosk superseded it."""
     sql = ("SELECT id, device, day, counted_satang, ledger_satang, entries, counted_by, at, recorded_by, "
            "id < max(id) OVER (PARTITION BY device) AS superseded FROM reconciliations WHERE day = ?")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -17,6 +16,7 @@ from hub.audit import AuditLog
 from hub.auth.web import CurrentActor
 from hub.gis.ogc import FeatureLayer
 from hub.gis.reports import FeatureQuery, WorkflowError, Zones, change_status, report, reports
+from hub.records.session import Session
 from hub.store.base import SqlStore
 
 GEOJSON = "application/geo+json"
@@ -46,7 +46,7 @@ def reports_layer(store: SqlStore) -> FeatureLayer:
     return FeatureLayer(items, one)
 
 
-def _gps_fix(db: sqlite3.Connection, device: str) -> dict[str, Any]:
+def _gps_fix(db: Session, device: str) -> dict[str, Any]:
     rows = db.execute("SELECT quantity, value, max(ts) FROM readings WHERE device = ? AND quantity IN "
                       "('latitude', 'longitude') GROUP BY quantity", (device,)).fetchall()
     return {q: v for q, v, _ in rows}
@@ -130,7 +130,7 @@ def create_router(store: SqlStore, zones: Zones, audit: AuditLog) -> APIRouter:
     @api.patch("/reports/{report_id}")
     def update_report(report_id: PositiveId, body: StatusChange, actor: CurrentActor) -> JSONResponse:
         """Assign, resolve or reopen a report."""
-        def work(db: sqlite3.Connection) -> dict[str, Any]:
+        def work(db: Session) -> dict[str, Any]:
             before = (report(db, report_id) or {}).get("properties", {})
             after = change_status(db, report_id, body.status, body.assignee, body.note, by=actor.user)
             # whether a note came, not its text: the audit log keeps rows for ever, the purge erases notes

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +13,7 @@ from shapely.prepared import PreparedGeometry, prep
 
 from edge.contract import REPORT_CATEGORIES, Tx, TxOutcome, TxStatus, format_timestamp
 from hub.errors import HubConfigError
+from hub.records.session import Session
 
 DEMO_ZONES = Path(__file__).with_name("demo-zones.geojson")
 
@@ -26,32 +26,6 @@ WORKFLOW: dict[str, frozenset[str]] = {
 }
 """Allowed status changes: a resolved report can be reopened by assigning it again."""
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS reports (
-    id           INTEGER PRIMARY KEY,
-    tx_id        TEXT UNIQUE,
-    device       TEXT NOT NULL,
-    category     TEXT NOT NULL,
-    description  TEXT NOT NULL,
-    lat          REAL NOT NULL,
-    lon          REAL NOT NULL,
-    zone         TEXT,
-    status       TEXT NOT NULL,
-    assignee     TEXT,
-    citizen_ref  TEXT,
-    created_at   TEXT NOT NULL,
-    updated_at   TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reports_by_place ON reports (lon, lat);
-CREATE TABLE IF NOT EXISTS report_history (
-    report_id INTEGER NOT NULL REFERENCES reports (id),
-    at        TEXT NOT NULL,
-    status    TEXT NOT NULL,
-    assignee  TEXT,
-    note      TEXT,
-    by_user   TEXT
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -94,11 +68,6 @@ class Zones:
         return next((z.zone for z in self.zones if z.prepared.covers(point)), None)
 
 
-def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the GIS tables if needed (and the column naming the user, in older stores)."""
-    db.executescript(SCHEMA)
-    if "by_user" not in {row[1] for row in db.execute("PRAGMA table_info(report_history)")}:
-        db.execute("ALTER TABLE report_history ADD COLUMN by_user TEXT")
 
 
 class ReportRoute:
@@ -109,7 +78,7 @@ class ReportRoute:
     def __init__(self, zones: Zones) -> None:
         self.zones = zones
 
-    def apply(self, tx: Tx, db: sqlite3.Connection) -> TxOutcome:
+    def apply(self, tx: Tx, db: Session) -> TxOutcome:
         """Store the report inside the hub's transaction; never commits."""
         category, description = tx.data.get("category"), tx.data.get("description", "")
         reason = None
@@ -125,10 +94,10 @@ class ReportRoute:
         stamp = format_timestamp(datetime.now(UTC))
         cur = db.execute(
             "INSERT INTO reports (tx_id, device, category, description, lat, lon, zone, status, citizen_ref, "
-            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'new', ?, ?, ?)",
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'new', ?, ?, ?) RETURNING id",
             (tx.tx_id, tx.device, category, description, tx.location.lat, tx.location.lon, zone,
              tx.citizen.ref if tx.citizen else None, stamp, stamp))
-        report_id = int(cur.lastrowid or 0)
+        report_id = int(cur.fetchone()[0])
         db.execute("INSERT INTO report_history (report_id, at, status) VALUES (?, ?, 'new')", (report_id, stamp))
         th, en = CATEGORIES[str(category)]
         return TxOutcome(tx_id=tx.tx_id, status=TxStatus.ACCEPTED, duplicate=False, reason=None, result={
@@ -140,7 +109,7 @@ class WorkflowError(ValueError):
     """A status change the workflow does not allow."""
 
 
-def change_status(db: sqlite3.Connection, report_id: int, status: str, assignee: str | None,
+def change_status(db: Session, report_id: int, status: str, assignee: str | None,
                   note: str | None, by: str | None = None) -> dict[str, Any]:
     """Move a report through the workflow (user ``by`` does it); returns the updated report."""
     row = db.execute("SELECT status, assignee FROM reports WHERE id = ?", (report_id,)).fetchone()
@@ -173,7 +142,7 @@ def _feature(row: tuple[Any, ...]) -> dict[str, Any]:
                            "created_at": created, "updated_at": updated}}
 
 
-def report(db: sqlite3.Connection, report_id: int) -> dict[str, Any] | None:
+def report(db: Session, report_id: int) -> dict[str, Any] | None:
     """One report as a GeoJSON feature."""
     row = db.execute(f"SELECT {_COLUMNS} FROM reports WHERE id = ?", (report_id,)).fetchone()  # noqa: S608
     return _feature(row) if row else None
@@ -190,7 +159,7 @@ class FeatureQuery:
     zone: str | None = None
 
 
-def reports(db: sqlite3.Connection, query: FeatureQuery, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+def reports(db: Session, query: FeatureQuery, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
     """Reports matching the query, oldest first, and how many match in all."""
     where: list[str] = ["1 = 1"]
     args: list[Any] = []

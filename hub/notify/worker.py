@@ -14,7 +14,6 @@ the same message).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from functools import partial
@@ -24,6 +23,7 @@ from hub.alarms import store as sql
 from hub.alarms.engine import AlarmEngine, Clock
 from hub.errors import NotifyError, StoreError
 from hub.notify.channels import Outgoing, send
+from hub.records.session import Session
 
 log = logging.getLogger("nakhon.hub.notify")
 
@@ -115,7 +115,7 @@ class NotificationWorker:
         now = self.clock()
         attempts = n["attempts"] + 1
 
-        def record(db: sqlite3.Connection) -> None:
+        def record(db: Session) -> None:
             db.execute("INSERT INTO notification_attempts (notification_id, at, ok, detail, elapsed_ms) "
                        "VALUES (?, ?, ?, ?, ?)", (n["id"], now, ok, detail[:500], elapsed_ms))
             if ok:
@@ -139,7 +139,7 @@ class NotificationWorker:
             self.engine.channel_failing(name, detail)
 
 
-def _claim(db: sqlite3.Connection, *, n: dict[str, Any], now: float) -> bool:
+def _claim(db: Session, *, n: dict[str, Any], now: float) -> bool:
     """Inside a write: take a due notification's try for this process; False when another one took it."""
     return bool(db.execute("UPDATE notifications SET next_at = ? WHERE id = ? AND state = 'pending' AND next_at = ?",
                            (now + CLAIM_S, n["id"], n["next_at"])).rowcount)

@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,36 +30,8 @@ from hub.audit import Actor, AuditLog
 from hub.errors import HubError
 from hub.provision import pki
 from hub.provision.deployment import CONTROL_TOPIC
+from hub.records.session import Session
 from hub.store.sqlite import SQLiteStore
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS registry (
-    device     TEXT PRIMARY KEY,
-    node       TEXT NOT NULL,
-    site       TEXT NOT NULL,
-    lat        REAL,
-    lon        REAL,
-    status     TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    created_by TEXT NOT NULL,
-    changed_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS enrollment_codes (
-    digest     TEXT PRIMARY KEY,
-    device     TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    used_at    REAL,
-    created_by TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS certificates (
-    serial     TEXT PRIMARY KEY,
-    device     TEXT NOT NULL,
-    not_after  REAL NOT NULL,
-    issued_at  REAL NOT NULL,
-    revoked_at REAL
-);
-CREATE INDEX IF NOT EXISTS certificates_by_device ON certificates (device);
-"""
 
 CODE_TTL_S = 24 * 3600.0
 
@@ -120,9 +91,6 @@ class Enrolled:
     chain: bytes
 
 
-def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the registry's tables if needed."""
-    db.executescript(SCHEMA)
 
 
 def code_digest(code: str) -> str:
@@ -223,7 +191,7 @@ class Registry:
         """Register a device as pending; refuse an id already taken (whatever its status, retired included)."""
         now = self.clock()
 
-        def work(db: sqlite3.Connection) -> Entry:
+        def work(db: Session) -> Entry:
             taken = db.execute("SELECT status FROM registry WHERE device = ?", (device,)).fetchone()
             if taken:
                 raise RegistryError(f"device id {device!r} is already taken ({taken[0]})")
@@ -243,7 +211,7 @@ class Registry:
         code = base64.b32encode(secrets.token_bytes(15)).decode()
         expires = self.clock() + ttl_s
 
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: Session) -> None:
             row = db.execute("SELECT status FROM registry WHERE device = ?", (device,)).fetchone()
             if row is None:
                 raise RegistryError(f"no device {device!r} in the registry", 404)
@@ -269,7 +237,7 @@ class Registry:
         now = self.clock()
         digest = code_digest(code)
 
-        def work(db: sqlite3.Connection) -> Enrolled | str:
+        def work(db: Session) -> Enrolled | str:
             row = db.execute("SELECT device, expires_at, used_at FROM enrollment_codes WHERE digest = ?",
                              (digest,)).fetchone()
             if row is None:
@@ -312,7 +280,7 @@ class Registry:
                    Status.PENDING: {Status.ACTIVE, Status.SUSPENDED},
                    Status.ACTIVE: {Status.SUSPENDED}, Status.RETIRED: set(Status) - {Status.RETIRED}}
 
-        def work(db: sqlite3.Connection) -> Entry:
+        def work(db: Session) -> Entry:
             row = db.execute(_SELECT + " WHERE device = ?", (device,)).fetchone()
             if row is None:
                 raise RegistryError(f"no device {device!r} in the registry", 404)
@@ -403,7 +371,7 @@ class Registry:
         ends = crl.next_update_utc
         return None if ends is None else ends.timestamp() - self.clock()
 
-    def _write_crl(self, db: sqlite3.Connection) -> None:
+    def _write_crl(self, db: Session) -> None:
         if self.issuer is None or self.crl_path is None:
             return
         revoked = [(int(s, 16), datetime.fromtimestamp(at, UTC)) for s, at in

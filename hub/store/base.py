@@ -7,7 +7,6 @@ commit, so a message delivered twice, even to two hub processes, is stored once.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,6 +14,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from edge.contract import Event, Reading, Reply, Status, Tx, TxOutcome
+from hub.records.session import Session
 
 T = TypeVar("T")
 
@@ -182,9 +182,8 @@ class CommandRecord:
     """Replies that came after the first one (QoS 1 redeliveries, replays): counted, never stored."""
 
 
-TxDecision = Callable[[Tx, Any], TxOutcome]
-"""Applies a transaction inside the store's database transaction (the second argument is the backend's
-handle, a ``sqlite3.Connection`` for SQLite) and returns its outcome."""
+TxDecision = Callable[[Tx, Session], TxOutcome]
+"""Applies a transaction inside the store's database transaction and returns its outcome."""
 
 
 class Store(Protocol):
@@ -266,14 +265,14 @@ class SqlStore(Store, Protocol):
     never on an engine module, so another engine can sit behind the same code.
     """
 
-    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in a write transaction."""
         ...
 
-    def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def read(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` on a read connection."""
         ...
 
-    def replace_tx_outcome(self, db: sqlite3.Connection, tx_id: str, outcome: TxOutcome) -> str:
+    def replace_tx_outcome(self, db: Session, tx_id: str, outcome: TxOutcome) -> str:
         """Inside :meth:`write`: store the later outcome of a transaction; returns the device to answer."""
         ...

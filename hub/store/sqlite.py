@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 
 from edge.contract import REPLY_EXPIRED, Reply, Tx, TxOutcome, TxStatus
 from hub.errors import RecordRejected, StoreError
+from hub.records.migrate import Migration, upgrade
+from hub.records.session import Session
+from hub.records.sqlite import DIALECT, SQLiteSession, connect, prepare_file
 from hub.store.base import (
     CommandOutcome,
     CommandRecord,
@@ -31,98 +34,6 @@ from hub.store.base import (
     StoredReading,
     TxDecision,
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (
-    device          TEXT PRIMARY KEY,
-    node            TEXT,
-    site            TEXT,
-    state           TEXT NOT NULL DEFAULT 'unknown',
-    first_seen      REAL NOT NULL,
-    last_seen       REAL NOT NULL,
-    last_status_at  REAL,
-    min_seq         INTEGER,
-    max_seq         INTEGER,
-    received        INTEGER NOT NULL DEFAULT 0,
-    duplicates      INTEGER NOT NULL DEFAULT 0,
-    dropped_at_edge INTEGER NOT NULL DEFAULT 0,
-    heartbeat       TEXT
-);
-CREATE TABLE IF NOT EXISTS received (
-    device  TEXT NOT NULL,
-    seq     INTEGER NOT NULL,
-    kind    TEXT NOT NULL,
-    PRIMARY KEY (device, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS readings (
-    device   TEXT NOT NULL,
-    seq      INTEGER NOT NULL,
-    idx      INTEGER NOT NULL,
-    ts       INTEGER NOT NULL,
-    sensor   TEXT NOT NULL,
-    quantity TEXT NOT NULL,
-    value,
-    is_bool  INTEGER NOT NULL DEFAULT 0,
-    unit     TEXT,
-    PRIMARY KEY (device, seq, idx)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS readings_by_quantity ON readings (device, quantity, ts);
-CREATE INDEX IF NOT EXISTS readings_by_time ON readings (device, ts);
-CREATE TABLE IF NOT EXISTS latest (
-    device   TEXT NOT NULL,
-    sensor   TEXT NOT NULL,
-    quantity TEXT NOT NULL,
-    ts       INTEGER NOT NULL,
-    PRIMARY KEY (device, sensor, quantity)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    device   TEXT NOT NULL,
-    seq      INTEGER NOT NULL,
-    ts       INTEGER NOT NULL,
-    sensor   TEXT NOT NULL,
-    event    TEXT NOT NULL,
-    severity TEXT NOT NULL,
-    data     TEXT NOT NULL,
-    PRIMARY KEY (device, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS deadletters (
-    id          INTEGER PRIMARY KEY,
-    received_at REAL NOT NULL,
-    topic       TEXT NOT NULL,
-    reason      TEXT NOT NULL,
-    detail      TEXT NOT NULL,
-    size        INTEGER NOT NULL,
-    payload     BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deadletters_by_reason ON deadletters (reason, id);
-CREATE TABLE IF NOT EXISTS commands (
-    cmd_id     TEXT PRIMARY KEY,
-    device     TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    args       TEXT NOT NULL,
-    sent_at    REAL NOT NULL,
-    ok         INTEGER,
-    result     TEXT,
-    error      TEXT,
-    replied_at REAL,
-    outcome      TEXT,
-    expires_at   REAL,
-    published_at REAL,
-    replays      INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS commands_by_device ON commands (device, sent_at);
-CREATE TABLE IF NOT EXISTS transactions (
-    tx_id       TEXT PRIMARY KEY,
-    device      TEXT NOT NULL,
-    seq         INTEGER NOT NULL,
-    kind        TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    status      TEXT NOT NULL,
-    outcome     TEXT NOT NULL
-);
-"""
-
 
 T = TypeVar("T")
 
@@ -142,48 +53,48 @@ class SQLiteStore:
     """The :class:`hub.store.base.Store` on one SQLite file."""
 
     def __init__(self, path: Path, deadletter_keep_bytes: int = 4096,
-                 schemas: Sequence[Callable[[sqlite3.Connection], None]] = ()) -> None:
+                 schemas: Sequence[Callable[[Session], None]] = ()) -> None:
         self.path = path
         self._keep = deadletter_keep_bytes
         self._schemas = tuple(schemas)
         self._writer: sqlite3.Connection | None = None
+        self._session: SQLiteSession | None = None
+        self.applied: list[Migration] = []
+        """The migrations the last :meth:`open` applied."""
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA busy_timeout = 30000")
-        return db
-
     def open(self) -> None:
-        """Create the file and schema if needed."""
+        """Create the file if needed and apply the pending migrations (then the ``schemas`` hooks, if any)."""
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _private_file(self.path)
-            db = self._connect()
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.executescript(_SCHEMA)
-            _ensure_command_columns(db)
-            for ensure in self._schemas:
-                ensure(db)
+            db = connect(self.path)
+            prepare_file(db)
             for suffix in ("-wal", "-shm"):  # SQLite gives them the store's mode; older files may predate that
                 side = self.path.with_name(self.path.name + suffix)
                 if side.exists():
                     side.chmod(0o600)
         except (sqlite3.Error, OSError) as err:
             raise StoreError(f"cannot open the store at {self.path}: {err}") from err
-        self._writer = db
+        self._writer, self._session = db, SQLiteSession(db)
+        try:
+            self.applied = self.write(lambda session: upgrade(session, DIALECT))
+            for hook in self._schemas:
+                self.write(hook)
+        except StoreError:
+            self.close()
+            raise
 
-    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one write transaction (committed if it returns, rolled back if it raises)."""
         with self._write_lock:
-            db = self._w
+            db, session = self._w
             try:
                 db.execute("BEGIN IMMEDIATE")
-                result = work(db)
+                result = work(session)
                 db.execute("COMMIT")
                 return result
             except _REFUSED_RECORD as err:
@@ -199,15 +110,15 @@ class SQLiteStore:
                     db.execute("ROLLBACK")
                 raise
 
-    def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def read(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` on this thread's read-only connection."""
         try:
-            return work(self._r())
+            return work(SQLiteSession(self._r()))
         except sqlite3.Error as err:
             raise StoreError(f"read failed: {err}") from err
 
     @staticmethod
-    def replace_tx_outcome(db: sqlite3.Connection, tx_id: str, outcome: TxOutcome) -> str:
+    def replace_tx_outcome(db: Session, tx_id: str, outcome: TxOutcome) -> str:
         """Inside :meth:`write`: store the later outcome of a transaction (a pending payment confirmed);
         returns the device to answer."""
         row = db.execute("UPDATE transactions SET status = ?, outcome = ? WHERE tx_id = ? RETURNING device",
@@ -221,7 +132,7 @@ class SQLiteStore:
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()
-                self._writer = None
+                self._writer = self._session = None
         with self._readers_lock:
             for db in self._readers:
                 db.close()
@@ -229,16 +140,15 @@ class SQLiteStore:
         self._local = threading.local()
 
     @property
-    def _w(self) -> sqlite3.Connection:
-        if self._writer is None:
+    def _w(self) -> tuple[sqlite3.Connection, SQLiteSession]:
+        if self._writer is None or self._session is None:
             raise StoreError("the store is not open")
-        return self._writer
+        return self._writer, self._session
 
     def _r(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = self._connect()
-            db.execute("PRAGMA query_only = ON")
+            db = connect(self.path, read_only=True)
             self._local.db = db
             with self._readers_lock:
                 self._readers.append(db)
@@ -251,7 +161,7 @@ class SQLiteStore:
         self.write(lambda db: self._ingest(db, batch, out))
         return out
 
-    def _ingest(self, db: sqlite3.Connection, batch: IngestBatch, out: IngestOutcome) -> None:
+    def _ingest(self, db: Session, batch: IngestBatch, out: IngestOutcome) -> None:
         seen: dict[str, list[float]] = {}
         new_seqs: dict[str, list[int]] = defaultdict(list)
         dups: dict[str, int] = defaultdict(int)
@@ -327,7 +237,7 @@ class SQLiteStore:
         out.duplicates = sum(dups.values())
         out.readings_stored = len(readings)
 
-    def _apply_status(self, db: sqlite3.Connection, status: Any, received_at: float) -> None:
+    def _apply_status(self, db: Session, status: Any, received_at: float) -> None:
         # the first node kind a device declares stays: it decides which transactions the hub takes from it, so a
         # device's credentials alone must not be enough to turn it into a kiosk
         heartbeat = status.model_dump(mode="json", exclude={"v", "device", "state", "at"}, exclude_none=True)
@@ -351,7 +261,7 @@ class SQLiteStore:
             raise type(err)(f"transaction {tx.tx_id} could not be applied: {err}") from err
 
     @staticmethod
-    def _apply_tx(db: sqlite3.Connection, tx: Tx, received_at: float,
+    def _apply_tx(db: Session, tx: Tx, received_at: float,
                   decide: TxDecision) -> tuple[TxOutcome, bool]:
         row = db.execute("SELECT outcome, device FROM transactions WHERE tx_id = ?", (tx.tx_id,)).fetchone()
         if row is not None and row[1] != tx.device:
@@ -531,7 +441,7 @@ class SQLiteStore:
         if not stale:
             return 0
 
-        def work(db: sqlite3.Connection) -> int:
+        def work(db: Session) -> int:
             expired = db.execute("UPDATE commands SET outcome = 'expired', error = 'expired before the device came "
                                  "online; never sent' WHERE outcome = 'queued' AND expires_at <= ?", (now,)).rowcount
             timed_out = db.execute("UPDATE commands SET outcome = 'timeout' WHERE outcome = 'sent' "
@@ -580,22 +490,10 @@ def _command_row(row: tuple[Any, ...]) -> CommandRecord:
                          result=json.loads(result) if result else None, error=error, replays=replays)
 
 
-def _ensure_command_columns(db: sqlite3.Connection) -> None:
-    """Add the outcome columns to a commands table made before commands had outcomes, and settle its rows."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(commands)")}
-    added = [(name, decl) for name, decl in (("outcome", "TEXT"), ("expires_at", "REAL"), ("published_at", "REAL"),
-                                             ("replays", "INTEGER NOT NULL DEFAULT 0")) if name not in have]
-    for name, decl in added:
-        db.execute(f"ALTER TABLE commands ADD COLUMN {name} {decl}")
-    db.execute("UPDATE commands SET outcome = CASE WHEN ok IS NULL THEN 'timeout' WHEN ok THEN 'ok' ELSE 'error' END, "
-               "published_at = coalesce(published_at, sent_at) WHERE outcome IS NULL")
-    db.execute("CREATE INDEX IF NOT EXISTS commands_by_outcome ON commands (outcome, expires_at)")
-
-
 _REPLY_OUTCOME = {True: CommandOutcome.OK, False: CommandOutcome.ERROR}
 
 
-def _settle_reply(db: sqlite3.Connection, reply: Reply, received_at: float) -> bool:
+def _settle_reply(db: Session, reply: Reply, received_at: float) -> bool:
     """Store the first reply to a command; a later one (a replay, a second run) is only counted."""
     first = CommandOutcome.EXPIRED if reply.code == REPLY_EXPIRED else _REPLY_OUTCOME[reply.ok]
     late = first if first is CommandOutcome.EXPIRED else CommandOutcome.LATE
@@ -617,7 +515,7 @@ def _private_file(path: Path) -> None:
     path.chmod(0o600)
 
 
-def _already_stored(db: sqlite3.Connection, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+def _already_stored(db: Session, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
     """Which of these (device, seq) the store already holds: one query per device and 500 seqs."""
     by_device: dict[str, list[int]] = defaultdict(list)
     for device, seq in keys:

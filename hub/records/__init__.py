@@ -1,0 +1,1 @@
+"""The records store: everything transactional (registry, ledger, reports, audit...), behind engine-neutral seams."""

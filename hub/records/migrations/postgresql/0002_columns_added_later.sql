@@ -1,0 +1,1 @@
+-- Nothing to do: SQLite files made by older hubs get columns here; a PostgreSQL store has them from 0001.
