@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.contract import DeviceState
+from hub.alarms import feed as feed_module
 from hub.auth.throttle import StoredSignInThrottle, ThrottleRule
 from hub.notify.worker import NotificationWorker
+from hub.records.postgresql import PostgresRecords
+from hub.records.session import Session
 from hub.store.sqlite import SQLiteStore
 from tests.conftest import Agent, Broker, Hub, fast_air, wait_for
 from tests.test_alarms import T0, Rig, rule
@@ -278,6 +282,57 @@ def test_failed_sign_ins_count_on_every_hub_process(tmp_path: Path) -> None:
         assert a.failed("malee", "10.0.0.1") == 1
         rows = stores[0].read(lambda db: db.execute("SELECT count(*) FROM signin_failures").fetchone()[0])
         assert rows == 2  # older than the window: gone
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_on_postgresql_concurrent_writers_give_gapless_feed_ids_a_follower_never_skips(postgres_url: str) -> None:
+    stores = [PostgresRecords(postgres_url, max_connections=4) for _ in range(2)]
+    for s in stores:
+        s.open()
+    try:
+        seen: list[int] = []
+        done = threading.Event()
+
+        def follow() -> None:
+            after = 0
+            while not done.is_set() or after < 160:
+                items = stores[1].read(partial(feed_module.backlog, after=after))
+                seen.extend(i.id for i in items)
+                after = items[-1].id if items else after
+
+        def write(worker: int) -> None:
+            for n in range(20):
+                def work(db: Session, n: int = n) -> None:
+                    feed_module.append(db, T0, "event", {"worker": worker, "n": n})
+                    time.sleep(0.002 * ((worker + n) % 3))  # commits land out of the order ids were taken
+                stores[worker % 2].write(work)
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(write, range(8)))
+        done.set()
+        follower.join(timeout=30)
+        assert seen == list(range(1, 161))
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_on_postgresql_failed_sign_ins_count_on_every_hub_process(postgres_url: str) -> None:
+    stores = [PostgresRecords(postgres_url, max_connections=2) for _ in range(2)]
+    for s in stores:
+        s.open()
+    try:
+        rule_ = ThrottleRule(free=1, base_s=1, max_s=8, window_s=60)
+        a, b = (StoredSignInThrottle(s, by_name=rule_, by_address=rule_) for s in stores)
+        for i in range(4):
+            (a, b)[i % 2].failed("somchai", "10.0.0.1")
+        assert b.delay("somchai", "10.0.0.2") == 8
+        a.succeeded("somchai")
+        assert b.delay("somchai", "10.0.0.2") == 0
     finally:
         for s in stores:
             s.close()
