@@ -28,6 +28,8 @@ from hub.records.postgresql import (
     split_script,
     to_postgres,
 )
+from hub.records.session import Session
+from hub.store.sqlite import SQLiteStore
 from tests.fixtures.postgres import PostgresServer
 
 CITIZEN = {"ref": "9f2c" * 16}
@@ -299,3 +301,34 @@ def test_json_conditions_for_the_retention_purge(records: PostgresRecords) -> No
     assert records.read(lambda s: s.execute(sql).fetchall()) == [("c1", '{"a": 1}')]
     with pytest.raises(ValueError, match="plain JSON key"):
         DIALECT.json_keys_present("args", ["x') OR ('1"])
+
+
+PG_ONLY_COLUMNS = {"geom", "row_order"}
+"""Columns PostgreSQL keeps besides SQLite's: PostGIS geometries, the insertion order of history tables."""
+TIMESERIES_TABLES = {"readings", "latest"}
+"""SQLite keeps the time series in the records file; PostgreSQL leaves them to the time-series store."""
+
+
+def _table_info(session: Session, table: str) -> list[Any]:
+    return session.execute(f"PRAGMA table_info({table})").fetchall()
+
+
+def test_every_sqlite_table_and_column_exists_on_postgresql(records: PostgresRecords, tmp_path: Path) -> None:
+    sqlite = SQLiteStore(tmp_path / "hub.sqlite")
+    sqlite.open()
+    try:
+        tables = sqlite.read(lambda s: [r[0] for r in s.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")])
+        expected = {t: {r[1] for r in sqlite.read(partial(_table_info, table=t))}
+                    for t in tables if t not in TIMESERIES_TABLES}
+    finally:
+        sqlite.close()
+    rows = records.read(lambda s: s.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'").fetchall())
+    found: dict[str, set[str]] = {}
+    for table, column in rows:
+        if column not in PG_ONLY_COLUMNS:
+            found.setdefault(table, set()).add(column)
+    assert {t: found.get(t) for t in expected} == expected
+    assert [m.version for m in records.applied] == [m.version for m in migrations("sqlite")]
+

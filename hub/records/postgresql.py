@@ -247,7 +247,8 @@ class PostgresRecords:
 
     def write(self, work: Callable[[PostgresSession], T]) -> T:
         """Run ``work`` in one transaction (committed if it returns, rolled back if it raises); run again whole,
-        after a short jittered pause, when PostgreSQL aborted it for a serialization failure or a deadlock."""
+        after a short jittered pause, when PostgreSQL aborted it for a serialization failure or a deadlock, and
+        once at once after a unique violation (a race with another process that committed the same key)."""
         pool = self._open(self._writer)
         attempt = 0
         while True:
@@ -259,6 +260,11 @@ class PostgresRecords:
                 if attempt >= self._attempts:
                     raise StoreError(f"write failed after {attempt} attempts: {err}") from err
                 time.sleep(random.uniform(0.5, 1.5) * min(0.2, 0.002 * 2 ** attempt))
+            except pg_errors.UniqueViolation as err:
+                # another hub process committed the same key (a transaction id) between this one's check and its
+                # insert: run once more, and the check sees that row; a second violation is a refused record
+                if attempt > 1:
+                    raise RecordRejected(f"the store refused a record: {type(err).__name__}: {err}") from err
             except _REFUSED as err:
                 raise RecordRejected(f"the store refused a record: {type(err).__name__}: {err}") from err
             except (psycopg.Error, PoolTimeout) as err:
@@ -306,6 +312,8 @@ class PostgresDialect:
     """PostgreSQL's :class:`hub.records.dialect.Dialect`: point-in-polygon by PostGIS in the database, jsonb."""
 
     engine: Literal["postgresql"] = "postgresql"
+    insertion_order = "row_order"
+    """An identity column the migrations give the tables SQLite orders by ``rowid``."""
 
     def split_script(self, script: str) -> list[str]:
         """See :func:`split_script`."""

@@ -3,7 +3,8 @@
 -- domain modules runs on both. SQLite INTEGER -> BIGINT (identity for ids), REAL -> DOUBLE PRECISION,
 -- BLOB -> BYTEA; booleans stay INTEGER 0/1 and times stay TEXT (ISO 8601) or epoch seconds as they are.
 -- Versions match the SQLite migrations one to one; a PostgreSQL store starts with every column that 0002 adds
--- to older SQLite files.
+-- to older SQLite files. Tables that SQLite orders by rowid (history without an id) get row_order, an identity
+-- column (hub.records.dialect.Dialect.insertion_order).
 -- PostGIS (CREATE EXTENSION postgis) must exist in the database: a superuser makes it once (docs/production.md).
 
 CREATE EXTENSION IF NOT EXISTS postgis;
@@ -72,7 +73,8 @@ CREATE TABLE IF NOT EXISTS commands (
     outcome      TEXT,
     expires_at   DOUBLE PRECISION,
     published_at DOUBLE PRECISION,
-    replays      BIGINT NOT NULL DEFAULT 0
+    replays      BIGINT NOT NULL DEFAULT 0,
+    row_order    BIGINT GENERATED ALWAYS AS IDENTITY
 );
 CREATE INDEX IF NOT EXISTS commands_by_device ON commands (device, sent_at);
 CREATE TABLE IF NOT EXISTS transactions (
@@ -230,7 +232,8 @@ CREATE TABLE IF NOT EXISTS alarm_history (
     action   TEXT NOT NULL,
     "user"   TEXT,
     comment  TEXT,
-    state    TEXT NOT NULL
+    state    TEXT NOT NULL,
+    row_order BIGINT GENERATED ALWAYS AS IDENTITY
 );
 CREATE INDEX IF NOT EXISTS alarm_history_by_alarm ON alarm_history (alarm_id, at);
 CREATE TABLE IF NOT EXISTS alarm_rules (
@@ -263,7 +266,8 @@ CREATE TABLE IF NOT EXISTS notification_attempts (
     at              DOUBLE PRECISION NOT NULL,
     ok              INTEGER NOT NULL,
     detail          TEXT NOT NULL,
-    elapsed_ms      DOUBLE PRECISION NOT NULL
+    elapsed_ms      DOUBLE PRECISION NOT NULL,
+    row_order       BIGINT GENERATED ALWAYS AS IDENTITY
 );
 CREATE INDEX IF NOT EXISTS notification_attempts_by_id ON notification_attempts (notification_id, at);
 -- ids only grow (SQLite's AUTOINCREMENT): a stream client resumes after the last id it saw
@@ -300,7 +304,8 @@ CREATE TABLE IF NOT EXISTS report_history (
     status    TEXT NOT NULL,
     assignee  TEXT,
     note      TEXT,
-    by_user   TEXT
+    by_user   TEXT,
+    row_order BIGINT GENERATED ALWAYS AS IDENTITY
 );
 -- the municipal zones: the GeoJSON geometry as loaded (portable) and as a PostGIS multipolygon for
 -- point-in-polygon in the database; the first listed (position) wins where zones overlap
