@@ -26,10 +26,11 @@ if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 # iproute2: the card tests run pcscd in a network namespace of its own (vpcd listens on every interface);
 # systemd: systemd-analyze verifies the agent's and the hub's units in the tests; openssl: the SMTP test certificate.
 # postgresql-15, postgresql-15-postgis-3: the records store's PostgreSQL backend is tested on a throw-away server.
+# victoria-metrics: the production time-series store, which the tests start on a free port.
 packages=(python3 python3-venv python3-dev python3-pip build-essential mosquitto mosquitto-clients sqlite3
           ca-certificates pcscd libpcsclite-dev swig fonts-thai-tlwg)
 if [ "$mode" = test ]; then packages+=(vsmartcard-vpcd iproute2 gdal-bin chromium chromium-driver systemd openssl
-                                      postgresql-15 postgresql-15-postgis-3); fi
+                                      postgresql-15 postgresql-15-postgis-3 victoria-metrics); fi
 
 echo "==> Debian packages: ${packages[*]}"
 $sudo apt-get update -qq

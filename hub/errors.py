@@ -38,3 +38,7 @@ class RecordRejected(StoreError):
 
 class CommandInvalid(HubError, ValueError):
     """A command breaks the wire contract's bounds (a string too long, a number out of range); it was not sent."""
+
+
+class TimeSeriesUnavailable(StoreError):
+    """The time-series store did not take or answer a request (down, overloaded, timed out): retry later."""

@@ -26,8 +26,8 @@ from hub.broker import BrokerSettings, Mosquitto, free_port
 from hub.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
-pytest_plugins = ("tests.fixtures.postgres",)
-
+pytest_plugins = ("tests.fixtures.postgres", "tests.fixtures.victoria")
+"""Fixtures of the production backends, each started from its Debian package."""
 CI_SKIP = "skipped under CI=true, where only the real-Raspberry-Pi tier (`pi` marker) may skip"
 
 

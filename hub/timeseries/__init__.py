@@ -1,0 +1,1 @@
+"""The hub's time-series stores: where readings live (SQLite embedded, VictoriaMetrics in production)."""
