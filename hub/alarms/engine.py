@@ -16,9 +16,10 @@ Several hub processes (``--share``) each run an engine on one store, and each se
 gave it. The store keeps them to one alarm and one notification: an alarm is raised by an insert that the unique
 open-alarm index lets through once (the others repeat it), a notification is unique per (alarm, channel, step),
 and an escalation step or an unshelving is claimed by a conditional update. Each tick first reads what other
-processes changed (:meth:`AlarmEngine.sync`): which alarms are open, each device's link, and which sensors' newest
-readings moved, so a device that went offline through another process, or a sensor whose readings another
-process stores, raises no false alarm, and an alarm raised elsewhere clears here.
+processes changed (:meth:`AlarmEngine.sync`): which alarms are open and each device's link, so a device that went
+offline through another process raises no no-data alarm and an alarm raised elsewhere clears here; and before
+raising a no-data alarm on what this process saw, it asks the store for the sensors' newest readings, which
+another process may have stored.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from hub import aqi
@@ -120,7 +122,8 @@ class AlarmEngine:
         self._hours: dict[tuple[str, str], dict[int, list[float]]] = {}
         self._last_report = 0
         self._last_prune = 0.0
-        self._newest: dict[tuple[str, str], int] | None = None
+        self._newest: dict[tuple[str, str], datetime] = {}
+        """The newest reading time per (device, sensor) this engine knows was stored, by it or another process."""
 
     # -- start ---------------------------------------------------------------------------------
     def open(self) -> None:
@@ -144,8 +147,9 @@ class AlarmEngine:
             self._heartbeat(info, d.heartbeat or {})
             if d.state in ("offline", "lost"):
                 info.offline_since = now
-            for (sensor, _q), _ts in self.store.latest(d.device).items():
+            for (sensor, _q), ts in self.store.latest(d.device).items():
                 self._last_reading[(d.device, sensor)] = now
+                self._stored(d.device, sensor, ts)
 
     def _info(self, device: str) -> DeviceInfo:
         info = self.devices.get(device)
@@ -190,6 +194,7 @@ class AlarmEngine:
             for m in batch.messages:
                 for r in m.telemetry or ():
                     self._last_reading[(m.device, r.sensor)] = now
+                    self._stored(m.device, r.sensor, r.ts)
                     if isinstance(r.value, int | float) and not isinstance(r.value, bool):
                         self._reading(ops, m.device, r.sensor, r.quantity, float(r.value), r.ts.timestamp())
         if not ops:
@@ -330,16 +335,36 @@ class AlarmEngine:
     def tick(self) -> None:
         """Evaluate the time-based conditions at the engine clock's now (after :meth:`sync`)."""
         self.store.read(self.sync)
+        self._confirm_silence()
         self._transact(self._tick)
 
+    def _stored(self, device: str, sensor: str, ts: datetime) -> None:
+        key = (device, sensor)
+        if key not in self._newest or ts > self._newest[key]:
+            self._newest[key] = ts
+
+    def _confirm_silence(self) -> None:
+        """Before a no-data alarm is raised on what this process saw, ask the store whether another process
+        stored newer readings of those sensors (their arrival is then dated now, by this engine's clock)."""
+        with self._lock:
+            now = self.clock()
+            suspects = {device for device, info in self.devices.items() for rule in self._of(NoDataRule)
+                        if (rule.id, device) not in self._on and self._scoped(rule, device)
+                        and self._silent(rule, device, info, now)}
+        for device in sorted(suspects):
+            stored = self.store.latest(device)
+            with self._lock:
+                for (sensor, _q), ts in stored.items():
+                    before = self._newest.get((device, sensor))
+                    self._stored(device, sensor, ts)
+                    if before is None or ts > before:
+                        self._last_reading[(device, sensor)] = now
+
     def sync(self, db: Session) -> None:
-        """Learn what other hub processes changed: open alarms, devices' links and which sensors' newest
-        readings moved (their arrival dated by this engine's clock)."""
+        """Learn what other hub processes changed: which alarms are open and the devices' links."""
         opened = {(str(r), str(d)) for r, d in db.execute("SELECT rule, device FROM alarms WHERE state != 'cleared'")}
         timed = bool(self._of(OfflineRule) or self._of(NoDataRule))
         links = db.execute("SELECT device, state FROM devices").fetchall() if timed else []
-        newest = {(str(d), str(s)): int(ts) for d, s, ts in db.execute(
-            "SELECT device, sensor, max(ts) FROM latest GROUP BY device, sensor")} if timed else {}
         with self._lock:
             now = self.clock()
             self._on = opened
@@ -352,11 +377,6 @@ class AlarmEngine:
                     info.offline_since = None
                 elif state in ("offline", "lost") and info.offline_since is None:
                     info.offline_since = now
-            if self._newest is not None:
-                for key, ts in newest.items():
-                    if ts > self._newest.get(key, -1):  # stored since the last look, by whichever process
-                        self._last_reading[key] = now
-            self._newest = newest
 
     def _tick(self, db: Session, out: _Write) -> None:
         now = self.clock()
