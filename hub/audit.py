@@ -2,7 +2,7 @@
 
 Like the ledger, the table refuses UPDATE and DELETE with triggers, so history cannot be rewritten through the
 store. Other modules audit a change with one call, ``audit.record(actor, action, obj, before, after)``; pass
-``db=`` the connection of a running :meth:`SQLiteStore.write` to commit the row with the change itself.
+``db=`` the connection of a running records store's :meth:`write` to commit the row with the change itself.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from edge.contract import format_timestamp
 from hub.records.session import Session
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import SqlStore
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,6 @@ class AuditEntry:
     after: Any
 
 
-
-
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, default=str, sort_keys=True)
 
@@ -55,7 +53,7 @@ def _json(value: Any) -> str | None:
 class AuditLog:
     """The audit log on the hub's SQLite store."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: SqlStore) -> None:
         self._store = store
 
     def record(self, actor: Actor, action: str, obj: str, before: Any = None, after: Any = None, *,

@@ -41,4 +41,5 @@ class CommandInvalid(HubError, ValueError):
 
 
 class TimeSeriesUnavailable(StoreError):
-    """The time-series store did not take or answer a request (down, overloaded, timed out): retry later."""
+    """The time-series store cannot take or answer readings now (down, unreachable, overloaded): ingest keeps the
+    batch unacknowledged and tries again."""

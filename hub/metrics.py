@@ -47,11 +47,13 @@ class WriterState:
     """Age of the oldest message received but not yet committed (0 when the writer holds none)."""
     limit_s: float
     """Above this age the hub is unhealthy."""
+    waiting_for: str | None = None
+    """Why the writer cannot commit now (the time-series store is down...), None when it can."""
 
     @property
     def healthy(self) -> bool:
-        """Running, and nothing waits longer than the limit."""
-        return self.running and self.oldest_unwritten_s <= self.limit_s
+        """Running, not waiting on a store, and nothing waits longer than the limit."""
+        return self.running and self.waiting_for is None and self.oldest_unwritten_s <= self.limit_s
 
 
 class _WriterCollector(Collector):

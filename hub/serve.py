@@ -30,23 +30,27 @@ from hub.auth import accounts as auth_accounts
 from hub.auth import throttle as auth_throttle
 from hub.auth import users as auth_users
 from hub.auth.web import protect
+from hub.backends import open_backends, redact
 from hub.dashboard import add_dashboard
 from hub.errors import HubConfigError, StoreError
 from hub.finance import api as finance_api
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.promptpay import PromptPaySettings
+from hub.finance.repository import SqlFinance
 from hub.gis import api as gis_api
 from hub.gis import ogc, reports
 from hub.gis.reports import DEMO_ZONES, Zones
+from hub.gis.repository import SqlReports
 from hub.ingest.consumer import Ingest, IngestSettings
 from hub.metrics import HubMetrics
 from hub.provision import api as provision_api
 from hub.provision import deployment as provision_deployment
 from hub.provision import pki
 from hub.provision import registry as provision_registry
+from hub.records.dialect import dialect_of
 from hub.router import Route, Router
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import SqlStore
 
 log = logging.getLogger("nakhon.hub")
 
@@ -73,6 +77,10 @@ class HubSettings:
     enforce_registry: bool | None = None
     """Dead-letter as ``unregistered`` what devices that are not active send; None: only with a deployment."""
     rules: Path = DEMO_RULES
+    records: str | None = None
+    """The records store's URL (:mod:`hub.backends`); None: ``sqlite:///<data>/hub.sqlite``."""
+    timeseries: str | None = None
+    """The time-series store's URL; None: the readings table of the SQLite records file."""
 
 
 def private_directory(path: Path) -> None:
@@ -96,20 +104,24 @@ def _warn_about(settings: HubSettings) -> None:
                     settings.promptpay.target)
 
 
-def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
-    """Wire the store, metrics, router, ingest and API together (nothing is started)."""
+def build(settings: HubSettings) -> tuple[FastAPI, SqlStore, Ingest]:
+    """Wire the stores, metrics, router, ingest and API together (nothing is started)."""
     catalogue = load_catalogue(settings.fees)
     _warn_about(settings)
     zones = Zones(settings.zones)
-    store = SQLiteStore(settings.data / "hub.sqlite", settings.deadletter_keep_bytes)
+    backends = open_backends(settings.records, settings.timeseries, settings.data, settings.deadletter_keep_bytes)
+    store, timeseries = backends.records, backends.timeseries
     audit = audit_log.AuditLog(store)
-    alarms = AlarmService(store, load_rules(settings.rules))
+    alarms = AlarmService(store, load_rules(settings.rules), timeseries=timeseries)
     metrics = HubMetrics(store)
     finance = ledger.FinanceRoute(catalogue, settings.promptpay)
+    finance_records = SqlFinance(store, catalogue, audit)
+    report_records = SqlReports(store, audit)
     gis = reports.ReportRoute(zones)
     routes: dict[str, Route] = {kind: finance for kind in finance.KINDS}
     routes.update({kind: gis for kind in gis.KINDS})
-    ingest = Ingest(store, settings.ingest, metrics, Router(routes), observer=alarms.engine)
+    ingest = Ingest(store, settings.ingest, metrics, Router(routes), observer=alarms.engine,
+                    timeseries=timeseries if backends.separate else None)
     registry, broker_host, broker_port = _registry(settings, store, audit, ingest)
     metrics.registry.register(provision_registry.ExpiryCollector(registry))
 
@@ -127,7 +139,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
         every = min(30.0, max(1.0, settings.promptpay.expire_after_s / 4))
         while not stop_expiry.wait(every):
             try:
-                ended = finance_api.expire_pending(store, answer_kiosk, datetime.now(UTC))
+                ended = finance_api.expire_pending(finance_records, answer_kiosk, datetime.now(UTC))
             except StoreError as err:
                 log.warning("cannot expire pending PromptPay payments now: %s", err)
                 continue
@@ -139,7 +151,8 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        store.open()
+        backends.open()
+        store.write(lambda db: dialect_of(db).load_zones(db, zones))
         registry.refresh_crl()
         alarms.start()
         ingest.start()
@@ -147,7 +160,9 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
         stop_expiry.clear()
         expiry = threading.Thread(target=expire_payments, name="payment-expiry", daemon=True)
         expiry.start()
-        log.info("hub ingesting from %s:%d into %s", settings.ingest.host, settings.ingest.port, store.path)
+        log.info("hub ingesting from %s:%d into records %s, time series %s", settings.ingest.host,
+                 settings.ingest.port, redact(settings.records or f"sqlite:///{settings.data / 'hub.sqlite'}"),
+                 redact(settings.timeseries or "sqlite"))
         try:
             yield
         finally:
@@ -158,22 +173,22 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
             expiry.join()
             ingest.stop()
             alarms.stop()
-            store.close()
+            backends.close()
             log.info("hub stopped")
 
     app = create_app(store, metrics, ingest.commands, broker_connected=ingest.connected.is_set,
-                     writer_state=ingest.writer_state, audit=audit)
-    app.include_router(finance_api.create_router(store, finance, answer_kiosk, settings.bank_secret, audit))
-    app.include_router(gis_api.create_router(store, zones, audit))
+                     writer_state=ingest.writer_state, audit=audit, timeseries=timeseries)
+    app.include_router(finance_api.create_router(finance_records, answer_kiosk, settings.bank_secret))
+    app.include_router(gis_api.create_router(report_records, zones))
     app.include_router(provision_api.create_router(registry, broker_host, broker_port))
     app.include_router(provision_api.retire_route(registry))
-    app.include_router(ogc.create_router({"reports": gis_api.reports_layer(store),
-                                          "devices": gis_api.devices_layer(store),
+    app.include_router(ogc.create_router({"reports": gis_api.reports_layer(report_records),
+                                          "devices": gis_api.devices_layer(store, timeseries),
                                           "zones": gis_api.zones_layer(zones)}))
     app.include_router(auth_users.create_router(auth_accounts.Accounts(store), audit))
     app.include_router(events_api.create_router(store, alarms.feed))
     app.include_router(alarms_api.create_router(alarms.engine, audit))
-    app.include_router(aggregate.create_router(store))
+    app.include_router(aggregate.create_router(store, timeseries))
     add_dashboard(app, settings.tiles)
     protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc,
             throttle=auth_throttle.StoredSignInThrottle(store))
@@ -182,7 +197,7 @@ def build(settings: HubSettings) -> tuple[FastAPI, SQLiteStore, Ingest]:
     return app, store, ingest
 
 
-def _registry(settings: HubSettings, store: SQLiteStore, audit: audit_log.AuditLog,
+def _registry(settings: HubSettings, store: SqlStore, audit: audit_log.AuditLog,
               ingest: Ingest) -> tuple[provision_registry.Registry, str, int]:
     """The device registry, with the deployment's issuing CA when there is one; and where devices reach the broker."""
     enforce = settings.deployment is not None if settings.enforce_registry is None else settings.enforce_registry

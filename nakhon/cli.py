@@ -67,6 +67,7 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     serve = hub.add_parser("serve", help="ingest, store and serve the API until SIGTERM")
     serve.add_argument("--data", type=Path, default=Path(_env("DATA", "./nakhon-data/hub") or ""),
                        help="data directory (SQLite store); env NAKHON_HUB_DATA")
+    _store_flags(serve)
     serve.add_argument("--broker-host", default=_env("BROKER_HOST", "127.0.0.1"))
     serve.add_argument("--broker-port", type=int, default=int(_env("BROKER_PORT", "1883") or 1883))
     serve.add_argument("--username", default=_env("USERNAME"), help="broker username of the hub")
@@ -138,6 +139,16 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     migrate = hub.add_parser("migrate", help="apply the records store's pending schema migrations and exit")
     migrate.add_argument("--data", type=Path, default=Path(_env("DATA", "./nakhon-data/hub") or ""),
                          help="data directory (SQLite store); env NAKHON_HUB_DATA")
+    _store_flags(migrate, timeseries=False)
+
+    move = hub.add_parser("migrate-store", help="copy an embedded deployment's records from SQLite to an empty "
+                                                "PostgreSQL database, with a count per table at the end")
+    move.add_argument("--from", dest="from_url", required=True, help="sqlite:///PATH of the hub.sqlite file")
+    move.add_argument("--to", dest="to_url", required=True,
+                      help="postgresql://USER@HOST:PORT/DB (?password_file=PATH, or --password-file)")
+    move.add_argument("--password-file", type=Path, help="file holding the PostgreSQL password")
+    move.add_argument("--timeseries", metavar="URL", help="also copy the file's readings to this time-series store "
+                      "(sqlite:///PATH or victoriametrics+http://HOST:PORT)")
 
     provision_cli.add_parsers(sub)
 
@@ -148,6 +159,17 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
                       help="the hub's API port (8080; 0: any free port)")
     demo.add_argument("--kiosk-port", type=int, default=8088, help="the kiosk screen's port (8088; 0: any free port)")
     return p
+
+
+def _store_flags(parser: argparse.ArgumentParser, timeseries: bool = True) -> None:
+    """``--records URL`` (and ``--timeseries URL``): the stores of :mod:`hub.backends`."""
+    parser.add_argument("--records", default=_env("RECORDS"), metavar="URL",
+                        help="records store: sqlite:///PATH (default <data>/hub.sqlite) or postgresql://...; "
+                             "env NAKHON_HUB_RECORDS")
+    if timeseries:
+        parser.add_argument("--timeseries", default=_env("TIMESERIES"), metavar="URL",
+                            help="time-series store: sqlite (default: the records file), sqlite:///PATH or "
+                                 "victoriametrics+http://HOST:PORT; env NAKHON_HUB_TIMESERIES")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,11 +268,15 @@ def _purge(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from hub.errors import StoreError
+    from hub.backends import open_backends
+    from hub.errors import HubConfigError, StoreError
     from hub.records.migrate import describe
-    from hub.store.sqlite import SQLiteStore
 
-    store = SQLiteStore(args.data / "hub.sqlite")
+    try:
+        store = open_backends(args.records, None, args.data).records
+    except HubConfigError as err:
+        print(f"nakhon: {err}", file=sys.stderr)
+        return 2
     try:
         store.open()
     except StoreError as err:
@@ -271,6 +297,10 @@ def _hub(args: argparse.Namespace) -> int:
         return _purge(args)
     if args.action == "migrate":
         return _migrate(args)
+    if args.action == "migrate-store":
+        from hub.records import transfer
+
+        return transfer.run(args.from_url, args.to_url, args.password_file, args.timeseries)
     from dataclasses import replace
 
     from hub.errors import HubConfigError
@@ -318,7 +348,7 @@ def _hub(args: argparse.Namespace) -> int:
                                                                    target=args.promptpay_target),
                                                  expire_after_s=args.promptpay_expiry_min * 60),
                                bank_secret=secrets["bank_secret_file"], public_ogc=args.public_ogc,
-                               deployment=args.deployment,
+                               deployment=args.deployment, records=args.records, timeseries=args.timeseries,
                                enforce_registry=None if args.registry is None else args.registry == "enforce",
                                **extra)
         serve(settings)

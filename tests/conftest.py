@@ -23,6 +23,7 @@ from hub import audit
 from hub.auth import accounts
 from hub.auth.web import protect
 from hub.broker import BrokerSettings, Mosquitto, free_port
+from hub.records.postgresql import records_store
 from hub.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,9 +173,10 @@ class Proc:
 TEST_PASSWORD = "correct horse battery staple"
 
 
-def user_token(data: Path, name: str = "admin", roles: tuple[str, ...] = ("admin",)) -> str:
-    """Create (if needed) a user in the hub store of ``data`` and return a new API token of theirs."""
-    store = SQLiteStore(data / "hub.sqlite")
+def user_token(data: Path, name: str = "admin", roles: tuple[str, ...] = ("admin",), records: str | None = None) -> str:
+    """Create (if needed) a user in the hub store of ``data`` (or the ``records`` URL's) and return a new API
+    token of theirs."""
+    store = SQLiteStore(data / "hub.sqlite") if records is None else records_store(records)
     store.open()
     try:
         users = accounts.Accounts(store)
@@ -225,6 +227,7 @@ def build_hub_app(data: Path, public_ogc: bool = False) -> HubApp:
 
     app, store, _ = build(HubSettings(data=data, ingest=IngestSettings(port=free_port()),
                                       bank_secret=HUB_BANK_SECRET, public_ogc=public_ogc))
+    assert isinstance(store, SQLiteStore)  # the embedded default
     store.open()
     return HubApp(app, store)
 
@@ -243,7 +246,7 @@ class Hub(Proc):
     def __init__(self, data: Path, broker_port: int, extra: list[str], log_path: Path) -> None:
         self.http_port = free_port()
         self.data = data
-        self.token = user_token(data)
+        self.token = user_token(data, records=extra[extra.index("--records") + 1] if "--records" in extra else None)
         super().__init__(["hub", "serve", "--data", str(data), "--broker-port", str(broker_port),
                           "--http-port", str(self.http_port), *extra], log_path)
 

@@ -44,7 +44,8 @@ class Rig:
         self.store.open()
         self.feed = Feed()
         config = RulesFile.model_validate({"rules": rules, "channels": channels or []})
-        self.engine = AlarmEngine(self.store, config, self.feed, clock=lambda: self.now)
+        self.engine = AlarmEngine(self.store, config, self.feed, clock=lambda: self.now,
+                                  timeseries=self.store.timeseries)
         self.engine.open()
         self.seq = 0
         self._app: FastAPI | None = None
@@ -335,7 +336,7 @@ def test_rules_through_the_api(make_rig: Any) -> None:
 def test_api_rules_survive_a_restart(make_rig: Any, tmp_path: Path) -> None:
     rig = make_rig([])
     rig.engine.put_rule(load_rules(DEMO_RULES).rules[0].model_copy(update={"id": "sos2"}), "admin")
-    again = AlarmEngine(rig.store, RulesFile(), rig.feed, clock=lambda: T0)
+    again = AlarmEngine(rig.store, RulesFile(), rig.feed, clock=lambda: T0, timeseries=rig.store.timeseries)
     again.open()
     assert "sos2" in again.rules
 

@@ -68,6 +68,7 @@ def make_hub_app(tmp_path: Path, **extra: Any) -> HubApp:
     users.add_user("admin", ["admin"], TEST_PASSWORD)
     _, token = users.add_token("admin", "tests")
     client = TestClient(app, raise_server_exceptions=False, headers={"Authorization": f"Bearer {token}"})
+    assert isinstance(store, SQLiteStore)
     hub = HubApp(app, client, store, router, settings, token)
     hub.tx(Tx(device=KIOSK, seq=1, tx_id=f"{KIOSK}-tx-000001", kind="fee.payment", created_at=now(),
               data={"office": "kkc-hq", "service": "garbage-monthly", "amount_satang": 4000, "method": "cash"}))

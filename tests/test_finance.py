@@ -23,7 +23,9 @@ from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.fiscal import BANGKOK, baht, fiscal_year, local_date, thai_date
 from hub.finance.promptpay import PromptPaySettings, bill_payment, crc16_ccitt_false, credit_transfer
+from hub.finance.repository import SqlFinance
 from hub.ingest.consumer import IngestSettings
+from hub.records.postgresql import records_store
 from hub.router import Router
 from hub.serve import HubSettings, build
 from hub.store.sqlite import SQLiteStore
@@ -59,9 +61,10 @@ def test_thai_fiscal_years_and_money() -> None:
     assert baht(123456) == "1,234.56" and baht(-5) == "-0.05"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Any:
-    s = SQLiteStore(tmp_path / "hub.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    s = SQLiteStore(tmp_path / "hub.sqlite") if request.param == "sqlite" else \
+        records_store(request.getfixturevalue("postgres_url"))
     s.open()
     yield s
     s.close()
@@ -140,8 +143,8 @@ def test_concurrent_kiosks_get_gapless_unique_receipts_per_office_and_fiscal_yea
 
 def _app(store: SQLiteStore, route: ledger.FinanceRoute, answered: list[tuple[str, TxOutcome]]) -> TestClient:
     app = guarded_app()
-    app.include_router(finance_api.create_router(store, route, lambda d, o: answered.append((d, o)), "bank-secret",
-                                                 AuditLog(store)))
+    app.include_router(finance_api.create_router(SqlFinance(store, route.catalogue, AuditLog(store)),
+                                                 lambda d, o: answered.append((d, o)), "bank-secret"))
     return signed_client(app, store, "finance")
 
 
@@ -225,7 +228,8 @@ def test_without_a_bank_secret_every_confirmation_is_refused(store: SQLiteStore,
     router = Router({"fee.payment": route})
     store.apply_tx(_payment("kk-kiosk-0001-tx-qr0002", method="promptpay"), 1.0, router.decide)
     app = guarded_app()
-    app.include_router(finance_api.create_router(store, route, lambda d, o: None, None, AuditLog(store)))
+    app.include_router(finance_api.create_router(SqlFinance(store, route.catalogue, AuditLog(store)),
+                                                 lambda d, o: None, None))
     r = signed_client(app, store, "finance").post("/api/finance/payments/kk-kiosk-0001-tx-qr0002/confirm",
                                                   **_signed({"amount_satang": 4000, "bank_ref": "B1"}))
     assert r.status_code == 503 and "--bank-secret-file" in r.json()["detail"]
@@ -279,8 +283,9 @@ def test_a_pending_promptpay_payment_expires_and_the_kiosk_is_told_it_ended(stor
     pending, _ = store.apply_tx(tx, 1.0, router.decide)
     assert pending.status is TxStatus.PENDING and pending.result["expires_at"] == "2026-11-20T03:01:00.000Z"
     answered: list[tuple[str, TxOutcome]] = []
-    assert finance_api.expire_pending(store, lambda d, o: answered.append((d, o)), T0 + timedelta(seconds=59)) == 0
-    assert finance_api.expire_pending(store, lambda d, o: answered.append((d, o)), T0 + timedelta(seconds=60)) == 1
+    finance = SqlFinance(store, route.catalogue, AuditLog(store))
+    assert finance_api.expire_pending(finance, lambda d, o: answered.append((d, o)), T0 + timedelta(seconds=59)) == 0
+    assert finance_api.expire_pending(finance, lambda d, o: answered.append((d, o)), T0 + timedelta(seconds=60)) == 1
     ((device, outcome),) = answered
     assert device == "kk-kiosk-0001" and outcome.status is TxStatus.REJECTED and outcome.result["ended"] == "expired"
     assert "not received in time" in (outcome.reason or "")

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,9 +63,11 @@ class Kiosk:
         self.client.disconnect()
 
 
-@pytest.fixture
-def reports_hub(broker: Broker, procs: dict[str, Any]) -> Any:
-    hub = procs["hub"](broker.port)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def reports_hub(request: pytest.FixtureRequest, broker: Broker, procs: dict[str, Any], tmp_path: Path) -> Any:
+    stores = [] if request.param == "sqlite" else [
+        "--records", request.getfixturevalue("postgres_url"), "--timeseries", f"sqlite:///{tmp_path / 'series.sqlite'}"]
+    hub = procs["hub"](broker.port, *stores)
     kiosk = Kiosk(broker.port, "kk-kiosk-0001")
     time.sleep(0.3)
     places = [(16.45, 102.80, "streetlight"), (16.45, 102.86, "pothole"), (16.40, 102.80, "flooding"),

@@ -340,7 +340,8 @@ def _client(ingest: Ingest) -> TestClient:
     store = ingest.store
     assert isinstance(store, SQLiteStore)
     return signed_client(create_app(store, ingest.metrics, ingest.commands, broker_connected=ingest.connected.is_set,
-                                    writer_state=ingest.writer_state, audit=AuditLog(store)), store)
+                                    writer_state=ingest.writer_state, audit=AuditLog(store),
+                                    timeseries=store.timeseries), store)
 
 
 def _metric(api: TestClient, name: str) -> float:

@@ -575,10 +575,12 @@ def test_repeated_refused_enrollments_from_one_address_are_slowed(tmp_path: Path
 
     from hub.ingest.consumer import IngestSettings
     from hub.serve import HubSettings, build
+    from hub.store.sqlite import SQLiteStore
 
     deployment.init(tmp_path / "dep", deployment.Deployment(), broker_user=getpass.getuser())
     app, store, _ = build(HubSettings(data=tmp_path / "hub", ingest=IngestSettings(port=free_port()),
                                       deployment=tmp_path / "dep"))
+    assert isinstance(store, SQLiteStore)
     store.open()
     try:
         client = HubApp(app, store).anonymous()

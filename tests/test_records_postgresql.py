@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edge.contract import Tx, TxStatus, now
+from edge.contract import Tx, TxOutcome, TxStatus, now
 from hub.errors import HubConfigError, RecordRejected, StoreError
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
@@ -23,12 +23,15 @@ from hub.records.postgresql import (
     DIALECT,
     PostgresRecords,
     PostgresSession,
+    PostgresStore,
     connect_params,
+    records_store,
     redact,
     split_script,
     to_postgres,
 )
 from hub.records.session import Session
+from hub.store.base import CommandOutcome
 from hub.store.sqlite import SQLiteStore
 from tests.fixtures.postgres import PostgresServer
 
@@ -303,7 +306,7 @@ def test_json_conditions_for_the_retention_purge(records: PostgresRecords) -> No
         DIALECT.json_keys_present("args", ["x') OR ('1"])
 
 
-PG_ONLY_COLUMNS = {"geom", "row_order"}
+PG_ONLY_COLUMNS = {"geom", "rowid"}
 """Columns PostgreSQL keeps besides SQLite's: PostGIS geometries, the insertion order of history tables."""
 TIMESERIES_TABLES = {"readings", "latest"}
 """SQLite keeps the time series in the records file; PostgreSQL leaves them to the time-series store."""
@@ -332,3 +335,64 @@ def test_every_sqlite_table_and_column_exists_on_postgresql(records: PostgresRec
     assert {t: found.get(t) for t in expected} == expected
     assert [m.version for m in records.applied] == [m.version for m in migrations("sqlite")]
 
+
+
+@pytest.fixture
+def pg_store(postgres_url: str) -> Iterator[PostgresStore]:
+    """The hub's store with its records on PostgreSQL."""
+    store = records_store(postgres_url)
+    store.open()
+    yield store
+    store.close()
+
+
+def test_commands_keep_their_order_on_postgresql(pg_store: PostgresStore) -> None:
+    for n in range(3):
+        pg_store.record_command(f"cmd-{n}", "kk-aq-0001", "ping", {"n": n}, 10.0)  # one timestamp: rowid decides
+    assert [c.cmd_id for c in pg_store.commands("kk-aq-0001", 10)] == ["cmd-2", "cmd-1", "cmd-0"]
+    assert pg_store.settle_command("cmd-1", CommandOutcome.TIMEOUT)
+    assert not pg_store.settle_command("cmd-1", CommandOutcome.TIMEOUT)
+    command = pg_store.command("cmd-1")
+    assert command is not None and command.outcome is CommandOutcome.TIMEOUT and command.args == {"n": 1}
+
+
+def test_a_transaction_is_applied_once_when_two_hub_processes_race_on_its_tx_id(postgres_url: str) -> None:
+    hubs = [records_store(postgres_url), records_store(postgres_url)]
+    for hub in hubs:
+        hub.open()
+    route = ledger.FinanceRoute(load_catalogue(DEMO_FEES), PromptPaySettings(target="0801234567"))
+    both_checked = threading.Barrier(2)
+
+    def decide(tx: Tx, session: Session) -> TxOutcome:
+        both_checked.wait(30)  # both hubs found no earlier outcome before either applies it
+        return route.apply(tx, session)
+
+    tx = _payment("TX-RACE-0001")
+    results: list[tuple[TxOutcome, bool]] = []
+    try:
+        threads = [threading.Thread(target=lambda h=hub: results.append(h.apply_tx(tx, 1.0, decide)))
+                   for hub in hubs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(duplicate for _, duplicate in results) == [False, True]
+        assert results[0][0] == results[1][0]
+        assert str(results[0][0].result["receipt_no"]).endswith("-000001")
+        counts = hubs[0].read(lambda s: s.execute(
+            "SELECT (SELECT count(*) FROM ledger), (SELECT count(*) FROM transactions), "
+            "(SELECT max(last) FROM receipt_counters), (SELECT received FROM devices)").fetchone())
+        assert counts == (1, 1, 1, 1)  # the loser's receipt number was rolled back with it: no gap
+    finally:
+        for hub in hubs:
+            hub.close()
+
+
+def test_the_store_carries_on_after_postgresql_restarts(postgres_server: PostgresServer, records: PostgresRecords,
+                                                       ) -> None:
+    add = "INSERT INTO received (device, seq, kind) VALUES ('kk-aq-0001', ?, 'telemetry')"
+    records.write(lambda s: s.execute(add, (1,)))
+    assert records.read(lambda s: s.execute("SELECT count(*) FROM received").fetchone()) == (1,)
+    postgres_server.restart()  # every pooled connection is now broken
+    records.write(lambda s: s.execute(add, (2,)))
+    assert records.read(lambda s: s.execute("SELECT count(*) FROM received").fetchone()) == (2,)

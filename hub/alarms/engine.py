@@ -56,8 +56,8 @@ from hub.errors import AlarmError, StoreError
 from hub.faults import crash_point
 from hub.notify.messages import compose
 from hub.records.session import Session
-from hub.store.base import IngestBatch
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import IngestBatch, SqlStore
+from hub.timeseries.base import TimeSeries
 
 log = logging.getLogger("nakhon.hub.alarms")
 
@@ -103,8 +103,10 @@ _Op = Callable[[Session, _Write], None]
 class AlarmEngine:
     """Rules, the alarms they raise, and the operator's actions on them."""
 
-    def __init__(self, store: SQLiteStore, config: RulesFile, feed: Feed, clock: Clock = time.time) -> None:
+    def __init__(self, store: SqlStore, config: RulesFile, feed: Feed, clock: Clock = time.time,
+                 *, timeseries: TimeSeries) -> None:
         self.store = store
+        self.timeseries = timeseries
         self.config = config
         self.feed = feed
         self.clock = clock
@@ -136,9 +138,7 @@ class AlarmEngine:
                 if rule_id not in self.file_rules:
                     self.rules[rule_id] = RULE.validate_json(body)
             self._on = {(r, d) for r, d in db.execute("SELECT rule, device FROM alarms WHERE state != 'cleared'")}
-            has_reports = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reports'").fetchone()
-            if has_reports:
-                self._last_report = int(db.execute("SELECT coalesce(max(id), 0) FROM reports").fetchone()[0])
+            self._last_report = int(db.execute("SELECT coalesce(max(id), 0) FROM reports").fetchone()[0])
 
         self.store.read(load)
         for d in self.store.devices():
@@ -147,7 +147,7 @@ class AlarmEngine:
             self._heartbeat(info, d.heartbeat or {})
             if d.state in ("offline", "lost"):
                 info.offline_since = now
-            for (sensor, _q), ts in self.store.latest(d.device).items():
+            for (sensor, _q), ts in self.timeseries.latest(d.device).items():
                 self._last_reading[(d.device, sensor)] = now
                 self._stored(d.device, sensor, ts)
 
@@ -352,7 +352,7 @@ class AlarmEngine:
                         if (rule.id, device) not in self._on and self._scoped(rule, device)
                         and self._silent(rule, device, info, now)}
         for device in sorted(suspects):
-            stored = self.store.latest(device)
+            stored = self.timeseries.latest(device)
             with self._lock:
                 for (sensor, _q), ts in stored.items():
                     before = self._newest.get((device, sensor))
@@ -442,8 +442,6 @@ class AlarmEngine:
                 self._changed(db, out, alarm_id, "unshelved", None, None, now)
 
     def _reports(self, db: Session, out: _Write, now: float) -> None:
-        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reports'").fetchone():
-            return
         rows = db.execute("SELECT id, device, category, lat, lon, zone, status, created_at FROM reports "
                           "WHERE id > ? ORDER BY id LIMIT 100", (self._last_report,)).fetchall()
         for rid, device, category, lat, lon, zone, status, created_at in rows:

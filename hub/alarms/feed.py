@@ -40,7 +40,6 @@ FOLLOW_S = 0.25
 """How often a following feed reads rows other hub processes committed."""
 
 
-
 @dataclass(frozen=True)
 class FeedItem:
     """One streamed change: ``type`` is ``device``, ``event``, ``alarm`` or ``report``."""

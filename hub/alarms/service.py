@@ -13,7 +13,8 @@ from hub.alarms.feed import newest as feed_newest
 from hub.alarms.rules import RulesFile
 from hub.errors import StoreError
 from hub.notify.worker import NotificationWorker
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import SqlStore
+from hub.timeseries.base import TimeSeries
 
 log = logging.getLogger("nakhon.hub.alarms")
 
@@ -23,9 +24,10 @@ TICK_S = 1.0
 class AlarmService:
     """Starts and stops the engine's ticker and the notification worker with the hub."""
 
-    def __init__(self, store: SQLiteStore, config: RulesFile, clock: Clock = time.time) -> None:
+    def __init__(self, store: SqlStore, config: RulesFile, clock: Clock = time.time,
+                 *, timeseries: TimeSeries) -> None:
         self.feed = Feed()
-        self.engine = AlarmEngine(store, config, self.feed, clock)
+        self.engine = AlarmEngine(store, config, self.feed, clock, timeseries=timeseries)
         self.worker = NotificationWorker(self.engine, clock)
         self.engine.on_notify = self.worker.wake
         self._stop = threading.Event()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hub.records.dialect import dialect_of
 from hub.records.session import Session
 
 ALARM_COLUMNS = ("id, rule, device, sensor, severity, state, latched, title_th, title_en, value, detail, count, "
@@ -49,8 +50,8 @@ def alarms(db: Session, filters: dict[str, str | None], limit: int) -> list[dict
 
 def history(db: Session, alarm_id: int) -> list[dict[str, Any]]:
     """Everything that happened to an alarm, oldest first."""
-    rows = db.execute("SELECT at, action, user, comment, state FROM alarm_history WHERE alarm_id = ? "
-                      "ORDER BY at, rowid", (alarm_id,))
+    rows = db.execute("SELECT at, action, user, comment, state FROM alarm_history WHERE alarm_id = ? "  # noqa: S608
+                      f"ORDER BY at, {dialect_of(db).insertion_order}", (alarm_id,))
     return [dict(zip(("at", "action", "user", "comment", "state"), r, strict=True)) for r in rows]
 
 
@@ -82,11 +83,12 @@ def notifications(db: Session, alarm_id: int | None, channel: str | None, state:
         sql += " WHERE " + " AND ".join(c for c, _ in where)
     sql += " ORDER BY id DESC LIMIT ?"
     out = [notification_dict(r) for r in db.execute(sql, [v for _, v in where] + [limit])]
+    order = dialect_of(db).insertion_order
     for n in out:
         n["attempt_log"] = [dict(zip(("at", "ok", "detail", "elapsed_ms"), (at, bool(ok), d, ms), strict=True))
                             for at, ok, d, ms in db.execute(
-                                "SELECT at, ok, detail, elapsed_ms FROM notification_attempts "
-                                "WHERE notification_id = ? ORDER BY at, rowid", (n["id"],))]
+                                "SELECT at, ok, detail, elapsed_ms FROM notification_attempts "  # noqa: S608
+                                f"WHERE notification_id = ? ORDER BY at, {order}", (n["id"],))]
     return out
 
 

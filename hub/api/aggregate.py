@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
 from edge.contract import DeviceId, Timestamp
 from hub.api.bounds import Instant, Name
-from hub.records.session import Session
-from hub.store.base import SqlStore
+from hub.store.base import Store
+from hub.timeseries.base import TimeSeries
 
 DEFAULT_SPAN: Final = timedelta(days=1)
 """The window when the request gives no ``since``."""
@@ -50,24 +50,7 @@ class Quantity(BaseModel):
     last: Timestamp
 
 
-def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
-
-
-def _buckets(db: Session, device: str, quantity: str, since: int, until: int,
-             size: int) -> tuple[str | None, list[Bucket]]:
-    rows = db.execute(
-        "SELECT (ts - ?1) / ?2 AS b, MIN(value), AVG(value), MAX(value), COUNT(*), MAX(unit) FROM readings "
-        "WHERE device = ?3 AND quantity = ?4 AND ts >= ?1 AND ts < ?5 AND is_bool = 0 "
-        "AND typeof(value) IN ('integer', 'real') GROUP BY b ORDER BY b",
-        (since, size, device, quantity, until)).fetchall()
-    unit = next((r[5] for r in rows if r[5] is not None), None)
-    start = datetime.fromtimestamp(since / 1000, UTC)
-    return unit, [Bucket(t=start + timedelta(milliseconds=b * size), min=lo, avg=mean, max=hi, count=n)
-                  for b, lo, mean, hi, n, _ in rows]
-
-
-def create_router(store: SqlStore) -> APIRouter:
+def create_router(store: Store, timeseries: TimeSeries) -> APIRouter:
     """The aggregate readings and quantities routes."""
     api = APIRouter(tags=["devices"])
 
@@ -85,23 +68,18 @@ def create_router(store: SqlStore) -> APIRouter:
         start = since or end - DEFAULT_SPAN
         if start >= end:
             raise HTTPException(422, "since must be before until")
-        first, last = _ms(start), _ms(end)
-        size = max(1, math.ceil((last - first) / buckets))
-        unit, found = store.read(lambda db: _buckets(db, device, quantity, first, last, size))
-        return Aggregate(device=device, quantity=quantity, unit=unit, bucket_s=size / 1000, buckets=found)
+        size = max(1, math.ceil((end - start) / timedelta(milliseconds=1) / buckets)) / 1000
+        found = timeseries.aggregate(device, quantity, start, end, size, MAX_BUCKETS, origin=start)
+        unit = next((u for _, q, u in timeseries.quantities(device, start, end) if q == quantity and u), None)
+        return Aggregate(device=device, quantity=quantity, unit=unit, bucket_s=size, buckets=[
+            Bucket(t=b.start, min=b.min, avg=b.avg, max=b.max, count=b.count) for b in found])
 
     @api.get("/api/devices/{device}/quantities")
     def quantities(device: DeviceId) -> list[Quantity]:
         """Every (sensor, quantity) the device has sent, with its unit and newest reading time."""
         known(device)
-
-        def work(db: Session) -> list[Any]:
-            return db.execute(
-                "SELECT l.sensor, l.quantity, l.ts, (SELECT unit FROM readings r WHERE r.device = l.device "
-                "AND r.quantity = l.quantity AND r.ts = l.ts LIMIT 1) FROM latest l WHERE l.device = ? "
-                "ORDER BY l.sensor, l.quantity", (device,)).fetchall()
-
-        return [Quantity(sensor=s, quantity=q, unit=u, last=datetime.fromtimestamp(ts / 1000, UTC))
-                for s, q, ts, u in store.read(work)]
+        newest = timeseries.latest(device)
+        return [Quantity(sensor=s, quantity=q, unit=u, last=newest[(s, q)])
+                for s, q, u in timeseries.quantities(device) if (s, q) in newest]
 
     return api

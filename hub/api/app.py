@@ -28,6 +28,7 @@ from hub.errors import BrokerError, CommandInvalid, MessageTooLarge, StoreError
 from hub.liveness import Liveness, assess
 from hub.metrics import HubMetrics, WriterState
 from hub.store.base import CommandOutcome, CommandRecord, DeviceRecord, ReadingKey, Store
+from hub.timeseries.base import TimeSeries
 
 
 class DeviceView(BaseModel):
@@ -266,18 +267,18 @@ def _opt_when(ts: float | None) -> datetime | None:
     return None if ts is None else _when(ts)
 
 
-def _device_view(store: Store, d: DeviceRecord) -> DeviceView:
+def _device_view(series: TimeSeries, d: DeviceRecord) -> DeviceView:
     return DeviceView(device=d.device, node=d.node, site=d.site, state=d.state, first_seen=_when(d.first_seen),
                       last_seen=_when(d.last_seen), last_seq=d.last_seq, received=d.received, lost=d.lost,
                       dropped_at_edge=d.dropped_at_edge, duplicates=d.duplicates,
-                      liveness=assess(d, store.latest(d.device)), heartbeat=d.heartbeat)
+                      liveness=assess(d, series.latest(d.device)), heartbeat=d.heartbeat)
 
 
 def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
                broker_connected: Any = None, writer_state: Callable[[], WriterState] | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES, *, audit: AuditLog) -> FastAPI:
-    """Build the API over a store; ``broker_connected()`` tells ``/healthz`` whether ingest has the broker,
-    ``writer_state()`` whether its writer runs and keeps up."""
+               max_body_bytes: int = MAX_BODY_BYTES, *, audit: AuditLog, timeseries: TimeSeries) -> FastAPI:
+    """Build the API over a records store and a time-series store; ``broker_connected()`` tells ``/healthz``
+    whether ingest has the broker, ``writer_state()`` whether its writer runs and keeps up."""
     app = guarded_app(title="Nakhon hub", version="1", summary="Fleet registry, telemetry, dead letters and commands "
                   "of a Nakhon deployment.")
     app.add_middleware(BodyLimit, limit=max_body_bytes)
@@ -306,6 +307,8 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
         if writer is not None:
             body.update(writer_running=writer.running, queue_depth=writer.queue_depth,
                         oldest_unwritten_s=round(writer.oldest_unwritten_s, 3))
+            if writer.waiting_for is not None:
+                body["reason"] = writer.waiting_for
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
@@ -316,12 +319,12 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
     @app.get("/api/devices")
     def devices() -> list[DeviceView]:
         """Every device in the registry with its liveness."""
-        return [_device_view(store, d) for d in store.devices()]
+        return [_device_view(timeseries, d) for d in store.devices()]
 
     @app.get("/api/devices/{device}")
     def device(device: DeviceId) -> DeviceView:
         """One device."""
-        return _device_view(store, _known(device))
+        return _device_view(timeseries, _known(device))
 
     @app.get("/api/devices/{device}/readings", response_model=ReadingsView)
     def readings(device: DeviceId, quantity: Name | None = None, since: Instant | None = None,
@@ -331,7 +334,7 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
         """Readings in time order with their original timestamps; ``since`` inclusive, ``until`` exclusive."""
         _known(device)
         setattr(request.state, NO_PERSONAL_KEYS, True)  # ReadingsView's keys only
-        page = store.readings_page(device, quantity, since, until, limit, _after(after) if after else None)
+        page = timeseries.readings_page(device, quantity, since, until, limit, _after(after) if after else None)
         cut = page.next_after is not None
         head = (f'{{"device":{json.dumps(device)},"count":{len(page.rows)},"truncated":{json.dumps(cut)},'
                 f'"next":{json.dumps(_cursor(page.next_after) if page.next_after else None)},"readings":[')
@@ -345,7 +348,7 @@ def create_app(store: Store, metrics: HubMetrics, commands: CommandDesk,
         """Count, min, mean and max of a quantity's numeric readings per ``bucket`` seconds (aligned to the epoch,
         UTC); ``since`` inclusive, ``until`` exclusive."""
         _known(device)
-        found = store.aggregate(device, quantity, since, until, bucket, limit + 1)
+        found = timeseries.aggregate(device, quantity, since, until, bucket, limit + 1)
         buckets = [BucketView(start=b.start, count=b.count, min=b.min, avg=b.avg, max=b.max) for b in found[:limit]]
         return AggregateView(device=device, quantity=quantity, bucket_s=bucket, count=len(buckets), buckets=buckets,
                              truncated=len(found) > limit, next=found[limit].start if len(found) > limit else None)

@@ -20,7 +20,7 @@ from hub.alarms.feed import Feed, FeedItem
 from hub.api.bounds import INT64_MAX, Instant
 from hub.auth.policy import PERSONAL_DATA_ROLES
 from hub.auth.web import CurrentActor, redact, still_admitted
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import SqlStore
 
 KEEPALIVE_S = 15.0
 Filter = Annotated[str | None, StringConstraints(max_length=64)]
@@ -66,7 +66,7 @@ def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-def create_router(store: SQLiteStore, feed: Feed) -> APIRouter:
+def create_router(store: SqlStore, feed: Feed) -> APIRouter:
     """The events and stream endpoints over the store's events table and the live feed."""
     router = APIRouter()
 
@@ -133,7 +133,7 @@ def _redacted_sse(item: FeedItem) -> str:
     return FeedItem(item.id, item.type, data).sse()
 
 
-async def _events(request: Request, store: SQLiteStore, feed: Feed, after: int | None,
+async def _events(request: Request, store: SqlStore, feed: Feed, after: int | None,
                   out: Callable[[FeedItem], str]) -> AsyncIterator[str]:
     sub = feed.subscribe(asyncio.get_running_loop())
     try:

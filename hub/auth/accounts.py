@@ -16,11 +16,10 @@ from hub.auth import credentials
 from hub.auth.policy import ROLES
 from hub.errors import HubError
 from hub.records.session import Session
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import SqlStore
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9._-]{1,31}$")
 SESSION_TTL_S = 8 * 3600.0
-
 
 
 class AccountError(HubError, ValueError):
@@ -48,8 +47,6 @@ class ApiToken:
     revoked: bool
 
 
-
-
 def _roles(text: str) -> frozenset[str]:
     return frozenset(r for r in text.split(",") if r)
 
@@ -72,7 +69,7 @@ def check_roles(roles: list[str] | frozenset[str]) -> frozenset[str]:
 class Accounts:
     """Users, sessions and tokens: the domain methods the CLI and the API use."""
 
-    def __init__(self, store: SQLiteStore, clock: Any = time.time) -> None:
+    def __init__(self, store: SqlStore, clock: Any = time.time) -> None:
         self._store = store
         self._clock = clock
 

@@ -67,7 +67,7 @@ def _password(from_stdin: bool) -> tuple[str, bool]:
 
 
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
+    return f"{datetime.fromtimestamp(ts, UTC):%Y-%m-%d %H:%M}"
 
 
 def _user(args: argparse.Namespace, accounts: Accounts, audit: AuditLog) -> None:

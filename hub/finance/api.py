@@ -14,23 +14,10 @@ from pydantic import BaseModel, Field
 
 from edge.contract import DeviceId, TxOutcome
 from hub.api.bounds import INT64_MAX, FiscalYear, Key, Name, Satang
-from hub.audit import AuditLog
 from hub.auth.web import CurrentActor, signed_by
-from hub.finance.fiscal import BANGKOK, baht
-from hub.finance.ledger import (
-    Confirmed,
-    ConfirmError,
-    FinanceRoute,
-    confirm_payment,
-    counts,
-    due_to_expire,
-    end_payment,
-    reconcile,
-    reverse,
-    today,
-)
-from hub.records.session import Session
-from hub.store.base import SqlStore
+from hub.finance.fiscal import baht
+from hub.finance.ledger import ConfirmError, today
+from hub.finance.repository import FinanceRepository
 
 AnswerKiosk = Callable[[str, TxOutcome], None]
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -67,12 +54,6 @@ def spreadsheet_text(value: str) -> str:
     return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
 
 
-def _rows(db: Session, sql: str, args: list[Any]) -> list[dict[str, Any]]:
-    cur = db.execute(sql, args)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
 REGISTER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("day", "วันที่", "day"),
     ("office", "หน่วยงาน", "office"),
@@ -89,25 +70,6 @@ REGISTER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("by_user", "ผู้ทำรายการ", "by"),
 )
 """The daily receipt register's columns: key, Thai heading, English heading (one table for CSV and XLSX)."""
-
-_REGISTER_SQL = (
-    "SELECT e.local_date, e.office, e.fiscal_year, e.receipt_no, e.entry, p.receipt_no, "
-    "coalesce(e.paid_at, e.at), e.device, e.service, e.method, e.amount_satang, e.reason, e.by_user "
-    "FROM ledger e LEFT JOIN ledger p ON p.id = e.refers_to WHERE e.local_date = ? ORDER BY e.office, e.id")
-
-
-def register_rows(db: Session, day: date) -> list[dict[str, Any]]:
-    """Every ledger entry of a local date (payments, voids, refunds) as register rows; amounts in satang."""
-    out = []
-    for d, office, fy, no, entry, refers, at, device, service, method, amount, reason, by in db.execute(
-            _REGISTER_SQL, (day.isoformat(),)):
-        local = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(BANGKOK)
-        out.append({"day": d, "office": office, "fiscal_year": fy, "receipt_no": no or "", "entry": entry,
-                    "refers_to": refers or "", "time": local.strftime("%H:%M:%S"), "device": device,
-                    "service": service, "method": method, "amount_satang": amount, "reason": reason or "",
-                    "by_user": by or ""})
-    return out
-
 
 def _register_headings(lang: str) -> list[str]:
     return [th if lang == "th" else en for _, th, en in REGISTER_COLUMNS]
@@ -147,41 +109,24 @@ def register_xlsx(rows: list[dict[str, Any]], day: date, lang: str) -> bytes:
     return out.getvalue()
 
 
-def expire_pending(store: SqlStore, answer_kiosk: AnswerKiosk, at: datetime) -> int:
+def expire_pending(finance: FinanceRepository, answer_kiosk: AnswerKiosk, at: datetime) -> int:
     """End every pending PromptPay payment whose time is up and tell its kiosk; returns how many ended."""
-    def work(db: Session) -> list[tuple[str, TxOutcome]]:
-        ended = [end_payment(db, tx_id, "expired", at) for tx_id in due_to_expire(db, at)]
-        for _, outcome in (e for e in ended if e is not None):
-            store.replace_tx_outcome(db, outcome.tx_id, outcome)
-        return [e for e in ended if e is not None]
-
-    ended = store.write(work)
+    ended = finance.expire_due(at)
     for device, outcome in ended:
         answer_kiosk(device, outcome)
     return len(ended)
 
 
-def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKiosk,
-                  bank_secret: str | None, audit: AuditLog) -> APIRouter:
-    """Build the finance routes over the hub's store; the bank signs its callbacks with ``bank_secret``."""
+def create_router(finance: FinanceRepository, answer_kiosk: AnswerKiosk, bank_secret: str | None) -> APIRouter:
+    """Build the finance routes over the finance repository; the bank signs its callbacks with ``bank_secret``."""
     api = APIRouter(prefix="/api/finance", tags=["finance"])
 
     @api.post("/payments/{tx_id}/confirm", dependencies=[Depends(signed_by(bank_secret))])
     def confirm(tx_id: Key, body: Confirmation, actor: CurrentActor) -> dict[str, Any]:
         """The bank's callback, signed (docs/finance.md): the payment is paid, gets its receipt number, and the
         kiosk gets the outcome."""
-        def work(db: Session) -> tuple[Confirmed, str]:
-            confirmed = confirm_payment(db, route.catalogue, tx_id, body.amount_satang, body.bank_ref,
-                                        datetime.now(UTC))
-            device = store.replace_tx_outcome(db, tx_id, confirmed.outcome)
-            if confirmed.new:
-                audit.record(actor, "payment.confirm", f"payment/{tx_id}", {"status": confirmed.late or "pending"},
-                             {"status": "paid", "bank_ref": body.bank_ref,
-                              "receipt_no": confirmed.outcome.result.get("receipt_no")}, db=db)
-            return confirmed, device
-
         try:
-            confirmed, device = store.write(work)
+            confirmed, device = finance.confirm(tx_id, body.amount_satang, body.bank_ref, datetime.now(UTC), actor)
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
         except ConfirmError as err:
@@ -193,20 +138,8 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
     @api.post("/payments/{tx_id}/cancel")
     def cancel(tx_id: Key, actor: CurrentActor) -> dict[str, Any]:
         """Cancel a PromptPay payment still waiting for the bank; the kiosk is told and stops asking."""
-        def work(db: Session) -> tuple[str, TxOutcome] | str:
-            ended = end_payment(db, tx_id, "cancelled", datetime.now(UTC))
-            if ended is not None:
-                store.replace_tx_outcome(db, tx_id, ended[1])
-                audit.record(actor, "payment.cancel", f"payment/{tx_id}", {"status": "pending"},
-                             {"status": "cancelled"}, db=db)
-                return ended
-            row = db.execute("SELECT status FROM payments WHERE tx_id = ?", (tx_id,)).fetchone()
-            if row is None:
-                raise LookupError(f"no payment for transaction {tx_id!r}")
-            return str(row[0])
-
         try:
-            ended = store.write(work)
+            ended = finance.cancel(tx_id, datetime.now(UTC), actor)
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
         if isinstance(ended, str):
@@ -220,58 +153,25 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
     def payments(status: Literal["pending", "paid", "expired", "cancelled"] | None = None,
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict[str, Any]]:
         """Payments, newest first (pending ones wait for the bank until ``expires_at``)."""
-        sql = ("SELECT tx_id, device, office, service, method, amount_satang, status, reference, created_at, "
-               "paid_at, receipt_no, kiosk_at, expires_at, ended_at, citizen_ref FROM payments")
-        args: list[Any] = []
-        if status:
-            sql += " WHERE status = ?"
-            args.append(status)
-        return store.read(lambda db: _rows(db, sql + " ORDER BY created_at DESC LIMIT ?", [*args, limit]))
+        return finance.payments(status, limit)
 
     @api.get("/ledger")
     def ledger(day: date | None = None, device: DeviceId | None = None,
                limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[dict[str, Any]]:
         """Ledger entries in order (payments, voids and refunds), optionally of one local date or kiosk."""
-        sql = ("SELECT id, at, local_date, entry, office, fiscal_year, receipt_no, refers_to, tx_id, device, service, "
-               "method, amount_satang, reason, by_user FROM ledger WHERE 1 = 1")
-        args: list[Any] = []
-        if day:
-            sql += " AND local_date = ?"
-            args.append(day.isoformat())
-        if device:
-            sql += " AND device = ?"
-            args.append(device)
-        return store.read(lambda db: _rows(db, sql + " ORDER BY id LIMIT ?", [*args, limit]))
+        return finance.ledger(day, device, limit)
 
     @api.get("/receipts")
     def receipts(office: Name | None = None, fiscal_year: FiscalYear | None = None,
                  limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[dict[str, Any]]:
         """Receipts issued, in number order, with whether each was voided or refunded."""
-        sql = ("SELECT p.receipt_no, p.office, p.fiscal_year, coalesce(p.paid_at, p.at) AS paid_at, "
-               "p.at AS recorded_at, p.device, p.service, p.method, p.amount_satang, r.entry AS reversed_by, "
-               "r.reason AS reversal_reason FROM ledger p "
-               "LEFT JOIN ledger r ON r.refers_to = p.id WHERE p.entry = 'payment'")
-        args: list[Any] = []
-        if office:
-            sql += " AND p.office = ?"
-            args.append(office)
-        if fiscal_year:
-            sql += " AND p.fiscal_year = ?"
-            args.append(fiscal_year)
-        return store.read(lambda db: _rows(db, sql + " ORDER BY p.office, p.fiscal_year, p.receipt_no LIMIT ?",
-                                           [*args, limit]))
+        return finance.receipts(office, fiscal_year, limit)
 
     @api.post("/receipts/{receipt_no}/reverse")
     def reverse_receipt(receipt_no: Key, body: Reversal, actor: CurrentActor) -> dict[str, Any]:
         """Void or refund a receipt with a compensating ledger entry (nothing is edited)."""
-        def work(db: Session) -> int:
-            entry_id = reverse(db, receipt_no, body.entry, body.reason, datetime.now(UTC), by=actor.user)
-            audit.record(actor, f"receipt.{body.entry}", f"receipt/{receipt_no}", {"reversed": False},
-                         {"reversed": True, "entry": body.entry, "reason": body.reason, "ledger_id": entry_id}, db=db)
-            return entry_id
-
         try:
-            entry_id = store.write(work)
+            entry_id = finance.reverse(receipt_no, body.entry, body.reason, datetime.now(UTC), actor)
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
         except ConfirmError as err:
@@ -281,48 +181,30 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
     @api.get("/summary")
     def summary(day: date | None = None) -> dict[str, Any]:
         """Totals of a local date (today by default) per office, method and service."""
-        d = (day or today()).isoformat()
-        rows = store.read(lambda db: _rows(
-            db, "SELECT office, method, service, entry, count(*) AS entries, sum(amount_satang) AS amount_satang "
-                "FROM ledger WHERE local_date = ? GROUP BY office, method, service, entry ORDER BY 1, 2, 3, 4", [d]))
+        d = day or today()
+        rows = finance.summary(d)
         total = sum(r["amount_satang"] for r in rows)
-        return {"day": d, "total_satang": total, "total_baht": baht(total), "rows": rows}
+        return {"day": d.isoformat(), "total_satang": total, "total_baht": baht(total), "rows": rows}
 
     @api.post("/reconciliations")
     def record_count(body: CashCount, actor: CurrentActor) -> dict[str, Any]:
         """Record the cash counted from a known kiosk and compare it with the ledger; earlier counts stay."""
-        def work(db: Session) -> dict[str, Any]:
-            result = reconcile(db, body.device, body.day, body.counted_satang, body.counted_by, datetime.now(UTC),
-                               recorded_by=actor.user)
-            after = {k: v for k, v in result.items() if k != "earlier_counts"}
-            audit.record(actor, "cash.count", f"reconciliation/{body.device}/{body.day.isoformat()}", None, after,
-                         db=db)
-            return result
-
         try:
-            return store.write(work)
+            return finance.reconcile(body.device, body.day, body.counted_satang, body.counted_by, datetime.now(UTC),
+                                     actor)
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
 
     @api.get("/reconciliations")
     def all_counts(day: date | None = None, device: DeviceId | None = None) -> list[dict[str, Any]]:
         """Every cash count of a local date (today by default), oldest first, with which ones were superseded."""
-        return store.read(lambda db: counts(db, day or today(), device))
+        return finance.counts(day or today(), device)
 
     @api.get("/reconciliation.csv")
     def reconciliation_csv(day: date | None = None) -> Response:
         """Per kiosk for one local date: cash in the ledger, cash counted (latest count), difference."""
         d = (day or today()).isoformat()
-        rows = store.read(lambda db: db.execute(
-            "SELECT k.device, coalesce(l.cash, 0), coalesce(l.n, 0), r.counted_satang, r.counted_by, "
-            "coalesce(r.counts, 0) FROM "
-            "(SELECT device FROM ledger WHERE local_date = ?1 AND method = 'cash' UNION "
-            " SELECT device FROM reconciliations WHERE day = ?1) k "
-            "LEFT JOIN (SELECT device, sum(amount_satang) AS cash, count(*) AS n FROM ledger "
-            "           WHERE local_date = ?1 AND method = 'cash' GROUP BY device) l ON l.device = k.device "
-            "LEFT JOIN (SELECT device, counted_satang, counted_by, max(id), count(*) AS counts FROM reconciliations "
-            "           WHERE day = ?1 "
-            "           GROUP BY device) r ON r.device = k.device ORDER BY k.device", (d,)).fetchall())
+        rows = finance.reconciliation(day or today())
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(["day", "device", "cash_entries", "ledger_cash_baht", "counted_baht", "difference_baht",
@@ -340,7 +222,7 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
         """The daily receipt register of a local date (today by default), every payment, void and refund, as CSV
         for the clerk who keys it into the national accounting system; headings in Thai or English."""
         d = day or today()
-        text = register_csv(store.read(lambda db: register_rows(db, d)), lang)
+        text = register_csv(finance.register(d), lang)
         return Response(text, media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="receipts-{d.isoformat()}.csv"'})
 
@@ -349,7 +231,7 @@ def create_router(store: SqlStore, route: FinanceRoute, answer_kiosk: AnswerKios
     def register_as_xlsx(day: date | None = None, lang: Literal["th", "en"] = "th") -> Response:
         """The same daily receipt register as an XLSX workbook, with amounts as numbers and a total row."""
         d = day or today()
-        body = register_xlsx(store.read(lambda db: register_rows(db, d)), d, lang)
+        body = register_xlsx(finance.register(d), d, lang)
         return Response(body, media_type=XLSX,
                         headers={"Content-Disposition": f'attachment; filename="receipts-{d.isoformat()}.xlsx"'})
 

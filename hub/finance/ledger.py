@@ -46,10 +46,6 @@ class Receipt:
     """When the hub wrote the entry."""
 
 
-
-
-
-
 def _next_receipt(db: Session, catalogue: Catalogue, office: str, fy: int) -> str:
     row = db.execute(
         "INSERT INTO receipt_counters (office, fiscal_year, last) VALUES (?, ?, 1) "

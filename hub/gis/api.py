@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import partial
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
@@ -12,12 +12,12 @@ from pydantic import BaseModel, Field
 from shapely.geometry import Point, box, shape
 
 from hub.api.bounds import Name, Offset, PositiveId, row_id
-from hub.audit import AuditLog
 from hub.auth.web import CurrentActor
 from hub.gis.ogc import FeatureLayer
-from hub.gis.reports import FeatureQuery, WorkflowError, Zones, change_status, report, reports
-from hub.records.session import Session
+from hub.gis.reports import FeatureQuery, WorkflowError, Zones
+from hub.gis.repository import ReportRepository
 from hub.store.base import SqlStore
+from hub.timeseries.base import TimeSeries
 
 GEOJSON = "application/geo+json"
 
@@ -34,32 +34,34 @@ def _collection(features: list[dict[str, Any]]) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": features}
 
 
-def reports_layer(store: SqlStore) -> FeatureLayer:
+def reports_layer(repository: ReportRepository) -> FeatureLayer:
     """Problem reports as an OGC layer."""
-    def items(query: FeatureQuery, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-        return store.read(lambda db: reports(db, query, limit, offset))
-
     def one(fid: str) -> dict[str, Any] | None:
         rid = row_id(fid)
-        return None if rid is None else store.read(lambda db: report(db, rid))
+        return None if rid is None else repository.feature(rid)
 
-    return FeatureLayer(items, one)
-
-
-def _gps_fix(db: Session, device: str) -> dict[str, Any]:
-    rows = db.execute("SELECT quantity, value, max(ts) FROM readings WHERE device = ? AND quantity IN "
-                      "('latitude', 'longitude') GROUP BY quantity", (device,)).fetchall()
-    return {q: v for q, v, _ in rows}
+    return FeatureLayer(repository.features, one)
 
 
-def device_features(store: SqlStore) -> list[dict[str, Any]]:
+def _gps_fix(series: TimeSeries, device: str) -> dict[str, Any]:
+    """The newest latitude and longitude a device sent."""
+    fix = {}
+    for (_, quantity), at in series.latest(device).items():
+        if quantity in ("latitude", "longitude"):
+            page = series.readings_page(device, quantity, at, at + timedelta(milliseconds=1), 1)
+            if page.rows:
+                fix[quantity] = json.loads(page.rows[0])["value"]
+    return fix
+
+
+def device_features(store: SqlStore, series: TimeSeries) -> list[dict[str, Any]]:
     """Where each device is: its configured location, else its latest GPS fix."""
     features = []
     for d in store.devices():
         location = (d.heartbeat or {}).get("location")
         source = "configured"
         if not location:
-            latest = store.read(partial(_gps_fix, device=d.device))
+            latest = _gps_fix(series, d.device)
             if "latitude" not in latest or "longitude" not in latest:
                 continue
             location, source = {"lat": latest["latitude"], "lon": latest["longitude"]}, "gps"
@@ -70,17 +72,17 @@ def device_features(store: SqlStore) -> list[dict[str, Any]]:
     return features
 
 
-def devices_layer(store: SqlStore) -> FeatureLayer:
+def devices_layer(store: SqlStore, series: TimeSeries) -> FeatureLayer:
     """Device locations as an OGC layer."""
     def items(query: FeatureQuery, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-        features = device_features(store)
+        features = device_features(store, series)
         if query.bbox:
             area = box(*query.bbox)
             features = [f for f in features if area.covers(Point(f["geometry"]["coordinates"]))]
         return features[offset:offset + limit], len(features)
 
     def one(fid: str) -> dict[str, Any] | None:
-        return next((f for f in device_features(store) if f["id"] == fid), None)
+        return next((f for f in device_features(store, series) if f["id"] == fid), None)
 
     return FeatureLayer(items, one)
 
@@ -100,7 +102,7 @@ def zones_layer(zones: Zones) -> FeatureLayer:
     return FeatureLayer(items, lambda fid: next((f for f in features if f["id"] == fid), None))
 
 
-def create_router(store: SqlStore, zones: Zones, audit: AuditLog) -> APIRouter:
+def create_router(repository: ReportRepository, zones: Zones) -> APIRouter:
     """Build the GIS routes."""
     api = APIRouter(prefix="/api/gis", tags=["gis"])
 
@@ -109,20 +111,20 @@ def create_router(store: SqlStore, zones: Zones, audit: AuditLog) -> APIRouter:
                      limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
                      offset: Offset = 0) -> JSONResponse:
         """Reports as a GeoJSON FeatureCollection, oldest first."""
-        features, _ = store.read(lambda db: reports(db, FeatureQuery(status=status, zone=zone), limit, offset))
+        features, _ = repository.features(FeatureQuery(status=status, zone=zone), limit, offset)
         return JSONResponse(_collection(features), media_type=GEOJSON)
 
     @api.get("/reports.geojson")
     def export_reports() -> JSONResponse:
         """Every report, as a GeoJSON file to open in QGIS."""
-        features, _ = store.read(lambda db: reports(db, FeatureQuery(), 1_000_000, 0))
+        features, _ = repository.features(FeatureQuery(), 1_000_000, 0)
         return JSONResponse(_collection(features), media_type=GEOJSON,
                             headers={"Content-Disposition": 'attachment; filename="nakhon-reports.geojson"'})
 
     @api.get("/reports/{report_id}")
     def one_report(report_id: PositiveId) -> JSONResponse:
         """One report."""
-        feature = store.read(lambda db: report(db, report_id))
+        feature = repository.feature(report_id)
         if feature is None:
             raise HTTPException(404, f"no report {report_id}")
         return JSONResponse(feature, media_type=GEOJSON)
@@ -130,18 +132,9 @@ def create_router(store: SqlStore, zones: Zones, audit: AuditLog) -> APIRouter:
     @api.patch("/reports/{report_id}")
     def update_report(report_id: PositiveId, body: StatusChange, actor: CurrentActor) -> JSONResponse:
         """Assign, resolve or reopen a report."""
-        def work(db: Session) -> dict[str, Any]:
-            before = (report(db, report_id) or {}).get("properties", {})
-            after = change_status(db, report_id, body.status, body.assignee, body.note, by=actor.user)
-            # whether a note came, not its text: the audit log keeps rows for ever, the purge erases notes
-            audit.record(actor, f"report.{body.status}", f"report/{report_id}",
-                         {k: before.get(k) for k in ("status", "assignee")},
-                         {"status": body.status, "assignee": after["properties"]["assignee"],
-                          "with_note": body.note is not None}, db=db)
-            return after
-
         try:
-            return JSONResponse(store.write(work), media_type=GEOJSON)
+            after = repository.change_status(report_id, body.status, body.assignee, body.note, actor)
+            return JSONResponse(after, media_type=GEOJSON)
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
         except WorkflowError as err:
@@ -150,9 +143,7 @@ def create_router(store: SqlStore, zones: Zones, audit: AuditLog) -> APIRouter:
     @api.get("/reports/{report_id}/history")
     def history(report_id: PositiveId) -> list[dict[str, Any]]:
         """Every status the report went through."""
-        rows = store.read(lambda db: db.execute("SELECT at, status, assignee, note, by_user FROM report_history "
-                                                "WHERE report_id = ? ORDER BY rowid", (report_id,)).fetchall())
-        return [{"at": at, "status": s, "assignee": a, "note": n, "by": by} for at, s, a, n, by in rows]
+        return repository.history(report_id)
 
     @api.get("/zones")
     def zone_layer() -> JSONResponse:

@@ -13,6 +13,7 @@ from shapely.prepared import PreparedGeometry, prep
 
 from edge.contract import REPORT_CATEGORIES, Tx, TxOutcome, TxStatus, format_timestamp
 from hub.errors import HubConfigError
+from hub.records.dialect import dialect_of
 from hub.records.session import Session
 
 DEMO_ZONES = Path(__file__).with_name("demo-zones.geojson")
@@ -25,7 +26,6 @@ WORKFLOW: dict[str, frozenset[str]] = {
     "resolved": frozenset({"assigned"}),
 }
 """Allowed status changes: a resolved report can be reopened by assigning it again."""
-
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,6 @@ class Zones:
         return next((z.zone for z in self.zones if z.prepared.covers(point)), None)
 
 
-
-
 class ReportRoute:
     """Applies ``issue.report`` transactions: a report at a place becomes a feature in its zone."""
 
@@ -90,7 +88,7 @@ class ReportRoute:
             reason = "a problem report needs a location"
         if reason is not None or tx.location is None:
             return TxOutcome(tx_id=tx.tx_id, status=TxStatus.REJECTED, duplicate=False, reason=reason, result={})
-        zone = self.zones.locate(tx.location.lon, tx.location.lat)
+        zone = dialect_of(db).zone_at(db, self.zones, tx.location.lon, tx.location.lat)
         stamp = format_timestamp(datetime.now(UTC))
         cur = db.execute(
             "INSERT INTO reports (tx_id, device, category, description, lat, lon, zone, status, citizen_ref, "

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 from edge.contract import Ack, Tx, TxOutcome, TxStatus, parse_topic, seq_ranges, topic
 from hub.commands import CommandDesk
-from hub.errors import MessageTooLarge, RecordRejected, StoreError
+from hub.errors import MessageTooLarge, RecordRejected, StoreError, TimeSeriesUnavailable
 from hub.faults import crash_point
 from hub.ingest.access import TX_KINDS_BY_NODE, tx_refusal
 from hub.ingest.classify import Classified, ClockWindow, Reason, TxRefused, TxRequest, classify
@@ -37,6 +37,7 @@ from hub.ingest.receiver import run as run_receiver
 from hub.metrics import HubMetrics, WriterState
 from hub.router import Router
 from hub.store.base import DeadLetter, IngestBatch, IngestOutcome, SeqMessage, StatusUpdate, Store
+from hub.timeseries.base import Point, TimeSeries, points_of
 
 log = logging.getLogger("nakhon.hub.ingest")
 
@@ -114,8 +115,12 @@ class Ingest:
     """Subscribes ``{root}/+/up/#`` (optionally shared), stores what arrives, acknowledges and answers."""
 
     def __init__(self, store: Store, settings: IngestSettings, metrics: HubMetrics, router: Router,
-                 observer: IngestObserver | None = None) -> None:
+                 observer: IngestObserver | None = None, timeseries: TimeSeries | None = None) -> None:
         self.store = store
+        self.timeseries = timeseries
+        """A time-series store apart from the records store: each batch's readings are written there first, and
+        nothing is acknowledged until they are (None: the records store keeps readings in its own commit)."""
+        self._waiting_for: str | None = None
         self.observer = observer
         self.settings = settings
         self.metrics = metrics
@@ -279,7 +284,7 @@ class Ingest:
         return WriterState(running=self._writer is not None and self._writer.is_alive(),
                            queue_depth=self._queue.qsize(),
                            oldest_unwritten_s=max(0.0, time.time() - since) if since is not None else 0.0,
-                           limit_s=self.settings.max_unwritten_s)
+                           limit_s=self.settings.max_unwritten_s, waiting_for=self._waiting_for)
 
     def _write_loop(self) -> None:
         s = self.settings
@@ -363,6 +368,11 @@ class Ingest:
                 batch.deadletters.append(e.item)
             elif isinstance(e.item, TxRefused):
                 batch.deadletters.append(e.item.letter)
+        if self.timeseries is not None:
+            points = points_of(batch.messages)
+            if not self._write_points(points):
+                return  # stopping with the time-series store down: nothing committed or acknowledged, all resent
+            self.metrics.readings.inc(len(points))
         outcome = self._commit(batch)
         if self.observer is not None:
             self.observer.committed(batch)
@@ -386,6 +396,28 @@ class Ingest:
             self._unacked.setdefault(device, []).extend(seqs)
         if outcome.acks and self._unacked_since is None:
             self._unacked_since = time.monotonic()
+
+    def _write_points(self, points: list[Point]) -> bool:
+        """Write a batch's readings to the time-series store, trying again with backoff while it is unavailable
+        (meanwhile nothing is acknowledged, ``/healthz`` says why, and the broker keeps what devices resend);
+        False when the hub stops before they could be written."""
+        if not points or self.timeseries is None:
+            return True
+        delay = 0.5
+        while True:
+            try:
+                self.timeseries.write(points)
+            except TimeSeriesUnavailable as err:
+                self._waiting_for = f"time-series store unavailable: {err}"
+                log.error("%s; retrying in %.1f s (nothing is acknowledged until it is written)", err, delay)
+                if self._stopping.wait(delay):
+                    return False
+                delay = min(delay * 2, 30.0)
+                continue
+            if self._waiting_for is not None:
+                log.info("time-series store available again")
+                self._waiting_for = None
+            return True
 
     def _commit(self, batch: IngestBatch) -> IngestOutcome:
         delay = 0.5

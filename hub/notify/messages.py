@@ -54,7 +54,7 @@ def compose(alarm: dict[str, Any], where: dict[str, Any], language: str, public_
     m = MESSAGES[language]
     severity = SEVERITY_NAMES[language][alarm["severity"]]
     title = alarm["title_th" if language == "th" else "title_en"]
-    when = datetime.fromtimestamp(alarm["last_seen"], BANGKOK).strftime("%Y-%m-%d %H:%M:%S")
+    when = f"{datetime.fromtimestamp(alarm['last_seen'], BANGKOK):%Y-%m-%d %H:%M:%S}"
     sensor = f" / {alarm['sensor']}" if alarm.get("sensor") else ""
     lines = [m["what"].format(title=title), m["device"].format(device=alarm["device"], sensor=sensor)]
     if alarm.get("value") is not None:

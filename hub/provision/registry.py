@@ -31,7 +31,7 @@ from hub.errors import HubError
 from hub.provision import pki
 from hub.provision.deployment import CONTROL_TOPIC
 from hub.records.session import Session
-from hub.store.sqlite import SQLiteStore
+from hub.store.base import SqlStore
 
 CODE_TTL_S = 24 * 3600.0
 
@@ -91,8 +91,6 @@ class Enrolled:
     chain: bytes
 
 
-
-
 def code_digest(code: str) -> str:
     """Codes are kept as digests only (they are bearer secrets until used); a code typed in lower case or with
     spaces is the same code."""
@@ -127,7 +125,7 @@ def withdraw(device: str) -> list[dict[str, object]]:
 class Registry:
     """The registry on the hub's store, the issuing CA, and the broker's access kept in step."""
 
-    def __init__(self, store: SQLiteStore, audit: AuditLog, root: str, issuer: pki.Issuer | None = None,
+    def __init__(self, store: SqlStore, audit: AuditLog, root: str, issuer: pki.Issuer | None = None,
                  crl_path: Path | None = None, chain: bytes = b"", enforce: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -377,7 +375,6 @@ class Registry:
         revoked = [(int(s, 16), datetime.fromtimestamp(at, UTC)) for s, at in
                    db.execute("SELECT serial, revoked_at FROM certificates WHERE revoked_at IS NOT NULL")]
         pki.write_private(self.crl_path, pki.crl_pem(self.issuer.crl(revoked)), 0o644)
-
 
 
 class ExpiryCollector(Collector):

@@ -25,6 +25,12 @@ class Dialect(Protocol):
         """The engine this dialect speaks for."""
         ...
 
+    @property
+    def insertion_order(self) -> str:
+        """The column that orders the rows of a table without an id column as they were inserted (history
+        tables): SQLite's ``rowid``; other engines give those tables a generated column of that name."""
+        ...
+
     def split_script(self, script: str) -> list[str]:
         """A migration file's text as the statements to execute, in order."""
         ...
@@ -62,3 +68,8 @@ def dialect_for(engine: str) -> Dialect:
     except ModuleNotFoundError as err:
         raise HubConfigError(f"the {engine} records engine is not installed ({_MODULES[engine]}: {err})") from err
     return cast(Dialect, module.DIALECT)
+
+
+def dialect_of(session: Session) -> Dialect:
+    """The dialect of the engine behind ``session``."""
+    return dialect_for(session.engine)

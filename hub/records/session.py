@@ -1,9 +1,9 @@
 """The one database handle domain code sees: a :class:`Session` inside a records store's transaction.
 
 SQL run through a session is portable between the engines: ``?`` placeholders only, ``INSERT ... ON CONFLICT
-(...) DO NOTHING`` instead of ``INSERT OR IGNORE``, ``RETURNING id`` instead of ``lastrowid``, no SQLite or
-PostgreSQL functions (``strftime``, ``json_extract``, ``GREATEST``). What cannot be written portably goes through
-the engine's :class:`hub.records.dialect.Dialect`.
+(...) DO NOTHING`` (not SQLite's own conflict clauses), ``RETURNING id`` (not the cursor's last row id), no
+functions of one engine (date formatting, JSON, ``GREATEST``). What cannot be written portably goes through the
+engine's :class:`hub.records.dialect.Dialect`.
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ class SQLiteDialect:
     """SQLite's :class:`hub.records.dialect.Dialect`: zones looked up in Python (shapely), JSON1 functions."""
 
     engine: Literal["sqlite"] = "sqlite"
+    insertion_order = "rowid"
 
     def split_script(self, script: str) -> list[str]:
         """Statements ended by ``;`` as SQLite parses them (so a trigger's body stays in one piece)."""

@@ -1,4 +1,5 @@
-"""The hub's store interface: what ingest and the API need, so a time-series backend can replace SQLite.
+"""The hub's records store interface: what ingest and the API need, so another engine can replace SQLite
+(readings have their own interface, :mod:`hub.timeseries.base`).
 
 Ingest hands the store one :class:`IngestBatch` at a time and acknowledges to devices only what
 :meth:`Store.ingest` returned after its commit. Deduplication by ``(device, seq)`` happens inside that
@@ -14,6 +15,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from edge.contract import Event, Reading, Reply, Status, Tx, TxOutcome
+from hub.records.migrate import Migration
 from hub.records.session import Session
 
 T = TypeVar("T")
@@ -210,21 +212,6 @@ class Store(Protocol):
     def device(self, device: str) -> DeviceRecord | None:
         """One device, or None."""
 
-    def readings(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
-                 limit: int) -> list[StoredReading]:
-        """A device's readings in time order, optionally for one quantity and a time window."""
-
-    def readings_page(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
-                      limit: int, after: ReadingKey | None = None) -> ReadingsPage:
-        """Like :meth:`readings`, rendered as JSON objects, starting after the reading ``after``."""
-
-    def aggregate(self, device: str, quantity: str, since: datetime | None, until: datetime | None,
-                  bucket_s: int, limit: int) -> list[ReadingBucket]:
-        """Count, min, mean and max of the numeric readings of ``quantity`` per ``bucket_s`` (aligned to the
-        epoch, UTC), oldest first, at most ``limit`` buckets."""
-
-    def latest(self, device: str) -> dict[tuple[str, str], datetime]:
-        """Timestamp of the newest reading per (sensor, quantity) of a device."""
 
     def deadletters(self, limit: int, reason: str | None = None) -> list[StoredDeadLetter]:
         """The newest dead letters first."""
@@ -262,8 +249,11 @@ class SqlStore(Store, Protocol):
 
     ``write`` runs ``work`` in one write transaction (committed when it returns, rolled back when it raises) and
     ``read`` on a read connection; both return what ``work`` returned. Finance and GIS depend on this interface,
-    never on an engine module, so another engine can sit behind the same code.
+    never on an engine module, so another engine can sit behind the same code. :meth:`open` applies the pending
+    migrations (:mod:`hub.records.migrate`) and keeps the list of those it applied in ``applied``.
     """
+
+    applied: list[Migration]
 
     def write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in a write transaction."""

@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,13 +27,11 @@ from hub.store.base import (
     DeviceRecord,
     IngestBatch,
     IngestOutcome,
-    ReadingBucket,
-    ReadingKey,
-    ReadingsPage,
     StoredDeadLetter,
     StoredReading,
     TxDecision,
 )
+from hub.timeseries.sqlite import Row, SQLiteTimeSeries, from_ms, insert_readings, ms
 
 T = TypeVar("T")
 
@@ -41,22 +39,18 @@ _REFUSED_RECORD = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceE
 """Errors about the records written rather than the database: the write is refused, not retried."""
 
 
-def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000 + (0.5 if value.timestamp() >= 0 else -0.5))
-
-
-def _from_ms(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1000, UTC)
-
-
 class SQLiteStore:
     """The :class:`hub.store.base.Store` on one SQLite file."""
 
     def __init__(self, path: Path, deadletter_keep_bytes: int = 4096,
-                 schemas: Sequence[Callable[[Session], None]] = ()) -> None:
+                 schemas: Sequence[Callable[[Session], None]] = (), readings: bool = True) -> None:
         self.path = path
         self._keep = deadletter_keep_bytes
         self._schemas = tuple(schemas)
+        self._readings = readings
+        self.timeseries = SQLiteTimeSeries(self)
+        """The readings in this file: written by :meth:`ingest` itself unless ``readings`` is False (readings then
+        go to a separate time-series store)."""
         self._writer: sqlite3.Connection | None = None
         self._session: SQLiteSession | None = None
         self.applied: list[Migration] = []
@@ -165,7 +159,7 @@ class SQLiteStore:
         seen: dict[str, list[float]] = {}
         new_seqs: dict[str, list[int]] = defaultdict(list)
         dups: dict[str, int] = defaultdict(int)
-        readings: list[tuple[Any, ...]] = []
+        readings: list[Row] = []
         latest: dict[tuple[str, str, str], int] = {}
         events: list[tuple[Any, ...]] = []
         stored = _already_stored(db, [(m.device, m.seq) for m in batch.messages])
@@ -181,8 +175,8 @@ class SQLiteStore:
             received.append((m.device, m.seq, kind))
             new_seqs[m.device].append(m.seq)
             if m.telemetry is not None:
-                for idx, r in enumerate(m.telemetry):
-                    ts = _ms(r.ts)
+                for idx, r in enumerate(m.telemetry if self._readings else ()):
+                    ts = ms(r.ts)
                     readings.append((m.device, m.seq, idx, ts, r.sensor, r.quantity, r.value,
                                      isinstance(r.value, bool), r.unit))
                     key = (m.device, r.sensor, r.quantity)
@@ -190,7 +184,7 @@ class SQLiteStore:
                         latest[key] = ts
             elif m.event is not None:
                 e = m.event
-                events.append((m.device, m.seq, _ms(e.ts), e.sensor, e.event, e.severity.value,
+                events.append((m.device, m.seq, ms(e.ts), e.sensor, e.event, e.severity.value,
                                json.dumps(e.data, ensure_ascii=False)))
             elif m.reply is not None and _settle_reply(db, m.reply, m.received_at):
                 out.replies.append(m.reply)
@@ -199,7 +193,8 @@ class SQLiteStore:
             _touch(seen, d.device, d.received_at)
             if d.device is not None and d.seq is not None:
                 out.acks.setdefault(d.device, []).append(d.seq)
-                if not db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, ?)",
+                if not db.execute("INSERT INTO received (device, seq, kind) VALUES (?, ?, ?) "
+                                  "ON CONFLICT (device, seq) DO NOTHING",
                                   (d.device, d.seq, "deadletter")).rowcount:
                     dups[d.device] += 1
                     continue
@@ -208,29 +203,23 @@ class SQLiteStore:
                 "INSERT INTO deadletters (received_at, topic, reason, detail, size, payload) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (d.received_at, d.topic, d.reason, d.detail[:1000], d.size, d.payload[: self._keep]))
-        if readings:
-            db.executemany("INSERT INTO readings (device, seq, idx, ts, sensor, quantity, value, is_bool, unit) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", readings)
-            db.executemany(
-                "INSERT INTO latest (device, sensor, quantity, ts) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (device, sensor, quantity) DO UPDATE SET ts = max(ts, excluded.ts)",
-                [(*k, ts) for k, ts in latest.items()])
+        insert_readings(db, readings, latest)
         if events:
             db.executemany("INSERT INTO events (device, seq, ts, sensor, event, severity, data) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", events)
         for device, (first, last) in seen.items():
             db.execute(
-                "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) "
-                "ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+                _SEEN,
                 (device, first, last))
         for device in set(new_seqs) | set(dups):
             seqs = new_seqs.get(device, [])
             db.execute(
                 "UPDATE devices SET received = received + ?, duplicates = duplicates + ?, "
-                "min_seq = min(coalesce(min_seq, ?), ?), max_seq = max(coalesce(max_seq, 0), ?) "
+                "min_seq = CASE WHEN min_seq IS NOT NULL AND min_seq <= ? THEN min_seq ELSE ? END, "
+                "max_seq = CASE WHEN max_seq IS NOT NULL AND max_seq >= ? THEN max_seq ELSE ? END "
                 "WHERE device = ?",
-                (len(seqs), dups.get(device, 0), min(seqs, default=2**62), min(seqs, default=2**62),
-                 max(seqs, default=0), device))
+                (len(seqs), dups.get(device, 0), *[min(seqs, default=2**62)] * 2, *[max(seqs, default=0)] * 2,
+                 device))
         for s in batch.statuses:
             self._apply_status(db, s.status, s.received_at)
         out.new_messages = sum(len(v) for v in new_seqs.values())
@@ -242,14 +231,14 @@ class SQLiteStore:
         # device's credentials alone must not be enough to turn it into a kiosk
         heartbeat = status.model_dump(mode="json", exclude={"v", "device", "state", "at"}, exclude_none=True)
         db.execute(
-            "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) "
-            "ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+            _SEEN,
             (status.device, received_at, received_at))
         db.execute(
             "UPDATE devices SET state = ?, last_status_at = ?, node = coalesce(node, ?), "
-            "site = coalesce(?, site), dropped_at_edge = max(dropped_at_edge, ?), "
+            "site = coalesce(?, site), "
+            "dropped_at_edge = CASE WHEN dropped_at_edge >= ? THEN dropped_at_edge ELSE ? END, "
             "heartbeat = CASE WHEN ? THEN ? ELSE heartbeat END WHERE device = ?",
-            (status.state.value, received_at, status.node, status.site, status.dropped or 0,
+            (status.state.value, received_at, status.node, status.site, status.dropped or 0, status.dropped or 0,
              bool(heartbeat), json.dumps(heartbeat), status.device))
 
     # -- transactions --------------------------------------------------------------------------
@@ -268,7 +257,8 @@ class SQLiteStore:
             return TxOutcome(tx_id=tx.tx_id, status=TxStatus.REJECTED, duplicate=False,
                              reason=f"tx_id {tx.tx_id!r} was already used by another device", result={}), False
         if row is not None:
-            db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, 'tx')",
+            db.execute("INSERT INTO received (device, seq, kind) VALUES (?, ?, 'tx') ON CONFLICT (device, seq) "
+                       "DO NOTHING",
                        (tx.device, tx.seq))
             return TxOutcome.model_validate_json(row[0]), True
         outcome = decide(tx, db)
@@ -277,14 +267,19 @@ class SQLiteStore:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (tx.tx_id, tx.device, tx.seq, tx.kind, tx.model_dump(mode="json")["created_at"], received_at,
              outcome.status.value, outcome.model_dump_json()))
-        if db.execute("INSERT OR IGNORE INTO received (device, seq, kind) VALUES (?, ?, 'tx')",
+        if db.execute("INSERT INTO received (device, seq, kind) VALUES (?, ?, 'tx') ON CONFLICT (device, seq) "
+                      "DO NOTHING",
                       (tx.device, tx.seq)).rowcount:
             db.execute(
                 "INSERT INTO devices (device, first_seen, last_seen, min_seq, max_seq, received) "
                 "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (device) DO UPDATE SET "
-                "last_seen = max(last_seen, excluded.last_seen), received = received + 1, "
-                "min_seq = min(coalesce(min_seq, excluded.min_seq), excluded.min_seq), "
-                "max_seq = max(coalesce(max_seq, 0), excluded.max_seq)",
+                "last_seen = CASE WHEN excluded.last_seen > devices.last_seen THEN excluded.last_seen "
+                "ELSE devices.last_seen END, "
+                "received = devices.received + 1, "
+                "min_seq = CASE WHEN devices.min_seq IS NOT NULL AND devices.min_seq <= excluded.min_seq "
+                "THEN devices.min_seq ELSE excluded.min_seq END, "
+                "max_seq = CASE WHEN devices.max_seq IS NOT NULL AND devices.max_seq >= excluded.max_seq "
+                "THEN devices.max_seq ELSE excluded.max_seq END",
                 (tx.device, received_at, received_at, tx.seq, tx.seq))
         return outcome, False
 
@@ -329,47 +324,16 @@ class SQLiteStore:
             args.append(quantity)
         if since is not None:
             sql += " AND ts >= ?"
-            args.append(_ms(since))
+            args.append(ms(since))
         if until is not None:
             sql += " AND ts < ?"
-            args.append(_ms(until))
+            args.append(ms(until))
         sql += " ORDER BY ts, seq, idx LIMIT ?"
         args.append(limit)
-        return [StoredReading(ts=_from_ms(ts), sensor=sensor, quantity=q, value=bool(v) if is_bool else v,
+        return [StoredReading(ts=from_ms(ts), sensor=sensor, quantity=q, value=bool(v) if is_bool else v,
                               unit=unit, seq=seq)
                 for ts, sensor, q, v, is_bool, unit, seq in self._r().execute(sql, args)]
 
-    def readings_page(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
-                      limit: int, after: ReadingKey | None = None) -> ReadingsPage:
-        """Readings in time order (then seq), each rendered by SQLite as the API's JSON object but its floats
-        (SQLite writes 15 digits; Python's repr round-trips)."""
-        where, args = _readings_where(device, quantity, since, until)
-        if after is not None:
-            where += " AND (ts, seq, idx) > (?, ?, ?)"
-            args += after
-        sql = f"SELECT {_READING_JSON}, ts, seq, idx FROM readings WHERE {where} ORDER BY ts, seq, idx LIMIT ?"  # noqa: S608
-        found = self._r().execute(sql, (*args, limit + 1)).fetchall()
-        page = found[:limit]
-        rows = [f"{head}{text}{tail}" if text is not None else f"{head}{value!r}{tail}"
-                for head, text, value, tail, _, _, _ in page]
-        last = page[-1]
-        return ReadingsPage(rows=rows, next_after=(last[4], last[5], last[6]) if len(found) > limit else None)
-
-    def aggregate(self, device: str, quantity: str, since: datetime | None, until: datetime | None,
-                  bucket_s: int, limit: int) -> list[ReadingBucket]:
-        """Numeric readings of one quantity per time bucket; see :meth:`hub.store.base.Store.aggregate`."""
-        where, args = _readings_where(device, quantity, since, until)
-        width = bucket_s * 1000
-        sql = (f"SELECT (ts / ?) * ?, count(*), min(value), avg(value), max(value) FROM readings "  # noqa: S608
-               f"WHERE {where} AND is_bool = 0 AND typeof(value) IN ('integer', 'real') "
-               f"GROUP BY 1 ORDER BY 1 LIMIT ?")
-        return [ReadingBucket(start=_from_ms(start), count=n, min=lo, avg=mean, max=hi)
-                for start, n, lo, mean, hi in self._r().execute(sql, (width, width, *args, limit))]
-
-    def latest(self, device: str) -> dict[tuple[str, str], datetime]:
-        """Newest reading time per (sensor, quantity)."""
-        rows = self._r().execute("SELECT sensor, quantity, ts FROM latest WHERE device = ?", (device,))
-        return {(s, q): _from_ms(ts) for s, q, ts in rows}
 
     def deadletters(self, limit: int, reason: str | None = None) -> list[StoredDeadLetter]:
         """Newest first."""
@@ -454,32 +418,14 @@ class SQLiteStore:
         return set(self._r().execute("SELECT device, seq FROM received").fetchall())
 
 
+_SEEN = ("INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) ON CONFLICT (device) DO UPDATE SET "
+         "last_seen = CASE WHEN excluded.last_seen > devices.last_seen THEN excluded.last_seen "
+         "ELSE devices.last_seen END")
+"""A device seen (device, first, last): added, or its last contact moved to the later of the two (portable SQL,
+no two-argument max)."""
+
 _COMMAND_COLUMNS = ("cmd_id, device, name, args, outcome, sent_at, published_at, expires_at, replied_at, "
                    "result, error, replays")
-
-
-_READING_JSON = (
-    """'{"ts":"' || strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000.0, 'unixepoch') || '","sensor":' || json_quote(sensor)"""
-    """ || ',"quantity":' || json_quote(quantity) || ',"value":',"""
-    """ CASE WHEN is_bool THEN iif(value, 'true', 'false') WHEN typeof(value) = 'real' THEN NULL"""
-    """ ELSE json_quote(value) END, value,"""
-    """ ',"unit":' || json_quote(unit) || ',"seq":' || seq || '}'"""
-)
-"""A reading as the head of its JSON object, its value as JSON text (NULL for a float, which Python writes),
-the value itself and the tail of the object: the API's ``ReadingView``, built in SQLite."""
-
-
-def _readings_where(device: str, quantity: str | None, since: datetime | None,
-                    until: datetime | None) -> tuple[str, list[Any]]:
-    """The WHERE clause (and its arguments) of a device's readings, optionally one quantity, in a window."""
-    where, args = "device = ?", list[Any]([device])
-    value: str | int | None
-    for clause, value in (("quantity = ?", quantity), ("ts >= ?", _ms(since) if since else None),
-                          ("ts < ?", _ms(until) if until else None)):
-        if value is not None:
-            where += f" AND {clause}"
-            args.append(value)
-    return where, args
 
 
 def _command_row(row: tuple[Any, ...]) -> CommandRecord:

@@ -1,1 +1,1 @@
-"""The hub's time-series stores: where readings live (SQLite embedded, VictoriaMetrics in production)."""
+"""The time-series store: readings, written in batches and read raw, bucketed or newest-first."""

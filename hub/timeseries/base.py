@@ -1,4 +1,10 @@
-"""The time-series store interface: readings written in batches, read raw or in buckets, kept for a retention."""
+"""The time-series interface: what ingest writes and the API, the dashboard and retention read.
+
+Ingest writes the points of a batch before the records commit and acknowledges only after both: a write that
+returns is durable, one that cannot be made raises :class:`hub.errors.TimeSeriesUnavailable` and nothing is
+acknowledged. A redelivered message writes the same points again; the store keeps one reading per
+(device, seq, idx).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from hub.store.base import ReadingBucket, ReadingKey, ReadingsPage, StoredReading
+from hub.store.base import ReadingBucket, ReadingKey, ReadingsPage, SeqMessage, StoredReading
 
-__all__ = ["Point", "ReadingBucket", "ReadingKey", "ReadingsPage", "StoredReading", "TimeSeries"]
+__all__ = ["Point", "ReadingBucket", "ReadingKey", "ReadingsPage", "StoredReading", "TimeSeries", "points_of"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Point:
-    """One reading as the time-series store keeps it: its device, message seq and place in the message."""
+    """One reading as the time-series store keeps it: its message's (device, seq), its place in the message."""
 
     device: str
     seq: int
@@ -26,36 +32,44 @@ class Point:
     unit: str | None
 
 
+def points_of(messages: Sequence[SeqMessage]) -> list[Point]:
+    """The readings of a batch's telemetry messages as points."""
+    return [Point(m.device, m.seq, idx, r.ts, r.sensor, r.quantity, r.value, r.unit)
+            for m in messages if m.telemetry is not None for idx, r in enumerate(m.telemetry)]
+
+
 class TimeSeries(Protocol):
-    """Where the hub keeps readings; a redelivered point (same device, seq, idx) is stored once."""
+    """Where the hub keeps readings."""
 
     def open(self) -> None:
-        """Create or connect to the store."""
+        """Connect (or check the embedded table is there)."""
 
     def close(self) -> None:
-        """Release the store (idempotent)."""
+        """Release what :meth:`open` took (idempotent)."""
 
     def write(self, points: Sequence[Point]) -> None:
-        """Store ``points``; raises :class:`hub.errors.TimeSeriesUnavailable` when the store cannot take them."""
+        """Store ``points``, durable when this returns; points already stored are kept once. Raises
+        :class:`hub.errors.TimeSeriesUnavailable` when the store cannot take them now."""
 
     def readings_page(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
                       limit: int, after: ReadingKey | None = None) -> ReadingsPage:
-        """A device's readings in (ts, seq, idx) order as the API's JSON objects, starting after ``after``."""
+        """A device's readings in (ts, seq, idx) order, each one JSON object as the API writes it, starting after
+        the reading ``after``; ``since`` inclusive, ``until`` exclusive."""
 
     def aggregate(self, device: str, quantity: str, since: datetime | None, until: datetime | None,
-                  bucket_s: int, limit: int) -> list[ReadingBucket]:
-        """Count, min, mean and max of the numeric readings of ``quantity`` per ``bucket_s`` (aligned to the
-        epoch, UTC), oldest first, empty buckets left out, at most ``limit`` buckets."""
+                  bucket_s: float, limit: int, origin: datetime | None = None) -> list[ReadingBucket]:
+        """Count, min, mean and max of the numeric readings of ``quantity`` per ``bucket_s`` seconds, buckets
+        aligned to ``origin`` (default the epoch, UTC), oldest first, at most ``limit``; empty buckets left out."""
 
     def latest(self, device: str) -> dict[tuple[str, str], datetime]:
         """Timestamp of the newest reading per (sensor, quantity) of a device."""
 
-    def quantities(self, device: str, since: datetime | None,
-                   until: datetime | None) -> list[tuple[str, str, str | None]]:
-        """The (sensor, quantity, unit) a device sent in a window."""
+    def quantities(self, device: str, since: datetime | None = None,
+                   until: datetime | None = None) -> list[tuple[str, str, str | None]]:
+        """(sensor, quantity, unit) a device sent (within the window, if given), sorted."""
 
     def purge_before(self, cutoff: datetime) -> int:
-        """Drop readings older than ``cutoff``; returns how many went."""
+        """Delete readings older than ``cutoff``; returns how many went."""
 
     def healthy(self) -> bool:
-        """Whether the store answers."""
+        """Whether the store answers now."""

@@ -3,8 +3,8 @@
 -- domain modules runs on both. SQLite INTEGER -> BIGINT (identity for ids), REAL -> DOUBLE PRECISION,
 -- BLOB -> BYTEA; booleans stay INTEGER 0/1 and times stay TEXT (ISO 8601) or epoch seconds as they are.
 -- Versions match the SQLite migrations one to one; a PostgreSQL store starts with every column that 0002 adds
--- to older SQLite files. Tables that SQLite orders by rowid (history without an id) get row_order, an identity
--- column (hub.records.dialect.Dialect.insertion_order).
+-- to older SQLite files. Tables that SQLite orders by its implicit rowid (history without an id, commands) get an
+-- identity column of that name, so the same ORDER BY rowid works on both (hub.records.dialect.Dialect).
 -- PostGIS (CREATE EXTENSION postgis) must exist in the database: a superuser makes it once (docs/production.md).
 
 CREATE EXTENSION IF NOT EXISTS postgis;
@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS commands (
     expires_at   DOUBLE PRECISION,
     published_at DOUBLE PRECISION,
     replays      BIGINT NOT NULL DEFAULT 0,
-    row_order    BIGINT GENERATED ALWAYS AS IDENTITY
+    rowid        BIGINT GENERATED ALWAYS AS IDENTITY
 );
 CREATE INDEX IF NOT EXISTS commands_by_device ON commands (device, sent_at);
 CREATE TABLE IF NOT EXISTS transactions (
@@ -233,7 +233,7 @@ CREATE TABLE IF NOT EXISTS alarm_history (
     "user"   TEXT,
     comment  TEXT,
     state    TEXT NOT NULL,
-    row_order BIGINT GENERATED ALWAYS AS IDENTITY
+    rowid     BIGINT GENERATED ALWAYS AS IDENTITY
 );
 CREATE INDEX IF NOT EXISTS alarm_history_by_alarm ON alarm_history (alarm_id, at);
 CREATE TABLE IF NOT EXISTS alarm_rules (
@@ -267,7 +267,7 @@ CREATE TABLE IF NOT EXISTS notification_attempts (
     ok              INTEGER NOT NULL,
     detail          TEXT NOT NULL,
     elapsed_ms      DOUBLE PRECISION NOT NULL,
-    row_order       BIGINT GENERATED ALWAYS AS IDENTITY
+    rowid           BIGINT GENERATED ALWAYS AS IDENTITY
 );
 CREATE INDEX IF NOT EXISTS notification_attempts_by_id ON notification_attempts (notification_id, at);
 -- ids only grow (SQLite's AUTOINCREMENT): a stream client resumes after the last id it saw
@@ -305,7 +305,7 @@ CREATE TABLE IF NOT EXISTS report_history (
     assignee  TEXT,
     note      TEXT,
     by_user   TEXT,
-    row_order BIGINT GENERATED ALWAYS AS IDENTITY
+    rowid     BIGINT GENERATED ALWAYS AS IDENTITY
 );
 -- the municipal zones: the GeoJSON geometry as loaded (portable) and as a PostGIS multipolygon for
 -- point-in-polygon in the database; the first listed (position) wins where zones overlap
