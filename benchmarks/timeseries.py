@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import math
+import random
 import shutil
 import statistics
 import subprocess
@@ -23,11 +24,11 @@ from typing import Protocol
 import httpx
 from _harness import HOST, START_S, BenchError, LoggedProcess, progress, run_guarded, table, work_dir
 
-from edge.contract import Reading
 from hub.broker import free_port
-from hub.store.base import IngestBatch, ReadingBucket, ReadingsPage, SeqMessage
+from hub.store.base import ReadingBucket, ReadingsPage
 from hub.store.sqlite import SQLiteStore
 from hub.timeseries.base import Point
+from hub.timeseries.sqlite import SQLiteTimeSeries
 from hub.timeseries.victoria import VictoriaMetrics
 
 WEEK_END = datetime(2026, 11, 30, tzinfo=UTC)
@@ -37,6 +38,7 @@ WEEKS = 4
 """Each device holds this many weeks of 10-second PM2.5; the stored total grows with the number of devices."""
 PER_WEEK = 7 * 86_400 // INTERVAL_S
 PER_MESSAGE = 60
+"""Readings per message (one minute of a device): the seq and idx of each point."""
 BATCH = 48_000
 """Readings per write: whole messages, so that no message is split across two writes."""
 QUANTITY = "pm2_5"
@@ -58,24 +60,17 @@ class Backend(Protocol):
 
 
 class SQLiteBackend:
-    """The embedded store, loaded through its ingest (one message per minute of a device's readings)."""
+    """The embedded store's readings table in a file of its own, loaded through its time-series write."""
 
     name = "sqlite"
 
     def __init__(self, directory: Path) -> None:
-        self.path = directory / "hub.sqlite"
-        self.store = SQLiteStore(self.path)
+        self.path = directory / "series.sqlite"
+        self.store = SQLiteTimeSeries(SQLiteStore(self.path), owns_store=True)
         self.store.open()
 
     def load(self, points: list[Point]) -> None:
-        messages = []
-        for i in range(0, len(points), PER_MESSAGE):
-            chunk = points[i:i + PER_MESSAGE]
-            readings = [Reading.model_construct(ts=p.ts, sensor=p.sensor, quantity=p.quantity, value=p.value,
-                                                unit=p.unit, clock=None) for p in chunk]
-            messages.append(SeqMessage(device=chunk[0].device, seq=chunk[0].seq, received_at=time.time(),
-                                       telemetry=readings))
-        self.store.ingest(IngestBatch(messages=messages))
+        self.store.write(points)
 
     def page(self, since: datetime, until: datetime) -> ReadingsPage:
         return self.store.readings_page(DEVICE, QUANTITY, since, until, 100_000)
@@ -84,9 +79,8 @@ class SQLiteBackend:
         return self.store.aggregate(DEVICE, QUANTITY, since, until, bucket_s, 10_000)
 
     def disk_bytes(self) -> int:
-        self.store.write(lambda db: None)
-        self.store.read(lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
-        return sum(p.stat().st_size for p in self.path.parent.glob("hub.sqlite*"))
+        self.store.store.read(lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        return sum(p.stat().st_size for p in self.path.parent.glob("series.sqlite*"))
 
     def close(self) -> None:
         self.store.close()
@@ -172,9 +166,10 @@ def points(total: int) -> Iterator[list[Point]]:
     batch: list[Point] = []
     for d in range(devices):
         device = f"bench-aq-{d:04d}"
+        noise = random.Random(d)  # a real clock's jitter and a real sensor's noise: patterns would compress away
         for i in range(WEEKS * PER_WEEK):
-            ts = first + timedelta(seconds=i * INTERVAL_S, milliseconds=i * 7919 % 250)  # a real clock's jitter
-            value = round(18 + 12 * math.sin(i / 360 + d) + (i * 7919 % 97) / 10, 1)
+            ts = first + timedelta(seconds=i * INTERVAL_S, milliseconds=noise.randrange(250))
+            value = round(max(0.0, 18 + 12 * math.sin(i / 360 + d) + noise.gauss(0, 3)), 1)
             batch.append(Point(device=device, seq=i // PER_MESSAGE + 1, idx=i % PER_MESSAGE, ts=ts,
                                sensor="pm", quantity=QUANTITY, value=value, unit="ug/m3"))
             if len(batch) == BATCH:

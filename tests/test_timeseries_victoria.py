@@ -12,9 +12,9 @@ import pytest
 
 from edge.contract import Reading
 from hub.errors import RecordRejected, TimeSeriesUnavailable
-from hub.store.base import IngestBatch, SeqMessage
 from hub.store.sqlite import SQLiteStore
 from hub.timeseries.base import Point
+from hub.timeseries.sqlite import SQLiteTimeSeries
 from hub.timeseries.victoria import VictoriaMetrics, line
 from tests.fixtures.victoria import Victoria
 
@@ -48,11 +48,11 @@ def _points(device: str, messages: list[tuple[int, list[Reading]]]) -> list[Poin
 
 
 @pytest.fixture
-def sqlite(tmp_path: Path) -> Iterator[SQLiteStore]:
-    store = SQLiteStore(tmp_path / "hub.sqlite")
-    store.open()
-    yield store
-    store.close()
+def sqlite(tmp_path: Path) -> Iterator[SQLiteTimeSeries]:
+    series = SQLiteTimeSeries(SQLiteStore(tmp_path / "series.sqlite"), owns_store=True)
+    series.open()
+    yield series
+    series.close()
 
 
 @pytest.fixture
@@ -63,14 +63,13 @@ def vm(victoria: Victoria) -> Iterator[VictoriaMetrics]:
     ts.close()
 
 
-def _load(sqlite: SQLiteStore, vm: VictoriaMetrics) -> None:
-    messages = _messages()
-    sqlite.ingest(IngestBatch(messages=[SeqMessage(device="kk-aq-0001", seq=seq, received_at=time.time(),
-                                                   telemetry=readings) for seq, readings in messages]))
-    vm.write(_points("kk-aq-0001", messages))
+def _load(sqlite: SQLiteTimeSeries, vm: VictoriaMetrics) -> None:
+    points = _points("kk-aq-0001", _messages())
+    sqlite.write(points)
+    vm.write(points)
 
 
-def test_readings_pages_are_the_rows_sqlite_writes(sqlite: SQLiteStore, vm: VictoriaMetrics) -> None:
+def test_readings_pages_are_the_rows_sqlite_writes(sqlite: SQLiteTimeSeries, vm: VictoriaMetrics) -> None:
     _load(sqlite, vm)
     windows: list[tuple[str | None, datetime | None, datetime | None]] = [
         (None, None, None), ("pm25", None, None),
@@ -92,7 +91,7 @@ def test_readings_pages_are_the_rows_sqlite_writes(sqlite: SQLiteStore, vm: Vict
     assert vm.readings_page("kk-aq-0002", None, None, None, 10).rows == []
 
 
-def test_buckets_are_sqlites_to_the_last_bit(sqlite: SQLiteStore, vm: VictoriaMetrics) -> None:
+def test_buckets_are_sqlites_to_the_last_bit(sqlite: SQLiteTimeSeries, vm: VictoriaMetrics) -> None:
     _load(sqlite, vm)
     spans: list[tuple[datetime | None, datetime | None]] = [
         (None, None), (T0 + timedelta(seconds=333), T0 + timedelta(seconds=3001, milliseconds=5)),
@@ -105,16 +104,23 @@ def test_buckets_are_sqlites_to_the_last_bit(sqlite: SQLiteStore, vm: VictoriaMe
                     got = vm.aggregate("kk-aq-0001", quantity, since, until, bucket_s, limit)
                     assert got == want, (quantity, bucket_s, since, until, limit)
                     assert want
+    origin = T0 + timedelta(seconds=200, milliseconds=123)  # the dashboard's charts: buckets from their since
+    for bucket_s in (7.5, 300.001, 1000):
+        want = sqlite.aggregate("kk-aq-0001", "pm25", origin, None, bucket_s, 10_000, origin)
+        assert vm.aggregate("kk-aq-0001", "pm25", origin, None, bucket_s, 10_000, origin) == want
+        assert want
     assert vm.aggregate("kk-aq-0001", "no-such", None, None, 60, 10) == []
 
 
-def test_latest_and_quantities(sqlite: SQLiteStore, vm: VictoriaMetrics) -> None:
+def test_latest_and_quantities(sqlite: SQLiteTimeSeries, vm: VictoriaMetrics) -> None:
     _load(sqlite, vm)
     assert vm.latest("kk-aq-0001") == sqlite.latest("kk-aq-0001")
-    found = vm.quantities("kk-aq-0001", None, None)
-    assert ("pm", "pm25", "ug/m3") in found
-    assert {(s, q, u) for s, q, u in found if s in ODD} == {
-        (r.sensor, r.quantity, r.unit) for _, rs in _messages() for r in rs if r.sensor in ODD}
+    assert vm.quantities("kk-aq-0001") == sqlite.quantities("kk-aq-0001")
+    assert ("pm", "pm25", "ug/m3") in vm.quantities("kk-aq-0001")
+    for since, until in ((T0, T0 + timedelta(seconds=1000)), (T0 + timedelta(seconds=500), None),
+                         (None, T0 + timedelta(seconds=700))):
+        assert vm.quantities("kk-aq-0001", since, until) == sqlite.quantities("kk-aq-0001", since, until)
+    assert vm.quantities("kk-aq-0002") == []
 
 
 def test_a_redelivered_batch_is_stored_once(vm: VictoriaMetrics) -> None:

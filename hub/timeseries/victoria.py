@@ -26,7 +26,9 @@ What VictoriaMetrics keeps, and how it differs from the SQLite store:
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +60,7 @@ _SERIES: Final = ("value", "seq", "idx")
 _NUMERIC: Final = '"int|float"'
 
 
+@functools.lru_cache(maxsize=4096)
 def _escape(text: str) -> str:
     """A tag key or value in line protocol: backslash, comma, equals sign and space escaped."""
     if "\n" in text or "\r" in text:
@@ -111,7 +114,8 @@ def line(p: Point) -> str:
 
 
 def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000 + (0.5 if value.timestamp() >= 0 else -0.5))
+    seconds = value.timestamp()
+    return int(seconds * 1000 + (0.5 if seconds >= 0 else -0.5))
 
 
 def _from_ms(value: int) -> datetime:
@@ -127,7 +131,7 @@ def _seconds(ms: int) -> str:
 def _iso(ms: int) -> str:
     """A time as the readings API writes it (SQLite's ``%Y-%m-%dT%H:%M:%fZ``)."""
     whole, frac = divmod(ms, 1000)
-    return f"{_from_ms(whole * 1000):%Y-%m-%dT%H:%M:%S}.{frac:03d}Z"
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{frac:03d}Z"
 
 
 def _quote(text: str) -> str:
@@ -137,6 +141,21 @@ def _quote(text: str) -> str:
 
 def _json(text: str | None) -> str:
     return json.dumps(text, ensure_ascii=False)
+
+
+class _Series:
+    """The labels of one exported series and the parts of its readings' JSON that they decide."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.labels = labels
+        unit = labels.get("unit", "" if "unit_empty" in labels else None)
+        self.head = f'"sensor":{_json(labels["sensor"])},"quantity":{_json(labels["quantity"])},"value":'
+        self.tail = f'"unit":{_json(unit)},"seq":'
+        self._decode = _DECODE[labels["type"]]
+
+    def value(self, raw: Any) -> str:
+        """A sample's value as JSON text."""
+        return self._decode(raw, self.labels)
 
 
 class VictoriaMetrics:
@@ -178,11 +197,11 @@ class VictoriaMetrics:
         VictoriaMetrics does not answer or answers 5xx, RecordRejected when it refuses the lines (4xx)."""
         if not points:
             return
-        lines = [line(p) for p in points]
+        body = "\n".join([line(p) for p in points])  # one string: influxdb-client walks a list item by item
         if self._writer is None:
             raise TimeSeriesUnavailable("the VictoriaMetrics store is not open")
         try:
-            self._writer.write(bucket="nakhon", record=lines, write_precision=cast(WritePrecision, WritePrecision.MS))
+            self._writer.write(bucket="nakhon", record=body, write_precision=cast(WritePrecision, WritePrecision.MS))
         except InfluxDBError as err:
             status = err.response.status if err.response is not None else None
             if status is not None and 400 <= status < 500:
@@ -236,8 +255,8 @@ class VictoriaMetrics:
             labels += f",quantity={_quote(quantity)}"
         return f"{{{labels}{extra}}}"
 
-    def _samples(self, selector: str, start: int, end: int) -> list[tuple[ReadingKey, dict[str, str], Any]]:
-        """Readings from ``start`` to ``end`` (ms, inclusive): key, labels and raw value, in key order."""
+    def _samples(self, selector: str, start: int, end: int) -> list[tuple[ReadingKey, _Series, Any]]:
+        """Readings from ``start`` to ``end`` (ms, inclusive): key, series and raw value, in key order."""
         series: dict[tuple[tuple[str, str], ...], dict[str, dict[int, Any]]] = defaultdict(dict)
         for s in self._export(selector, start, end):
             labels = s["metric"]
@@ -248,9 +267,10 @@ class VictoriaMetrics:
         found = []
         for labels, fields in series.items():
             seqs, idxs = fields.get("seq", {}), fields.get("idx", {})
+            one = _Series(dict(labels))
             for ts, value in fields.get("value", {}).items():
                 if ts in seqs and ts in idxs:
-                    found.append(((ts, int(seqs[ts]), int(idxs[ts])), dict(labels), value))
+                    found.append(((ts, int(seqs[ts]), int(idxs[ts])), one, value))
         found.sort(key=lambda row: row[0])
         return found
 
@@ -262,7 +282,7 @@ class VictoriaMetrics:
         lo, hi = self._bounds(selector, since, until)
         if after is not None:
             lo = max(lo, after[0])
-        rows: list[tuple[ReadingKey, dict[str, str], Any]] = []
+        rows: list[tuple[ReadingKey, _Series, Any]] = []
         width = self._window(device, quantity, lo, hi, limit)
         start = lo
         while start < hi and len(rows) <= limit:
@@ -270,7 +290,8 @@ class VictoriaMetrics:
             rows += [r for r in self._samples(selector, start, end - 1) if after is None or r[0] > after]
             start, width = end, width * 2
         page = rows[:limit]
-        return ReadingsPage(rows=[self._render(key, labels, value) for key, labels, value in page],
+        return ReadingsPage(rows=[f'{{"ts":"{_iso(key[0])}",{one.head}{one.value(v)},{one.tail}{key[1]}}}'
+                                  for key, one, v in page],
                             next_after=page[-1][0] if len(rows) > limit else None)
 
     def _window(self, device: str, quantity: str | None, lo: int, hi: int, limit: int) -> int:
@@ -284,13 +305,6 @@ class VictoriaMetrics:
             return hi - lo
         return max(1, int((hi - lo) * (limit + 1) / count * 1.25))
 
-    @staticmethod
-    def _render(key: ReadingKey, labels: dict[str, str], value: Any) -> str:
-        unit = labels.get("unit", "" if "unit_empty" in labels else None)
-        return (f'{{"ts":"{_iso(key[0])}","sensor":{_json(labels["sensor"])},'
-                f'"quantity":{_json(labels["quantity"])},"value":{_DECODE[labels["type"]](value, labels)},'
-                f'"unit":{_json(unit)},"seq":{key[1]}}}')
-
     def _bounds(self, selector: str, since: datetime | None, until: datetime | None) -> tuple[int, int]:
         """[lo, hi) in ms: the window asked for, its open ends closed at the first and last sample."""
         span = self._span(selector) if since is None or until is None else None
@@ -299,16 +313,18 @@ class VictoriaMetrics:
         return lo, hi
 
     def aggregate(self, device: str, quantity: str, since: datetime | None, until: datetime | None,
-                  bucket_s: int, limit: int) -> list[ReadingBucket]:
-        """Numeric readings per bucket: whole buckets holding one series by MetricsQL rollups; the buckets cut
-        by ``since`` or ``until`` and those several series share (two sensors of one quantity) from the raw
-        samples, summed in (ts, seq, idx) order as SQLite sums them, so that both stores give the same mean."""
+                  bucket_s: float, limit: int, origin: datetime | None = None) -> list[ReadingBucket]:
+        """Numeric readings per bucket of ``bucket_s`` (whole ms) aligned to ``origin`` (the epoch): whole buckets
+        holding one series by MetricsQL rollups; the buckets cut by ``since`` or ``until`` and those several series
+        share (two sensors of one quantity) from the raw samples, summed in (ts, seq, idx) order as SQLite sums
+        them, so that both stores give the same mean."""
         values = self._selector(device, quantity, '"reading_value"', f",type=~{_NUMERIC}")
         lo, hi = self._bounds(values, since, until)
-        width = bucket_s * 1000
+        width = max(1, round(bucket_s * 1000))
+        zero = _ms(origin) if origin is not None else 0
         out: dict[int, ReadingBucket] = {}
         raw: list[int] = []  # starts of buckets to compute from raw samples
-        first_full = -(-lo // width) * width
+        first_full = zero - ((zero - lo) // width) * width
         if first_full != lo:
             raw.append(first_full - width)
         start = first_full
@@ -380,17 +396,27 @@ class VictoriaMetrics:
         return {(r["metric"]["sensor"], r["metric"]["quantity"]): _from_ms(round(float(r["value"][1]) * 1000))
                 for r in rows}
 
-    def quantities(self, device: str, since: datetime | None,
-                   until: datetime | None) -> list[tuple[str, str, str | None]]:
-        """The (sensor, quantity, unit) a device sent in a window, by sensor and quantity."""
-        now = int(time.time() * 1000)
-        start = _ms(since) if since is not None else now - 3650 * 86_400_000
-        end = _ms(until) - 1 if until is not None else now + 86_400_000
-        r = self._call("/api/v1/series", {"match[]": self._selector(device, None, '"reading_value"'),
-                                          "start": _seconds(start), "end": _seconds(end)})
-        found = {(m["sensor"], m["quantity"], m.get("unit", "" if "unit_empty" in m else None))
-                 for m in r.json()["data"]}
-        return sorted(found, key=lambda q: (q[0], q[1], q[2] or ""))
+    def quantities(self, device: str, since: datetime | None = None,
+                   until: datetime | None = None) -> list[tuple[str, str, str | None]]:
+        """(sensor, quantity, unit) a device sent, sorted (no unit first): with no window the unit of each
+        quantity's newest reading, in a window [since, until) every unit."""
+        selector = self._selector(device, None, '"reading_value"')
+        lo, hi = self._bounds(selector, since, until)
+        if hi <= lo:
+            return []
+        rows = self._query(f"tlast_over_time({selector}[{hi - lo}ms])", hi - 1)
+        newest: dict[tuple[str, str], tuple[float, str | None]] = {}
+        found = set()
+        for r in rows:
+            m = r["metric"]
+            unit = m.get("unit", "" if "unit_empty" in m else None)
+            found.add((m["sensor"], m["quantity"], unit))
+            last = float(r["value"][1])
+            if newest.get((m["sensor"], m["quantity"]), (-math.inf, None))[0] < last:
+                newest[m["sensor"], m["quantity"]] = (last, unit)
+        if since is None and until is None:
+            found = {(s, q, unit) for (s, q), (_, unit) in newest.items()}
+        return sorted(found, key=lambda q: (q[0], q[1], q[2] is not None, q[2] or ""))
 
     def purge_before(self, cutoff: datetime) -> int:
         """Delete nothing and return 0: VictoriaMetrics drops whole months of data past its ``-retentionPeriod``
@@ -403,3 +429,8 @@ class VictoriaMetrics:
             return self._get("/health", {}).text.strip() == "OK"
         except TimeSeriesUnavailable:
             return False
+
+
+def timeseries_store(url: str) -> VictoriaMetrics:
+    """The store at ``http://HOST:PORT`` (``hub.backends`` strips the ``victoriametrics+``)."""
+    return VictoriaMetrics(url)
