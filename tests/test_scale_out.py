@@ -1,8 +1,9 @@
 """Several hub processes on one broker (``--share``) and one records store: commands, the queue, the live stream,
-alarms, notifications, sign-in throttling and a killed process, whichever process a message or a browser reaches.
+alarms, notifications, sign-in throttling, payments and a killed process, whichever process a message or a
+browser reaches.
 
-Two hub processes share one SQLite file here (WAL, busy timeouts); the in-process tests put two engines or
-throttles on two store handles of one file, which is what two processes do.
+The two-process tests run on one SQLite file (WAL, busy timeouts) and on PostgreSQL with VictoriaMetrics; the
+in-process tests put two engines or throttles on two store handles of one file, which is what two processes do.
 """
 
 from __future__ import annotations
@@ -25,24 +26,53 @@ from edge.contract import DeviceState
 from hub.alarms import feed as feed_module
 from hub.auth.throttle import StoredSignInThrottle, ThrottleRule
 from hub.notify.worker import NotificationWorker
-from hub.records.postgresql import PostgresRecords
+from hub.records.postgresql import PostgresRecords, records_store
 from hub.records.session import Session
+from hub.store.base import SqlStore
 from hub.store.sqlite import SQLiteStore
 from tests.conftest import Agent, Broker, Hub, fast_air, wait_for
+from tests.fixtures.victoria import Victoria
 from tests.test_alarms import T0, Rig, rule
 from tests.test_delivery import drain
+from tests.test_gis import Kiosk
 from tests.test_notify import HttpSink, _line, _sos
 from tests.test_stream import BUTTON, SseReader
 
 SHARE = "ingest"
 
 
+BACKENDS = ("sqlite", "postgresql+victoriametrics")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> list[str]:
+    """The ``hub serve`` flags of a backend: the embedded SQLite file, or PostgreSQL and VictoriaMetrics."""
+    if request.param == "sqlite":
+        return []
+    url: str = request.getfixturevalue("postgres_url")
+    vm: Victoria = request.getfixturevalue("victoria")
+    return ["--records", url, "--timeseries", vm.timeseries_url]
+
+
 @pytest.fixture
-def two_hubs(broker: Broker, procs: dict[str, Any], tmp_path: Path) -> list[Hub]:
+def two_hubs(broker: Broker, procs: dict[str, Any], tmp_path: Path, backend: list[str]) -> list[Hub]:
     """Two ``nakhon hub serve`` processes in one share group on one broker and one records store."""
     data = tmp_path / "shared-hub"
-    return [procs["hub"](broker.port, "--share", SHARE, "--client-id", f"hub-{name}", data=data)
+    return [procs["hub"](broker.port, *backend, "--share", SHARE, "--client-id", f"hub-{name}", data=data)
             for name in ("a", "b")]
+
+
+@pytest.fixture
+def records(two_hubs: list[Hub], backend: list[str]) -> Iterator[SqlStore]:
+    """The hubs' records store, opened by the test to read what they stored."""
+    store = records_store(backend[1]) if backend else SQLiteStore(two_hubs[0].data / "hub.sqlite")
+    store.open()
+    yield store
+    store.close()
+
+
+def _rows(store: SqlStore, sql: str) -> list[tuple[Any, ...]]:
+    return store.read(lambda db: [tuple(r) for r in db.execute(sql).fetchall()])
 
 
 def _command(hub: Hub, device: str, body: dict[str, Any]) -> httpx.Response:
@@ -125,16 +155,15 @@ def test_a_queued_command_is_sent_once_by_one_of_the_hubs(two_hubs: list[Hub], b
 
 @pytest.mark.broker
 def test_the_stream_of_either_hub_carries_every_change_once_in_order_without_gaps(
-        two_hubs: list[Hub], broker: Broker, procs: dict[str, Any]) -> None:
+        two_hubs: list[Hub], records: SqlStore, broker: Broker, procs: dict[str, Any]) -> None:
     readers = [SseReader(lambda h=h: h.url, h.auth).start() for h in two_hubs]  # type: ignore[misc]
     try:
         wait_for(lambda: all(r.connections for r in readers), 10, "both streams open")
         agent = procs["agent"]("kk-pole-1103", broker.port, drivers=[BUTTON])
         wait_for(lambda: len(readers[0].of("event")) >= 30, 60, "thirty events on the stream")
         assert agent.stop() == 0
-        with two_hubs[0].db() as db:
-            stored = db.execute("SELECT count(*) FROM events WHERE device = 'kk-pole-1103'").fetchone()[0]
-            last = db.execute("SELECT max(id) FROM feed").fetchone()[0]
+        [(stored,)] = _rows(records, "SELECT count(*) FROM events WHERE device = 'kk-pole-1103'")
+        [(last,)] = _rows(records, "SELECT max(id) FROM feed")
         wait_for(lambda: all(r.messages and r.messages[-1][0] == last for r in readers), 10, "both streams caught up")
         assert all(_received(h) > 0 for h in two_hubs)
         for r in readers:
@@ -148,8 +177,8 @@ def test_the_stream_of_either_hub_carries_every_change_once_in_order_without_gap
 
 
 @pytest.mark.broker
-def test_a_hub_killed_mid_stream_loses_nothing_the_other_carries_on(two_hubs: list[Hub], broker: Broker,
-                                                                    procs: dict[str, Any]) -> None:
+def test_a_hub_killed_mid_stream_loses_nothing_the_other_carries_on(two_hubs: list[Hub], records: SqlStore,
+                                                                    broker: Broker, procs: dict[str, Any]) -> None:
     agents = [procs["agent"](f"kk-aq-11{i:02d}", broker.port, drivers=[fast_air(interval_s=0.01)])
               for i in range(10, 13)]
     wait_for(lambda: all(_received(h) > 100 for h in two_hubs), 30, "both hubs taking a share")
@@ -157,10 +186,33 @@ def test_a_hub_killed_mid_stream_loses_nothing_the_other_carries_on(two_hubs: li
     before = _received(two_hubs[1])
     wait_for(lambda: _received(two_hubs[1]) > before + 300, 30, "the other hub carrying on")
     produced = drain(agents, procs, broker.port, two_hubs[1])
-    assert two_hubs[1].stored() == produced
-    with two_hubs[1].db() as db:
-        rows = db.execute("SELECT device, received, min_seq, max_seq FROM devices").fetchall()
+    assert set(_rows(records, "SELECT device, seq FROM received")) == produced
+    rows = _rows(records, "SELECT device, received, min_seq, max_seq FROM devices WHERE received > 0")
     assert all(received == last - first + 1 for _, received, first, last in rows), rows
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("backend", ["postgresql+victoriametrics"], indirect=True)
+def test_twenty_kiosks_paying_through_two_hubs_on_postgresql_get_gapless_unique_receipts(
+        two_hubs: list[Hub], records: SqlStore, broker: Broker) -> None:
+    kiosks = [Kiosk(broker.port, f"kk-kiosk-{i:04d}") for i in range(20)]
+    try:
+        for round_no in range(5):
+            for k in kiosks:
+                office = "kkc-hq" if (round_no + int(k.device[-2:])) % 2 else "kkc-north"
+                k.send(f"{k.device}-pay-{round_no}", "fee.payment", {"office": office, "service": "garbage-monthly",
+                                                                     "amount_satang": 4000, "method": "cash"}, None)
+        for k in kiosks:
+            for round_no in range(5):
+                assert k.answer(f"{k.device}-pay-{round_no}").status.value == "accepted"
+    finally:
+        for k in kiosks:
+            k.close()
+    rows = _rows(records, "SELECT office, fiscal_year, receipt_no, tx_id FROM ledger")
+    assert len(rows) == 100 and len({r[3] for r in rows}) == 100 and len({r[2] for r in rows}) == 100
+    for office in ("kkc-hq", "kkc-north"):
+        numbers = sorted(int(r[2].rsplit("-", 1)[1]) for r in rows if r[0] == office)
+        assert numbers == list(range(1, len(numbers) + 1))
 
 
 @pytest.fixture
