@@ -163,6 +163,9 @@ def test_the_stream_of_either_hub_carries_every_change_once_in_order_without_gap
         wait_for(lambda: len(readers[0].of("event")) >= 30, 60, "thirty events on the stream")
         assert agent.stop() == 0
         [(stored,)] = _rows(records, "SELECT count(*) FROM events WHERE device = 'kk-pole-1103'")
+        # an event's feed row commits just after the event itself (the alarm engine's transaction)
+        wait_for(lambda: _rows(records, "SELECT count(*) FROM feed WHERE type = 'event'") == [(stored,)], 10,
+                 "every stored event in the feed")
         [(last,)] = _rows(records, "SELECT max(id) FROM feed")
         wait_for(lambda: all(r.messages and r.messages[-1][0] == last for r in readers), 10, "both streams caught up")
         assert all(_received(h) > 0 for h in two_hubs)
