@@ -379,7 +379,7 @@ def test_on_postgresql_concurrent_writers_give_gapless_feed_ids_a_follower_never
 
 
 def test_on_postgresql_failed_sign_ins_count_on_every_hub_process(postgres_url: str) -> None:
-    stores = [PostgresRecords(postgres_url, max_connections=2) for _ in range(2)]
+    stores = [records_store(postgres_url) for _ in range(2)]
     for s in stores:
         s.open()
     try:

@@ -10,10 +10,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
 
-T = TypeVar("T")
-
+from hub.records.session import Session
+from hub.store.base import SqlStore
 
 
 @dataclass(frozen=True)
@@ -76,20 +75,10 @@ class SignInThrottle:
         self._failures.pop(("name", name), None)
 
 
-class RecordsStore(Protocol):
-    """What the stored throttle needs of the records store."""
-
-    def read(self, work: Callable[[Any], T]) -> T:
-        """Run ``work`` on a read connection."""
-
-    def write(self, work: Callable[[Any], T]) -> T:
-        """Run ``work`` in one write transaction."""
-
-
 class StoredSignInThrottle(SignInThrottle):
     """The throttle with its failures in the records store, shared by every hub process on it."""
 
-    def __init__(self, store: RecordsStore, by_name: ThrottleRule = BY_NAME, by_address: ThrottleRule = BY_ADDRESS,
+    def __init__(self, store: SqlStore, by_name: ThrottleRule = BY_NAME, by_address: ThrottleRule = BY_ADDRESS,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(by_name, by_address, clock)
         self._store = store
@@ -105,7 +94,7 @@ class StoredSignInThrottle(SignInThrottle):
         now = self.clock()
         oldest = now - max(self.by_name.window_s, self.by_address.window_s)
 
-        def work(db: Any) -> None:
+        def work(db: Session) -> None:
             db.execute("DELETE FROM signin_failures WHERE at < ?", (oldest,))  # bounded: only the window stays
             db.executemany("INSERT INTO signin_failures (scope, key, at) VALUES (?, ?, ?)",
                            [("name", name[:64], now), ("address", address[:64], now)])
