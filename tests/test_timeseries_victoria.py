@@ -105,9 +105,9 @@ def test_buckets_are_sqlites_to_the_last_bit(sqlite: SQLiteTimeSeries, vm: Victo
                     assert got == want, (quantity, bucket_s, since, until, limit)
                     assert want
     origin = T0 + timedelta(seconds=200, milliseconds=123)  # the dashboard's charts: buckets from their since
-    for bucket_s in (7.5, 300.001, 1000):
-        want = sqlite.aggregate("kk-aq-0001", "pm25", origin, None, bucket_s, 10_000, origin)
-        assert vm.aggregate("kk-aq-0001", "pm25", origin, None, bucket_s, 10_000, origin) == want
+    for width in (7.5, 300.001, 1000):
+        want = sqlite.aggregate("kk-aq-0001", "pm25", origin, None, width, 10_000, origin)
+        assert vm.aggregate("kk-aq-0001", "pm25", origin, None, width, 10_000, origin) == want
         assert want
     assert vm.aggregate("kk-aq-0001", "no-such", None, None, 60, 10) == []
 
