@@ -273,7 +273,10 @@ def _migrate(args: argparse.Namespace) -> int:
     from hub.records.migrate import describe
 
     try:
-        store = open_backends(args.records, None, args.data).records
+        # only the records store is opened; a records URL other than SQLite needs a time-series URL beside it,
+        # and any will do for a store that is built but never opened
+        series = None if args.records is None or args.records.startswith("sqlite:") else "sqlite:///unused"
+        store = open_backends(args.records, series, args.data).records
     except HubConfigError as err:
         print(f"nakhon: {err}", file=sys.stderr)
         return 2

@@ -3,9 +3,11 @@ migrations under concurrency, append-only ledger and audit, gapless receipts, de
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 from edge.contract import Tx, TxOutcome, TxStatus, now
+from hub import retention
 from hub.errors import HubConfigError, RecordRejected, StoreError
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
@@ -33,6 +36,7 @@ from hub.records.postgresql import (
 from hub.records.session import Session
 from hub.store.base import CommandOutcome
 from hub.store.sqlite import SQLiteStore
+from nakhon.cli import main
 from tests.fixtures.postgres import PostgresServer
 
 CITIZEN = {"ref": "9f2c" * 16}
@@ -396,3 +400,32 @@ def test_the_store_carries_on_after_postgresql_restarts(postgres_server: Postgre
     postgres_server.restart()  # every pooled connection is now broken
     records.write(lambda s: s.execute(add, (2,)))
     assert records.read(lambda s: s.execute("SELECT count(*) FROM received").fetchone()) == (2,)
+
+
+def test_nakhon_hub_migrate_applies_the_postgresql_migrations_once(postgres_url: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hub", "migrate", "--records", postgres_url]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"applied {m.version:04d} {m.name}" for m in migrations("postgresql")]
+    assert main(["hub", "migrate", "--records", postgres_url]) == 0
+    assert capsys.readouterr().out.splitlines() == ["up to date"]
+
+
+def test_the_retention_purge_erases_personal_fields_on_postgresql(pg_store: PostgresStore) -> None:
+    catalogue = load_catalogue(DEMO_FEES)
+    old, new = datetime.now(UTC) - timedelta(days=400), datetime.now(UTC)
+    for i, at in enumerate((old, new)):
+        route = ledger.FinanceRoute(catalogue, PromptPaySettings(), clock=lambda at=at: at)
+        pg_store.apply_tx(_payment(f"TX-KEEP-{i:04d}", seq=i + 1), at.timestamp(), route.apply)
+    pg_store.write(lambda s: s.execute(
+        "INSERT INTO events (device, seq, ts, sensor, event, severity, data) VALUES "
+        "('kk-kiosk-0001', 9, ?, 'card', 'card.inserted', 'info', ?)",
+        (int(old.timestamp() * 1000), json.dumps({"name_th": "สมชาย ใจดี", "name_en": "Somchai", "reader": "vpcd 0"}))))
+    stripped = pg_store.write(lambda s: retention.purge(s, new - timedelta(days=365)))
+    assert stripped["ledger.citizen_ref"] == 1 and stripped["payments.citizen_ref"] == 1
+    assert stripped["events.data"] == 1
+    assert pg_store.read(lambda s: s.execute("SELECT citizen_ref FROM ledger ORDER BY id").fetchall()) == [
+        (None,), (CITIZEN["ref"],)]
+    event = pg_store.read(lambda s: _one(s.execute("SELECT data FROM events")))
+    assert json.loads(event) == {"reader": "vpcd 0"}
+    assert pg_store.write(lambda s: retention.purge(s, new - timedelta(days=365)))["ledger.citizen_ref"] == 0

@@ -5,16 +5,9 @@
 -- Versions match the SQLite migrations one to one; a PostgreSQL store starts with every column that 0002 adds
 -- to older SQLite files. Tables that SQLite orders by its implicit rowid (history without an id, commands) get an
 -- identity column of that name, so the same ORDER BY rowid works on both (hub.records.dialect.Dialect).
--- PostGIS (CREATE EXTENSION postgis) must exist in the database: a superuser makes it once (docs/production.md).
+-- PostGIS (CREATE EXTENSION postgis) must exist in the database: a superuser makes it once (docs/postgresql.md).
 
 CREATE EXTENSION IF NOT EXISTS postgis;
-
--- SQLite's scalar max(a, b) and min(a, b), which the portable SQL uses: NULL when either is NULL, like SQLite's
--- (PostgreSQL's own GREATEST and LEAST skip NULLs); the one-argument aggregates stay PostgreSQL's.
-CREATE OR REPLACE FUNCTION max(anycompatible, anycompatible) RETURNS anycompatible
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS 'SELECT GREATEST($1, $2)';
-CREATE OR REPLACE FUNCTION min(anycompatible, anycompatible) RETURNS anycompatible
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS 'SELECT LEAST($1, $2)';
 
 -- the fleet (hub/store/sqlite.py)
 CREATE TABLE IF NOT EXISTS devices (
