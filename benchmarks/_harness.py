@@ -125,15 +125,16 @@ class HubProcess(LoggedProcess):
 
     name = "the hub"
 
-    def __init__(self, stack: contextlib.ExitStack, data: Path, broker_port: int) -> None:
+    def __init__(self, stack: contextlib.ExitStack, data: Path, broker_port: int, extra: Sequence[str] = (),
+                 log_name: str = "hub.log") -> None:
         self.data = data
-        self.log = data.parent / "hub.log"
+        self.log = data.parent / log_name
         self.http_port = free_port(HOST)
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "nakhon.cli", "hub", "serve", "--data", str(data),
                  "--broker-host", HOST, "--broker-port", str(broker_port),
-                 "--http-host", HOST, "--http-port", str(self.http_port), "--root", ROOT],
+                 "--http-host", HOST, "--http-port", str(self.http_port), "--root", ROOT, *extra],
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         stack.callback(self.stop)

@@ -1,6 +1,8 @@
 """Ingest throughput: messages/s the hub stores against a bare paho subscriber, on a private Mosquitto.
 
 Run by hand (not a test): ``.venv/bin/python benchmarks/ingest.py --help``; see ``benchmarks/README.md``.
+``--hubs 2`` runs two hub processes in one share group on one store; ``--backend postgresql+victoriametrics``
+stores into a throw-away PostgreSQL and VictoriaMetrics (the tests' fixtures start them from Debian's packages).
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
+import psycopg
 from _harness import (
     FORK,
     HOST,
     POLL_S,
     PROBE_DEVICE,
+    REPO,
     ROOT,
     STALL_S,
     START_S,
@@ -49,6 +54,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.contract import QOS, Reading, Telemetry, now, topic
 
+BACKENDS = ("sqlite", "postgresql+victoriametrics")
+SHARE_GROUP = "bench"
 BAR = 0.9
 """The issue's bar: the hub stores at least this fraction of the bare subscriber's rate (and more than Node-RED's
 SQLite flow when ``--peers`` runs it)."""
@@ -64,6 +71,8 @@ class Params:
     readings: int
     runs: int
     processes: int
+    hubs: int = 1
+    backend: str = "sqlite"
 
     @property
     def total(self) -> int:
@@ -407,39 +416,162 @@ def run_node_red(params: Params, payloads: dict[str, list[bytes]], run: int, red
 
 def check_loss(db: sqlite3.Connection, payloads: dict[str, list[bytes]], params: Params) -> int:
     """Raise unless the store holds exactly the published (device, seq)s and their readings; return readings."""
-    expected = {(device, seq) for device in payloads for seq in range(1, params.messages + 1)}
     got = set(db.execute("SELECT device, seq FROM received WHERE device != ?", (PROBE_DEVICE,)))
     readings = int(db.execute("SELECT COUNT(*) FROM readings WHERE device != ?", (PROBE_DEVICE,)).fetchone()[0])
+    return _compare(got, readings, payloads, params)
+
+
+def _compare(got: set[tuple[str, int]], readings: int, payloads: dict[str, list[bytes]], params: Params) -> int:
+    """Raise unless ``got`` is exactly the published (device, seq)s and ``readings`` their readings."""
+    expected = {(device, seq) for device in payloads for seq in range(1, params.messages + 1)}
     if got != expected or readings != params.total * params.readings:
         raise BenchError(f"loss or surplus: {len(expected - got)} messages missing, {len(got - expected)} "
                          f"unexpected, {readings} readings instead of {params.total * params.readings}")
     return readings
 
 
+@dataclass(frozen=True)
+class Stores:
+    """Where one run's hubs store, what ``hub serve`` is told of it, and how the benchmark reads it back."""
+
+    flags: list[str]
+    received: Callable[[], int]
+    """Messages stored (rows of ``received``), polled while the run is timed."""
+    check: Callable[[dict[str, list[bytes]], Params], int]
+    """The zero-loss check after the run; returns the readings stored."""
+
+
+def sqlite_stores(stack: contextlib.ExitStack, data: Path) -> Stores:
+    """The embedded store: ``hub.sqlite`` in the (shared) data directory, read with a read-only connection."""
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data / "hub.sqlite"
+    conn: list[sqlite3.Connection] = []
+
+    def db() -> sqlite3.Connection:
+        if not conn:
+            conn.append(stack.enter_context(contextlib.closing(
+                sqlite3.connect(f"file:{path}?mode=ro", uri=True))))
+        return conn[0]
+
+    return Stores([], lambda: int(db().execute("SELECT COUNT(*) FROM received").fetchone()[0]),
+                  lambda payloads, params: check_loss(db(), payloads, params))
+
+
+def production_stores(stack: contextlib.ExitStack, work: Path) -> Stores:
+    """A throw-away PostgreSQL (records) and VictoriaMetrics (readings), started by the tests' fixture code."""
+    from tests.fixtures.postgres import PostgresServer
+    from tests.fixtures.victoria import Victoria, victoria_binary
+
+    usage = subprocess.run([sys.executable, "-m", "nakhon.cli", "hub", "serve", "--help"], capture_output=True,
+                           text=True, check=False, cwd=REPO).stdout
+    if "--records" not in usage or "--timeseries" not in usage:
+        raise BenchError("this hub's `hub serve` takes no --records/--timeseries yet: it cannot run on "
+                         "PostgreSQL and VictoriaMetrics")
+    server = PostgresServer()
+    stack.callback(server.stop)
+    server.start()
+    name = server.create_database()
+    vm = Victoria(victoria_binary(), work / "victoria")
+    stack.callback(vm.stop)
+    vm.start()
+    db = stack.enter_context(psycopg.connect(server.conninfo(name), autocommit=True))
+
+    def received() -> int:
+        row = db.execute("SELECT COUNT(*) FROM received").fetchone()
+        return int(row[0]) if row else 0
+
+    def check(payloads: dict[str, list[bytes]], params: Params) -> int:
+        got = {(str(d), int(s)) for d, s in db.execute("SELECT device, seq FROM received WHERE device != %s",
+                                                       (PROBE_DEVICE,))}
+        return _compare(got, _vm_readings(vm.url), payloads, params)
+
+    return Stores(["--records", server.url(name), "--timeseries", vm.timeseries_url], received, check)
+
+
+def _vm_readings(url: str) -> int:
+    """Samples of ``reading_value`` VictoriaMetrics holds for the benchmark's devices (its raw export)."""
+    total = 0
+    with httpx.stream("POST", f"{url}/api/v1/export", data={"match[]": "reading_value"}, timeout=120) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line:
+                series = json.loads(line)
+                if series["metric"].get("device") != PROBE_DEVICE:
+                    total += len(series["values"])
+    return total
+
+
+def _wait_logged(hub: HubProcess, text: str) -> None:
+    """Wait until the hub's log says ``text`` (its subscription was sent)."""
+    deadline = time.monotonic() + START_S
+    while text not in hub.log.read_text(errors="replace"):
+        hub.check()
+        if time.monotonic() > deadline:
+            raise BenchError(f"the hub did not log {text!r} within {START_S:.0f} s")
+        time.sleep(POLL_S)
+
+
+def _wait_probe(port: int, stores: Stores) -> int:
+    """Publish probe telemetry until the store holds some (a subscription is in place); returns how many the
+    store holds once the probes stop."""
+    probes = build_payloads(PROBE_DEVICE, 1000, 1)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=PROBE_DEVICE, protocol=mqtt.MQTTv5)
+    client.connect(HOST, port)
+    client.loop_start()
+    try:
+        for payload in probes:
+            client.publish(topic(ROOT, PROBE_DEVICE, "up/telemetry"), payload, qos=QOS).wait_for_publish(START_S)
+            time.sleep(POLL_S)
+            if stores.received():
+                break
+        else:
+            raise BenchError("the hub stored no probe")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    settled, seen = time.monotonic(), stores.received()
+    while time.monotonic() - settled < 1.0:  # the probes still in flight land before the clock starts
+        time.sleep(POLL_S)
+        now_seen = stores.received()
+        if now_seen != seen:
+            settled, seen = time.monotonic(), now_seen
+    return seen
+
+
+STORES = {"sqlite": lambda stack, work: sqlite_stores(stack, work / "hub"),
+          "postgresql+victoriametrics": production_stores}
+
+
 def run_hub(params: Params, payloads: dict[str, list[bytes]], run: int) -> RunResult:
-    """The hub: rate from the first publish until its store holds every message, then check for loss."""
-    label = f"[hub {run}/{params.runs}]"
+    """The hubs: rate from the first publish until the store holds every message, then check for loss."""
+    label = f"[hub x{params.hubs} {params.backend} {run}/{params.runs}]"
     with contextlib.ExitStack() as stack:
         work = work_dir(stack)
         port = start_broker(stack, work / "broker").settings.port
-        hub = HubProcess(stack, work / "hub", port)
-        hub.wait_healthy()
-        hub.wait_subscribed(port)
+        stores = STORES[params.backend](stack, work)
+        share = ["--share", SHARE_GROUP] if params.hubs > 1 else []
+        hubs = [HubProcess(stack, work / "hub", port,
+                           [*stores.flags, *share, "--client-id", f"bench-hub-{i}"], f"hub-{i}.log")
+                for i in range(params.hubs)]
+        for hub in hubs:
+            hub.wait_healthy()
+            _wait_logged(hub, "subscribed")
+        probes = _wait_probe(port, stores)
         publishers = Publishers(stack, port, payloads, params.processes)
-        progress(f"{label} broker on {HOST}:{port}, hub healthy and subscribed (API {HOST}:{hub.http_port}), "
+        progress(f"{label} broker on {HOST}:{port}, {len(hubs)} hub(s) healthy and subscribed, "
                  f"{len(publishers.processes)} publisher processes forked")
-        db = stack.enter_context(contextlib.closing(hub.db()))
 
         def stored() -> int:
-            hub.check()
-            return int(db.execute("SELECT COUNT(*) FROM received").fetchone()[0])
+            for hub in hubs:
+                hub.check()
+            return stores.received() - probes
 
         publishers.release()
         done = wait_for_count(stored, params.total, "the hub")
         first, last_ack = publishers.span()
         progress(f"{label} published {params.total} in {last_ack - first:.2f} s; stored all in "
                  f"{done - first:.2f} s; checking for loss")
-        readings = check_loss(db, payloads, params)
+        readings = stores.check(payloads, params)
     result = RunResult("hub", run, params.total, readings, done - first, last_ack - first)
     progress(f"{label} zero loss: {params.total} messages and {readings} readings stored; "
              f"{result.msg_per_s:,.0f} msg/s")
@@ -490,7 +622,8 @@ def report(params: Params, summary: Summary) -> str:
     rows = [("scenario", "messages", "msg/s", "readings/s", "hub/baseline"),
             ("baseline (bare paho, received)", f"{params.total:,}", f"{summary.baseline_msg_per_s:,.0f}",
              f"{summary.baseline_readings_per_s:,.0f}", "1.00"),
-            ("hub (stored, zero loss)", f"{params.total:,}", f"{summary.hub_msg_per_s:,.0f}",
+            (f"hub x{params.hubs}, {params.backend} (stored, zero loss)", f"{params.total:,}",
+             f"{summary.hub_msg_per_s:,.0f}",
              f"{summary.hub_readings_per_s:,.0f}", f"{summary.ratio:.2f}")]
     red, red_readings = summary.node_red_msg_per_s, summary.node_red_readings_per_s
     if red is not None and red_readings is not None:
@@ -518,6 +651,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="also run Node-RED's SQLite flow (installed from npm into --peers-dir the first time)")
     p.add_argument("--peers-dir", type=Path, default=Path.home() / ".cache" / "nakhon-bench" / "node-red",
                    help="where --peers installs Node-RED (default ~/.cache/nakhon-bench/node-red)")
+    p.add_argument("--hubs", type=int, choices=(1, 2), default=1,
+                   help=f"hub processes, in one share group ({SHARE_GROUP}) on one store (default 1)")
+    p.add_argument("--backend", choices=BACKENDS, default="sqlite",
+                   help="where the hubs store: the embedded SQLite file, or a throw-away PostgreSQL for records "
+                        "and VictoriaMetrics for readings (default sqlite)")
     p.add_argument("--json", action="store_true", help="also print the result as one JSON object")
     return p
 
@@ -525,7 +663,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run both scenarios, print the table; exit 0 on PASS, 1 on FAIL, 2 when a run fails."""
     args = _parser().parse_args(argv)
-    params = Params(args.devices, args.messages, args.readings_per_message, args.runs, args.processes)
+    params = Params(args.devices, args.messages, args.readings_per_message, args.runs, args.processes, args.hubs,
+                    args.backend)
     if min(params.devices, params.messages, params.readings, params.runs, params.processes) < 1:
         _parser().error("every count must be at least 1")
     progress(f"building {params.total:,} payloads ({params.devices} devices x {params.messages} messages x "

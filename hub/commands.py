@@ -1,7 +1,12 @@
 """Sends operators' commands to devices and keeps every command with its outcome.
 
 A caller waiting for a reply waits on an asyncio future, not on a worker thread, so any number of commands
-waiting on silent devices leave the API's workers to everyone else. Every command carries an expiry: the
+waiting on silent devices leave the API's workers to everyone else. The future only makes a reply received by
+this process quick: with several hub processes on one broker (``--share``), the reply may reach another one, so
+the waiter also reads the command's stored outcome at a short, growing interval (:data:`REPLY_POLL_MIN_S` up to
+:data:`REPLY_POLL_MAX_S`), and the store's outcome is what the caller gets either way.
+
+Every command carries an expiry: the
 caller's timeout for a command sent now, the queue lifetime for one queued (``"queue": true``) until its
 device is online. A dispatcher task publishes queued commands when their device's link comes back and settles
 what outlived its expiry. The store decides each outcome with conditional updates, so a reply racing a
@@ -37,6 +42,11 @@ MAX_COMMAND_BYTES: Final = 65_536
 SENT_GRACE_S: Final = 5.0
 """How long after its expiry a sent command without a reply is settled as ``timeout`` by the dispatcher (the
 caller waiting on it settles it at its own timeout)."""
+
+
+REPLY_POLL_MIN_S: Final = 0.05
+REPLY_POLL_MAX_S: Final = 0.5
+"""How often a waiting caller reads its command's stored outcome (a reply taken by another hub process)."""
 
 
 def _at(ts: float) -> datetime:
@@ -100,14 +110,28 @@ class CommandDesk:
             self._waiting[cmd.cmd_id] = (loop, fut)
         try:
             await asyncio.to_thread(self._record_and_publish, device, cmd, at, wire)
-            try:
-                await asyncio.wait_for(fut, timeout)
-            except TimeoutError:
+            if not await self._replied(cmd.cmd_id, fut, loop.time() + timeout):
                 await asyncio.to_thread(self._store.settle_command, cmd.cmd_id, CommandOutcome.TIMEOUT)
         finally:
             with self._lock:
                 self._waiting.pop(cmd.cmd_id, None)
         return await asyncio.to_thread(self._record, cmd.cmd_id)
+
+    async def _replied(self, cmd_id: str, fut: asyncio.Future[Reply], deadline: float) -> bool:
+        """Wait until this process resolves ``fut`` or the store shows the command settled (by a reply another
+        hub process stored); False when ``deadline`` (loop time) passes first."""
+        loop = asyncio.get_running_loop()
+        interval = REPLY_POLL_MIN_S
+        while (left := deadline - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), min(left, interval))
+                return True
+            except TimeoutError:
+                record = await asyncio.to_thread(self._store.command, cmd_id)
+                if record is not None and record.outcome is not CommandOutcome.SENT:
+                    return True
+            interval = min(interval * 2, REPLY_POLL_MAX_S)
+        return False
 
     async def enqueue(self, device: str, name: str, args: dict[str, Any], expires_in: float) -> CommandRecord:
         """Queue a command until its device's link is online (sent at once if it is), for ``expires_in`` seconds."""

@@ -27,6 +27,7 @@ from hub.api import aggregate
 from hub.api import events as events_api
 from hub.api.app import compress, create_app
 from hub.auth import accounts as auth_accounts
+from hub.auth import throttle as auth_throttle
 from hub.auth import users as auth_users
 from hub.auth.web import protect
 from hub.backends import open_backends, redact
@@ -193,7 +194,8 @@ def build(settings: HubSettings) -> tuple[FastAPI, SqlStore, Ingest]:
     app.include_router(alarms_api.create_router(alarms.engine, audit))
     app.include_router(aggregate.create_router(store, timeseries))
     add_dashboard(app, settings.tiles, settings.pmtiles)
-    protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc)
+    protect(app, auth_accounts.Accounts(store), audit, public_ogc=settings.public_ogc,
+            throttle=auth_throttle.StoredSignInThrottle(store))
     compress(app)
     app.router.lifespan_context = lifespan
     app.state.feed = alarms.feed

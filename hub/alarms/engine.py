@@ -11,6 +11,15 @@ Lifecycle: ``active`` -> ``acknowledged`` (by a user) -> ``cleared`` (by itself 
 latched alarms, which a user clears); ``shelved`` until a time, then back to where it was. One open alarm per
 (rule, device): a repeat raises its count and last-seen time. A device that is offline or lost raises no no-data
 alarms. Every alarm change, with the notifications it causes, commits in one transaction with its feed row.
+
+Several hub processes (``--share``) each run an engine on one store, and each sees only the messages the broker
+gave it. The store keeps them to one alarm and one notification: an alarm is raised by an insert that the unique
+open-alarm index lets through once (the others repeat it), a notification is unique per (alarm, channel, step),
+and an escalation step or an unshelving is claimed by a conditional update. Each tick first reads what other
+processes changed (:meth:`AlarmEngine.sync`): which alarms are open and each device's link, so a device that went
+offline through another process raises no no-data alarm and an alarm raised elsewhere clears here; and before
+raising a no-data alarm on what this process saw, it asks the store for the sensors' newest readings, which
+another process may have stored.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from hub import aqi
@@ -114,6 +124,8 @@ class AlarmEngine:
         self._hours: dict[tuple[str, str], dict[int, list[float]]] = {}
         self._last_report = 0
         self._last_prune = 0.0
+        self._newest: dict[tuple[str, str], datetime] = {}
+        """The newest reading time per (device, sensor) this engine knows was stored, by it or another process."""
 
     # -- start ---------------------------------------------------------------------------------
     def open(self) -> None:
@@ -135,8 +147,9 @@ class AlarmEngine:
             self._heartbeat(info, d.heartbeat or {})
             if d.state in ("offline", "lost"):
                 info.offline_since = now
-            for (sensor, _q), _ts in self.timeseries.latest(d.device).items():
+            for (sensor, _q), ts in self.timeseries.latest(d.device).items():
                 self._last_reading[(d.device, sensor)] = now
+                self._stored(d.device, sensor, ts)
 
     def _info(self, device: str) -> DeviceInfo:
         info = self.devices.get(device)
@@ -181,6 +194,7 @@ class AlarmEngine:
             for m in batch.messages:
                 for r in m.telemetry or ():
                     self._last_reading[(m.device, r.sensor)] = now
+                    self._stored(m.device, r.sensor, r.ts)
                     if isinstance(r.value, int | float) and not isinstance(r.value, bool):
                         self._reading(ops, m.device, r.sensor, r.quantity, float(r.value), r.ts.timestamp())
         if not ops:
@@ -206,7 +220,7 @@ class AlarmEngine:
             self.store.write(lambda db: work(db, out))
             if out.raised and out.notified:
                 crash_point("alarm-committed")
-            self.feed.publish(out.items)
+            self.feed.committed(out.items)
         if out.notified:
             self.on_notify()
         return out
@@ -220,14 +234,16 @@ class AlarmEngine:
             info.site = st.site or info.site
             self._heartbeat(info, st.model_dump(mode="json", exclude_none=True))
             state = st.state.value
-            if state != info.state:
+            changed = state != info.state
+            if changed:
                 self._feed(db, out, now, "device", {"device": st.device, "state": state, "was": info.state,
                                                     "at": now})
                 info.state = state
             if state == "online":
                 info.offline_since = None
                 for rule in self._of(OfflineRule):
-                    self._auto_clear(db, out, rule, st.device, now, "online again")
+                    # back online: another hub process may have raised its offline alarm since this one's tick
+                    self._auto_clear(db, out, rule, st.device, now, "online again", look=changed)
             elif info.offline_since is None:
                 info.offline_since = now
         for m in batch.messages:
@@ -317,8 +333,50 @@ class AlarmEngine:
 
     # -- the ticker ----------------------------------------------------------------------------
     def tick(self) -> None:
-        """Evaluate the time-based conditions at the engine clock's now."""
+        """Evaluate the time-based conditions at the engine clock's now (after :meth:`sync`)."""
+        self.store.read(self.sync)
+        self._confirm_silence()
         self._transact(self._tick)
+
+    def _stored(self, device: str, sensor: str, ts: datetime) -> None:
+        key = (device, sensor)
+        if key not in self._newest or ts > self._newest[key]:
+            self._newest[key] = ts
+
+    def _confirm_silence(self) -> None:
+        """Before a no-data alarm is raised on what this process saw, ask the store whether another process
+        stored newer readings of those sensors (their arrival is then dated now, by this engine's clock)."""
+        with self._lock:
+            now = self.clock()
+            suspects = {device for device, info in self.devices.items() for rule in self._of(NoDataRule)
+                        if (rule.id, device) not in self._on and self._scoped(rule, device)
+                        and self._silent(rule, device, info, now)}
+        for device in sorted(suspects):
+            stored = self.timeseries.latest(device)
+            with self._lock:
+                for (sensor, _q), ts in stored.items():
+                    before = self._newest.get((device, sensor))
+                    self._stored(device, sensor, ts)
+                    if before is None or ts > before:
+                        self._last_reading[(device, sensor)] = now
+
+    def sync(self, db: Session) -> None:
+        """Learn what other hub processes changed: which alarms are open and the devices' links."""
+        opened = {(str(r), str(d)) for r, d in db.execute("SELECT rule, device FROM alarms WHERE state != 'cleared'")}
+        timed = bool(self._of(OfflineRule) or self._of(NoDataRule))
+        links = db.execute("SELECT device, state FROM devices").fetchall() if timed else []
+        with self._lock:
+            now = self.clock()
+            self._on = opened
+            for device, state in links:
+                info = self._info(device)
+                if state == info.state:
+                    continue
+                info.state = state
+                if state == "online":
+                    info.offline_since = None
+                elif state in ("offline", "lost") and info.offline_since is None:
+                    info.offline_since = now
 
     def _tick(self, db: Session, out: _Write) -> None:
         now = self.clock()
@@ -370,17 +428,18 @@ class AlarmEngine:
                 continue
             if now < alarm["first_seen"] + rule.escalation[step].after_s:
                 continue
+            if not db.execute("UPDATE alarms SET next_step = ? WHERE id = ? AND next_step = ?",
+                              (step + 1 if step + 1 < len(rule.escalation) else -1, alarm["id"], step)).rowcount:
+                continue  # another hub process took this step
             self._notify(db, out, alarm, rule, step, now)
             sql.add_history(db, alarm["id"], now, "escalated", None, f"step {step + 1}", alarm["state"])
-            db.execute("UPDATE alarms SET next_step = ? WHERE id = ?",
-                       (step + 1 if step + 1 < len(rule.escalation) else -1, alarm["id"]))
 
     def _unshelve(self, db: Session, out: _Write, now: float) -> None:
         rows = db.execute("SELECT id FROM alarms WHERE state = 'shelved' AND shelved_until <= ?", (now,)).fetchall()
         for (alarm_id,) in rows:
-            db.execute("UPDATE alarms SET state = shelved_from, shelved_until = NULL, shelved_from = NULL "
-                       "WHERE id = ?", (alarm_id,))
-            self._changed(db, out, alarm_id, "unshelved", None, None, now)
+            if db.execute("UPDATE alarms SET state = shelved_from, shelved_until = NULL, shelved_from = NULL "
+                          "WHERE id = ? AND state = 'shelved'", (alarm_id,)).rowcount:
+                self._changed(db, out, alarm_id, "unshelved", None, None, now)
 
     def _reports(self, db: Session, out: _Write, now: float) -> None:
         rows = db.execute("SELECT id, device, category, lat, lon, zone, status, created_at FROM reports "
@@ -405,19 +464,24 @@ class AlarmEngine:
     def _raise(self, db: Session, out: _Write, rule: AnyRule, device: str, sensor: str | None,
                value: float | None, detail: dict[str, Any], now: float) -> None:
         self._on.add((rule.id, device))
-        existing = sql.open_alarm(db, rule.id, device)
-        if existing is not None:
+        latched = isinstance(rule, EventRule) and rule.latched
+        first_later = next((i for i, s in enumerate(rule.escalation) if s.after_s > 0), -1)
+        # the unique open-alarm index decides, also against another hub process raising it at the same time
+        row = db.execute(
+            "INSERT INTO alarms (rule, device, sensor, severity, state, latched, title_th, title_en, value, detail, "
+            "first_seen, last_seen, next_step) VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (rule, device) WHERE state != 'cleared' DO NOTHING RETURNING id",
+            (rule.id, device, sensor, rule.severity.value, int(latched), rule.title_th, rule.title_en, value,
+             json.dumps(detail), now, now, first_later)).fetchone()
+        if row is None:
+            existing = sql.open_alarm(db, rule.id, device)
+            if existing is None:
+                raise AlarmError(f"the open alarm of {rule.id} on {device} vanished")
             db.execute("UPDATE alarms SET count = count + 1, last_seen = ?, value = coalesce(?, value), detail = ? "
                        "WHERE id = ?", (now, value, json.dumps(detail), existing["id"]))
             self._changed(db, out, existing["id"], "repeated", None, None, now)
             return
-        latched = isinstance(rule, EventRule) and rule.latched
-        first_later = next((i for i, s in enumerate(rule.escalation) if s.after_s > 0), -1)
-        alarm_id = db.execute(
-            "INSERT INTO alarms (rule, device, sensor, severity, state, latched, title_th, title_en, value, detail, "
-            "first_seen, last_seen, next_step) VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (rule.id, device, sensor, rule.severity.value, latched, rule.title_th, rule.title_en, value,
-             json.dumps(detail), now, now, first_later)).fetchone()[0]
+        alarm_id = int(row[0])
         alarm = self._changed(db, out, alarm_id, "raised", None, None, now)
         out.raised = True
         for step, esc in enumerate(rule.escalation):
@@ -426,9 +490,10 @@ class AlarmEngine:
         log.warning("alarm %d raised: %s on %s (%s)", alarm_id, rule.id, device, rule.severity.value)
 
     def _auto_clear(self, db: Session, out: _Write, rule: AnyRule, device: str, now: float,
-                    why: str) -> None:
+                    why: str, look: bool = False) -> None:
+        """Clear the rule's open alarm on the device: one this engine knows of, or (``look``) any in the store."""
         self._pending.pop((rule.id, device), None)
-        if (rule.id, device) not in self._on:
+        if (rule.id, device) not in self._on and not look:
             return
         self._on.discard((rule.id, device))
         self._clear_open(db, out, rule, device, now, why)

@@ -8,6 +8,8 @@ import time
 
 from hub.alarms.engine import AlarmEngine, Clock
 from hub.alarms.feed import Feed
+from hub.alarms.feed import backlog as feed_backlog
+from hub.alarms.feed import newest as feed_newest
 from hub.alarms.rules import RulesFile
 from hub.errors import StoreError
 from hub.notify.worker import NotificationWorker
@@ -34,6 +36,8 @@ class AlarmService:
     def start(self) -> None:
         """Load the engine's state from the (open) store, then start ticking and sending."""
         self.engine.open()
+        self.feed.follow(lambda after: self.engine.store.read(lambda db: feed_backlog(db, after)),
+                         self.engine.store.read(feed_newest))
         self._stop.clear()
         self._ticker = threading.Thread(target=self._tick_loop, name="alarm-ticker", daemon=True)
         self._ticker.start()
@@ -47,6 +51,7 @@ class AlarmService:
             self._ticker.join(timeout=10)
             self._ticker = None
         self.worker.stop()
+        self.feed.unfollow()
 
     def _tick_loop(self) -> None:
         while not self._stop.wait(TICK_S):

@@ -1,4 +1,8 @@
-"""Slows repeated failed sign-ins, per user name and per client address, without blocking anyone else."""
+"""Slows repeated failed sign-ins, per user name and per client address, without blocking anyone else.
+
+A hub counts failures in the records store (:class:`StoredSignInThrottle`), so several hub processes behind one
+load balancer slow the same guesser alike: spreading tries over the processes earns no extra ones.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from hub.records.session import Session
+from hub.store.base import SqlStore
 
 
 @dataclass(frozen=True)
@@ -66,3 +73,39 @@ class SignInThrottle:
     def succeeded(self, name: str) -> None:
         """A good sign-in clears the name's count (the address keeps its own)."""
         self._failures.pop(("name", name), None)
+
+
+class StoredSignInThrottle(SignInThrottle):
+    """The throttle with its failures in the records store, shared by every hub process on it."""
+
+    def __init__(self, store: SqlStore, by_name: ThrottleRule = BY_NAME, by_address: ThrottleRule = BY_ADDRESS,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(by_name, by_address, clock)
+        self._store = store
+
+    def _recent(self, key: tuple[str, str], rule: ThrottleRule) -> int:
+        cutoff = self.clock() - rule.window_s
+        return int(self._store.read(lambda db: db.execute(
+            "SELECT count(*) FROM signin_failures WHERE scope = ? AND key = ? AND at >= ?",
+            (*key, cutoff)).fetchone()[0]))
+
+    def failed(self, name: str, address: str) -> int:
+        """Count a failure; returns how many this name had in its window."""
+        now = self.clock()
+        oldest = now - max(self.by_name.window_s, self.by_address.window_s)
+
+        def work(db: Session) -> None:
+            db.execute("DELETE FROM signin_failures WHERE at < ?", (oldest,))  # bounded: only the window stays
+            db.executemany("INSERT INTO signin_failures (scope, key, at) VALUES (?, ?, ?)",
+                           [("name", name[:64], now), ("address", address[:64], now)])
+        self._store.write(work)
+        return self._recent(("name", name[:64]), self.by_name)
+
+    def delay(self, name: str, address: str) -> float:
+        """Seconds to wait before checking this attempt's password."""
+        return super().delay(name[:64], address[:64])
+
+    def succeeded(self, name: str) -> None:
+        """A good sign-in clears the name's count (the address keeps its own)."""
+        self._store.write(lambda db: db.execute("DELETE FROM signin_failures WHERE scope = 'name' AND key = ?",
+                                                (name[:64],)))

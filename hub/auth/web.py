@@ -282,16 +282,16 @@ def create_router(accounts: Accounts, audit: AuditLog, throttle: SignInThrottle)
     async def sign_in(body: SignIn, request: Request, response: Response) -> dict[str, Any]:
         """Sign in: sets an HTTP-only, SameSite=Strict session cookie and returns the CSRF token."""
         address = request.client.host if request.client else "unknown"
-        wait = throttle.delay(body.name, address)
+        wait = await to_thread.run_sync(throttle.delay, body.name, address)
         if wait:
             log.info("sign-in for %r from %s held %.1f s after repeated failures", body.name, address, wait)
             await asyncio.sleep(wait)
         user = await to_thread.run_sync(accounts.verify, body.name, body.password)
         if user is None:
-            failures = throttle.failed(body.name, address)
+            failures = await to_thread.run_sync(throttle.failed, body.name, address)
             log.warning("failed sign-in for %r from %s (%d in 15 min)", body.name, address, failures)
             raise HTTPException(401, "wrong name or password")
-        throttle.succeeded(body.name)
+        await to_thread.run_sync(throttle.succeeded, body.name)
         session = await to_thread.run_sync(accounts.open_session, user.name, address)
         actor = Actor(user=user.name, address=address, roles=user.roles, via="session")
         await to_thread.run_sync(lambda: audit.record(actor, "session.open", f"user/{user.name}"))

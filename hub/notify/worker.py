@@ -4,6 +4,11 @@ Notifications are rows committed with the alarm change that caused them, so a hu
 them after its restart. Each try is recorded with its outcome; a failed one is tried again after 5 s, 10 s,
 20 s ... up to 10 minutes, and given up after :data:`MAX_ATTEMPTS`. A channel that fails
 :data:`FAILING_AFTER` tries in a row raises its own alarm, cleared by its next success.
+
+Several hub processes run a worker each on one store: a try is claimed first by moving the notification's
+``next_at`` :data:`CLAIM_S` ahead with a conditional update, so one process sends it; if that process dies
+during the try, another tries it again once the claim has run out (the ``retry_key`` lets a receiver see it is
+the same message).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from typing import Any
 
 from hub.alarms import store as sql
@@ -25,6 +31,8 @@ MAX_ATTEMPTS = 30
 FAILING_AFTER = 3
 BACKOFF_MIN_S = 5.0
 BACKOFF_MAX_S = 600.0
+CLAIM_S = 120.0
+"""How long a try, once claimed by one hub process, is left to it (longer than any channel's timeout)."""
 
 
 def backoff(attempts: int) -> float:
@@ -82,11 +90,14 @@ class NotificationWorker:
     def drain(self) -> int:
         """Try every due notification once; returns how many were tried."""
         due = self.store.read(lambda db: sql.due_notifications(db, self.clock()))
+        tried = 0
         for n in due:
             if self._stop.is_set():
                 break
-            self._try(n)
-        return len(due)
+            if self.store.write(partial(_claim, n=n, now=self.clock())):
+                self._try(n)
+                tried += 1
+        return tried
 
     def _try(self, n: dict[str, Any]) -> None:
         channel = self.engine.channels.get(n["channel"])
@@ -126,3 +137,9 @@ class NotificationWorker:
         self._failures[name] = self._failures.get(name, 0) + 1
         if self._failures[name] >= FAILING_AFTER:
             self.engine.channel_failing(name, detail)
+
+
+def _claim(db: Session, *, n: dict[str, Any], now: float) -> bool:
+    """Inside a write: take a due notification's try for this process; False when another one took it."""
+    return bool(db.execute("UPDATE notifications SET next_at = ? WHERE id = ? AND state = 'pending' AND next_at = ?",
+                           (now + CLAIM_S, n["id"], n["next_at"])).rowcount)
