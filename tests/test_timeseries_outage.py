@@ -52,12 +52,18 @@ def _telemetry(seq: int) -> bytes:
 
 
 @pytest.fixture
-def rig(broker: Broker, tmp_path: Path) -> Iterator[tuple[Ingest, Outage]]:
+def queue_max() -> int:
+    return 20_000
+
+
+@pytest.fixture
+def rig(broker: Broker, tmp_path: Path, queue_max: int) -> Iterator[tuple[Ingest, Outage]]:
     store = SQLiteStore(tmp_path / "hub.sqlite", readings=False)
     store.open()
     outage = Outage(SQLiteStore(tmp_path / "series.sqlite"))
     outage.store.open()
-    consumer = Ingest(store, IngestSettings(port=broker.port, client_id="hub-outage-test", ack_window_s=0),
+    consumer = Ingest(store, IngestSettings(port=broker.port, client_id="hub-outage-test", ack_window_s=0,
+                                                    queue_max=queue_max),
                       HubMetrics(store), Router({}), timeseries=outage)
     consumer.start()
     wait_for(consumer.connected.is_set, 20, "ingest connected")
@@ -94,3 +100,25 @@ def test_nothing_is_acknowledged_while_the_time_series_store_is_down_and_ingest_
     assert [json.loads(r)["seq"] for r in page.rows] == [1, 2]
     record = ingest.store.device(POLE)
     assert record is not None and (record.received, record.duplicates, record.lost) == (2, 1, 0)
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("queue_max", [20])
+def test_a_long_outage_holds_a_bounded_queue_and_loses_nothing_when_the_store_returns(
+        broker: Broker, rig: tuple[Ingest, Outage]) -> None:
+    ingest, outage = rig
+    device = Device(broker.port, POLE)
+    try:
+        for seq in range(1, 301):
+            device.publish("up/telemetry", _telemetry(seq))
+        wait_for(lambda: ingest.writer_state().queue_depth >= 20, 20, "the queue to fill")
+        refused = outage.refused
+        wait_for(lambda: outage.refused >= refused + 2, 20, "two more refused writes (seconds of backoff)")
+        deepest = ingest.writer_state().queue_depth  # unbounded, all 300 less the batch in hand would wait here
+        assert deepest <= 20 and device.acked() == set()
+        outage.recover()
+        wait_for(lambda: device.acked() >= set(range(1, 301)), 60, "all 300 seqs acknowledged once written")
+    finally:
+        device.close()
+    record = ingest.store.device(POLE)
+    assert record is not None and (record.received, record.lost) == (300, 0)

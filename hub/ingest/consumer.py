@@ -56,6 +56,9 @@ class IngestSettings:
     session_expiry_s: int = 7 * 86_400
     max_payload: int = 262_144
     batch_max: int = 5_000
+    queue_max: int = 20_000
+    """Received messages held for the writer at most; beyond, the hub stops reading from the broker (backpressure:
+    the broker and the devices' outboxes keep the rest) until the writer catches up."""
     keepalive_s: int = 30
     window: ClockWindow = field(default_factory=ClockWindow)
     max_unwritten_s: float = 60.0
@@ -130,7 +133,7 @@ class Ingest:
         self.connected = threading.Event()
         self.commands = CommandDesk(store, self.publish, settings.root, check=self.check_publishable,
                                     connected=self.connected.is_set)
-        self._queue: queue.SimpleQueue[Received | None] = queue.SimpleQueue()
+        self._queue: queue.Queue[Received | None] = queue.Queue(maxsize=settings.queue_max)
         self._conn: Connection | None = None
         self._send_lock = threading.Lock()
         self._child: BaseProcess | None = None
@@ -225,7 +228,7 @@ class Ingest:
         kind = event[0]
         if kind == "msgs":
             for received in event[1]:
-                self._queue.put(received)
+                self._hold(received)
         elif kind == "up":
             self.max_packet_size = event[1]
             self.connected.set()
@@ -240,6 +243,23 @@ class Ingest:
                           self.max_packet_size)
             elif event[1] != 0:
                 log.warning("lost the broker (%s); paho reconnects", event[1])
+
+    def _hold(self, received: Received) -> None:
+        """Queue a message for the writer, waiting while the queue is full (the child then stops reading the
+        socket, and the broker holds what follows); gives up only when the hub stops."""
+        try:
+            self._queue.put_nowait(received)
+            return
+        except queue.Full:
+            log.warning("ingest: %d messages wait for the writer; reading from the broker paused until it catches up",
+                        self.settings.queue_max)
+        while not self._stopping.is_set():
+            try:
+                self._queue.put(received, timeout=0.5)
+            except queue.Full:
+                continue
+            log.info("ingest: the writer caught up; reading from the broker again")
+            return
 
     def check_publishable(self, topic_name: str, payload: bytes) -> None:
         """Raise :class:`MessageTooLarge` when the broker announced a maximum packet size this message exceeds."""
