@@ -88,8 +88,10 @@ def check_bounds(data: Any) -> None:
 BOUNDS_CHECKED: Final = "bounds_checked"
 """Validation context key: the caller has shown with :func:`within_bounds` that the raw payload breaks no bound,
 so the models skip :func:`check_bounds` (the per-field validators still run)."""
-_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
-_BIG_EXPONENT: Final = re.compile(rb"[eE][+-]?[0-9]{3}")
+_DIGITS_AS_9: Final = bytes.maketrans(b"0123456789E", b"9999999999e")
+"""Every digit as ``9`` and ``E`` as ``e``: what :func:`within_bounds` looks for becomes a few plain substrings
+(``bytes.translate`` and ``in`` take a microsecond where a regular expression over the payload takes tens)."""
+_UNBOUNDED: Final = (b"9" * 19, b"e999", b"e+999", b"e-999", b"NaN", b"Inf")
 
 
 def within_bounds(payload: bytes) -> bool:
@@ -97,9 +99,10 @@ def within_bounds(payload: bytes) -> bool:
     (conservative: False only means "walk it"). No string in it is longer than the payload, no nesting deeper than
     its brackets, no integer outside int64 without 19 digits in a row, no infinity without a 3-digit exponent,
     ``NaN`` or ``Inf``."""
-    return (len(payload) <= MAX_TEXT and payload.count(b"{") + payload.count(b"[") < MAX_DEPTH
-            and b"NaN" not in payload and b"Inf" not in payload
-            and _LONG_DIGITS.search(payload) is None and _BIG_EXPONENT.search(payload) is None)
+    if len(payload) > MAX_TEXT or payload.count(b"{") + payload.count(b"[") >= MAX_DEPTH:
+        return False
+    shape = payload.translate(_DIGITS_AS_9)
+    return not any(pattern in shape for pattern in _UNBOUNDED)
 
 
 def _to_utc(value: datetime) -> datetime:
