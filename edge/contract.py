@@ -91,7 +91,7 @@ so the models skip :func:`check_bounds` (the per-field validators still run)."""
 _DIGITS_AS_9: Final = bytes.maketrans(b"0123456789E", b"9999999999e")
 """Every digit as ``9`` and ``E`` as ``e``: what :func:`within_bounds` looks for becomes a few plain substrings
 (``bytes.translate`` and ``in`` take a microsecond where a regular expression over the payload takes tens)."""
-_UNBOUNDED: Final = (b"9" * 19, b"e999", b"e+999", b"e-999", b"NaN", b"Inf")
+_NINETEEN_DIGITS: Final = b"9" * 19
 
 
 def within_bounds(payload: bytes) -> bool:
@@ -101,8 +101,9 @@ def within_bounds(payload: bytes) -> bool:
     ``NaN`` or ``Inf``."""
     if len(payload) > MAX_TEXT or payload.count(b"{") + payload.count(b"[") >= MAX_DEPTH:
         return False
-    shape = payload.translate(_DIGITS_AS_9)
-    return not any(pattern in shape for pattern in _UNBOUNDED)
+    shape = payload.translate(_DIGITS_AS_9)  # 19 digits in a row, a 3-digit exponent, NaN, Infinity
+    return (_NINETEEN_DIGITS not in shape and b"e999" not in shape and b"e+999" not in shape
+            and b"e-999" not in shape and b"NaN" not in shape and b"Inf" not in shape)
 
 
 def _to_utc(value: datetime) -> datetime:
