@@ -13,6 +13,7 @@ Hub to child: ``("pub", topic, payload)``, ``("stop",)``.
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import socket
 import threading
@@ -33,6 +34,11 @@ log = logging.getLogger("nakhon.hub.ingest")
 FLUSH_S = 0.002
 """How long a received message may wait in the child for others to share its trip to the hub."""
 BATCH = 1000
+RECONNECT_FIRST_S = (0.05, 0.15)
+"""The first reconnection after a lost link waits a random moment in this range (seconds), then paho doubles it
+up to RECONNECT_MAX_S: a broker restart of a second costs the hub well under a second more, and hub processes
+restarted together do not reconnect in lockstep."""
+RECONNECT_MAX_S = 30
 """Most messages in one trip."""
 
 
@@ -70,7 +76,8 @@ class _Child:
             client.username_pw_set(link.username, link.password)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(1, 30)
+        # paho annotates the delays as int but waits them as seconds in float arithmetic (its _reconnect_wait)
+        client.reconnect_delay_set(random.uniform(*RECONNECT_FIRST_S), RECONNECT_MAX_S)  # type: ignore[arg-type]
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
