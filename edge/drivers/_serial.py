@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
+import tempfile
 import termios
 import threading
 import tty
@@ -74,13 +76,18 @@ class PtyDevice:
         self._master = -1
         self._slave = -1
         self._thread: threading.Thread | None = None
+        self._link_dir: str | None = None
         self.path = ""
+        """The simulator's port: a link of its own to the pty (like /dev/serial/by-id/...), gone when it closes, so
+        a driver left behind never reaches the next pty that reuses the number (other processes open ptys too)."""
 
     def __enter__(self) -> Self:
         try:
             self._master, self._slave = os.openpty()
             tty.setraw(self._slave, termios.TCSANOW)
-            self.path = os.ttyname(self._slave)
+            self._link_dir = tempfile.mkdtemp(prefix=f"nakhon-{self.name}-")
+            self.path = os.path.join(self._link_dir, "tty")
+            os.symlink(os.ttyname(self._slave), self.path)
         except OSError as err:
             self.close()
             raise DriverError(f"{self.name} simulator: cannot create a pty: {err}") from err
@@ -103,6 +110,9 @@ class PtyDevice:
                 with contextlib.suppress(OSError):  # already closed
                     os.close(fd)
         self._master = self._slave = -1
+        if self._link_dir is not None:
+            shutil.rmtree(self._link_dir, ignore_errors=True)
+            self._link_dir = None
 
     def _run(self) -> None:
         try:
