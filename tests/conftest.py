@@ -320,8 +320,11 @@ class Agent(Proc):
         if not self.outbox.exists():
             return (0, 0)
         with sqlite3.connect(f"file:{self.outbox}?mode=ro", uri=True) as db:
-            depth = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+            try:
+                depth = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+                row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+            except sqlite3.OperationalError:  # the file exists, the agent has not made its tables yet
+                return (0, 0)
         return depth, row[0] if row else 0
 
 

@@ -64,7 +64,7 @@ def test_readings_reach_the_api_with_their_original_timestamps(broker: Broker, p
 def test_readings_keep_the_time_they_were_measured_not_the_time_they_arrived(
         broker: Broker, procs: dict[str, Any]) -> None:
     agent = procs["agent"]("kk-aq-0102", broker.port, drivers=[fast_air(interval_s=0.1)])
-    time.sleep(2.0)  # measured while no hub runs
+    wait_for(lambda: agent.outbox_state()[1] >= 10, 30, "ten readings measured while no hub runs")
     agent.stop()
     measured_before = time.time()
     hub = procs["hub"](broker.port)

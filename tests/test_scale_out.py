@@ -172,8 +172,12 @@ def test_the_stream_of_either_hub_carries_every_change_once_in_order_without_gap
         for r in readers:
             ids = [i for i, _, _ in r.messages]
             assert ids == list(range(ids[0], ids[0] + len(ids)))  # every row, once, in order
-            assert len(r.of("event")) == stored
-        assert readers[0].messages == readers[1].messages
+            # a stream starts live when its request is served, which a loaded machine may do after the first press
+            [(since_start,)] = _rows(records, f"SELECT count(*) FROM feed WHERE type = 'event' AND id >= {int(ids[0])}")  # noqa: S608 (an int)
+            assert len(r.of("event")) == since_start
+        first, second = (r.messages for r in readers)
+        both = min(len(first), len(second))
+        assert first[-both:] == second[-both:]  # the same rows from where both were open
     finally:
         for r in readers:
             r.stop()

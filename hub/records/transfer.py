@@ -29,6 +29,8 @@ from hub.timeseries.base import Point, TimeSeries
 from hub.timeseries.sqlite import from_ms
 
 TIMESERIES_TABLES = frozenset({"readings", "latest"})
+SEEDED_TABLES = frozenset({"feed_counter"})
+"""One-row tables a migration fills in an empty database: replaced by the source's row, not counted as content."""
 """SQLite keeps the time series in the records file; they are not records."""
 PARENTS_FIRST = ("users", "alarms", "notifications", "reports", "ledger")
 """Tables other tables refer to, copied before them (the ledger refers to itself: rows go in id order)."""
@@ -123,7 +125,7 @@ def bar(out: TextIO) -> Progress:
 
 def _copy(source: SQLiteStore, target: PostgresSession, tables: Sequence[str], progress: Progress) -> None:
     for table in tables:
-        if _count(target, table):
+        if table not in SEEDED_TABLES and _count(target, table):
             raise StoreError(f"the target is not empty ({table} has rows): migrate-store copies into an empty "
                              "database only")
     for table in tables:
@@ -133,6 +135,8 @@ def _copy(source: SQLiteStore, target: PostgresSession, tables: Sequence[str], p
         listed = ", ".join(names)
         insert = f"INSERT INTO {table} ({listed}) VALUES ({', '.join('?' * len(names))})"  # noqa: S608
         progress(table, 0, total)
+        if table in SEEDED_TABLES:
+            target.execute(f"DELETE FROM {table}")  # noqa: S608 (our table names)
         source.read(partial(_stream, table=table, columns=listed, target=target, insert=insert, progress=progress,
                             total=total))
         if identity:
