@@ -356,6 +356,8 @@ class Agent(Proc):
         if not self.outbox.exists():
             return (0, 0)
         with sqlite3.connect(f"file:{self.outbox}?mode=ro", uri=True) as db:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'records'").fetchone() is None:
+                return (0, 0)  # the agent created the file and was killed (or is read) before making its table
             depth = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
             row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
         return depth, row[0] if row else 0

@@ -40,6 +40,29 @@ def drain(agents: list[Agent], procs: dict[str, Any], broker_port: int, hub: Hub
     return produced
 
 
+FOLDED_AT_MOST = 0.01
+"""On VictoriaMetrics two readings of one series stamped with the same millisecond are one sample
+(docs/victoriametrics.md): agents reading every 10 ms on a loaded machine meet that, so there up to 1 % of the
+readings may be folded; the embedded store keeps every one."""
+
+
+def searchable_readings(hub: Hub, produced: set[tuple[str, int]], *, production: bool) -> list[tuple[str, int, str]]:
+    """(device, seq, quantity) of every reading of the ``produced`` messages (two quantities each) in the hub's
+    time-series store, waiting for them to be searchable (VictoriaMetrics shows a sample about a second after its
+    ack); fails when one is missing (beyond the same-millisecond fold, in production) or not produced."""
+    expected = {(d, s, q) for d, s in produced for q in ("pm2_5", "pm10")}
+    need = len(expected) * (1 - FOLDED_AT_MOST) if production else len(expected)
+
+    def found() -> list[tuple[str, int, str]]:
+        return [(device, r["seq"], r["quantity"]) for device in {d for d, _ in produced}
+                for r in hub.readings(device)]
+
+    readings: list[tuple[str, int, str]] = wait_for(lambda: len(got := found()) >= need and got, 15,
+                                                    "the acknowledged readings to be searchable")
+    assert set(readings) <= expected
+    return readings
+
+
 def test_readings_reach_the_api_with_their_original_timestamps(broker: Broker, procs: dict[str, Any]) -> None:
     hub = procs["hub"](broker.port)
     agent = procs["agent"]("kk-aq-0101", broker.port, drivers=[fast_air(interval_s=0.2)])
@@ -75,7 +98,7 @@ def test_readings_keep_the_time_they_were_measured_not_the_time_they_arrived(
 
 
 def test_broker_killed_three_times_every_reading_stored_exactly_once(
-        broker: Broker, procs: dict[str, Any]) -> None:
+        broker: Broker, procs: dict[str, Any], backend: list[str]) -> None:
     hub = procs["hub"](broker.port)
     agents = [procs["agent"](f"kk-aq-02{i:02d}", broker.port, drivers=[fast_air(interval_s=0.01)])
               for i in range(3)]
@@ -89,15 +112,8 @@ def test_broker_killed_three_times_every_reading_stored_exactly_once(
     stored = hub.stored()
     assert len(produced) > 300
     assert stored == produced
-
-    def readings() -> list[tuple[str, int, str]]:
-        return [(device, r["seq"], r["quantity"]) for device in {d for d, _ in produced}
-                for r in hub.readings(device)]
-
-    # VictoriaMetrics makes a written sample searchable within about a second of acknowledging it
-    stored_readings = wait_for(lambda: len(found := readings()) >= 2 * len(produced) and found, 15,
-                               "every acknowledged reading to be searchable")
-    assert len(stored_readings) == len(set(stored_readings)) == 2 * len(produced)  # two quantities each, none twice
+    readings = searchable_readings(hub, produced, production=bool(backend))
+    assert len(readings) == len(set(readings))  # none twice
     for device in {d for d, _ in produced}:
         assert hub.get(f"/api/devices/{device}")["lost"] == 0
 
@@ -119,7 +135,7 @@ def test_hub_down_longer_than_the_broker_queue_holds_loses_nothing(
 
 
 def test_agent_killed_mid_stream_loses_nothing_and_continues_its_seq(
-        broker: Broker, procs: dict[str, Any]) -> None:
+        broker: Broker, procs: dict[str, Any], backend: list[str]) -> None:
     hub = procs["hub"](broker.port)
     agent = procs["agent"]("kk-aq-0401", broker.port, drivers=[fast_air(interval_s=0.01)])
     wait_for(lambda: agent.outbox_state()[1] > 150, 30, "150 records produced")
@@ -130,9 +146,8 @@ def test_agent_killed_mid_stream_loses_nothing_and_continues_its_seq(
     produced = drain([agent], procs, broker.port, hub)
     stored = hub.stored()
     assert stored == produced
-    seqs = wait_for(lambda: len(found := sorted({r["seq"] for r in hub.readings("kk-aq-0401")})) >= len(produced)
-                    and found, 15, "every acknowledged reading to be searchable")
-    assert seqs == list(range(1, len(produced) + 1))  # continuous: the restart reused no seq and skipped none
+    seqs = {seq for _, seq, _ in searchable_readings(hub, produced, production=bool(backend))}
+    assert seqs <= set(range(1, len(produced) + 1))  # the restart reused no seq (skipping none: stored == produced)
     device = hub.get("/api/devices/kk-aq-0401")
     assert device["received"] == len(produced)  # a resend after the kill is counted once
     duplicates = device["duplicates"]
