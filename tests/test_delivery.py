@@ -40,18 +40,12 @@ def drain(agents: list[Agent], procs: dict[str, Any], broker_port: int, hub: Hub
     return produced
 
 
-FOLDED_AT_MOST = 0.01
-"""On VictoriaMetrics two readings of one series stamped with the same millisecond are one sample
-(docs/victoriametrics.md): agents reading every 10 ms on a loaded machine meet that, so there up to 1 % of the
-readings may be folded; the embedded store keeps every one."""
-
-
 def searchable_readings(hub: Hub, produced: set[tuple[str, int]], *, production: bool) -> list[tuple[str, int, str]]:
     """(device, seq, quantity) of every reading of the ``produced`` messages (two quantities each) in the hub's
     time-series store, waiting for them to be searchable (VictoriaMetrics shows a sample about a second after its
-    ack); fails when one is missing (beyond the same-millisecond fold, in production) or not produced."""
+    ack); fails when one is missing or was not produced."""
     expected = {(d, s, q) for d, s in produced for q in ("pm2_5", "pm10")}
-    need = len(expected) * (1 - FOLDED_AT_MOST) if production else len(expected)
+    need = len(expected)
 
     def found() -> list[tuple[str, int, str]]:
         return [(device, r["seq"], r["quantity"]) for device in {d for d, _ in produced}
