@@ -22,8 +22,10 @@ from fastapi.testclient import TestClient
 from hub import audit
 from hub.auth import accounts
 from hub.auth.web import protect
+from hub.backends import Backends, open_backends
 from hub.broker import BrokerSettings, Mosquitto, free_port
 from hub.records.postgresql import records_store
+from hub.store.base import ReadingKey
 from hub.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,7 +249,10 @@ class Hub(Proc):
     def __init__(self, data: Path, broker_port: int, extra: list[str], log_path: Path) -> None:
         self.http_port = free_port()
         self.data = data
-        self.token = user_token(data, records=extra[extra.index("--records") + 1] if "--records" in extra else None)
+        self.records_url = extra[extra.index("--records") + 1] if "--records" in extra else None
+        self.timeseries_url = extra[extra.index("--timeseries") + 1] if "--timeseries" in extra else None
+        self.token = user_token(data, records=self.records_url)
+        self._stores: Backends | None = None
         super().__init__(["hub", "serve", "--data", str(data), "--broker-port", str(broker_port),
                           "--http-port", str(self.http_port), *extra], log_path)
 
@@ -281,9 +286,40 @@ class Hub(Proc):
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.data / 'hub.sqlite'}?mode=ro", uri=True)
 
+    def stores(self) -> Backends:
+        """The hub's records and time-series stores (whichever backend it runs on), opened in the test process
+        to read what the hub wrote; closed by :meth:`close_stores`."""
+        if self._stores is None:
+            stores = open_backends(self.records_url, self.timeseries_url, self.data)
+            stores.open()
+            self._stores = stores
+        return self._stores
+
+    def close_stores(self) -> None:
+        """Close what :meth:`stores` opened (idempotent)."""
+        if self._stores is not None:
+            self._stores.close()
+            self._stores = None
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """The rows of a query on the hub's records store (SQLite or PostgreSQL)."""
+        return [tuple(r) for r in self.stores().records.read(lambda session: session.execute(sql).fetchall())]
+
+    def readings(self, device: str) -> list[dict[str, Any]]:
+        """Every reading of ``device`` in the hub's time-series store, as the API writes them, oldest first."""
+        series = self.stores().timeseries
+        found: list[dict[str, Any]] = []
+        after: ReadingKey | None = None
+        while True:
+            page = series.readings_page(device, None, None, None, 10_000, after)
+            found += [json.loads(row) for row in page.rows]
+            if page.next_after is None:
+                return found
+            after = page.next_after
+
     def stored(self) -> set[tuple[str, int]]:
-        with self.db() as db:
-            return set(db.execute("SELECT device, seq FROM received").fetchall())
+        """Every (device, seq) the hub's records store counts as received."""
+        return {(device, seq) for device, seq in self.rows("SELECT device, seq FROM received")}
 
 
 def agent_config(path: Path, device: str, broker_port: int, *, drivers: list[dict[str, Any]],
@@ -328,14 +364,31 @@ class Agent(Proc):
         return depth, row[0] if row else 0
 
 
+HUB_BACKENDS = ("embedded", "production")
+
+
+@pytest.fixture(params=HUB_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> list[str]:
+    """The stores every hub of a test runs on, as ``nakhon hub serve`` flags: ``embedded`` (one SQLite file) or
+    ``production`` (records on a fresh PostgreSQL database, readings on a VictoriaMetrics of the test's own).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("backend")``: the ``procs`` hubs take it."""
+    if request.param == "embedded":
+        return []
+    records: str = request.getfixturevalue("postgres_url")
+    series: str = request.getfixturevalue("victoria").timeseries_url
+    return ["--records", records, "--timeseries", series]
+
+
 @pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """Start hubs and agents; every process is stopped (or killed) at the end of the test."""
+def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """Start hubs and agents; every process is stopped (or killed) at the end of the test. With the ``backend``
+    fixture in the test, every hub runs on its stores."""
     started: list[Proc] = []
+    stores: list[str] = request.getfixturevalue("backend") if "backend" in request.fixturenames else []
 
     def hub(broker_port: int, *extra: str, data: Path | None = None, env: dict[str, str] | None = None,
             start: bool = True) -> Hub:
-        h = Hub(data or tmp_path / "hub", broker_port, list(extra), tmp_path / f"hub{len(started)}.log")
+        h = Hub(data or tmp_path / "hub", broker_port, [*stores, *extra], tmp_path / f"hub{len(started)}.log")
         h.env = env or {}
         if start:
             h.start()
@@ -354,6 +407,8 @@ def procs(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     for p in reversed(started):
         if p.alive():
             p.kill()
+        if isinstance(p, Hub):
+            p.close_stores()
 
 
 def fast_air(name: str = "pm", interval_s: float = 0.02) -> dict[str, Any]:

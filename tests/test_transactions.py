@@ -13,7 +13,7 @@ import pytest
 from hub.broker import free_port
 from tests.conftest import Broker, Hub, Proc, wait_for
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("backend")]  # embedded and production stores
 
 KIOSK = "kk-kiosk-0101"
 
@@ -116,8 +116,8 @@ def kiosk(tmp_path: Path, broker: Broker) -> Any:
 
 
 def ledger(hub: Hub) -> list[tuple[str, str]]:
-    with hub.db() as db:
-        return db.execute("SELECT tx_id, receipt_no FROM ledger").fetchall()
+    """(tx_id, receipt_no) of every ledger entry, from the hub's records store."""
+    return [(tx_id, receipt_no) for tx_id, receipt_no in hub.rows("SELECT tx_id, receipt_no FROM ledger")]
 
 
 @pytest.mark.parametrize("crash_at", ["tx-received", "tx-applied"])
@@ -199,8 +199,7 @@ def test_twenty_kiosks_paying_at_once_through_two_hub_processes_get_gapless_rece
     finally:
         for k in kiosks:
             k.close()
-    with hubs[0].db() as db:
-        rows = db.execute("SELECT office, fiscal_year, receipt_no, tx_id FROM ledger").fetchall()
+    rows = hubs[0].rows("SELECT office, fiscal_year, receipt_no, tx_id FROM ledger")
     assert len(rows) == 100 and len({r[3] for r in rows}) == 100
     for office in ("kkc-hq", "kkc-north"):
         numbers = sorted(int(r[2].rsplit("-", 1)[1]) for r in rows if r[0] == office)

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -95,6 +95,20 @@ class Stream:
     refused_values: int = 0
     """Values the driver returned as NaN or infinite, refused before serialising (JSON has no such numbers)."""
     refusal_logged_at: float = -1e9
+    last_ms: int = -1
+    """The millisecond of this stream's last sample (the contract's precision)."""
+
+    def stamp(self, ts: datetime) -> datetime:
+        """``ts``, or one millisecond after the previous sample when it falls in the same millisecond or just
+        before (a polling loop catching up, a clock slewed back by less than a second): a stream's samples keep
+        their order at the contract's millisecond precision, so a store that keeps one sample per series and
+        millisecond (VictoriaMetrics) never folds two into one. A larger step back is the clock's and is kept."""
+        ms = int(ts.timestamp() * 1000)
+        if self.last_ms - 1000 < ms <= self.last_ms:
+            ms = self.last_ms + 1
+            ts = datetime.fromtimestamp(ms / 1000, UTC)
+        self.last_ms = ms
+        return ts
 
     def health(self) -> StreamHealth:
         """The stream's entry in the heartbeat."""
@@ -515,6 +529,7 @@ class Agent:
         next_at = time.monotonic()
         while True:
             ts, clock = self.clock.now()
+            ts = stream.stamp(ts)
             committed = await asyncio.to_thread(self._sample, stream, driver, units, ts, clock)
             if isinstance(driver, ClockSource):
                 offer = driver.time_offer()
