@@ -87,7 +87,8 @@ def check_bounds(data: Any) -> None:
 
 BOUNDS_CHECKED: Final = "bounds_checked"
 """Validation context key: the caller has shown with :func:`within_bounds` that the raw payload breaks no bound,
-so the models skip :func:`check_bounds` (the per-field validators still run)."""
+so the models skip :func:`check_bounds` and the per-value bound of seqs and reading values (the schema's
+other per-field validators still run)."""
 _DIGITS_AS_9: Final = bytes.maketrans(b"0123456789E", b"9999999999e")
 """Every digit as ``9`` and ``E`` as ``e``: what :func:`within_bounds` looks for becomes a few plain substrings
 (``bytes.translate`` and ``in`` take a microsecond where a regular expression over the payload takes tens)."""
@@ -130,8 +131,10 @@ Timestamp = Annotated[
 ]
 """An RFC 3339 instant; always held in UTC and written with a ``Z`` suffix."""
 
-def _bounded_value(value: Any) -> Any:
-    _bound_scalar(value)
+def _bounded_value(value: Any, info: ValidationInfo) -> Any:
+    # a payload that within_bounds cleared holds no scalar out of bounds, so this one is not either
+    if not (info.context and info.context.get(BOUNDS_CHECKED)):
+        _bound_scalar(value)
     return value
 
 

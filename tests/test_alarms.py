@@ -333,6 +333,25 @@ def test_rules_through_the_api(make_rig: Any) -> None:
     assert api.delete("/api/alarm-rules/hot").status_code == 404
 
 
+def test_rules_put_or_deleted_after_readings_judge_the_next_ones(make_rig: Any) -> None:
+    rig = make_rig([rule("cold", "threshold", quantity="temperature", below=5, clear=6, kind="pole")])
+    rig.reading("d1-x", "temperature", 41, T0)  # the engine has looked up this quantity's rules once
+    rig.reading("d1-x", "temperature", 1, T0 + 1)
+    assert rig.states() == []  # "cold" is for poles; d1-x has not said what it is yet
+    rig.status("d1-x", DeviceState.ONLINE)  # now it is a pole
+    rig.reading("d1-x", "temperature", 1, T0 + 2)
+    assert rig.states() == [("cold", "d1-x", "active")]
+    hot = RulesFile.model_validate({"rules": [rule("hot", "threshold", quantity="temperature", above=40,
+                                                   clear=38)]}).rules[0]
+    rig.engine.put_rule(hot, "admin")
+    rig.reading("d1-x", "temperature", 41, T0 + 3)
+    assert rig.states() == [("cold", "d1-x", "cleared"), ("hot", "d1-x", "active")]
+    rig.reading("d1-x", "temperature", 30, T0 + 4)
+    assert rig.engine.delete_rule("hot")
+    rig.reading("d1-x", "temperature", 41, T0 + 5)
+    assert rig.states() == [("cold", "d1-x", "cleared"), ("hot", "d1-x", "cleared")]
+
+
 def test_api_rules_survive_a_restart(make_rig: Any, tmp_path: Path) -> None:
     rig = make_rig([])
     rig.engine.put_rule(load_rules(DEMO_RULES).rules[0].model_copy(update={"id": "sos2"}), "admin")

@@ -126,6 +126,9 @@ class AlarmEngine:
         self._last_prune = 0.0
         self._newest: dict[tuple[str, str], datetime] = {}
         """The newest reading time per (device, sensor) this engine knows was stored, by it or another process."""
+        self._by_quantity: dict[tuple[str, str], list[ThresholdRule | RateRule]] = {}
+        """The threshold and rate rules of a (quantity, device) whose device pattern matches, in rule order;
+        built on first use and emptied whenever the rules change (node and site are checked per reading)."""
 
     # -- start ---------------------------------------------------------------------------------
     def open(self) -> None:
@@ -137,6 +140,7 @@ class AlarmEngine:
             for rule_id, body in db.execute("SELECT id, body FROM alarm_rules"):
                 if rule_id not in self.file_rules:
                     self.rules[rule_id] = RULE.validate_json(body)
+            self._by_quantity.clear()
             self._on = {(r, d) for r, d in db.execute("SELECT rule, device FROM alarms WHERE state != 'cleared'")}
             self._last_report = int(db.execute("SELECT coalesce(max(id), 0) FROM reports").fetchone()[0])
 
@@ -288,10 +292,15 @@ class AlarmEngine:
     def _quantity(self, ops: list[_Op], device: str, sensor: str, quantity: str, value: float, ts: float) -> None:
         """Judge one value in memory; an alarm change is queued in ``ops`` (the condition is marked at once, so
         the next value of the same batch sees it)."""
-        for rule in self.rules.values():
-            if not isinstance(rule, ThresholdRule | RateRule) or rule.quantity != quantity:
-                continue
-            if not self._scoped(rule, device):
+        rules = self._by_quantity.get((quantity, device))
+        if rules is None:
+            rules = self._by_quantity[(quantity, device)] = self._quantity_rules(quantity, device)
+        if not rules:
+            return
+        info = self._info(device)
+        for rule in rules:
+            if (rule.kind is not None and info.node != rule.kind) or (rule.site is not None and
+                                                                      info.site != rule.site):
                 continue
             key = (rule.id, device)
             detail: dict[str, Any] = {"quantity": quantity, "reading_ts": ts}
@@ -318,6 +327,11 @@ class AlarmEngine:
                 self._queue_raise(ops, rule, device, sensor, value, {**detail, "change": change})
             elif not tripped and key in self._on:
                 self._queue_clear(ops, rule, device, f"{quantity} change {change:g}")
+
+    def _quantity_rules(self, quantity: str, device: str) -> list[ThresholdRule | RateRule]:
+        """The threshold and rate rules on ``quantity`` whose device pattern takes ``device``, in rule order."""
+        return [r for r in self.rules.values() if isinstance(r, ThresholdRule | RateRule) and r.quantity == quantity
+                and r.applies_to(device, r.kind, r.site)]
 
     def _queue_raise(self, ops: list[_Op], rule: AnyRule, device: str, sensor: str, value: float,
                      detail: dict[str, Any]) -> None:
@@ -609,6 +623,7 @@ class AlarmEngine:
         with self._lock:
             self.store.write(work)
             self.rules[rule.id] = rule
+            self._by_quantity.clear()
 
     def delete_rule(self, rule_id: str, audited: Audited | None = None) -> bool:
         """Remove a rule kept in the store; its open alarms stay until cleared. ``audited`` is called inside
@@ -625,6 +640,7 @@ class AlarmEngine:
         with self._lock:
             deleted = self.store.write(work)
             self.rules.pop(rule_id, None)
+            self._by_quantity.clear()
         return deleted
 
     # -- channel health (from the notification worker) -----------------------------------------

@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic_core import CoreSchema, PydanticCustomError, SchemaValidator
 
 from edge.contract import (
     BOUND_ERRORS,
@@ -134,6 +134,21 @@ _MODELS: dict[str, type[Telemetry | Event | Reply | Tx | Status]] = {
 }
 
 
+def _unwalked(model: type[Telemetry | Event | Reply | Tx | Status]) -> SchemaValidator:
+    """``model``'s validator without its one model-level before-validator, the :func:`check_bounds` walk that a
+    :data:`BOUNDS_CHECKED` context skips: for a payload :func:`within_bounds` cleared it gives the same model,
+    but pydantic-core types the JSON itself instead of first decoding it to Python objects for that validator."""
+    schema = cast(dict[str, Any], model.__pydantic_core_schema__)
+    inner = schema["schema"]
+    if schema["type"] != "model" or inner["type"] != "function-before" or inner["schema"]["type"] != "model-fields":
+        raise TypeError(f"{model.__name__}'s schema is not a model behind one before-validator")
+    return SchemaValidator(cast(CoreSchema, {**schema, "schema": inner["schema"]}))
+
+
+_UNWALKED = {suffix: _unwalked(model) for suffix, model in _MODELS.items()}
+"""Per topic suffix: its model's validator for payloads within bounds (see :func:`_unwalked`)."""
+
+
 def _dead(topic: str, payload: bytes, at: float, reason: Reason, detail: str,
           device: str | None = None, seq: int | None = None) -> DeadLetter:
     return DeadLetter(topic=topic, reason=reason.value, detail=detail, received_at=at, size=len(payload),
@@ -170,7 +185,11 @@ def classify(topic: str, payload: bytes, received_at: float, *, root: str = DEFA
         return _dead(topic, payload, received_at, Reason.UNREGISTERED,
                      f"device {parsed.device!r} is not active in the registry (nakhon provision device list)")
     try:
-        message = model.model_validate_json(payload, context=_CHECKED if within_bounds(payload) else None)
+        if within_bounds(payload):
+            message = cast(Telemetry | Event | Reply | Tx | Status,
+                           _UNWALKED[parsed.suffix].validate_json(payload, context=_CHECKED))
+        else:
+            message = model.model_validate_json(payload)
     except ValidationError as err:
         return _diagnose(topic, payload, received_at, parsed.device, err)
     if message.device != parsed.device:

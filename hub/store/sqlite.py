@@ -160,6 +160,7 @@ class SQLiteStore:
         new_seqs: dict[str, list[int]] = defaultdict(list)
         dups: dict[str, int] = defaultdict(int)
         readings: list[Row] = []
+        add_reading = readings.append
         latest: dict[tuple[str, str, str], int] = {}
         events: list[tuple[Any, ...]] = []
         stored = _already_stored(db, [(m.device, m.seq) for m in batch.messages])
@@ -175,11 +176,12 @@ class SQLiteStore:
             received.append((m.device, m.seq, kind))
             new_seqs[m.device].append(m.seq)
             if m.telemetry is not None:
+                device, seq = m.device, m.seq
                 for idx, r in enumerate(m.telemetry if self._readings else ()):
                     ts = ms(r.ts)
-                    readings.append((m.device, m.seq, idx, ts, r.sensor, r.quantity, r.value,
-                                     isinstance(r.value, bool), r.unit))
-                    key = (m.device, r.sensor, r.quantity)
+                    value = r.value  # bool has no subclasses: the class test is isinstance's answer, cheaper
+                    add_reading((device, seq, idx, ts, r.sensor, r.quantity, value, value.__class__ is bool, r.unit))
+                    key = (device, r.sensor, r.quantity)
                     if latest.get(key, -1) < ts:
                         latest[key] = ts
             elif m.event is not None:

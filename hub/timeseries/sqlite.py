@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 
 def ms(value: datetime) -> int:
-    """Milliseconds since the epoch, rounded to the nearest."""
-    return int(value.timestamp() * 1000 + (0.5 if value.timestamp() >= 0 else -0.5))
+    """Milliseconds since the epoch, rounded to the nearest (half away from zero)."""
+    t = value.timestamp() * 1000
+    return int(t + 0.5) if t >= 0 else int(t - 0.5)
 
 
 def from_ms(value: int) -> datetime:
@@ -93,10 +94,11 @@ class SQLiteTimeSeries:
         """Store points in one transaction; a point already stored is kept once."""
         rows: list[Row] = []
         latest: dict[tuple[str, str, str], int] = {}
+        append = rows.append
         for p in points:
             ts = ms(p.ts)
-            rows.append((p.device, p.seq, p.idx, ts, p.sensor, p.quantity, p.value, isinstance(p.value, bool),
-                         p.unit))
+            value = p.value
+            append((p.device, p.seq, p.idx, ts, p.sensor, p.quantity, value, value.__class__ is bool, p.unit))
             key = (p.device, p.sensor, p.quantity)
             if latest.get(key, -1) < ts:
                 latest[key] = ts
