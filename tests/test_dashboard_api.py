@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from openpyxl import load_workbook
 
-from edge.contract import Tx, now
+from edge.contract import Tx, TxOutcome, TxStatus, now
+from hub.audit import AuditLog
 from hub.auth.accounts import Accounts
 from hub.finance import ledger
+from hub.finance.api import expire_pending
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.fiscal import BANGKOK
 from hub.finance.promptpay import PromptPaySettings
+from hub.finance.repository import SqlFinance
 from hub.router import Router
 from tests.conftest import TEST_PASSWORD, HubApp
 
@@ -110,3 +113,38 @@ def test_only_an_admin_may_see_or_change_users(hub_app: HubApp) -> None:
         assert client.post("/api/users", json={"name": "evil", "roles": ["admin"]}).status_code == 403
     assert hub_app.anonymous().get("/api/users").status_code == 401
     assert Accounts(hub_app.store).user("evil") is None
+
+
+def test_a_finance_user_expires_a_pending_payment_now_as_its_time_running_out_would_once_and_audited(
+        hub_app: HubApp) -> None:
+    catalogue = load_catalogue(DEMO_FEES)
+    router = Router({"fee.payment": ledger.FinanceRoute(catalogue, PromptPaySettings(target="0801234567"))})
+    for seq, tx_id in enumerate(("kk-kiosk-0001-tx-qrexp1", "kk-kiosk-0001-tx-qrexp2"), start=1):
+        pending, _ = hub_app.store.apply_tx(Tx(
+            device="kk-kiosk-0001", seq=seq, tx_id=tx_id, kind="fee.payment", created_at=now(),
+            citizen={"ref": "9f2c" * 16}, data={"office": "kkc-hq", "service": "garbage-monthly",
+                                                "amount_satang": 4000, "method": "promptpay"}), 1.0, router.decide)
+        assert pending.status is TxStatus.PENDING
+    url = "/api/finance/payments/kk-kiosk-0001-tx-qrexp1/expire"
+    for role in ("viewer", "operator"):
+        assert hub_app.client(role).post(url).status_code == 403
+    finance = hub_app.client("finance", name="malee")
+    first = finance.post(url)
+    assert first.status_code == 200 and first.json() == {"tx_id": "kk-kiosk-0001-tx-qrexp1", "status": "expired",
+                                                         "already_ended": False}
+    again = finance.post(url)
+    assert again.status_code == 200 and again.json() == {"tx_id": "kk-kiosk-0001-tx-qrexp1", "status": "expired",
+                                                         "already_ended": True}
+    assert finance.post("/api/finance/payments/kk-kiosk-0001-tx-nope00/expire").status_code == 404
+    trail = hub_app.client("admin").get("/api/audit", params={"object": "payment/kk-kiosk-0001-tx-qrexp1"}).json()
+    assert [(e["user"], e["action"]) for e in trail] == [("malee", "payment.expire")]
+
+    told: list[tuple[str, TxOutcome]] = []  # the other one ends on its own, by the automatic expiry
+    expire_pending(SqlFinance(hub_app.store, catalogue, AuditLog(hub_app.store)),
+                   lambda d, o: told.append((d, o)), datetime.now(UTC) + timedelta(days=1))
+    assert [o.tx_id for _, o in told] == ["kk-kiosk-0001-tx-qrexp2"]
+    by_hand = hub_app.store.tx_outcome("kk-kiosk-0001-tx-qrexp1", "kk-kiosk-0001")
+    by_time = hub_app.store.tx_outcome("kk-kiosk-0001-tx-qrexp2", "kk-kiosk-0001")
+    assert by_hand is not None and by_time is not None and by_hand.status is TxStatus.REJECTED
+    assert by_hand.result["ended"] == "expired" and by_hand.reason == by_time.reason
+    assert by_hand.result.keys() == by_time.result.keys()

@@ -121,6 +121,40 @@ def test_a_viewer_sees_no_void_and_is_refused_and_a_finance_user_voids_with_thei
     assert [(a["user"], a["action"]) for a in audit] == [("malee", "receipt.void")]
 
 
+def test_a_finance_user_expires_a_pending_promptpay_payment_from_the_page_after_confirming(
+        broker: Broker, procs: Procs, tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    made = build_hub_app(data)
+    try:
+        router = Router({"fee.payment": ledger.FinanceRoute(load_catalogue(DEMO_FEES),
+                                                            PromptPaySettings(target="0801234567"))})
+        for i in (1, 2):
+            made.store.apply_tx(Tx(device="kk-kiosk-0001", seq=i, tx_id=f"kk-kiosk-0001-tx-qr{i:04d}",
+                                   kind="fee.payment", created_at=now(), citizen={"ref": "9f2c" * 16},
+                                   data={"office": "kkc-hq", "service": "garbage-monthly", "amount_satang": 4000,
+                                         "method": "promptpay"}), 1.0, router.decide)
+    finally:
+        made.store.close()
+    user_token(data, "malee", ("finance",))
+    hub = procs["hub"](broker.port, data=data)
+    first, second = "kk-kiosk-0001-tx-qr0001", "kk-kiosk-0001-tx-qr0002"
+    with chromium(tmp_path / "finance") as driver:
+        sign_in(driver, hub.url, "malee", TEST_PASSWORD, lang="en")
+        page_ready(driver, "finance", f'[data-expire="{first}"]')
+        assert driver.find_elements(By.CSS_SELECTOR, f'[data-cancel="{first}"]')  # beside Cancel
+        driver.find_element(By.CSS_SELECTOR, f'[data-expire="{first}"]').click()
+        dialog = driver.find_element(By.CSS_SELECTOR, "dialog.ask[open]")
+        assert f"Expire PromptPay payment {first} now?" in dialog.text
+        dialog.find_element(By.CSS_SELECTOR, '[data-confirm="yes"]').click()
+        wait_for(lambda: not driver.find_elements(By.CSS_SELECTOR, f'[data-expire="{first}"]'), 10,
+                 "the expired payment gone from the pending list")
+        assert driver.find_elements(By.CSS_SELECTOR, f'[data-expire="{second}"]')
+    assert [p["tx_id"] for p in hub.get("/api/finance/payments", status="expired")] == [first]
+    assert [p["tx_id"] for p in hub.get("/api/finance/payments", status="pending")] == [second]
+    audit = hub.get("/api/audit", object=f"payment/{first}")
+    assert [(a["user"], a["action"]) for a in audit] == [("malee", "payment.expire")]
+
+
 def test_an_sos_alarm_shows_within_a_second_is_acknowledged_from_the_page_and_audited(
         broker: Broker, procs: Procs, tmp_path: Path) -> None:
     hub = procs["hub"](broker.port)

@@ -91,6 +91,7 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", "/api/devices/{device}/commands"): READ,
     ("POST", "/api/finance/payments/{tx_id}/confirm"): SIGNED,
     ("POST", "/api/finance/payments/{tx_id}/cancel"): role("finance"),
+    ("POST", "/api/finance/payments/{tx_id}/expire"): role("finance"),
     ("GET", "/api/finance/payments"): READ,
     ("GET", "/api/finance/ledger"): READ,
     ("GET", "/api/finance/receipts"): READ,

@@ -17,7 +17,7 @@ from hub.api.bounds import INT64_MAX, FiscalYear, Key, Name, Satang
 from hub.auth.web import CurrentActor, signed_by
 from hub.finance.fiscal import baht
 from hub.finance.ledger import ConfirmError, today
-from hub.finance.repository import FinanceRepository
+from hub.finance.repository import Ended, FinanceRepository
 
 AnswerKiosk = Callable[[str, TxOutcome], None]
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -135,19 +135,29 @@ def create_router(finance: FinanceRepository, answer_kiosk: AnswerKiosk, bank_se
         return {"tx_id": tx_id, "already_confirmed": not confirmed.new, "late": confirmed.late,
                 **confirmed.outcome.result}
 
-    @api.post("/payments/{tx_id}/cancel")
-    def cancel(tx_id: Key, actor: CurrentActor) -> dict[str, Any]:
-        """Cancel a PromptPay payment still waiting for the bank; the kiosk is told and stops asking."""
-        try:
-            ended = finance.cancel(tx_id, datetime.now(UTC), actor)
-        except LookupError as err:
-            raise HTTPException(404, str(err)) from err
+    def end_by_hand(tx_id: str, status: str, ended: Ended | str) -> dict[str, Any]:
         if isinstance(ended, str):
             if ended == "paid":
                 raise HTTPException(409, f"{tx_id} is paid: void or refund its receipt instead")
             return {"tx_id": tx_id, "status": ended, "already_ended": True}
         answer_kiosk(*ended)
-        return {"tx_id": tx_id, "status": "cancelled", "already_ended": False}
+        return {"tx_id": tx_id, "status": status, "already_ended": False}
+
+    @api.post("/payments/{tx_id}/cancel")
+    def cancel(tx_id: Key, actor: CurrentActor) -> dict[str, Any]:
+        """Cancel a PromptPay payment still waiting for the bank; the kiosk is told and stops asking."""
+        try:
+            return end_by_hand(tx_id, "cancelled", finance.cancel(tx_id, datetime.now(UTC), actor))
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from err
+
+    @api.post("/payments/{tx_id}/expire")
+    def expire(tx_id: Key, actor: CurrentActor) -> dict[str, Any]:
+        """Expire a PromptPay payment still waiting for the bank now, as its time running out would."""
+        try:
+            return end_by_hand(tx_id, "expired", finance.expire(tx_id, datetime.now(UTC), actor))
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from err
 
     @api.get("/payments")
     def payments(status: Literal["pending", "paid", "expired", "cancelled"] | None = None,

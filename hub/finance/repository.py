@@ -32,6 +32,9 @@ class FinanceRepository(Protocol):
     def cancel(self, tx_id: str, at: datetime, actor: Actor) -> Ended | str:
         """Cancel a pending payment; when it is not pending, its status instead. LookupError: no such payment."""
 
+    def expire(self, tx_id: str, at: datetime, actor: Actor) -> Ended | str:
+        """Expire a pending payment now; when it is not pending, its status instead. LookupError: no such payment."""
+
     def expire_due(self, at: datetime) -> list[Ended]:
         """End every pending payment whose time is up."""
 
@@ -112,12 +115,19 @@ class SqlFinance:
 
     def cancel(self, tx_id: str, at: datetime, actor: Actor) -> Ended | str:
         """See :meth:`FinanceRepository.cancel`."""
+        return self._end_by_hand(tx_id, "cancelled", "payment.cancel", at, actor)
+
+    def expire(self, tx_id: str, at: datetime, actor: Actor) -> Ended | str:
+        """See :meth:`FinanceRepository.expire`."""
+        return self._end_by_hand(tx_id, "expired", "payment.expire", at, actor)
+
+    def _end_by_hand(self, tx_id: str, status: str, action: str, at: datetime, actor: Actor) -> Ended | str:
         def work(db: Session) -> Ended | str:
-            ended = end_payment(db, tx_id, "cancelled", at)
+            ended = end_payment(db, tx_id, status, at)
             if ended is not None:
                 self.store.replace_tx_outcome(db, tx_id, ended[1])
-                self.audit.record(actor, "payment.cancel", f"payment/{tx_id}", {"status": "pending"},
-                                  {"status": "cancelled"}, db=db)
+                self.audit.record(actor, action, f"payment/{tx_id}", {"status": "pending"}, {"status": status},
+                                  db=db)
                 return ended
             row = db.execute("SELECT status FROM payments WHERE tx_id = ?", (tx_id,)).fetchone()
             if row is None:

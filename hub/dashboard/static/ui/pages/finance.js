@@ -1,5 +1,5 @@
 // Finance: the day's summary per office and per kiosk, the day's ledger, receipts search with void / refund, pending
-// PromptPay payments (cancel), cash counts and their CSV, and the daily receipt register as CSV and XLSX.
+// PromptPay payments (expire now or cancel), cash counts and their CSV, and the daily receipt register as CSV and XLSX.
 import { registerPage, addMessages, t, api, can, fmt, h, currentLang, notice } from "../app.js";
 import { raw, table, ask, label, bangkokToday, debounce } from "../ops.js";
 
@@ -18,6 +18,7 @@ addMessages({
     "fin.reversed": "บันทึกรายการ {entry} ของใบเสร็จ {receipt} แล้ว", "fin.shown": "แสดง {n} จาก {total} ใบ",
     "fin.pending": "รายการพร้อมเพย์ที่รอชำระ", "fin.tx": "รายการ", "fin.created": "สร้างเมื่อ", "fin.expires": "หมดอายุ",
     "fin.cancel": "ยกเลิกรายการ", "fin.cancel_q": "ยกเลิกรายการพร้อมเพย์ {tx}? ตู้จะได้รับแจ้ง",
+    "fin.expire": "ให้หมดอายุทันที", "fin.expire_q": "ให้รายการพร้อมเพย์ {tx} หมดอายุทันที? ตู้จะแจ้งว่าหมดเวลาชำระ",
     "fin.counts": "ตรวจนับเงินสด", "fin.counted": "นับได้ (บาท)", "fin.counted_amount": "นับได้", "fin.counted_by": "ผู้นับ", "fin.record": "บันทึกการนับ",
     "fin.ledger_cash": "ตามบัญชี", "fin.difference": "ผลต่าง", "fin.superseded": "ถูกแทนที่", "fin.latest": "ล่าสุด",
     "fin.counts_csv": "ดาวน์โหลด CSV การตรวจนับ", "fin.recorded": "บันทึกแล้ว ผลต่าง {diff}", "fin.at": "เวลา",
@@ -38,6 +39,7 @@ addMessages({
     "fin.reversed": "{entry} of receipt {receipt} recorded", "fin.shown": "{n} of {total} receipts shown",
     "fin.pending": "Pending PromptPay payments", "fin.tx": "Transaction", "fin.created": "Created", "fin.expires": "Expires",
     "fin.cancel": "Cancel payment", "fin.cancel_q": "Cancel PromptPay payment {tx}? The kiosk is told.",
+    "fin.expire": "Expire now", "fin.expire_q": "Expire PromptPay payment {tx} now? The kiosk shows its time ran out.",
     "fin.counts": "Cash counts", "fin.counted": "Counted (baht)", "fin.counted_amount": "Counted", "fin.counted_by": "Counted by", "fin.record": "Record count",
     "fin.ledger_cash": "Ledger", "fin.difference": "Difference", "fin.superseded": "superseded", "fin.latest": "latest",
     "fin.counts_csv": "Download the counts CSV", "fin.recorded": "Recorded, difference {diff}", "fin.at": "At",
@@ -125,11 +127,12 @@ registerPage("finance", {
       drawReceipts();
     }
 
-    async function cancel(p) {
-      const v = await ask("fin.cancel", [], { confirm: "fin.cancel", danger: true, note: t("fin.cancel_q", { tx: p.tx_id }) });
+    async function endPayment(p, action) {
+      const v = await ask(`fin.${action}`, [], { confirm: `fin.${action}`, danger: true,
+        note: t(`fin.${action}_q`, { tx: p.tx_id }) });
       if (!v) return;
       try {
-        await api(`/api/finance/payments/${encodeURIComponent(p.tx_id)}/cancel`, { method: "POST" });
+        await api(`/api/finance/payments/${encodeURIComponent(p.tx_id)}/${action}`, { method: "POST" });
       } catch (err) {
         if (err.status !== 403 && err.status !== 401) notice(t("shell.failed", { detail: err.message }), "error");
       }
@@ -146,7 +149,10 @@ registerPage("finance", {
         { label: "fin.created", raw: true, cell: (p) => fmt.date(p.created_at) },
         { label: "fin.expires", raw: true, cell: (p) => fmt.date(p.expires_at) },
         { label: "fin.actions", cell: (p) => (can("finance")
-          ? h("button", { type: "button", dataset: { cancel: p.tx_id }, onclick: () => cancel(p) }, t("fin.cancel")) : "") },
+          ? [h("button", { type: "button", dataset: { expire: p.tx_id }, onclick: () => endPayment(p, "expire") },
+              t("fin.expire")), " ",
+            h("button", { type: "button", dataset: { cancel: p.tx_id }, onclick: () => endPayment(p, "cancel") },
+              t("fin.cancel"))] : "") },
       ], pending));
     }
 
