@@ -443,13 +443,19 @@ class Ingest:
         delay = 0.5
         while True:
             try:
-                return self.store.ingest(batch)
+                outcome = self.store.ingest(batch)
             except RecordRejected:
                 raise  # about a record, not the database: retrying would fail the same way
             except StoreError as err:
+                self._waiting_for = f"records store unavailable: {err}"
                 log.error("%s; retrying in %.1f s (nothing is acknowledged until it commits)", err, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
+                continue
+            if self._waiting_for is not None and self._waiting_for.startswith("records store"):
+                log.info("records store available again")
+                self._waiting_for = None
+            return outcome
 
     def _reject(self, entry: _Entry, err: Exception) -> None:
         """Set aside the one message that made the store (or the code) fail; acknowledged when it has a seq."""
