@@ -554,9 +554,11 @@ def _pcscd_running() -> bool:
     return subprocess.run(["pgrep", "-x", "pcscd"], capture_output=True).returncode == 0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pcscd_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
-    """A pcscd of this module (one per machine: skipped when another one owns /run/pcscd/pcscd.comm)."""
+    """The pcscd of these tests (one per machine: skipped when another one owns /run/pcscd/pcscd.comm); for the
+    session, as a pytest-xdist worker may run other modules' tests between this module's (a module fixture would
+    stop and start it again)."""
     if shutil.which("pcscd") is None or not VPCD_DRIVER.exists():
         pytest.skip("needs the pcscd and vsmartcard-vpcd packages")
     if _pcscd_running():
