@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
@@ -85,7 +86,13 @@ def test_sign_in_wrong_password_and_the_end_of_a_session(broker: Broker, procs: 
                             timeout=10).status_code == 200
         driver.find_element(By.CSS_SELECTOR, '#nav a[data-page="map"]').click()
         wait_for(lambda: driver.find_elements(By.ID, "signin-name"), 15, "the sign-in page after the session ended")
-        assert driver.find_element(By.ID, "signin-error").text == "Your session has ended: please sign in again"
+
+        def said() -> str:
+            try:
+                return str(driver.find_element(By.ID, "signin-error").text)
+            except StaleElementReferenceException:  # the page was drawn again between finding and reading
+                return ""
+        wait_for(lambda: said() == "Your session has ended: please sign in again", 15, "the reason on the sign-in page")
         assert not driver.find_element(By.ID, "nav").is_displayed()
 
         # signing out from the page ends the session on the hub
