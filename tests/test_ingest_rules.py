@@ -30,7 +30,8 @@ def _telemetry(device: str, seq: int) -> bytes:
     ("nakhon/kk-aq-0007/up/firmware", _telemetry("kk-aq-0007", 1), "bad_topic"),
     ("nakhon/KK/up/telemetry", _telemetry("kk-aq-0007", 1), "bad_topic"),
     ("nakhon/kk-aq-0007/up/telemetry", b"{" + b" " * 1100 + b"}", "oversize"),
-])
+], ids=["broken-json", "not-utf8", "a-string", "schema", "device-mismatch", "bad-kind", "bad-device-id", "oversize"])
+# fixed ids: the payloads hold the time they were built, and pytest-xdist's workers must collect the same names
 def test_each_kind_of_bad_message_becomes_a_dead_letter_with_its_reason(topic: str, payload: bytes,
                                                                          reason: str) -> None:
     item = classify(topic, payload, 1.0, max_payload=1000)
