@@ -37,6 +37,7 @@ from tests.test_delivery import drain
 from tests.test_gis import Kiosk
 from tests.test_notify import HttpSink, _line, _sos
 from tests.test_stream import BUTTON, SseReader
+from tests.test_transactions import pay_five_rounds
 
 SHARE = "ingest"
 
@@ -204,14 +205,7 @@ def test_twenty_kiosks_paying_through_two_hubs_on_postgresql_get_gapless_unique_
         two_hubs: list[Hub], records: SqlStore, broker: Broker) -> None:
     kiosks = [Kiosk(broker.port, f"kk-kiosk-{i:04d}") for i in range(20)]
     try:
-        for round_no in range(5):
-            for k in kiosks:
-                office = "kkc-hq" if (round_no + int(k.device[-2:])) % 2 else "kkc-north"
-                k.send(f"{k.device}-pay-{round_no}", "fee.payment", {"office": office, "service": "garbage-monthly",
-                                                                     "amount_satang": 4000, "method": "cash"}, None)
-        for k in kiosks:
-            for round_no in range(5):
-                assert k.answer(f"{k.device}-pay-{round_no}").status.value == "accepted"
+        pay_five_rounds(kiosks)
     finally:
         for k in kiosks:
             k.close()

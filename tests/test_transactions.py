@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from hub.broker import free_port
 from tests.conftest import Broker, Hub, Proc, wait_for
+from tests.test_gis import Kiosk as BareKiosk
 
 pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("backend")]  # embedded and production stores
 
@@ -179,23 +181,27 @@ def test_no_answer_in_time_prints_a_provisional_slip_then_the_receipt(
         kiosk.kill()
 
 
+def pay_five_rounds(kiosks: Sequence[BareKiosk]) -> None:
+    """Each kiosk pays five cash fees, all sent before any answer is awaited, alternating two offices; every
+    payment is accepted."""
+    for round_no in range(5):
+        for k in kiosks:
+            office = "kkc-hq" if (round_no + int(k.device[-2:])) % 2 else "kkc-north"
+            k.send(f"{k.device}-pay-{round_no}", "fee.payment", {"office": office, "service": "garbage-monthly",
+                                                                 "amount_satang": 4000, "method": "cash"}, None)
+    for k in kiosks:
+        for round_no in range(5):
+            assert k.answer(f"{k.device}-pay-{round_no}").status.value == "accepted"
+
+
 def test_twenty_kiosks_paying_at_once_through_two_hub_processes_get_gapless_receipts(
         broker: Broker, procs: dict[str, Any], tmp_path: Path) -> None:
-    from tests.test_gis import Kiosk as BareKiosk
-
     data = tmp_path / "shared-hub"
     hubs = [procs["hub"](broker.port, "--share", "ingest", "--client-id", f"hub-{i}", data=data) for i in range(2)]
     kiosks = [BareKiosk(broker.port, f"kk-kiosk-{i:04d}") for i in range(20)]
     try:
         time.sleep(0.5)
-        for round_no in range(5):
-            for k in kiosks:
-                office = "kkc-hq" if (round_no + int(k.device[-2:])) % 2 else "kkc-north"
-                k.send(f"{k.device}-pay-{round_no}", "fee.payment", {"office": office, "service": "garbage-monthly",
-                                                                     "amount_satang": 4000, "method": "cash"}, None)
-        for k in kiosks:
-            for round_no in range(5):
-                assert k.answer(f"{k.device}-pay-{round_no}").status.value == "accepted"
+        pay_five_rounds(kiosks)
     finally:
         for k in kiosks:
             k.close()
