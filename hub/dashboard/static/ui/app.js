@@ -394,11 +394,18 @@ function drawBanner() {
   }
   const newest = [...critical.values()].sort((a, b) => String(b.last_seen).localeCompare(String(a.last_seen)))[0];
   const title = lang === "th" ? newest.title_th : newest.title_en;
-  banner.replaceChildren(
-    h("span", { class: "text" }, t("banner.critical", { n: critical.size }), " — ",
-      h("span", { "data-raw": "" }, `${title || newest.rule} · ${newest.device}`)),
-    h("a", { href: "#/alarms" }, t("banner.open")),
-    h("button", { type: "button", id: "mute", onclick: toggleMute }, muted() ? t("banner.unmute") : t("banner.mute")));
+  // the banner's parts are made once and updated in place: a redraw while an operator reaches for "mute" must not
+  // swap the button under the pointer
+  if (!banner.querySelector("#mute")) {
+    banner.replaceChildren(
+      h("span", { class: "text" }, h("span", { class: "count" }), " — ", h("span", { class: "which", "data-raw": "" })),
+      h("a", { href: "#/alarms", class: "open" }),
+      h("button", { type: "button", id: "mute", onclick: toggleMute }));
+  }
+  banner.querySelector(".count").textContent = t("banner.critical", { n: critical.size });
+  banner.querySelector(".which").textContent = `${title || newest.rule} · ${newest.device}`;
+  banner.querySelector(".open").textContent = t("banner.open");
+  banner.querySelector("#mute").textContent = muted() ? t("banner.unmute") : t("banner.mute");
   banner.hidden = false;
   if (!beepTimer) {
     beep();
