@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver as Chrome
 from selenium.webdriver.common.by import By
@@ -47,6 +48,17 @@ def chromium(profile: Path, size: tuple[int, int] = DESKTOP) -> Iterator[Chrome]
 def js(driver: Chrome, script: str, *args: Any) -> Any:
     """Run ``script`` (a function body) in the page and return its value."""
     return driver.execute_script(script, *args)
+
+
+def click(driver: Chrome, css: str, timeout: float = 10) -> None:
+    """Click what ``css`` finds on a live page, found again if the page redrew it between finding and clicking."""
+    def attempt() -> bool:
+        try:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+    wait_for(attempt, timeout, f"a click on {css}")
 
 
 def sign_in(driver: Chrome, url: str, name: str, password: str, lang: str = "th") -> None:

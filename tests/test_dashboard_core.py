@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from hub.dashboard import STATIC
-from tests.browser import chromium, js, open_page, page_ready, sign_in
+from tests.browser import chromium, click, js, open_page, page_ready, sign_in
 from tests.conftest import ROOT, TEST_PASSWORD, Agent, Broker, Hub, fast_air, user_token, wait_for
 
 pytestmark = pytest.mark.broker
@@ -227,7 +227,7 @@ def test_a_critical_alarm_shows_a_banner_on_every_page_and_beeps_until_muted(bro
         wait_for(lambda: js(driver, "return window.nakhon.beeps") >= 2, 10, "two beeps")
         open_page(driver, "fleet")
         assert driver.find_element(By.ID, "banner").is_displayed()
-        driver.find_element(By.ID, "mute").click()
+        click(driver, "#mute")
         assert driver.find_element(By.ID, "mute").text == "Unmute"
         beeps, ticks = js(driver, "return [window.nakhon.beeps, window.nakhon.ticks]")
         wait_for(lambda: js(driver, "return window.nakhon.ticks") > ticks + 1, 10, "two more ticks of the beeper")

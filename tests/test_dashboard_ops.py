@@ -21,7 +21,7 @@ from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.promptpay import PromptPaySettings
 from hub.router import Router
-from tests.browser import chromium, js, page_ready, sign_in
+from tests.browser import chromium, click, js, page_ready, sign_in
 from tests.conftest import TEST_PASSWORD, Broker, build_hub_app, user_token, wait_for
 from tests.test_gis import Kiosk
 
@@ -175,9 +175,9 @@ def test_an_sos_alarm_shows_within_a_second_is_acknowledged_from_the_page_and_au
 
         alarm = hub.get("/api/alarms", rule="sos")[0]
         selector = f'#alarms-open tr[data-alarm="{alarm["id"]}"]'
-        row = driver.find_element(By.CSS_SELECTOR, selector)
-        assert "SOS" in row.text and "kk-pole-0001" in row.text and "unacknowledged" in row.text
-        row.find_element(By.CSS_SELECTOR, '[data-act="ack"]').click()
+        row = _text(driver, selector)
+        assert "SOS" in row and "kk-pole-0001" in row and "unacknowledged" in row
+        click(driver, f'{selector} [data-act="ack"]')
         wait_for(lambda: hub.get(f"/api/alarms/{alarm['id']}")["state"] == "acknowledged", 10, "the acknowledgement")
         assert hub.get(f"/api/alarms/{alarm['id']}")["acked_by"] == "somchai"
         # "unacknowledged" holds "acknowledged": wait for the state word to change, then the button to go
@@ -219,7 +219,7 @@ def test_more_than_ten_alarms_in_ten_minutes_are_a_flood_grouped_by_rule(
         assert "11 ×" in group.text and "Flooding" in group.text
         assert "Alarm flood: 11 in 10 minutes" in driver.find_element(By.ID, "alarm-flood").text
         assert len(driver.find_elements(By.CSS_SELECTOR, "#alarms-open tr[data-alarm]")) == 1  # the older one
-        group.find_element(By.CSS_SELECTOR, '[data-ack-group="water-high"]').click()
+        click(driver, '#alarm-flood [data-ack-group="water-high"]')
         wait_for(lambda: len(hub.get("/api/alarms", state="acknowledged")) == 11, 10, "the group acknowledged")
     assert {a["acked_by"] for a in hub.get("/api/alarms", state="acknowledged")} == {"admin"}
     assert [a["device"] for a in hub.get("/api/alarms", state="active")] == ["kk-water-0100"]
@@ -244,14 +244,14 @@ def test_a_gis_user_assigns_and_resolves_a_report_from_the_queue_and_a_viewer_ca
         sign_in(driver, hub.url, "vichai", TEST_PASSWORD, lang="en")
         page_ready(driver, "reports", "#rep-queue tr[data-report]")
         assert len(driver.find_elements(By.CSS_SELECTOR, "#rep-queue tr[data-report]")) == 2
-        driver.find_element(By.CSS_SELECTOR, f'#rep-queue tr[data-report="{first}"]').click()
+        click(driver, f'#rep-queue tr[data-report="{first}"]')
         wait_for(lambda: "Streetlight" in _text(driver, "#rep-detail"), 10, "the report's details")
         assert driver.find_elements(By.CSS_SELECTOR, ".page [data-act]") == []
 
     with chromium(tmp_path / "gis") as driver:
         sign_in(driver, hub.url, "nida", TEST_PASSWORD, lang="en")
         page_ready(driver, "reports", f'#rep-queue tr[data-report="{first}"] [data-act="assigned"]')
-        driver.find_element(By.CSS_SELECTOR, f'#rep-queue tr[data-report="{first}"] [data-act="assigned"]').click()
+        click(driver, f'#rep-queue tr[data-report="{first}"] [data-act="assigned"]')
         dialog = driver.find_element(By.CSS_SELECTOR, "dialog.ask[open]")
         dialog.find_element(By.NAME, "assignee").send_keys("electricity team")
         dialog.find_element(By.CSS_SELECTOR, '[data-confirm="yes"]').click()
@@ -259,7 +259,7 @@ def test_a_gis_user_assigns_and_resolves_a_report_from_the_queue_and_a_viewer_ca
         wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, '#rep-detail [data-act="resolved"]'), 10,
                  "the resolve button of the assigned report")
         assert len(driver.find_elements(By.CSS_SELECTOR, "#rep-queue tr[data-report]")) == 1  # the queue: new ones
-        driver.find_element(By.CSS_SELECTOR, '#rep-detail [data-act="resolved"]').click()
+        click(driver, '#rep-detail [data-act="resolved"]')
         dialog = driver.find_element(By.CSS_SELECTOR, "dialog.ask[open]")
         dialog.find_element(By.CSS_SELECTOR, '[data-confirm="yes"]').click()
         assert "Please fill in Note" in dialog.text  # resolving needs a note
