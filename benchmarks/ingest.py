@@ -459,6 +459,7 @@ def sqlite_stores(stack: contextlib.ExitStack, data: Path) -> Stores:
 
 def production_stores(stack: contextlib.ExitStack, work: Path) -> Stores:
     """A throw-away PostgreSQL (records) and VictoriaMetrics (readings), started by the tests' fixture code."""
+    sys.path.insert(0, str(REPO))  # the repository's tests package, not a namespace package of the same name
     from tests.fixtures.postgres import PostgresServer
     from tests.fixtures.victoria import Victoria, victoria_binary
 
