@@ -8,9 +8,11 @@ operators (the hub) may subscribe elsewhere, shared subscriptions (``$share/GROU
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,12 +24,38 @@ from pathlib import Path
 
 from hub.errors import BrokerError
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_PORTS_FROM = 10000
+"""Where :func:`free_port` starts looking, below the kernel's ephemeral ports (32768 and up on Linux)."""
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host``."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+
+def _ephemeral_from() -> int:
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(host: str = "127.0.0.1", span: int = 1) -> int:
+    """A TCP port that is free right now on ``host`` (with the ``span - 1`` ports after it free too).
+
+    It is picked at random below the kernel's ephemeral range: a port from that range (what binding port 0
+    gives) can be taken by any outgoing connection on the machine in the moment between this choice and the
+    server's bind, which happens when many tests or services start at once.
+    """
+    top = _ephemeral_from() - span
+    for _ in range(200):
+        port = random.randint(LISTEN_PORTS_FROM, top) if top > LISTEN_PORTS_FROM else 0
+        try:
+            with contextlib.ExitStack() as held:
+                for offset in range(span if port else 1):
+                    probe = held.enter_context(socket.socket())
+                    probe.bind((host, port + offset))
+                    port = port or int(probe.getsockname()[1])
+        except OSError:
+            continue
+        return port
+    raise BrokerError(f"no free TCP port on {host} after 200 tries")
 
 
 @dataclass(frozen=True)

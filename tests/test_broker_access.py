@@ -3,6 +3,7 @@ others'."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,3 +115,14 @@ def test_a_device_writes_only_its_own_uplink(demo_broker: tuple[Path, int]) -> N
     finally:
         operator.close()
         spoofer.close()
+
+
+def test_free_ports_come_from_below_the_ephemeral_range_and_can_be_bound() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for span in (1, 2):
+        port = free_port(span=span)
+        assert port >= 10000 and port + span - 1 < low  # an outgoing connection cannot take it meanwhile
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", port))
+            if span == 2:
+                b.bind(("127.0.0.1", port + 1))

@@ -185,7 +185,7 @@ def test_demo_runs_a_fleet_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> 
         assert {"kk-aq-0001", "kk-wl-0001"} <= wait_for(online, 60, "the six devices online with data")
         wait_for(lambda: hub.get("/api/devices/kk-aq-0001/readings", params={"quantity": "pm2_5"},
                                    timeout=10).json()["count"] > 0, 60, "PM2.5 readings")
-        assert _answers(f"http://127.0.0.1:{kiosk_port}/")
+        wait_for(lambda: _answers(f"http://127.0.0.1:{kiosk_port}/"), 30, "the kiosk screen to answer")
         assert "0/0" not in run.output()
 
         os.kill(_pid_of(data, "hub", "serve"), signal.SIGKILL)

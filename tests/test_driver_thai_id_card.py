@@ -30,6 +30,7 @@ from edge.drivers import DriverEvent
 from edge.drivers import _thai_id_card_sim as sim
 from edge.drivers import thai_id_card as idc
 from edge.errors import DeviceUnavailable, DriverError
+from hub.broker import free_port
 from tests.conftest import wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "thai_id_card"
@@ -437,18 +438,7 @@ PCSCD_SOCKET = Path("/run/pcscd/pcscd.comm")
 
 def _free_port_pair() -> int:
     """A port P with P + 1 free too (vpcd opens both)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    pytest.fail("no pair of free ports")
+    return free_port(span=2)
 
 
 CLONE_NEWNET = 0x40000000
