@@ -18,6 +18,7 @@ from hub.backends import open_backends
 from hub.errors import StoreError
 from hub.records.migrate import migrations
 from hub.records.session import Session
+from hub.records.unit import RecordsUnit
 from hub.store.base import IngestBatch, SeqMessage, SqlStore
 
 T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
@@ -124,7 +125,7 @@ def _payment(tx_id: str, seq: int) -> Tx:
 def test_a_transaction_is_applied_once(records_engine: SqlStore) -> None:
     applied: list[str] = []
 
-    def decide(tx: Tx, db: Session) -> TxOutcome:
+    def decide(tx: Tx, unit: RecordsUnit) -> TxOutcome:
         applied.append(tx.tx_id)
         return TxOutcome(tx_id=tx.tx_id, status=TxStatus.ACCEPTED, duplicate=False, reason=None,
                          result={"n": len(applied)})
