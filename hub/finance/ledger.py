@@ -1,10 +1,11 @@
-"""The finance module's tables and rules: fee payments routed from kiosks, the ledger, receipts, reconciliation.
+"""The finance module's rules: fee payments routed from kiosks, the ledger, receipts, reconciliation.
 
 The ledger is append-only (SQLite triggers refuse UPDATE and DELETE; only a citizen reference may be erased,
 by the retention purge): a payment adds one entry, a void or a refund adds a compensating entry that refers to
 it. Receipt numbers come from a counter per office and fiscal year, taken in the same database transaction as
 the ledger entry, so they have no gaps. A PromptPay payment stays ``pending`` (no ledger entry, no receipt
-number) until the bank's confirmation arrives, or until it expires or is cancelled.
+number) until the bank's confirmation arrives, or until it expires or is cancelled. The tables are
+:mod:`hub.finance.repository`'s: the route writes through the :class:`Book` of the hub's transaction.
 """
 
 from __future__ import annotations
