@@ -233,14 +233,16 @@ def test_queued_commands_wait_for_their_device_online_then_expire(records_engine
     t = T0.timestamp()
     records_engine.record_command("c-queued", POLE, "reboot", {}, t, t + 60, queued=True)
     records_engine.record_command("c-sent", POLE, "ping", {}, t, t + 30)
+    records_engine.record_command("c-queued-2", POLE, "reboot", {}, t, t + 60, queued=True)
     assert records_engine.due_commands(t) == []  # the device is not online yet
     records_engine.ingest(IngestBatch(statuses=[_status("online", T0)]))
-    assert [c.cmd_id for c in records_engine.due_commands(t)] == ["c-queued"]
+    assert [c.cmd_id for c in records_engine.due_commands(t)] == ["c-queued", "c-queued-2"]  # in the order queued
     assert records_engine.expire_commands(t + 40, reply_grace_s=5) == 1  # the sent one, past expiry and grace
-    assert records_engine.expire_commands(t + 61) == 1  # the queued one
+    assert records_engine.expire_commands(t + 61) == 2  # the queued ones
     assert records_engine.expire_commands(t + 62) == 0
-    outcomes = {c.cmd_id: c.outcome for c in records_engine.commands(POLE, 10)}
-    assert outcomes == {"c-queued": CommandOutcome.EXPIRED, "c-sent": CommandOutcome.TIMEOUT}
+    assert [(c.cmd_id, c.outcome) for c in records_engine.commands(POLE, 10)] == [  # newest first
+        ("c-queued-2", CommandOutcome.EXPIRED), ("c-sent", CommandOutcome.TIMEOUT),
+        ("c-queued", CommandOutcome.EXPIRED)]
     assert not records_engine.settle_command("c-sent", CommandOutcome.ERROR)
 
 

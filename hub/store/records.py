@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from edge.contract import REPLY_EXPIRED, Reply, Tx, TxOutcome, TxStatus
 from hub.errors import StoreError
+from hub.records.dialect import dialect_of
 from hub.records.migrate import Migration
 from hub.records.session import Session
 from hub.records.unit import RecordsUnit
@@ -286,8 +287,9 @@ class RecordsStore(ABC):
 
     def commands(self, device: str, limit: int) -> list[CommandRecord]:
         """A device's commands, newest first."""
-        rows = self._rows(f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE device = ? "  # noqa: S608
-                          "ORDER BY sent_at DESC, rowid DESC LIMIT ?", (device, limit))
+        rows = self.read(lambda db: db.execute(
+            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE device = ? "  # noqa: S608
+            f"ORDER BY sent_at DESC, {dialect_of(db).insertion_order} DESC LIMIT ?", (device, limit)).fetchall())
         return [_command_row(r) for r in rows]
 
     def settle_command(self, cmd_id: str, outcome: CommandOutcome, error: str | None = None,
@@ -301,10 +303,10 @@ class RecordsStore(ABC):
 
     def due_commands(self, now: float) -> list[CommandRecord]:
         """Queued, unexpired commands of devices whose link is online, oldest first."""
-        rows = self._rows(
+        rows = self.read(lambda db: db.execute(
             f"SELECT {_COMMAND_COLUMNS} FROM commands c JOIN devices d USING (device) "  # noqa: S608
-            "WHERE c.outcome = 'queued' AND d.state = 'online' AND c.expires_at > ? ORDER BY c.sent_at, c.rowid",
-            (now,))
+            "WHERE c.outcome = 'queued' AND d.state = 'online' AND c.expires_at > ? "
+            f"ORDER BY c.sent_at, c.{dialect_of(db).insertion_order}", (now,)).fetchall())
         return [_command_row(r) for r in rows]
 
     def mark_command_published(self, cmd_id: str, at: float) -> bool:
