@@ -23,7 +23,7 @@ from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.fiscal import BANGKOK, baht, fiscal_year, local_date, thai_date
 from hub.finance.promptpay import PromptPaySettings, bill_payment, crc16_ccitt_false, credit_transfer
-from hub.finance.repository import SqlFinance
+from hub.finance.repository import SqlBook, SqlFinance
 from hub.ingest.consumer import IngestSettings
 from hub.records.postgresql import records_store
 from hub.router import Router
@@ -371,7 +371,7 @@ def test_a_store_from_before_expiry_and_two_times_is_brought_up_to_date(tmp_path
     store = SQLiteStore(tmp_path / "old.sqlite")
     store.open()
     try:
-        assert store.write(lambda db: ledger.end_payment(db, "tx-old-000001", "expired", T0)) is not None
+        assert store.write(lambda db: SqlBook(db).end_payment("tx-old-000001", "expired", T0)) is not None
         assert store.read(lambda db: db.execute("SELECT status, ended_at FROM payments").fetchone()) == (
             "expired", "2026-11-20T03:00:00.000Z")
         assert "paid_at" in {r[1] for r in store.read(lambda db: db.execute("PRAGMA table_info(ledger)").fetchall())}

@@ -67,3 +67,41 @@ def test_the_rules_see_imports_inside_functions_too(tmp_path: Path) -> None:
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_nothing_imports_provisioning(path: Path) -> None:
     assert not {m for m in _imports(path) if m.split(".")[0] == "provisioning"}
+
+
+def _runs_sql(path: Path) -> bool:
+    """Whether the module calls ``execute``/``executemany`` on anything (a session, a connection, a cursor)."""
+    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+               and node.func.attr in {"execute", "executemany"}
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+
+
+_DOMAIN_CODE = [p for p in _files("hub/finance") + _files("hub/gis") + [ROOT / "hub" / "router.py"]
+                if p.name != "repository.py"]
+
+
+@pytest.mark.parametrize("path", _DOMAIN_CODE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_routes_and_api_modules_see_repositories_never_a_session_or_sql(path: Path) -> None:
+    assert "hub.records.session" not in _imports(path), f"{path} imports the Session"
+    assert not _runs_sql(path), f"{path} runs SQL outside its repository module"
+
+
+def test_the_sql_rule_sees_a_statement_anywhere(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("class R:\n    def apply(self, tx, unit):\n"
+                      "        return unit.db.execute('DELETE FROM ledger')\n")
+    assert _runs_sql(module)
+
+
+_SQLITE_ENGINE = {"hub/records/sqlite.py", "hub/store/sqlite.py"}
+_ENGINES = {"sqlite3", "psycopg", "psycopg_pool", "hub.records.sqlite", "hub.records.postgresql", "hub.store.sqlite"}
+
+
+@pytest.mark.parametrize("path", _files("hub"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_sqlite_engine_modules_import_sqlite3(path: Path) -> None:
+    assert "sqlite3" not in _imports(path) or path.relative_to(ROOT).as_posix() in _SQLITE_ENGINE
+
+
+@pytest.mark.parametrize("module", ["hub/store/base.py", "hub/store/records.py", "hub/records/unit.py"])
+def test_the_engine_neutral_store_imports_no_engine(module: str) -> None:
+    assert not _imports(ROOT / module) & _ENGINES

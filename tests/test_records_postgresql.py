@@ -34,6 +34,7 @@ from hub.records.postgresql import (
     to_postgres,
 )
 from hub.records.session import Session
+from hub.records.unit import RecordsUnit
 from hub.store.base import CommandOutcome
 from hub.store.sqlite import SQLiteStore
 from nakhon.cli import main
@@ -132,7 +133,7 @@ def test_migrations_apply_once_even_when_two_processes_start_together(postgres_u
 
 
 def _one_entry(records: PostgresRecords, route: ledger.FinanceRoute) -> int:
-    outcome = records.write(lambda s: route.apply(_payment("TX-TRIGGER-1"), s))
+    outcome = records.write(lambda s: route.apply(_payment("TX-TRIGGER-1"), RecordsUnit(s)))
     assert outcome.status is TxStatus.ACCEPTED
     return int(records.read(lambda s: _one(s.execute("SELECT id FROM ledger"))))
 
@@ -176,7 +177,7 @@ def test_receipts_are_gapless_per_office_and_year_under_20_concurrent_writers(re
     def pay(tx: Tx) -> None:
         barrier.wait(30)
         try:
-            outcome = records.write(lambda s: route.apply(tx, s))
+            outcome = records.write(lambda s: route.apply(tx, RecordsUnit(s)))
             receipts.append(str(outcome.result["receipt_no"]))
         except (StoreError, AssertionError, KeyError) as err:  # the assertion below shows which writer failed
             errors.append(err)
@@ -367,9 +368,9 @@ def test_a_transaction_is_applied_once_when_two_hub_processes_race_on_its_tx_id(
     route = ledger.FinanceRoute(load_catalogue(DEMO_FEES), PromptPaySettings(target="0801234567"))
     both_checked = threading.Barrier(2)
 
-    def decide(tx: Tx, session: Session) -> TxOutcome:
+    def decide(tx: Tx, unit: RecordsUnit) -> TxOutcome:
         both_checked.wait(30)  # both hubs found no earlier outcome before either applies it
-        return route.apply(tx, session)
+        return route.apply(tx, unit)
 
     tx = _payment("TX-RACE-0001")
     results: list[tuple[TxOutcome, bool]] = []

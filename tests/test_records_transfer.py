@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,13 @@ from edge.contract import Location, Reading, Tx, TxStatus, now
 from hub.finance import ledger
 from hub.finance.catalogue import DEMO_FEES, load_catalogue
 from hub.finance.promptpay import PromptPaySettings
-from hub.gis.reports import DEMO_ZONES, ReportRoute, Zones, change_status
+from hub.finance.repository import SqlBook
+from hub.gis.reports import DEMO_ZONES, ReportRoute, Zones
+from hub.gis.repository import SqlReportBook
 from hub.records.postgresql import PostgresRecords
 from hub.records.session import Session
 from hub.records.transfer import sqlite_path
+from hub.records.unit import RecordsUnit
 from hub.store.base import IngestBatch, SeqMessage
 from hub.store.sqlite import SQLiteStore
 from hub.timeseries.sqlite import SQLiteTimeSeries
@@ -39,14 +41,16 @@ def _embedded_deployment(path: Path) -> None:
     store = SQLiteStore(path)
     store.open()
     try:
-        receipts = [store.write(partial(ROUTE.apply, _payment(n))).result["receipt_no"] for n in (1, 2)]
-        store.write(lambda s: ledger.reverse(s, receipts[0], "void", "wrong fee", datetime.now(UTC), by="malee"))
+        receipts = [store.write(lambda s, n=n: ROUTE.apply(_payment(n), RecordsUnit(s))).result["receipt_no"]  # type: ignore[misc]
+                    for n in (1, 2)]
+        store.write(lambda s: SqlBook(s).reverse(receipts[0], "void", "wrong fee", datetime.now(UTC), by="malee"))
         report = Tx(device="kk-kiosk-0001", seq=3, tx_id="TX-MOVE-REPORT", kind="issue.report", created_at=now(),
                     data={"category": "streetlight", "description": "dark corner"},
                     location=Location(lat=16.45, lon=102.8))
-        outcome = store.write(lambda s: ReportRoute(Zones(DEMO_ZONES)).apply(report, s))
+        outcome = store.write(lambda s: ReportRoute(Zones(DEMO_ZONES)).apply(report, RecordsUnit(s)))
         assert outcome.status is TxStatus.ACCEPTED
-        store.write(lambda s: change_status(s, int(outcome.result["report_id"]), "assigned", "team-1", "go", "malee"))
+        store.write(lambda s: SqlReportBook(s).change_status(int(outcome.result["report_id"]), "assigned", "team-1",
+                                                             "go", "malee"))
 
         def fleet(s: Session) -> None:
             s.execute("INSERT INTO users (name, password_hash, roles, disabled, created_at, changed_at) "
@@ -98,7 +102,7 @@ def test_migrate_store_copies_every_records_table_and_verifies_the_counts(
         history = records.read(lambda s: s.execute(
             "SELECT status FROM report_history ORDER BY rowid").fetchall())
         assert history == [("new",), ("assigned",)]
-        receipt = records.write(lambda s: ROUTE.apply(_payment(9), s)).result["receipt_no"]
+        receipt = records.write(lambda s: ROUTE.apply(_payment(9), RecordsUnit(s))).result["receipt_no"]
         assert str(receipt).endswith("-000003")  # the counter came along: no number given twice
         assert records.read(lambda s: s.execute("SELECT max(id) FROM ledger").fetchone()) == (4,)
     finally:

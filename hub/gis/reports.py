@@ -1,4 +1,8 @@
-"""Problem reports at a place: stored as point features, assigned to a municipal zone, moved through a workflow."""
+"""Problem reports at a place: stored as point features, assigned to a municipal zone, moved through a workflow.
+
+The rules live here (categories, the zones layer, the workflow); the reports tables are
+:mod:`hub.gis.repository`'s.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,16 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shapely.geometry import Point, shape
 from shapely.prepared import PreparedGeometry, prep
 
 from edge.contract import REPORT_CATEGORIES, Tx, TxOutcome, TxStatus, format_timestamp
 from hub.errors import HubConfigError
-from hub.records.dialect import dialect_of
-from hub.records.session import Session
+
+if TYPE_CHECKING:
+    from hub.records.unit import RecordsUnit
 
 DEMO_ZONES = Path(__file__).with_name("demo-zones.geojson")
 
@@ -68,6 +73,34 @@ class Zones:
         return next((z.zone for z in self.zones if z.prepared.covers(point)), None)
 
 
+@dataclass(frozen=True)
+class NewReport:
+    """A report as a kiosk's transaction brings it."""
+
+    tx_id: str
+    device: str
+    category: str
+    description: str
+    lat: float
+    lon: float
+    zone: str | None
+    citizen_ref: str | None
+    created_at: str
+
+
+class ReportBook(Protocol):
+    """The reports tables and the zones lookup inside one records transaction: what a route writes
+    (:attr:`hub.records.unit.RecordsUnit.reports`)."""
+
+    def zone_at(self, zones: Zones, lon: float, lat: float) -> str | None:
+        """The zone containing the point (WGS 84), or None."""
+        ...
+
+    def add(self, report: NewReport) -> int:
+        """Store a ``new`` report with the first line of its history; returns its id."""
+        ...
+
+
 class ReportRoute:
     """Applies ``issue.report`` transactions: a report at a place becomes a feature in its zone."""
 
@@ -76,8 +109,8 @@ class ReportRoute:
     def __init__(self, zones: Zones) -> None:
         self.zones = zones
 
-    def apply(self, tx: Tx, db: Session) -> TxOutcome:
-        """Store the report inside the hub's transaction; never commits."""
+    def apply(self, tx: Tx, unit: RecordsUnit) -> TxOutcome:
+        """Store the report inside the hub's transaction, through the unit's reports; never commits."""
         category, description = tx.data.get("category"), tx.data.get("description", "")
         reason = None
         if category not in CATEGORIES:
@@ -88,15 +121,10 @@ class ReportRoute:
             reason = "a problem report needs a location"
         if reason is not None or tx.location is None:
             return TxOutcome(tx_id=tx.tx_id, status=TxStatus.REJECTED, duplicate=False, reason=reason, result={})
-        zone = dialect_of(db).zone_at(db, self.zones, tx.location.lon, tx.location.lat)
+        zone = unit.reports.zone_at(self.zones, tx.location.lon, tx.location.lat)
         stamp = format_timestamp(datetime.now(UTC))
-        cur = db.execute(
-            "INSERT INTO reports (tx_id, device, category, description, lat, lon, zone, status, citizen_ref, "
-            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'new', ?, ?, ?) RETURNING id",
-            (tx.tx_id, tx.device, category, description, tx.location.lat, tx.location.lon, zone,
-             tx.citizen.ref if tx.citizen else None, stamp, stamp))
-        report_id = int(cur.fetchone()[0])
-        db.execute("INSERT INTO report_history (report_id, at, status) VALUES (?, ?, 'new')", (report_id, stamp))
+        report_id = unit.reports.add(NewReport(tx.tx_id, tx.device, str(category), description, tx.location.lat,
+                                               tx.location.lon, zone, tx.citizen.ref if tx.citizen else None, stamp))
         th, en = CATEGORIES[str(category)]
         return TxOutcome(tx_id=tx.tx_id, status=TxStatus.ACCEPTED, duplicate=False, reason=None, result={
             "report_id": report_id, "zone": zone, "status": "new", "category": category, "category_th": th,
@@ -107,43 +135,27 @@ class WorkflowError(ValueError):
     """A status change the workflow does not allow."""
 
 
-def change_status(db: Session, report_id: int, status: str, assignee: str | None,
-                  note: str | None, by: str | None = None) -> dict[str, Any]:
-    """Move a report through the workflow (user ``by`` does it); returns the updated report."""
-    row = db.execute("SELECT status, assignee FROM reports WHERE id = ?", (report_id,)).fetchone()
-    if row is None:
-        raise LookupError(f"no report {report_id}")
-    current, current_assignee = row
+def next_assignee(report_id: int, current: str, current_assignee: str | None, status: str,
+                  assignee: str | None) -> str | None:
+    """Who a report is assigned to after moving from ``current`` to ``status`` (a report back to ``new`` has
+    nobody); WorkflowError when the workflow does not allow the move."""
     if status not in WORKFLOW.get(current, frozenset()):
         allowed = ", ".join(sorted(WORKFLOW.get(current, frozenset()))) or "nothing"
         raise WorkflowError(f"report {report_id} is {current}: it can become {allowed}, not {status}")
     assignee = assignee or (current_assignee if status != "new" else None)
     if status == "assigned" and not assignee:
         raise WorkflowError("assigning a report needs an assignee (a team or an officer)")
-    stamp = format_timestamp(datetime.now(UTC))
-    db.execute("UPDATE reports SET status = ?, assignee = ?, updated_at = ? WHERE id = ?",
-               (status, assignee, stamp, report_id))
-    db.execute("INSERT INTO report_history (report_id, at, status, assignee, note, by_user) "
-               "VALUES (?, ?, ?, ?, ?, ?)", (report_id, stamp, status, assignee, note, by))
-    return report(db, report_id) or {}
+    return assignee
 
 
-_COLUMNS = "id, device, category, description, lat, lon, zone, status, assignee, created_at, updated_at"
-
-
-def _feature(row: tuple[Any, ...]) -> dict[str, Any]:
-    rid, device, category, description, lat, lon, zone, status, assignee, created, updated = row
+def feature(report_id: int, device: str, category: str, description: str, lat: float, lon: float,
+            zone: str | None, status: str, assignee: str | None, created: str, updated: str) -> dict[str, Any]:
+    """A report as a GeoJSON point feature."""
     th, en = CATEGORIES.get(category, (category, category))
-    return {"type": "Feature", "id": rid, "geometry": {"type": "Point", "coordinates": [lon, lat]},
+    return {"type": "Feature", "id": report_id, "geometry": {"type": "Point", "coordinates": [lon, lat]},
             "properties": {"category": category, "category_th": th, "category_en": en, "description": description,
                            "zone": zone, "status": status, "assignee": assignee, "device": device,
                            "created_at": created, "updated_at": updated}}
-
-
-def report(db: Session, report_id: int) -> dict[str, Any] | None:
-    """One report as a GeoJSON feature."""
-    row = db.execute(f"SELECT {_COLUMNS} FROM reports WHERE id = ?", (report_id,)).fetchone()  # noqa: S608
-    return _feature(row) if row else None
 
 
 @dataclass(frozen=True)
@@ -155,29 +167,3 @@ class FeatureQuery:
     end: str | None = None
     status: str | None = None
     zone: str | None = None
-
-
-def reports(db: Session, query: FeatureQuery, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-    """Reports matching the query, oldest first, and how many match in all."""
-    where: list[str] = ["1 = 1"]
-    args: list[Any] = []
-    if query.bbox:
-        minx, miny, maxx, maxy = query.bbox
-        where.append("lon BETWEEN ? AND ? AND lat BETWEEN ? AND ?")
-        args += [minx, maxx, miny, maxy]
-    if query.start:
-        where.append("created_at >= ?")
-        args.append(query.start)
-    if query.end:
-        where.append("created_at <= ?")
-        args.append(query.end)
-    for column in ("status", "zone"):
-        value = getattr(query, column)
-        if value:
-            where.append(f"{column} = ?")
-            args.append(value)
-    clause = " AND ".join(where)
-    total = db.execute(f"SELECT COUNT(*) FROM reports WHERE {clause}", args).fetchone()[0]  # noqa: S608
-    rows = db.execute(f"SELECT {_COLUMNS} FROM reports WHERE {clause} ORDER BY id LIMIT ? OFFSET ?",  # noqa: S608
-                      [*args, limit, offset]).fetchall()
-    return [_feature(r) for r in rows], int(total)

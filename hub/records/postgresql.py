@@ -15,7 +15,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
@@ -30,7 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from hub.errors import HubConfigError, RecordRejected, StoreError
 from hub.records.migrate import Migration, describe, upgrade
 from hub.records.session import Session
-from hub.store.sqlite import SQLiteStore
+from hub.store.records import RecordsStore
 
 if TYPE_CHECKING:
     from hub.gis.reports import Zones
@@ -351,50 +351,18 @@ class PostgresDialect:
 DIALECT: Final = PostgresDialect()
 
 
-class _Rows:
-    """A statement's result, fetched whole from a pooled read connection that is already back in the pool."""
-
-    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
-        self.description = cursor.description
-        self.rowcount = cursor.rowcount
-        self._rows: list[Any] = cursor.fetchall() if cursor.description is not None else []
-
-    def fetchone(self) -> Any:
-        return self._rows.pop(0) if self._rows else None
-
-    def fetchall(self) -> list[Any]:
-        rows, self._rows = self._rows, []
-        return rows
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.fetchall())
-
-
-class _PooledReads:
-    """What :class:`hub.store.sqlite.SQLiteStore`'s queries call ``self._r()`` for: one statement per pooled
-    read-only connection (each its own snapshot, as SQLite's autocommit reads)."""
-
-    def __init__(self, records: PostgresRecords) -> None:
-        self._records = records
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
-        return self._records.read(lambda session: _Rows(session.execute(sql, params)))
-
-
-class PostgresStore(SQLiteStore):
+class PostgresStore(RecordsStore):
     """The hub's store (:class:`hub.store.base.SqlStore`) with its records on PostgreSQL.
 
-    It runs the store's portable domain SQL, written once in :class:`hub.store.sqlite.SQLiteStore`, on
-    :class:`PostgresRecords` instead of a SQLite file: every method that touches a connection is replaced, the
-    rest (ingest, transactions, commands, queries) is shared. Readings go to the time-series store."""
+    The store's domain SQL is the engine-neutral :class:`hub.store.records.RecordsStore`'s; this class supplies
+    its transactions from :class:`PostgresRecords`. Readings go to the time-series store."""
 
     def __init__(self, url: str, deadletter_keep_bytes: int = 4096,
                  schemas: Sequence[Callable[[Session], None]] = (), *, password_file: Path | None = None,
                  max_connections: int = 10) -> None:
-        super().__init__(Path(), deadletter_keep_bytes, schemas, readings=False)
+        super().__init__(deadletter_keep_bytes, schemas)
         self.records = PostgresRecords(url, password_file=password_file, max_connections=max_connections,
                                        migrate=False)
-        self._reads = _PooledReads(self.records)
 
     def open(self) -> None:
         """Connect, apply the pending migrations, then the ``schemas`` hooks."""
@@ -418,9 +386,6 @@ class PostgresStore(SQLiteStore):
     def read(self, work: Callable[[Session], T]) -> T:
         """See :meth:`PostgresRecords.read`."""
         return self.records.read(work)
-
-    def _r(self) -> Any:
-        return self._reads
 
 
 def records_store(url: str, *, deadletter_keep_bytes: int = 4096, password_file: Path | None = None) -> PostgresStore:

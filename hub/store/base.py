@@ -12,11 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from edge.contract import Event, Reading, Reply, Status, Tx, TxOutcome
 from hub.records.migrate import Migration
 from hub.records.session import Session
+
+if TYPE_CHECKING:
+    from hub.records.unit import RecordsUnit
 
 T = TypeVar("T")
 
@@ -184,8 +187,9 @@ class CommandRecord:
     """Replies that came after the first one (QoS 1 redeliveries, replays): counted, never stored."""
 
 
-TxDecision = Callable[[Tx, Session], TxOutcome]
-"""Applies a transaction inside the store's database transaction and returns its outcome."""
+TxDecision = Callable[[Tx, "RecordsUnit"], TxOutcome]
+"""Applies a transaction through the repositories of the store's database transaction and returns its outcome
+(:meth:`hub.router.Router.decide`)."""
 
 
 class Store(Protocol):
