@@ -223,26 +223,23 @@ def test_repeated_failed_sign_ins_are_slowed_without_blocking_the_hub_and_logged
     hub = procs["hub"](broker.port)
     url = f"{hub.url}/api/session"
     password = "not-the-password-7f3a"
-    for _ in range(3):
-        started = time.monotonic()
+    for _ in range(3):  # free tries (the delays themselves: the test above, on a clock of its own)
         assert httpx.post(url, json={"name": "admin", "password": password}, timeout=30).status_code == 401
-        assert time.monotonic() - started < 1.0
-    answered: list[float] = []
+    answered_at: list[float] = []
 
     def health_while_waiting() -> None:
-        time.sleep(0.3)
-        started = time.monotonic()
+        time.sleep(0.2)
         httpx.get(f"{hub.url}/healthz", timeout=10)
-        answered.append(time.monotonic() - started)
+        answered_at.append(time.monotonic())
 
     probe = threading.Thread(target=health_while_waiting)
     probe.start()
     started = time.monotonic()
     fourth = httpx.post(url, json={"name": "admin", "password": TEST_PASSWORD}, timeout=30)
-    held = time.monotonic() - started
+    done = time.monotonic()
     probe.join()
-    assert fourth.status_code == 200 and held >= 1.0  # even the right password waits its turn
-    assert answered and answered[0] < 0.5
+    assert fourth.status_code == 200 and done - started >= 1.0  # even the right password waits its turn
+    assert answered_at and answered_at[0] < done  # the hub answered others while the sign-in waited
     log = wait_for(lambda: hub.log() if "failed sign-in for 'admin'" in hub.log() else None, 10, "the log")
     assert "(3 in 15 min)" in log and password not in log and TEST_PASSWORD not in log
 
