@@ -7,6 +7,7 @@ path of a separate time-series store.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from hub.errors import RecordRejected, StoreError, TimeSeriesUnavailable
 from hub.records.session import Session
 from hub.store.base import ReadingBucket, ReadingKey, ReadingsPage
-from hub.timeseries.base import Point
+from hub.timeseries.base import Point, ReadingColumns, sorted_units
 
 if TYPE_CHECKING:
     from hub.store.sqlite import SQLiteStore
@@ -124,6 +125,32 @@ class SQLiteTimeSeries:
                 for head, text, value, tail, _, _, _ in page]
         last = page[-1] if page else None
         return ReadingsPage(rows=rows, next_after=(last[4], last[5], last[6]) if last and len(found) > limit else None)
+
+    def readings_columns(self, device: str, quantity: str, sensor: str | None, since: datetime, until: datetime,
+                         limit: int, after: ReadingKey | None = None) -> ReadingColumns:
+        """Times and values fetched as they are stored and written by ``json.dumps`` in one call per column (no
+        JSON built per reading, in SQLite or in Python)."""
+        where, args = _readings_where(device, quantity, since, until)
+        if sensor is not None:
+            where += " AND sensor = ?"
+            args.append(sensor)
+        if after is not None:
+            where += " AND (ts, seq, idx) > (?, ?, ?)"
+            args += after
+        sql = (f"SELECT ts, value, is_bool, sensor, unit, seq, idx FROM readings WHERE {where} "  # noqa: S608
+               "ORDER BY ts, seq, idx LIMIT ?")
+        found = self.store.read(lambda db: db.execute(sql, (*args, limit + 1)).fetchall())
+        page = found[:limit]
+        if not page:
+            return ReadingColumns(count=0, ts="[]", values="[]", sensors=(), units=(), next_after=None)
+        ts, values, flags, sensors, units, _, _ = zip(*page, strict=True)
+        if any(flags):
+            values = tuple(bool(v) if flag else v for v, flag in zip(values, flags, strict=True))
+        last = page[-1]
+        return ReadingColumns(count=len(page), ts=json.dumps(ts, separators=(",", ":")),
+                              values=json.dumps(values, separators=(",", ":"), ensure_ascii=False),
+                              sensors=tuple(sorted(set(sensors))), units=sorted_units(units),
+                              next_after=(last[0], last[5], last[6]) if len(found) > limit else None)
 
     def aggregate(self, device: str, quantity: str, since: datetime | None, until: datetime | None,
                   bucket_s: float, limit: int, origin: datetime | None = None) -> list[ReadingBucket]:
