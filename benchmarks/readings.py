@@ -94,15 +94,18 @@ def fill(store: SQLiteStore, params: Params) -> None:
         store.ingest(IngestBatch(messages=batch))
 
 
-def median_time(work: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls (after one untimed warm-up)."""
-    work()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_times(works: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of ``repeats`` calls of each work (after one untimed warm-up of each), the works taking
+    turns within each repetition so that a burst of load on the shared machine falls on all of them alike."""
+    for work in works.values():
         work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            start = time.perf_counter()
+            work()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(found) for name, found in times.items()}
 
 
 def measure(params: Params) -> Timings:
@@ -149,12 +152,11 @@ def measure(params: Params) -> Timings:
         if columns["truncated"] or columns["value"] != [r["value"] for r in body["readings"]] or columns["ts"] != [
                 round(datetime.fromisoformat(r["ts"]).timestamp() * 1000) for r in body["readings"]]:
             raise SystemExit("the columns answer does not hold the rows' times and values")
-        sql_s = median_time(lambda: db.execute(SQL, args).fetchall(), params.repeats)
-        api_s = median_time(lambda: get(base, limit=100_000), params.repeats)
         buckets = len(json.loads(get(f"{base}/buckets", bucket=3600)).get("buckets", []))
-        aggregate_s = median_time(lambda: get(f"{base}/buckets", bucket=3600), params.repeats)
-        columns_s = median_time(lambda: get(f"{base}/columns", limit=100_000), params.repeats)
-    return Timings(sql_s, api_s, aggregate_s, buckets, columns_s)
+        t = median_times({"sql": lambda: db.execute(SQL, args).fetchall(), "rows": lambda: get(base, limit=100_000),
+                          "aggregate": lambda: get(f"{base}/buckets", bucket=3600),
+                          "columns": lambda: get(f"{base}/columns", limit=100_000)}, params.repeats)
+    return Timings(t["sql"], t["rows"], t["aggregate"], buckets, t["columns"])
 
 
 def report(params: Params, t: Timings) -> str:
