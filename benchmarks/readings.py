@@ -55,11 +55,17 @@ class Timings:
     api_s: float
     aggregate_s: float
     buckets: int
+    columns_s: float
 
     @property
     def ratio(self) -> float:
         """API time over SQL time for the same rows."""
         return self.api_s / self.sql_s
+
+    @property
+    def columns_ratio(self) -> float:
+        """API time of the same rows as columns (times and values) over the SQL time."""
+        return self.columns_s / self.sql_s
 
     @property
     def aggregate_ratio(self) -> float:
@@ -68,8 +74,8 @@ class Timings:
 
     @property
     def passed(self) -> bool:
-        """The issue's bar, met by the rows or by the aggregates the dashboard draws from."""
-        return min(self.ratio, self.aggregate_ratio) <= BAR
+        """The issue's bar, met by the rows, their columns or the aggregates the dashboard draws from."""
+        return min(self.ratio, self.columns_ratio, self.aggregate_ratio) <= BAR
 
 
 def fill(store: SQLiteStore, params: Params) -> None:
@@ -88,15 +94,18 @@ def fill(store: SQLiteStore, params: Params) -> None:
         store.ingest(IngestBatch(messages=batch))
 
 
-def median_time(work: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls (after one untimed warm-up)."""
-    work()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_times(works: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of ``repeats`` calls of each work (after one untimed warm-up of each), the works taking
+    turns within each repetition so that a burst of load on the shared machine falls on all of them alike."""
+    for work in works.values():
         work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            start = time.perf_counter()
+            work()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(found) for name, found in times.items()}
 
 
 def measure(params: Params) -> Timings:
@@ -139,11 +148,15 @@ def measure(params: Params) -> Timings:
         args = (DEVICE, "pm2_5", int(START.timestamp() * 1000), int(until.timestamp() * 1000), 100_000)
         if len(db.execute(SQL, args).fetchall()) != params.rows:
             raise SystemExit("the SQL query did not return every row")
-        sql_s = median_time(lambda: db.execute(SQL, args).fetchall(), params.repeats)
-        api_s = median_time(lambda: get(base, limit=100_000), params.repeats)
+        columns = json.loads(get(f"{base}/columns", limit=100_000))
+        if columns["truncated"] or columns["value"] != [r["value"] for r in body["readings"]] or columns["ts"] != [
+                round(datetime.fromisoformat(r["ts"]).timestamp() * 1000) for r in body["readings"]]:
+            raise SystemExit("the columns answer does not hold the rows' times and values")
         buckets = len(json.loads(get(f"{base}/buckets", bucket=3600)).get("buckets", []))
-        aggregate_s = median_time(lambda: get(f"{base}/buckets", bucket=3600), params.repeats)
-    return Timings(sql_s, api_s, aggregate_s, buckets)
+        t = median_times({"sql": lambda: db.execute(SQL, args).fetchall(), "rows": lambda: get(base, limit=100_000),
+                          "aggregate": lambda: get(f"{base}/buckets", bucket=3600),
+                          "columns": lambda: get(f"{base}/columns", limit=100_000)}, params.repeats)
+    return Timings(t["sql"], t["rows"], t["aggregate"], buckets, t["columns"])
 
 
 def report(params: Params, t: Timings) -> str:
@@ -151,10 +164,12 @@ def report(params: Params, t: Timings) -> str:
     lines = [f"rows (one quantity)       {params.rows:>10,}",
              f"SQL, fetchall (ms)        {t.sql_s * 1000:>10.1f}",
              f"API, whole body (ms)      {t.api_s * 1000:>10.1f}   {t.ratio:.2f}x the SQL time",
+             f"API columns (ms)          {t.columns_s * 1000:>10.1f}   {t.columns_ratio:.2f}x the SQL time",
              f"API aggregate, 1 h (ms)   {t.aggregate_s * 1000:>10.1f}   {t.aggregate_ratio:.2f}x the SQL time "
              f"({t.buckets} buckets)",
              f"{'PASS' if t.passed else 'FAIL'}: the API serves the week's {params.rows:,} readings in {t.ratio:.2f}x "
-             f"the SQL time (bar {'met' if t.ratio <= BAR else 'not met'}), its hourly aggregates in "
+             f"the SQL time (bar {'met' if t.ratio <= BAR else 'not met'}), as columns in {t.columns_ratio:.2f}x "
+             f"(bar {'met' if t.columns_ratio <= BAR else 'not met'}), its hourly aggregates in "
              f"{t.aggregate_ratio:.2f}x (bar {'met' if t.aggregate_ratio <= BAR else 'not met'}); bar: at most "
              f"{BAR:g}x, medians of {params.repeats}"]
     return "\n".join(lines)
@@ -183,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report(params, timings))
     if args.json:
         print(json.dumps({"params": {**asdict(params), "rows": params.rows}, "median": asdict(timings),
-                          "ratio": timings.ratio, "aggregate_ratio": timings.aggregate_ratio, "bar": BAR,
-                          "pass": timings.passed}))
+                          "ratio": timings.ratio, "columns_ratio": timings.columns_ratio,
+                          "aggregate_ratio": timings.aggregate_ratio, "bar": BAR, "pass": timings.passed}))
     return 0 if timings.passed else 1
 
 

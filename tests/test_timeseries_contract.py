@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hub.backends import Backends, open_backends
-from hub.timeseries.base import Point, TimeSeries
+from hub.timeseries.base import Point, ReadingColumns, TimeSeries
 from tests.fixtures.victoria import Victoria
 
 T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
@@ -111,3 +111,25 @@ def test_retention_purges_what_is_older_than_the_cutoff(timeseries_engine: TimeS
         assert timeseries_engine.purge_before(_at(250)) == 0
         assert [s for s, _ in _seqs(timeseries_engine)] == [1, 2, 3, 4]
     assert timeseries_engine.healthy()
+
+
+def test_columns_are_a_quantitys_times_and_values_in_pages(timeseries_engine: TimeSeries) -> None:
+    timeseries_engine.write([_pm(1, 10, 11), _pm(2, 20, 12.5), _pm(3, 30, True), _pm(4, 40, "n/a ไฟ"),
+                             _pm(5, 50, 7, unit=None), _pm(5, 50, 1, idx=1, quantity="pm10"),
+                             Point(POLE, 6, 0, _at(60), "pm-b", "pm2_5", -2.25, "ug/m3"), _pm(7, 70, 99, device=OTHER)])
+    day = (T0, _at(86_400))
+    whole = timeseries_engine.readings_columns(POLE, "pm2_5", None, *day, 10)
+    t = [round(_at(s).timestamp() * 1000) for s in range(10, 70, 10)]
+    assert whole == ReadingColumns(count=6, ts=json.dumps(t).replace(" ", ""), values='[11,12.5,true,"n/a ไฟ",7,-2.25]',
+                                   sensors=("pm", "pm-b"), units=(None, "ug/m3"), next_after=None)
+    first = timeseries_engine.readings_columns(POLE, "pm2_5", None, *day, 2)
+    assert (first.count, first.values, first.next_after) == (2, "[11,12.5]", (t[1], 2, 0))
+    rest = timeseries_engine.readings_columns(POLE, "pm2_5", None, *day, 3, first.next_after)
+    assert (rest.count, rest.values, rest.next_after) == (3, '[true,"n/a ไฟ",7]', (t[4], 5, 0))
+    last = timeseries_engine.readings_columns(POLE, "pm2_5", None, *day, 3, rest.next_after)
+    assert (last.values, last.sensors, last.next_after) == ("[-2.25]", ("pm-b",), None)
+    window = timeseries_engine.readings_columns(POLE, "pm2_5", "pm", _at(20), _at(60), 10)
+    assert (window.ts, window.values, window.sensors, window.units) == (
+        f"[{t[1]},{t[2]},{t[3]},{t[4]}]", '[12.5,true,"n/a ไฟ",7]', ("pm",), (None, "ug/m3"))
+    empty = timeseries_engine.readings_columns(POLE, "pm2_5", "pm-c", *day, 10)
+    assert empty == ReadingColumns(count=0, ts="[]", values="[]", sensors=(), units=(), next_after=None)

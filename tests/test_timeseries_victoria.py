@@ -91,6 +91,27 @@ def test_readings_pages_are_the_rows_sqlite_writes(sqlite: SQLiteTimeSeries, vm:
     assert vm.readings_page("kk-aq-0002", None, None, None, 10).rows == []
 
 
+def test_columns_are_sqlites_text_for_text(sqlite: SQLiteTimeSeries, vm: VictoriaMetrics) -> None:
+    _load(sqlite, vm)
+    windows: list[tuple[str, str | None, datetime, datetime]] = [
+        ("pm25", None, T0, T0 + timedelta(days=1)), ("pm25", "pm-b", T0, T0 + timedelta(days=1)),
+        ("temperature", None, T0 + timedelta(seconds=500), T0 + timedelta(seconds=2000)),
+        (ODD[1], ODD[0], T0, T0 + timedelta(days=1)), (ODD[2], None, T0, T0 + timedelta(days=1))]
+    for quantity, sensor, since, until in windows:
+        for limit in (7, 1000):
+            pages_w, pages_g, after_w, after_g = [], [], None, None
+            while True:
+                page_w = sqlite.readings_columns("kk-aq-0001", quantity, sensor, since, until, limit, after_w)
+                page_g = vm.readings_columns("kk-aq-0001", quantity, sensor, since, until, limit, after_g)
+                pages_w.append(page_w)
+                pages_g.append(page_g)
+                if page_w.next_after is None or page_g.next_after is None:
+                    break
+                after_w, after_g = page_w.next_after, page_g.next_after
+            assert pages_g == pages_w, (quantity, sensor, since, until, limit)
+            assert pages_w[0].count
+
+
 def test_buckets_are_sqlites_to_the_last_bit(sqlite: SQLiteTimeSeries, vm: VictoriaMetrics) -> None:
     _load(sqlite, vm)
     spans: list[tuple[datetime | None, datetime | None]] = [

@@ -85,6 +85,7 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", "/api/devices/{device}/readings"): READ,
     ("GET", "/api/devices/{device}/readings/aggregate"): READ,
     ("GET", "/api/devices/{device}/readings/buckets"): READ,
+    ("GET", "/api/devices/{device}/readings/columns"): READ,
     ("GET", "/api/devices/{device}/quantities"): READ,
     ("GET", "/api/deadletters"): READ,
     ("POST", "/api/devices/{device}/commands"): role("operator"),

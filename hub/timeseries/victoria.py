@@ -45,7 +45,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 
 from hub.errors import HubConfigError, RecordRejected, TimeSeriesUnavailable
 from hub.store.base import ReadingBucket, ReadingKey, ReadingsPage
-from hub.timeseries.base import Point
+from hub.timeseries.base import Point, ReadingColumns, sorted_units
 
 SCHEME: Final = "victoriametrics+"
 """``victoriametrics+http://HOST:PORT``: the time-series URL of this backend."""
@@ -148,9 +148,9 @@ class _Series:
 
     def __init__(self, labels: dict[str, str]) -> None:
         self.labels = labels
-        unit = labels.get("unit", "" if "unit_empty" in labels else None)
+        self.unit = labels.get("unit", "" if "unit_empty" in labels else None)
         self.head = f'"sensor":{_json(labels["sensor"])},"quantity":{_json(labels["quantity"])},"value":'
-        self.tail = f'"unit":{_json(unit)},"seq":'
+        self.tail = f'"unit":{_json(self.unit)},"seq":'
         self._decode = _DECODE[labels["type"]]
 
     def value(self, raw: Any) -> str:
@@ -274,31 +274,49 @@ class VictoriaMetrics:
         found.sort(key=lambda row: row[0])
         return found
 
-    def readings_page(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
-                      limit: int, after: ReadingKey | None = None) -> ReadingsPage:
-        """Readings in (ts, seq, idx) order as the API's JSON objects, exported in windows sized from the
+    def _page(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
+              limit: int, after: ReadingKey | None, extra: str = "") -> list[tuple[ReadingKey, _Series, Any]]:
+        """Up to ``limit + 1`` readings in (ts, seq, idx) order after ``after``, exported in windows sized from the
         count of samples in the range to hold about one page each (bounded memory for a large range)."""
-        selector = self._selector(device, quantity, '"reading_(value|seq|idx)"')
+        selector = self._selector(device, quantity, '"reading_(value|seq|idx)"', extra)
         lo, hi = self._bounds(selector, since, until)
         if after is not None:
             lo = max(lo, after[0])
         rows: list[tuple[ReadingKey, _Series, Any]] = []
-        width = self._window(device, quantity, lo, hi, limit)
+        width = self._window(device, quantity, lo, hi, limit, extra)
         start = lo
         while start < hi and len(rows) <= limit:
             end = min(hi, start + width)
             rows += [r for r in self._samples(selector, start, end - 1) if after is None or r[0] > after]
             start, width = end, width * 2
+        return rows[:limit + 1]
+
+    def readings_page(self, device: str, quantity: str | None, since: datetime | None, until: datetime | None,
+                      limit: int, after: ReadingKey | None = None) -> ReadingsPage:
+        """Readings in (ts, seq, idx) order as the API's JSON objects."""
+        rows = self._page(device, quantity, since, until, limit, after)
         page = rows[:limit]
         return ReadingsPage(rows=[f'{{"ts":"{_iso(key[0])}",{one.head}{one.value(v)},{one.tail}{key[1]}}}'
                                   for key, one, v in page],
                             next_after=page[-1][0] if len(rows) > limit else None)
 
-    def _window(self, device: str, quantity: str | None, lo: int, hi: int, limit: int) -> int:
+    def readings_columns(self, device: str, quantity: str, sensor: str | None, since: datetime, until: datetime,
+                         limit: int, after: ReadingKey | None = None) -> ReadingColumns:
+        """A quantity's readings as columns, each value written as the rows write it."""
+        extra = f",sensor={_quote(sensor)}" if sensor is not None else ""
+        rows = self._page(device, quantity, since, until, limit, after, extra)
+        page = rows[:limit]
+        return ReadingColumns(count=len(page), ts=f"[{','.join([str(key[0]) for key, _, _ in page])}]",
+                              values=f"[{','.join([one.value(v) for _, one, v in page])}]",
+                              sensors=tuple(sorted({one.labels['sensor'] for _, one, _ in page})),
+                              units=sorted_units(one.unit for _, one, _ in page),
+                              next_after=page[-1][0] if len(rows) > limit else None)
+
+    def _window(self, device: str, quantity: str | None, lo: int, hi: int, limit: int, extra: str = "") -> int:
         """An export window from ``lo`` that holds about ``limit`` readings, judged by the count in [lo, hi)."""
         if hi <= lo:
             return 1
-        selector = self._selector(device, quantity, '"reading_value"')
+        selector = self._selector(device, quantity, '"reading_value"', extra)
         found = self._query(f"sum(count_over_time({selector}[{hi - lo}ms]))", hi - 1)
         count = float(found[0]["value"][1]) if found else 0.0
         if count <= limit:
