@@ -105,3 +105,47 @@ def test_only_the_sqlite_engine_modules_import_sqlite3(path: Path) -> None:
 @pytest.mark.parametrize("module", ["hub/store/base.py", "hub/store/records.py", "hub/records/unit.py"])
 def test_the_engine_neutral_store_imports_no_engine(module: str) -> None:
     assert not _imports(ROOT / module) & _ENGINES
+
+
+_COMPOSITION_ROOT = ROOT / "hub" / "serve.py"
+"""Opens the stores and assembles the app from the routers (it loads the zones at start-up): not an API module."""
+
+
+def _api_modules() -> list[Path]:
+    """``hub/api/*.py``, ``hub/*/api.py`` and every other hub module that builds routes (imports FastAPI)."""
+    named = set(_files("hub/api")) | set((ROOT / "hub").glob("*/api.py"))
+    routed = {p for p in _files("hub") if any(m.split(".")[0] == "fastapi" for m in _imports(p))}
+    return sorted((named | routed) - {_COMPOSITION_ROOT})
+
+
+def _hands_work_to_a_transaction(path: Path) -> bool:
+    """Whether the module passes a function to a store's ``read``/``write`` (a lambda given the connection), or
+    runs one of them in a thread (``to_thread(store.read, ...)``)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        if (isinstance(node.func, ast.Attribute) and node.func.attr in {"read", "write"}
+                and any(isinstance(a, ast.Lambda) for a in node.args)):
+            return True
+        if any(isinstance(a, ast.Attribute) and a.attr in {"read", "write"} for a in node.args):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("path", _api_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_api_modules_call_repositories_never_a_session_or_sql(path: Path) -> None:
+    assert "hub.records.session" not in _imports(path), f"{path} imports the Session"
+    assert not _runs_sql(path), f"{path} runs SQL instead of calling its repository"
+    assert not _hands_work_to_a_transaction(path), f"{path} runs work in a store transaction itself"
+
+
+def test_the_api_rules_cover_the_api_folders_and_every_router(tmp_path: Path) -> None:
+    names = {p.relative_to(ROOT).as_posix() for p in _api_modules()}
+    assert {"hub/api/events.py", "hub/alarms/api.py", "hub/finance/api.py", "hub/auth/users.py"} <= names
+    module = tmp_path / "m.py"
+    module.write_text("def f(store, q):\n    return store.read(lambda db: q(db))\n")
+    assert _hands_work_to_a_transaction(module)
+    module.write_text("async def f(store, q):\n    return await asyncio.to_thread(store.read, q)\n")
+    assert _hands_work_to_a_transaction(module)
+    module.write_text("async def f(upload):\n    return await upload.read()\n")
+    assert not _hands_work_to_a_transaction(module)

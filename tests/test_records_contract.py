@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from shapely.geometry import shape
 
-from edge.contract import DeviceState, Location, Reading, Reply, Status, Tx, TxOutcome, TxStatus
+from edge.contract import DeviceState, Event, Location, Reading, Reply, Severity, Status, Tx, TxOutcome, TxStatus
 from hub.audit import CLI, AuditLog
 from hub.backends import open_backends
 from hub.errors import StoreError
@@ -318,3 +318,42 @@ def test_a_report_route_finds_its_zone_through_the_engine(records_engine: SqlSto
     feature = reports.feature(int(found.result["report_id"]))
     assert feature is not None and feature["geometry"]["coordinates"] == [inside.x, inside.y]
     assert [h["status"] for h in reports.history(int(found.result["report_id"]))] == ["new"]
+
+
+def _event(device: str, seq: int, minute: int, name: str, severity: Severity = Severity.CRITICAL) -> SeqMessage:
+    e = Event(device=device, seq=seq, ts=T0 + timedelta(minutes=minute), sensor=name.split(".")[0], event=name,
+              severity=severity, data={"seq": seq, "site": "ขอนแก่น"})
+    return SeqMessage(device=device, seq=seq, received_at=T0.timestamp() + seq, event=e)
+
+
+def test_events_come_newest_first_filtered_and_paged_by_their_cursor(records_engine: SqlStore) -> None:
+    other = "kk-aq-0502"
+    records_engine.ingest(IngestBatch(messages=[
+        _event(POLE, 1, 0, "sos.pressed"), _event(POLE, 2, 1, "sos.released", Severity.INFO),
+        _event(other, 1, 1, "sos.pressed"), _event(POLE, 3, 2, "door.opened", Severity.WARNING),
+        _event(POLE, 4, 2, "sos.pressed")]))
+
+    def keys(**filters: Any) -> list[tuple[str, int]]:
+        return [(e.device, e.seq) for e in records_engine.events(100, **filters)]
+
+    newest_first = [(POLE, 4), (POLE, 3), (other, 1), (POLE, 2), (POLE, 1)]  # by time, then device, then seq
+    assert keys() == newest_first
+    assert keys(event="sos.pressed") == [(POLE, 4), (other, 1), (POLE, 1)]
+    assert keys(event_prefix="sos.") == [(POLE, 4), (other, 1), (POLE, 2), (POLE, 1)]
+    assert keys(event_prefix="so_") == keys(event_prefix="%") == []  # a prefix is text, not a pattern
+    assert keys(severity="info") == [(POLE, 2)]
+    assert keys(device=other) == [(other, 1)]
+    assert keys(sensor="door") == [(POLE, 3)]
+    minute = 60_000
+    since = int(T0.timestamp() * 1000) + minute
+    assert keys(since=since, until=since + minute) == [(other, 1), (POLE, 2)]
+    assert keys(device=POLE, event_prefix="sos.", since=since) == [(POLE, 4), (POLE, 2)]
+    pages: list[tuple[str, int]] = []
+    before = None
+    while page := records_engine.events(2, before=before):
+        pages += [(e.device, e.seq) for e in page]
+        before = (page[-1].ts, page[-1].device, page[-1].seq)
+    assert pages == newest_first
+    first = records_engine.events(1)[0]
+    assert (first.ts, first.sensor, first.event, first.severity, first.data) == (
+        since + minute, "sos", "sos.pressed", "critical", {"seq": 4, "site": "ขอนแก่น"})

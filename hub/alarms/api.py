@@ -11,14 +11,13 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from edge.contract import DeviceId
 from hub import aqi
-from hub.alarms import store as sql
 from hub.alarms.engine import AlarmEngine
 from hub.alarms.rules import RULE, AlarmSeverity, AnyRule
+from hub.alarms.store import AlarmRecords, audited
 from hub.api.bounds import Instant, PositiveId
 from hub.audit import Actor, AuditLog
 from hub.auth.web import CurrentActor
 from hub.errors import AlarmError
-from hub.records.session import Session
 
 Comment = Annotated[str | None, Field(max_length=1000)]
 RuleId = Annotated[str, Path(min_length=1, max_length=64)]
@@ -72,7 +71,7 @@ def _view(alarm: dict[str, Any]) -> dict[str, Any]:
 def create_router(engine: AlarmEngine, audit: AuditLog) -> APIRouter:
     """Alarm, rule, notification and AQI endpoints over the engine; every change is audited with its actor."""
     router = APIRouter()
-    store = engine.store
+    records = AlarmRecords(engine.store)
 
     @router.get("/api/alarms")
     def alarms(state: Literal["active", "acknowledged", "shelved", "cleared"] | None = None,
@@ -82,27 +81,24 @@ def create_router(engine: AlarmEngine, audit: AuditLog) -> APIRouter:
                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
         """Alarms newest first, filtered by state, severity, device and rule."""
         filters = {"state": state, "severity": severity.value if severity else None, "device": device, "rule": rule}
-        return [_view(a) for a in store.read(lambda db: sql.alarms(db, filters, limit))]
+        return [_view(a) for a in records.alarms(filters, limit)]
 
     @router.get("/api/alarms/{alarm_id}")
     def alarm(alarm_id: PositiveId) -> dict[str, Any]:
         """One alarm with its history (who did what) and its notifications."""
-        found = store.read(lambda db: sql.alarm(db, alarm_id))
+        found = records.alarm(alarm_id)
         if found is None:
             raise HTTPException(404, f"no alarm {alarm_id}")
-        out = _view(found)
-        out["history"] = [{**h, "at": _when(h["at"])} for h in store.read(lambda db: sql.history(db, alarm_id))]
-        out["notifications"] = store.read(lambda db: sql.notifications(db, alarm_id, None, None, 100))
-        return out
+        return {**_view(found), "history": [{**h, "at": _when(h["at"])} for h in found["history"]]}
 
     def _act(alarm_id: int, action: str, actor: Actor, comment: str | None, until: float | None = None,
              ) -> dict[str, Any]:
-        def audited(db: Session, before: dict[str, Any], after: dict[str, Any]) -> None:
-            audit.record(actor, f"alarm.{action}", f"alarm/{alarm_id}", _view(before),
-                         {**_view(after), "comment": comment}, db=db)
+        def shown(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            return _view(before), {**_view(after), "comment": comment}
 
         try:
-            after = engine.act(alarm_id, action, actor.user, comment, until, audited=audited)
+            after = engine.act(alarm_id, action, actor.user, comment, until,
+                               audited=audited(audit, actor, f"alarm.{action}", f"alarm/{alarm_id}", shown))
         except LookupError as err:
             raise HTTPException(404, str(err)) from err
         except AlarmError as err:
@@ -145,8 +141,7 @@ def create_router(engine: AlarmEngine, audit: AuditLog) -> APIRouter:
         """Add or replace a rule (admin); rules from the rules file are changed in the file."""
         try:
             rule: AnyRule = RULE.validate_python({**body, "id": rule_id})
-            engine.put_rule(rule, actor.user, audited=lambda db, before, after: audit.record(
-                actor, "alarm-rule.put", f"alarm-rule/{rule_id}", before, after, db=db))
+            engine.put_rule(rule, actor.user, audited=audited(audit, actor, "alarm-rule.put", f"alarm-rule/{rule_id}"))
         except AlarmError as err:
             raise HTTPException(409, str(err)) from err
         except ValueError as err:
@@ -157,8 +152,8 @@ def create_router(engine: AlarmEngine, audit: AuditLog) -> APIRouter:
     def delete_rule(rule_id: RuleId, actor: CurrentActor) -> None:
         """Remove a rule added through the API."""
         try:
-            deleted = engine.delete_rule(rule_id, audited=lambda db, before, after: audit.record(
-                actor, "alarm-rule.delete", f"alarm-rule/{rule_id}", before, after, db=db))
+            deleted = engine.delete_rule(rule_id, audited=audited(audit, actor, "alarm-rule.delete",
+                                                                  f"alarm-rule/{rule_id}"))
         except AlarmError as err:
             raise HTTPException(409, str(err)) from err
         if not deleted:
@@ -169,22 +164,19 @@ def create_router(engine: AlarmEngine, audit: AuditLog) -> APIRouter:
                       state: Literal["pending", "sent", "failed"] | None = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
         """Notifications newest first, each with every attempt and its outcome."""
-        return store.read(lambda db: sql.notifications(db, alarm, channel, state, limit))
+        return records.notifications(alarm, channel, state, limit)
 
     @router.get("/api/devices/{device}/aqi")
     def device_aqi(device: DeviceId) -> dict[str, Any]:
         """The Thai AQI of a device: from 24-hour averages (None below 12 hours of data) and the last hour's."""
         now = engine.clock()
-        since = int((now - 86_400) * 1000)
-        rows = store.read(lambda db: db.execute(
-            "SELECT quantity, ts, value FROM readings WHERE device = ? AND quantity IN ('pm2_5', 'pm10') "
-            "AND ts >= ?", (device, since)).fetchall())
-        if not rows and store.device(device) is None:
+        day_ago, until = datetime.fromtimestamp(now - 86_400, UTC), datetime.fromtimestamp(now, UTC)
+        # the hourly means of the day from the time-series store, one sample per hour (at its middle): the mean of
+        # hourly means is the same, and the last of the 24 buckets is the hour just gone
+        samples = {p: [(b.start.timestamp() + 1800, b.avg) for b in engine.timeseries.aggregate(
+                       device, p, day_ago, until, 3600, 24, origin=day_ago)] for p in ("pm2_5", "pm10")}
+        if not any(samples.values()) and engine.store.device(device) is None:
             raise HTTPException(404, f"no device {device!r} in the registry")
-        samples: dict[str, list[tuple[float, float]]] = {"pm2_5": [], "pm10": []}
-        for quantity, ts, value in rows:
-            if isinstance(value, int | float):
-                samples[quantity].append((ts / 1000, float(value)))
         daily = {p: v for p, s in samples.items() if (v := aqi.daily_average(s, now)) is not None}
         hourly = {p: v for p, s in samples.items() if (v := aqi.hourly_average(s, now)) is not None}
         day_value, hour_value = aqi.thai_aqi(daily), aqi.thai_aqi(hourly)

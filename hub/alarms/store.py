@@ -1,12 +1,18 @@
-"""The alarm tables (SQLite) and the SQL the engine, the API and the notification worker run on them."""
+"""The alarm tables and the SQL the engine and the notification worker run on them; :class:`AlarmRecords` is what
+the API reads through, :func:`audited` how its changes commit with their audit rows."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+from hub.alarms.feed import FeedItem
+from hub.alarms.feed import backlog as feed_backlog
+from hub.audit import Actor, AuditLog
 from hub.records.dialect import dialect_of
 from hub.records.session import Session
+from hub.store.base import SqlStore
 
 ALARM_COLUMNS = ("id, rule, device, sensor, severity, state, latched, title_th, title_en, value, detail, count, "
                  "first_seen, last_seen, acked_by, acked_at, cleared_by, cleared_at, shelved_until, shelved_by, "
@@ -103,3 +109,47 @@ def next_due(db: Session) -> float | None:
     """When the next pending notification is due."""
     row = db.execute("SELECT min(next_at) FROM notifications WHERE state = 'pending'").fetchone()
     return float(row[0]) if row and row[0] is not None else None
+
+
+Audited = Callable[[Session, Any, Any], None]
+"""Called inside the transaction of an engine's change with the object before and after it."""
+
+
+def audited(audit: AuditLog, actor: Actor, action: str, obj: str,
+            shown: Callable[[Any, Any], tuple[Any, Any]] = lambda before, after: (before, after)) -> Audited:
+    """The engine's ``audited`` callback: ``actor``'s audit row for ``action`` on ``obj`` commits with the change
+    itself, before and after as ``shown`` renders them."""
+    def record(db: Session, before: Any, after: Any) -> None:
+        audit.record(actor, action, obj, *shown(before, after), db=db)
+    return record
+
+
+class AlarmRecords:
+    """What the API reads of the alarms, over any :class:`hub.store.base.SqlStore`: alarms with their history and
+    notifications, and the stored rows of the live feed."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+
+    def alarms(self, filters: dict[str, str | None], limit: int) -> list[dict[str, Any]]:
+        """Alarms matching the filters (state, severity, device, rule), newest first."""
+        return self._store.read(lambda db: alarms(db, filters, limit))
+
+    def alarm(self, alarm_id: int) -> dict[str, Any] | None:
+        """One alarm with its ``history`` (oldest first) and its newest 100 ``notifications``, or None."""
+        def work(db: Session) -> dict[str, Any] | None:
+            found = alarm(db, alarm_id)
+            if found is not None:
+                found["history"] = history(db, alarm_id)
+                found["notifications"] = notifications(db, alarm_id, None, None, 100)
+            return found
+        return self._store.read(work)
+
+    def notifications(self, alarm_id: int | None, channel: str | None, state: str | None,
+                      limit: int) -> list[dict[str, Any]]:
+        """Notifications with every attempt, newest first."""
+        return self._store.read(lambda db: notifications(db, alarm_id, channel, state, limit))
+
+    def feed_after(self, after: int) -> list[FeedItem]:
+        """The feed's stored rows after ``after``, oldest first (a stream resuming past the ring)."""
+        return self._store.read(lambda db: feed_backlog(db, after))

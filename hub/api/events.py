@@ -15,8 +15,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, StringConstraints
 
 from edge.contract import Timestamp
-from hub.alarms import feed as feed_module
 from hub.alarms.feed import Feed, FeedItem
+from hub.alarms.store import AlarmRecords
 from hub.api.bounds import INT64_MAX, Instant
 from hub.auth.policy import PERSONAL_DATA_ROLES
 from hub.auth.web import CurrentActor, redact, still_admitted
@@ -69,6 +69,7 @@ def _ms(value: datetime) -> int:
 def create_router(store: SqlStore, feed: Feed) -> APIRouter:
     """The events and stream endpoints over the store's events table and the live feed."""
     router = APIRouter()
+    alarms = AlarmRecords(store)
 
     @router.get("/api/events")
     def events(device: Filter = None, sensor: Filter = None, event: Filter = None,
@@ -77,38 +78,16 @@ def create_router(store: SqlStore, feed: Feed) -> APIRouter:
                limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                cursor: Annotated[str | None, Query(max_length=400)] = None) -> EventPage:
         """Events newest first; ``event`` ending in ``.*`` matches a prefix (``sos.*``); ``until`` exclusive."""
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("device", device), ("sensor", sensor), ("severity", severity)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if event is not None:
-            if event.endswith(".*"):
-                where.append("substr(event, 1, ?) = ?")
-                args += [len(event) - 1, event[:-1]]
-            else:
-                where.append("event = ?")
-                args.append(event)
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(_ms(since))
-        if until is not None:
-            where.append("ts < ?")
-            args.append(_ms(until))
-        if cursor is not None:
-            where.append("(ts, device, seq) < (?, ?, ?)")
-            args += list(_uncursor(cursor))
-        sql = "SELECT device, seq, ts, sensor, event, severity, data FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY ts DESC, device DESC, seq DESC LIMIT ?"
-        args.append(limit + 1)
-        rows = store.read(lambda db: db.execute(sql, args).fetchall())
-        page = [EventView(device=d, seq=s, ts=datetime.fromtimestamp(ts / 1000, UTC), sensor=sn, event=e,
-                          severity=sv, data=json.loads(data)) for d, s, ts, sn, e, sv, data in rows[:limit]]
+        exact, prefix = (None, event[:-1]) if event is not None and event.endswith(".*") else (event, None)
+        rows = store.events(limit + 1, device=device, sensor=sensor, severity=severity, event=exact,
+                            event_prefix=prefix,
+                            since=_ms(since) if since is not None else None,
+                            until=_ms(until) if until is not None else None,
+                            before=_uncursor(cursor) if cursor is not None else None)
+        page = [EventView(device=e.device, seq=e.seq, ts=datetime.fromtimestamp(e.ts / 1000, UTC), sensor=e.sensor,
+                          event=e.event, severity=e.severity, data=e.data) for e in rows[:limit]]
         last = rows[limit - 1] if len(rows) > limit else None
-        return EventPage(events=page, next=_cursor(last[2], last[0], last[1]) if last else None)
+        return EventPage(events=page, next=_cursor(last.ts, last.device, last.seq) if last else None)
 
     @router.get("/api/stream", response_class=StreamingResponse,
                 responses={200: {"content": {"text/event-stream": {}}}})
@@ -117,7 +96,7 @@ def create_router(store: SqlStore, feed: Feed) -> APIRouter:
         """Server-Sent Events (``device``, ``event``, ``alarm``, ``report``); ``Last-Event-ID`` resumes. Signed in
         with the session cookie or a token; personal fields are left out for a user without a personal-data role."""
         out = _sse if actor.roles & PERSONAL_DATA_ROLES else _redacted_sse
-        return StreamingResponse(_events(request, store, feed, last_event_id, out), media_type="text/event-stream",
+        return StreamingResponse(_events(request, alarms, feed, last_event_id, out), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     return router
@@ -133,7 +112,7 @@ def _redacted_sse(item: FeedItem) -> str:
     return FeedItem(item.id, item.type, data).sse()
 
 
-async def _events(request: Request, store: SqlStore, feed: Feed, after: int | None,
+async def _events(request: Request, alarms: AlarmRecords, feed: Feed, after: int | None,
                   out: Callable[[FeedItem], str]) -> AsyncIterator[str]:
     sub = feed.subscribe(asyncio.get_running_loop())
     try:
@@ -142,7 +121,7 @@ async def _events(request: Request, store: SqlStore, feed: Feed, after: int | No
         if after is not None:
             items = feed.from_ring(after)
             if items is None:
-                items = await asyncio.to_thread(store.read, lambda db: feed_module.backlog(db, after))
+                items = await asyncio.to_thread(alarms.feed_after, after)
             for item in items:
                 yield out(item)
                 last = item.id

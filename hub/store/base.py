@@ -151,6 +151,20 @@ class StoredDeadLetter:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as stored."""
+
+    device: str
+    seq: int
+    ts: int
+    """Milliseconds since the epoch, as the events' order and cursors use it."""
+    sensor: str
+    event: str
+    severity: str
+    data: dict[str, Any]
+
+
 class CommandOutcome(StrEnum):
     """Where a command stands: waiting (``queued``, ``sent``) or settled (every other value)."""
 
@@ -222,6 +236,13 @@ class Store(Protocol):
 
     def deadletter_counts(self) -> dict[str, int]:
         """How many dead letters per reason."""
+
+    def events(self, limit: int, device: str | None = None, sensor: str | None = None, event: str | None = None,
+               event_prefix: str | None = None, severity: str | None = None, since: int | None = None,
+               until: int | None = None, before: tuple[int, str, int] | None = None) -> list[StoredEvent]:
+        """Events newest first (by time, device, seq), at most ``limit``, matching every filter given: ``since``
+        inclusive and ``until`` exclusive (ms), ``before`` the (ts, device, seq) of the last event of the
+        previous page."""
 
     def record_command(self, cmd_id: str, device: str, name: str, args: dict[str, Any], sent_at: float,
                        expires_at: float | None = None, queued: bool = False) -> None:

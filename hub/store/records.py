@@ -28,6 +28,7 @@ from hub.store.base import (
     IngestBatch,
     IngestOutcome,
     StoredDeadLetter,
+    StoredEvent,
     TxDecision,
 )
 from hub.timeseries.sqlite import Row, ms
@@ -269,6 +270,30 @@ class RecordsStore(ABC):
     def deadletter_counts(self) -> dict[str, int]:
         """Dead letters per reason."""
         return dict(self._rows("SELECT reason, COUNT(*) FROM deadletters GROUP BY reason"))
+
+    def events(self, limit: int, device: str | None = None, sensor: str | None = None, event: str | None = None,
+               event_prefix: str | None = None, severity: str | None = None, since: int | None = None,
+               until: int | None = None, before: tuple[int, str, int] | None = None) -> list[StoredEvent]:
+        """Newest first; see :meth:`hub.store.base.Store.events`."""
+        where: list[str] = []
+        args: list[Any] = []
+        for condition, value in (("device = ?", device), ("sensor = ?", sensor), ("event = ?", event),
+                                 ("severity = ?", severity), ("ts >= ?", since), ("ts < ?", until)):
+            if value is not None:
+                where.append(condition)
+                args.append(value)
+        if event_prefix is not None:
+            where.append("substr(event, 1, ?) = ?")
+            args += [len(event_prefix), event_prefix]
+        if before is not None:
+            where.append("(ts, device, seq) < (?, ?, ?)")
+            args += before
+        sql = "SELECT device, seq, ts, sensor, event, severity, data FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, device DESC, seq DESC LIMIT ?"
+        return [StoredEvent(d, s, ts, sn, e, sv, json.loads(data))
+                for d, s, ts, sn, e, sv, data in self._rows(sql, [*args, limit])]
 
     def record_command(self, cmd_id: str, device: str, name: str, args: dict[str, Any], sent_at: float,
                        expires_at: float | None = None, queued: bool = False) -> None:
