@@ -601,6 +601,35 @@ class Summary:
         return self.ratio >= BAR and (self.node_red_msg_per_s is None or self.hub_msg_per_s > self.node_red_msg_per_s)
 
 
+WRITER_BATCH = 1000
+"""Messages per batch the in-process writer scenario hands the writer (what it takes from a backlog is up to 5,000)."""
+
+
+def writer_cpu(params: Params, payloads: dict[str, list[bytes]]) -> float:
+    """Microseconds of CPU per message of the hub's writer alone (``--writer``): the payloads, as the MQTT child
+    hands them over, fed in batches straight into the writer's ``Ingest._process`` of a hub built and settled as
+    ``hub serve`` does it; no broker, no publishers, so the machine's load moves the figure far less."""
+    from hub.ingest.consumer import IngestSettings
+    from hub.serve import HubSettings, build, settle_heap
+
+    at = time.time()
+    received = [(topic(ROOT, device, "up/telemetry"), ps[i], at) for i in range(params.messages)
+                for device, ps in payloads.items()]
+    with contextlib.ExitStack() as stack:
+        _, store, ingest = build(HubSettings(data=work_dir(stack), ingest=IngestSettings(port=1)))
+        store.open()
+        stack.callback(store.close)
+        settle_heap()
+        start = time.process_time()
+        for i in range(0, len(received), WRITER_BATCH):
+            ingest._process(received[i:i + WRITER_BATCH])
+        spent = time.process_time() - start
+        stored = store.read(lambda db: db.execute("SELECT count(*) FROM readings").fetchone()[0])
+    if stored != params.total * params.readings:
+        raise BenchError(f"the writer stored {stored} readings of {params.total * params.readings}")
+    return spent / params.total * 1e6
+
+
 def summarise(results: list[RunResult]) -> Summary:
     """Medians of each scenario's runs."""
 
@@ -658,6 +687,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the hubs store: the embedded SQLite file, or a throw-away PostgreSQL for records "
                         "and VictoriaMetrics for readings (default sqlite)")
     p.add_argument("--json", action="store_true", help="also print the result as one JSON object")
+    p.add_argument("--writer", action="store_true",
+                   help="only time the hub's writer in this process (CPU per message, no broker), then exit")
     return p
 
 
@@ -673,6 +704,14 @@ def main(argv: list[str] | None = None) -> int:
     payloads = {d: build_payloads(d, params.messages, params.readings) for d in device_ids(params.devices)}
     size = sum(len(p) for ps in payloads.values() for p in ps) / params.total
     progress(f"built; {size:.0f} bytes per message on average")
+    if args.writer:
+        spent: list[float] = []
+        status = run_guarded(lambda: spent.extend(writer_cpu(params, payloads) for _ in range(params.runs)))
+        if status is not None:
+            return status
+        print(f"writer: {statistics.median(spent):.1f} µs of CPU per message (median of {params.runs} runs: "
+              f"{', '.join(f'{s:.1f}' for s in spent)}), zero loss")
+        return 0
     results: list[RunResult] = []
 
     def scenarios() -> None:

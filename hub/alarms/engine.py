@@ -195,12 +195,18 @@ class AlarmEngine:
             now = self.clock()
             if batch.statuses or any(m.event is not None for m in batch.messages):
                 ops.append(lambda db, out: self._evaluate(db, out, batch))
+            last_reading, newest = self._last_reading, self._newest
             for m in batch.messages:
+                device = m.device
                 for r in m.telemetry or ():
-                    self._last_reading[(m.device, r.sensor)] = now
-                    self._stored(m.device, r.sensor, r.ts)
-                    if isinstance(r.value, int | float) and not isinstance(r.value, bool):
-                        self._reading(ops, m.device, r.sensor, r.quantity, float(r.value), r.ts.timestamp())
+                    key = (device, r.sensor)
+                    last_reading[key] = now
+                    known = newest.get(key)
+                    if known is None or r.ts > known:
+                        newest[key] = r.ts
+                    if self._watched(r.quantity, device) and isinstance(r.value, int | float) \
+                            and not isinstance(r.value, bool):
+                        self._reading(ops, device, r.sensor, r.quantity, float(r.value), r.ts.timestamp())
         if not ops:
             return
 
@@ -292,9 +298,7 @@ class AlarmEngine:
     def _quantity(self, ops: list[_Op], device: str, sensor: str, quantity: str, value: float, ts: float) -> None:
         """Judge one value in memory; an alarm change is queued in ``ops`` (the condition is marked at once, so
         the next value of the same batch sees it)."""
-        rules = self._by_quantity.get((quantity, device))
-        if rules is None:
-            rules = self._by_quantity[(quantity, device)] = self._quantity_rules(quantity, device)
+        rules = self._rules_on(quantity, device)
         if not rules:
             return
         info = self._info(device)
@@ -327,6 +331,18 @@ class AlarmEngine:
                 self._queue_raise(ops, rule, device, sensor, value, {**detail, "change": change})
             elif not tripped and key in self._on:
                 self._queue_clear(ops, rule, device, f"{quantity} change {change:g}")
+
+    def _rules_on(self, quantity: str, device: str) -> list[ThresholdRule | RateRule]:
+        """The threshold and rate rules that judge ``quantity`` from ``device`` (from the index, built on first use)."""
+        rules = self._by_quantity.get((quantity, device))
+        if rules is None:
+            rules = self._by_quantity[(quantity, device)] = self._quantity_rules(quantity, device)
+        return rules
+
+    def _watched(self, quantity: str, device: str) -> bool:
+        """Whether a reading of ``quantity`` from ``device`` can change an alarm: a rule judges it, or it is an AQI
+        input (the AQI has rules of its own); the others cost a batch only their newest times."""
+        return quantity in _AQI_INPUTS or bool(self._rules_on(quantity, device))
 
     def _quantity_rules(self, quantity: str, device: str) -> list[ThresholdRule | RateRule]:
         """The threshold and rate rules on ``quantity`` whose device pattern takes ``device``, in rule order."""
