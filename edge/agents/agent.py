@@ -23,9 +23,11 @@ import random
 import signal
 import socket
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -91,7 +93,8 @@ class Stream:
     interval_s: float
     state: Literal["ok", "unavailable", "starting"] = "starting"
     error: str | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+    """Set to sample at once (a new interval); the stream's sampling thread waits on it."""
     refused_values: int = 0
     """Values the driver returned as NaN or infinite, refused before serialising (JSON has no such numbers)."""
     refusal_logged_at: float = -1e9
@@ -179,6 +182,9 @@ STABLE_LINK_S = 10.0
 """A broker connection that lasted this long is retried at once when it drops (shorter ones back off)."""
 ACK_FLUSH_S = 0.5
 """How long acknowledged records may wait before the outbox deletes them, in one transaction for all."""
+
+TimeOffer = tuple[datetime, float]
+"""What a :class:`edge.drivers.ClockSource` offers: a UTC time and the monotonic instant it was true."""
 
 CommandHandler = Callable[["Agent", dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -522,29 +528,56 @@ class Agent:
                 await asyncio.sleep(delay)
 
     async def _poll(self, stream: Stream, backoff: Backoff) -> None:
+        """Open the driver, then sample it in its own thread until an error ends the sampling (raised here).
+
+        The thread keeps the schedule, reads and commits; the loop hears from it once per sample, with the
+        record to send (no timer and no executor hop on the loop for each sample)."""
         driver = stream.driver
         assert isinstance(driver, PolledDriver)
         await asyncio.to_thread(driver.open)
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+
+        def sampled(committed: OutboxRecord | OutboxError | None, offer: TimeOffer | None) -> None:
+            loop.call_soon_threadsafe(self._sampled, stream, backoff, committed, offer)
+
+        thread = ThreadPoolExecutor(1, thread_name_prefix=f"sensor-{stream.config.name}")
+        try:
+            await loop.run_in_executor(thread, self._sampling, stream, driver, stop, sampled)
+        finally:
+            stop.set()
+            stream.wake.set()
+            await asyncio.to_thread(thread.shutdown)  # the driver is idle again when the caller releases it
+
+    def _sampling(self, stream: Stream, driver: PolledDriver, stop: threading.Event,
+                  sampled: Callable[[OutboxRecord | OutboxError | None, TimeOffer | None], object]) -> None:
+        """A polled stream's thread: read and commit on schedule and hand each result to the loop; sample at once
+        when woken (a new interval). Returns once ``stop`` is set; an error ends it, raised on the loop."""
         units = {f.quantity: f.unit for f in driver.TELEMETRY}
+        source = driver if isinstance(driver, ClockSource) else None
         next_at = time.monotonic()
         while True:
+            stream.wake.clear()  # a wake from now on (set_interval, stop) cuts the next wait short
+            if stop.is_set():
+                return
             ts, clock = self.clock.now()
-            ts = stream.stamp(ts)
-            committed = await asyncio.to_thread(self._sample, stream, driver, units, ts, clock)
-            if isinstance(driver, ClockSource):
-                offer = driver.time_offer()
-                if offer is not None:
-                    self.clock.offer(stream.kind.kind, *offer)
-            if stream.state != "ok":
-                log.info("sensor %s is reading", stream.config.name)
-            stream.state, stream.error = "ok", None
-            backoff.reset()
-            if committed is not None:
-                self._committed(committed)
+            committed = self._sample(stream, driver, units, stream.stamp(ts), clock)
+            sampled(committed, source.time_offer() if source is not None else None)
             next_at = max(next_at + stream.interval_s, time.monotonic())
-            stream.wake.clear()
-            if await wait_event(stream.wake, next_at - time.monotonic()):
+            if stream.wake.wait(next_at - time.monotonic()):
                 next_at = time.monotonic()
+
+    def _sampled(self, stream: Stream, backoff: Backoff, committed: OutboxRecord | OutboxError | None,
+                 offer: TimeOffer | None) -> None:
+        """On the loop, for each sample the stream's thread took: the clock's offer, the stream's state, the record."""
+        if offer is not None:
+            self.clock.offer(stream.kind.kind, *offer)
+        if stream.state != "ok":
+            log.info("sensor %s is reading", stream.config.name)
+        stream.state, stream.error = "ok", None
+        backoff.reset()
+        if committed is not None:
+            self._committed(committed)
 
     def _finite(self, stream: Stream, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` without NaN and infinities, which are counted and logged (once per stream per minute)."""
@@ -646,7 +679,7 @@ class Agent:
             will=aiomqtt.Will(self._topic("up/status"), lost.to_json(), qos=QOS, retain=True),
             clean_start=True, max_inflight_messages=self.cfg.agent.max_inflight, tls_context=tls, timeout=10,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            connect_timeout=10,
+            connect_timeout=10, direct={self._topic("down/ack"): self._ack_received},
         )
 
     async def _connection_loop(self) -> None:
@@ -822,15 +855,22 @@ class Agent:
             except OutboxError as err:
                 log.error("outbox error while handling down/%s: %s", name, err)
 
-    async def _handle_downlink(self, name: str, payload: bytes) -> None:
-        if name == "ack":
+    def _ack_received(self, payload: bytes) -> None:
+        """``down/ack``, handed over by the client as it arrives (on the loop, no task per ack)."""
+        try:
             ranges = Ack.model_validate_json(payload).acked
-            self._window.acked(ranges)  # room at once; the outbox deletes them within ACK_FLUSH_S
-            self._acked += ranges
-            self._acks_waiting.set()
-            if self._window.unread:
-                self._outbox_changed.set()  # room for records to read; otherwise new ones are sent as they come
-        elif name == "tx":
+        except ValidationError as err:
+            log.warning("ignored a down/ack message that breaks the contract: %s",
+                        err.errors()[0]["msg"] if err.errors() else err)
+            return
+        self._window.acked(ranges)  # room at once; the outbox deletes them within ACK_FLUSH_S
+        self._acked += ranges
+        self._acks_waiting.set()
+        if self._window.unread:
+            self._outbox_changed.set()  # room for records to read; otherwise new ones are sent as they come
+
+    async def _handle_downlink(self, name: str, payload: bytes) -> None:
+        if name == "tx":
             outcome = TxOutcome.model_validate_json(payload)
             for listener in self.tx_listeners:
                 await listener(outcome)

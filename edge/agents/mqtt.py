@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiomqtt
@@ -21,10 +21,14 @@ class CheckedClient(aiomqtt.Client):
     aiomqtt 2.x drops that reason code, so this subclass records it per message id and checks it.
     It also keeps the maximum packet size the broker announced in its CONNACK and refuses, without
     sending it, a message that would exceed it (a broker disconnects a client that sends one).
+    Messages on a topic of ``direct`` go to its handler (with the payload) as they arrive, on the event loop,
+    instead of the message queue: no task and no wait per message (for the hub's frequent acks).
     """
 
-    def __init__(self, *args: Any, connect_timeout: float = 15.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, connect_timeout: float = 15.0,
+                 direct: Mapping[str, Callable[[bytes], None]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._direct = dict(direct or {})
         self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
         self._callbacks: dict[int, Callable[[ReasonCode], None]] = {}
         self._connect_timeout = connect_timeout
@@ -69,6 +73,13 @@ class CheckedClient(aiomqtt.Client):
         limit = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
         self.max_packet_size = limit if isinstance(limit, int) and limit > 0 else None
         super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        handler = self._direct.get(message.topic)
+        if handler is None:
+            super()._on_message(client, userdata, message)
+        else:
+            handler(bytes(message.payload))
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode,
                     properties: Properties) -> None:
