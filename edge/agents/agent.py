@@ -38,11 +38,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from edge import config as config_module
-from edge.agents import notify
+from edge.agents import memory, notify
 from edge.agents.clock import AgentClock
 from edge.agents.mqtt import CheckedClient
 from edge.agents.outbox import Outbox, OutboxRecord, RecordClass, SendWindow
 from edge.contract import (
+    BOUNDS_CHECKED,
     QOS,
     REPLY_EXPIRED,
     Ack,
@@ -65,6 +66,7 @@ from edge.contract import (
     format_timestamp,
     now,
     topic,
+    within_bounds,
 )
 from edge.drivers import (
     ClockSource,
@@ -181,6 +183,7 @@ sends while it streams), and an ack lost is repaired by the resend, which the hu
 STABLE_LINK_S = 10.0
 """A broker connection that lasted this long is retried at once when it drops (shorter ones back off)."""
 ACK_FLUSH_S = 0.5
+_CHECKED = {BOUNDS_CHECKED: True}
 """How long acknowledged records may wait before the outbox deletes them, in one transaction for all."""
 
 TimeOffer = tuple[datetime, float]
@@ -273,6 +276,7 @@ class Agent:
         self._refusal_logged_at = -1e9
         self._started = time.monotonic()
         self._client: CheckedClient | None = None
+        self._settled = False
         self._window = SendWindow(self.cfg.agent.max_inflight, self.cfg.agent.resend_after_s)
         self._acked: list[tuple[int, int]] = []
         """Ranges the hub acknowledged that the outbox has not deleted yet (deleted in batches)."""
@@ -729,6 +733,9 @@ class Agent:
         self._client = client
         self._window.reset()
         self._outbox_changed.set()
+        if not self._settled:
+            self._settled = True
+            memory.release_free_memory()  # start-up is over: imports, configuration, the first connection
         lost = (aiomqtt.MqttError,)  # ends the session; the connection loop reconnects
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(self.supervise(name, partial(body, client), passes=lost, backoff_max_s=30))
@@ -857,8 +864,8 @@ class Agent:
 
     def _ack_received(self, payload: bytes) -> None:
         """``down/ack``, handed over by the client as it arrives (on the loop, no task per ack)."""
-        try:
-            ranges = Ack.model_validate_json(payload).acked
+        try:  # the contract's fast path: bytes that cannot break a bound skip the walk over the decoded payload
+            ranges = Ack.model_validate_json(payload, context=_CHECKED if within_bounds(payload) else None).acked
         except ValidationError as err:
             log.warning("ignored a down/ack message that breaks the contract: %s",
                         err.errors()[0]["msg"] if err.errors() else err)
@@ -966,6 +973,7 @@ def _release(driver: PolledDriver | EventDriver) -> None:
 
 async def run_agent(loaded: config_module.LoadedConfig, simulate: bool = False) -> None:
     """Run an agent until SIGTERM or SIGINT, then stop it gracefully; ``simulate`` runs drivers on simulators."""
+    memory.limit_arenas()  # before the agent's threads start
     agent = Agent(loaded, simulate)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
