@@ -2,7 +2,8 @@
 
 Each polled stream samples in a thread of its own (the loop hears once per sample), the MQTT client writes a
 packet at once instead of waking the loop to register a writer, the hub's acks skip the message queue, start-up
-memory goes back to the system, and ``nakhon agent run`` leaves the hub's and provisioning's modules out.
+memory goes back to the system, a sample's telemetry is written without a model per value (the same message),
+and ``nakhon agent run`` leaves the hub's and provisioning's modules out.
 """
 
 from __future__ import annotations
@@ -14,18 +15,20 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge import config as config_module
-from edge.agents import memory
+from edge.agents import memory, telemetry
 from edge.agents.agent import Agent
 from edge.agents.mqtt import CheckedClient
-from edge.contract import Scalar
+from edge.contract import MAX_TEXT, Reading, Scalar, Telemetry
 from edge.drivers.sim_air_quality import Driver as SimulatedAirQuality
 from tests.conftest import Broker, agent_config, fast_air
 from tests.test_agent_supervision import run_agent, until
@@ -158,3 +161,33 @@ def test_agent_run_leaves_the_hub_and_provisioning_out(tmp_path: Path) -> None:
     code, loaded = json.loads(done.stdout.splitlines()[-1])
     assert code == 2, done.stderr  # the missing config is refused
     assert loaded == []
+
+
+STAMP = datetime(2026, 12, 1, 9, 30, 15, 123000, tzinfo=UTC)
+PLAIN: list[Scalar] = [31.5, 0.1, 1e-7, 1e16, -0.0, 2**63 - 1, -(2**63), 0, True, False, "ok", "", "x" * MAX_TEXT]
+
+
+@pytest.mark.parametrize("value", PLAIN, ids=[f"plain-{i}" for i in range(len(PLAIN))])
+def test_a_sample_written_directly_is_the_message_the_models_write(value: Scalar) -> None:
+    units = {"pm2_5": "µg/m3", "flag": None}
+    payload = telemetry.encode("kk-aq-0001", "pm", units, {"pm2_5": value, "flag": value}, STAMP, "gps")
+    assert payload is not None
+    raw = payload(42)
+    direct = Telemetry.model_validate_json(raw)
+    expected = Telemetry(device="kk-aq-0001", seq=42, sent_at=direct.sent_at, readings=[
+        Reading(ts=STAMP, sensor="pm", quantity=q, value=value, unit=u, clock="gps") for q, u in units.items()])
+    assert json.loads(raw) == json.loads(expected.to_json())
+    assert direct == expected
+    assert [type(r["value"]) for r in json.loads(raw)["readings"]] == [type(value)] * 2  # true stays true, not 1
+
+
+NEEDS_MODELS: list[tuple[dict[str, Any], datetime]] = [
+    ({"pm2_5": Decimal("1.5")}, STAMP), ({"pm2_5": 2**63}, STAMP), ({"state": "ฝน"}, STAMP),
+    ({"state": "x" * (MAX_TEXT + 1)}, STAMP), ({"": 1.0}, STAMP), ({"q" * 65: 1.0}, STAMP),
+    ({"pm2_5": 1.0}, STAMP.replace(tzinfo=None)),
+]
+
+
+@pytest.mark.parametrize(("values", "ts"), NEEDS_MODELS, ids=[f"models-{i}" for i in range(len(NEEDS_MODELS))])
+def test_a_value_out_of_the_plain_cases_is_left_to_the_models(values: dict[str, Any], ts: datetime) -> None:
+    assert telemetry.encode("kk-aq-0001", "pm", {}, cast(dict[str, Scalar], values), ts, "system") is None

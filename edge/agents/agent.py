@@ -38,7 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from edge import config as config_module
-from edge.agents import memory, notify
+from edge.agents import memory, notify, telemetry
 from edge.agents.clock import AgentClock
 from edge.agents.mqtt import CheckedClient
 from edge.agents.outbox import Outbox, OutboxRecord, RecordClass, SendWindow
@@ -603,10 +603,14 @@ class Agent:
         values = self._finite(stream, values) if values else values
         if not values:
             return None
-        readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q), clock=clock)
-                    for q, v in values.items()]
+        build: Callable[[int], Message | bytes] | None = telemetry.encode(
+            self.cfg.device, stream.config.name, units, values, ts, clock)
+        if build is None:  # a value the models must validate (and may refuse)
+            readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q),
+                                clock=clock) for q, v in values.items()]
+            build = partial(self._telemetry, readings)
         try:
-            return self.outbox.append(RecordClass.TELEMETRY, partial(self._telemetry, readings))
+            return self.outbox.append(RecordClass.TELEMETRY, build)
         except OutboxError as err:
             return err
 
