@@ -183,8 +183,9 @@ sends while it streams), and an ack lost is repaired by the resend, which the hu
 STABLE_LINK_S = 10.0
 """A broker connection that lasted this long is retried at once when it drops (shorter ones back off)."""
 ACK_FLUSH_S = 0.5
-_CHECKED = {BOUNDS_CHECKED: True}
 """How long acknowledged records may wait before the outbox deletes them, in one transaction for all."""
+_CHECKED = {BOUNDS_CHECKED: True}
+"""Validation context for a ``down/ack`` whose bytes :func:`edge.contract.within_bounds` cleared."""
 
 TimeOffer = tuple[datetime, float]
 """What a :class:`edge.drivers.ClockSource` offers: a UTC time and the monotonic instant it was true."""
