@@ -738,14 +738,14 @@ class Agent:
         self._client = client
         self._window.reset()
         self._outbox_changed.set()
-        if not self._settled:
-            self._settled = True
-            memory.release_free_memory()  # start-up is over: imports, configuration, the first connection
         lost = (aiomqtt.MqttError,)  # ends the session; the connection loop reconnects
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(self.supervise(name, partial(body, client), passes=lost, backoff_max_s=30))
                      for name, body in (("publisher", self._publisher), ("heartbeat", self._heartbeat),
                                         ("downlink", self._downlink), ("acks", self._ack_writer))]
+            if not self._settled:  # start-up is over (imports, configuration, the first connection); in a thread,
+                self._settled = True  # beside the first sends rather than before them
+                tg.create_task(asyncio.to_thread(memory.release_free_memory))
             await self._stopping.wait()
             for task in tasks:
                 task.cancel()

@@ -8,7 +8,6 @@ C heap would otherwise keep for the life of the process; the steady state alloca
 from __future__ import annotations
 
 import ctypes
-import gc
 from functools import cache
 
 M_ARENA_MAX = -8
@@ -31,8 +30,7 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
 
 
 def release_free_memory() -> bool:
-    """Collect garbage, then hand the C heap's free pages back to the system; False where libc cannot."""
-    gc.collect()
+    """Hand the C heap's free pages back to the system (the GIL is released meanwhile); False where libc cannot."""
     try:
         trim = _libc().malloc_trim
     except (OSError, AttributeError):
