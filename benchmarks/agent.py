@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -101,11 +102,28 @@ def agent_config(path: Path, port: int, interval: float) -> Path:
     return path
 
 
-def spawn(stack: contextlib.ExitStack, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+def installed(source: bool) -> dict[str, str] | None:
+    """The environment of the measured processes: the project's modules byte-compiled (``compileall``, as pip leaves
+    them on a device), and the processes free to read that bytecode; with ``source``, no bytecode of ``edge`` and
+    ``nakhon`` (their ``__pycache__`` folders are removed) and the session's environment as it is (with
+    ``PYTHONDONTWRITEBYTECODE`` the agent then compiles them at every start)."""
+    if source:
+        for package in ("edge", "nakhon"):
+            for cache in sorted((REPO / package).rglob("__pycache__")):
+                shutil.rmtree(cache)
+        return None
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "edge", "nakhon"], cwd=REPO, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    return env
+
+
+def spawn(stack: contextlib.ExitStack, argv: list[str], log: Path,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A subprocess in its own session, stopped by SIGTERM (SIGKILL when it lingers) when the stack exits."""
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, env=env)
 
     def stop() -> None:
         if process.poll() is None:
@@ -125,7 +143,7 @@ def stored(db: sqlite3.Connection, device: str) -> int:
     return int(db.execute("SELECT COUNT(*) FROM received WHERE device = ?", (device,)).fetchone()[0])
 
 
-def run_once(duration: float, interval: float, run: int, runs: int) -> list[Sample]:
+def run_once(duration: float, interval: float, run: int, runs: int, env: dict[str, str] | None) -> list[Sample]:
     """The agent and the bare publisher side by side on one hub, measured over the same ``duration``."""
     label = f"[run {run}/{runs}]"
     with contextlib.ExitStack() as stack:
@@ -135,8 +153,8 @@ def run_once(duration: float, interval: float, run: int, runs: int) -> list[Samp
         hub.wait_healthy()
         hub.wait_subscribed(port)
         agent = spawn(stack, [sys.executable, "-m", "nakhon.cli", "agent", "run",
-                              str(agent_config(work / "device.toml", port, interval))], work / "agent.log")
-        bare = spawn(stack, [sys.executable, "-c", BARE_PUBLISHER, str(port), str(interval)], work / "bare.log")
+                              str(agent_config(work / "device.toml", port, interval))], work / "agent.log", env)
+        bare = spawn(stack, [sys.executable, "-c", BARE_PUBLISHER, str(port), str(interval)], work / "bare.log", env)
         processes = {"agent": (agent, AGENT, work / "agent.log"), "bare aiomqtt": (bare, BARE, work / "bare.log")}
         db = stack.enter_context(contextlib.closing(hub.db()))
 
@@ -214,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=120.0, help="seconds measured per run (default 120)")
     p.add_argument("--rate", type=float, default=10.0, help="messages per second, two readings each (default 10)")
     p.add_argument("--runs", type=int, default=1, help="runs; medians are reported (default 1)")
+    p.add_argument("--source", action="store_true",
+                   help="remove the bytecode of edge/ and nakhon/ first: with PYTHONDONTWRITEBYTECODE set, the agent "
+                        "compiles them at every start (more RSS than on a device, where pip compiled them)")
     p.add_argument("--json", action="store_true", help="also print the result as one JSON object")
     return p
 
@@ -226,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[Sample] = []
 
     def runs() -> None:
+        env = installed(args.source)
         for run in range(1, args.runs + 1):
-            samples.extend(run_once(args.duration, 1.0 / args.rate, run, args.runs))
+            samples.extend(run_once(args.duration, 1.0 / args.rate, run, args.runs, env))
 
     status = run_guarded(runs)
     if status is not None:
@@ -235,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     text, passed = report(samples, args.runs)
     print(text)
     if args.json:
-        print(json.dumps({"params": {"duration_s": args.duration, "rate": args.rate, "runs": args.runs},
+        print(json.dumps({"params": {"duration_s": args.duration, "rate": args.rate, "runs": args.runs,
+                                     "source": args.source},
                           "samples": [asdict(s) for s in samples], "cpu_bar": CPU_BAR, "rss_bar_mb": RSS_BAR_MB,
                           "pass": passed}))
     return 0 if passed else 1

@@ -28,9 +28,10 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"NAKHON_HUB_{name}", default)
 
 
-def _parser(accounts: bool = True) -> argparse.ArgumentParser:
+def _parser(accounts: bool = True, provisioning: bool = True) -> argparse.ArgumentParser:
     """The command line; without ``accounts`` (``nakhon agent ...``) the hub's account commands are left out, so
-    that an agent does not import the hub's store and password hashing (memory and start-up time on a Pi)."""
+    that an agent does not import the hub's store and password hashing (memory and start-up time on a Pi), and
+    without ``provisioning`` (``nakhon agent run``) the provisioning and enrollment commands (the hub's client)."""
     p = argparse.ArgumentParser(prog="nakhon", description="Nakhon: the digital municipality's devices and hub.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -47,9 +48,10 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     check.add_argument("--simulate", action="store_true", help="with --connect: run drivers on their simulators")
     check.add_argument("--user", help="with --connect: the service user whose permissions the file checks use "
                                       "(default: nakhon when run as root, else you)")
-    from nakhon import provision as provision_cli
+    if provisioning:
+        from nakhon import provision as provision_cli
 
-    provision_cli.add_enroll_parser(agent)
+        provision_cli.add_enroll_parser(agent)
 
     hub = sub.add_parser("hub", help="run the hub").add_subparsers(dest="action", required=True)
     # every serve flag defaults to "not given", so that only the flags on the command line override the
@@ -145,7 +147,8 @@ def _parser(accounts: bool = True) -> argparse.ArgumentParser:
     move.add_argument("--timeseries", metavar="URL", help="also copy the file's readings to this time-series store "
                       "(sqlite:///PATH or victoriametrics+http://HOST:PORT)")
 
-    provision_cli.add_parsers(sub)
+    if provisioning:
+        provision_cli.add_parsers(sub)
 
     demo = sub.add_parser("demo", help="run a private broker, the hub and a simulated fleet")
     demo.add_argument("--data", type=Path, default=Path("./nakhon-data/demo"),
@@ -170,7 +173,7 @@ def _store_flags(parser: argparse.ArgumentParser, timeseries: bool = True) -> No
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nakhon`` console command."""
     words = sys.argv[1:] if argv is None else argv
-    args = _parser(accounts=words[:1] != ["agent"]).parse_args(argv)
+    args = _parser(accounts=words[:1] != ["agent"], provisioning=words[:2] != ["agent", "run"]).parse_args(argv)
     _setup_logging()
     if args.command == "agent":
         return _agent(args)

@@ -23,9 +23,11 @@ import random
 import signal
 import socket
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -36,11 +38,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from edge import config as config_module
-from edge.agents import notify
+from edge.agents import memory, notify, telemetry
 from edge.agents.clock import AgentClock
 from edge.agents.mqtt import CheckedClient
 from edge.agents.outbox import Outbox, OutboxRecord, RecordClass, SendWindow
 from edge.contract import (
+    BOUNDS_CHECKED,
     QOS,
     REPLY_EXPIRED,
     Ack,
@@ -63,6 +66,7 @@ from edge.contract import (
     format_timestamp,
     now,
     topic,
+    within_bounds,
 )
 from edge.drivers import (
     ClockSource,
@@ -91,7 +95,8 @@ class Stream:
     interval_s: float
     state: Literal["ok", "unavailable", "starting"] = "starting"
     error: str | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+    """Set to sample at once (a new interval); the stream's sampling thread waits on it."""
     refused_values: int = 0
     """Values the driver returned as NaN or infinite, refused before serialising (JSON has no such numbers)."""
     refusal_logged_at: float = -1e9
@@ -179,6 +184,11 @@ STABLE_LINK_S = 10.0
 """A broker connection that lasted this long is retried at once when it drops (shorter ones back off)."""
 ACK_FLUSH_S = 0.5
 """How long acknowledged records may wait before the outbox deletes them, in one transaction for all."""
+_CHECKED = {BOUNDS_CHECKED: True}
+"""Validation context for a ``down/ack`` whose bytes :func:`edge.contract.within_bounds` cleared."""
+
+TimeOffer = tuple[datetime, float]
+"""What a :class:`edge.drivers.ClockSource` offers: a UTC time and the monotonic instant it was true."""
 
 CommandHandler = Callable[["Agent", dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -267,6 +277,7 @@ class Agent:
         self._refusal_logged_at = -1e9
         self._started = time.monotonic()
         self._client: CheckedClient | None = None
+        self._settled = False
         self._window = SendWindow(self.cfg.agent.max_inflight, self.cfg.agent.resend_after_s)
         self._acked: list[tuple[int, int]] = []
         """Ranges the hub acknowledged that the outbox has not deleted yet (deleted in batches)."""
@@ -522,29 +533,56 @@ class Agent:
                 await asyncio.sleep(delay)
 
     async def _poll(self, stream: Stream, backoff: Backoff) -> None:
+        """Open the driver, then sample it in its own thread until an error ends the sampling (raised here).
+
+        The thread keeps the schedule, reads and commits; the loop hears from it once per sample, with the
+        record to send (no timer and no executor hop on the loop for each sample)."""
         driver = stream.driver
         assert isinstance(driver, PolledDriver)
         await asyncio.to_thread(driver.open)
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+
+        def sampled(committed: OutboxRecord | OutboxError | None, offer: TimeOffer | None) -> None:
+            loop.call_soon_threadsafe(self._sampled, stream, backoff, committed, offer)
+
+        thread = ThreadPoolExecutor(1, thread_name_prefix=f"sensor-{stream.config.name}")
+        try:
+            await loop.run_in_executor(thread, self._sampling, stream, driver, stop, sampled)
+        finally:
+            stop.set()
+            stream.wake.set()
+            await asyncio.to_thread(thread.shutdown)  # the driver is idle again when the caller releases it
+
+    def _sampling(self, stream: Stream, driver: PolledDriver, stop: threading.Event,
+                  sampled: Callable[[OutboxRecord | OutboxError | None, TimeOffer | None], object]) -> None:
+        """A polled stream's thread: read and commit on schedule and hand each result to the loop; sample at once
+        when woken (a new interval). Returns once ``stop`` is set; an error ends it, raised on the loop."""
         units = {f.quantity: f.unit for f in driver.TELEMETRY}
+        source = driver if isinstance(driver, ClockSource) else None
         next_at = time.monotonic()
         while True:
+            stream.wake.clear()  # a wake from now on (set_interval, stop) cuts the next wait short
+            if stop.is_set():
+                return
             ts, clock = self.clock.now()
-            ts = stream.stamp(ts)
-            committed = await asyncio.to_thread(self._sample, stream, driver, units, ts, clock)
-            if isinstance(driver, ClockSource):
-                offer = driver.time_offer()
-                if offer is not None:
-                    self.clock.offer(stream.kind.kind, *offer)
-            if stream.state != "ok":
-                log.info("sensor %s is reading", stream.config.name)
-            stream.state, stream.error = "ok", None
-            backoff.reset()
-            if committed is not None:
-                self._committed(committed)
+            committed = self._sample(stream, driver, units, stream.stamp(ts), clock)
+            sampled(committed, source.time_offer() if source is not None else None)
             next_at = max(next_at + stream.interval_s, time.monotonic())
-            stream.wake.clear()
-            if await wait_event(stream.wake, next_at - time.monotonic()):
+            if stream.wake.wait(next_at - time.monotonic()):
                 next_at = time.monotonic()
+
+    def _sampled(self, stream: Stream, backoff: Backoff, committed: OutboxRecord | OutboxError | None,
+                 offer: TimeOffer | None) -> None:
+        """On the loop, for each sample the stream's thread took: the clock's offer, the stream's state, the record."""
+        if offer is not None:
+            self.clock.offer(stream.kind.kind, *offer)
+        if stream.state != "ok":
+            log.info("sensor %s is reading", stream.config.name)
+        stream.state, stream.error = "ok", None
+        backoff.reset()
+        if committed is not None:
+            self._committed(committed)
 
     def _finite(self, stream: Stream, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` without NaN and infinities, which are counted and logged (once per stream per minute)."""
@@ -566,10 +604,14 @@ class Agent:
         values = self._finite(stream, values) if values else values
         if not values:
             return None
-        readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q), clock=clock)
-                    for q, v in values.items()]
+        build: Callable[[int], Message | bytes] | None = telemetry.encode(
+            self.cfg.device, stream.config.name, units, values, ts, clock)
+        if build is None:  # a value the models must validate (and may refuse)
+            readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q),
+                                clock=clock) for q, v in values.items()]
+            build = partial(self._telemetry, readings)
         try:
-            return self.outbox.append(RecordClass.TELEMETRY, partial(self._telemetry, readings))
+            return self.outbox.append(RecordClass.TELEMETRY, build)
         except OutboxError as err:
             return err
 
@@ -646,7 +688,7 @@ class Agent:
             will=aiomqtt.Will(self._topic("up/status"), lost.to_json(), qos=QOS, retain=True),
             clean_start=True, max_inflight_messages=self.cfg.agent.max_inflight, tls_context=tls, timeout=10,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            connect_timeout=10,
+            connect_timeout=10, direct={self._topic("down/ack"): self._ack_received},
         )
 
     async def _connection_loop(self) -> None:
@@ -701,6 +743,9 @@ class Agent:
             tasks = [tg.create_task(self.supervise(name, partial(body, client), passes=lost, backoff_max_s=30))
                      for name, body in (("publisher", self._publisher), ("heartbeat", self._heartbeat),
                                         ("downlink", self._downlink), ("acks", self._ack_writer))]
+            if not self._settled:  # start-up is over (imports, configuration, the first connection); in a thread,
+                self._settled = True  # beside the first sends rather than before them
+                tg.create_task(asyncio.to_thread(memory.release_free_memory))
             await self._stopping.wait()
             for task in tasks:
                 task.cancel()
@@ -822,15 +867,22 @@ class Agent:
             except OutboxError as err:
                 log.error("outbox error while handling down/%s: %s", name, err)
 
+    def _ack_received(self, payload: bytes) -> None:
+        """``down/ack``, handed over by the client as it arrives (on the loop, no task per ack)."""
+        try:  # the contract's fast path: bytes that cannot break a bound skip the walk over the decoded payload
+            ranges = Ack.model_validate_json(payload, context=_CHECKED if within_bounds(payload) else None).acked
+        except ValidationError as err:
+            log.warning("ignored a down/ack message that breaks the contract: %s",
+                        err.errors()[0]["msg"] if err.errors() else err)
+            return
+        self._window.acked(ranges)  # room at once; the outbox deletes them within ACK_FLUSH_S
+        self._acked += ranges
+        self._acks_waiting.set()
+        if self._window.unread:
+            self._outbox_changed.set()  # room for records to read; otherwise new ones are sent as they come
+
     async def _handle_downlink(self, name: str, payload: bytes) -> None:
-        if name == "ack":
-            ranges = Ack.model_validate_json(payload).acked
-            self._window.acked(ranges)  # room at once; the outbox deletes them within ACK_FLUSH_S
-            self._acked += ranges
-            self._acks_waiting.set()
-            if self._window.unread:
-                self._outbox_changed.set()  # room for records to read; otherwise new ones are sent as they come
-        elif name == "tx":
+        if name == "tx":
             outcome = TxOutcome.model_validate_json(payload)
             for listener in self.tx_listeners:
                 await listener(outcome)
@@ -926,6 +978,7 @@ def _release(driver: PolledDriver | EventDriver) -> None:
 
 async def run_agent(loaded: config_module.LoadedConfig, simulate: bool = False) -> None:
     """Run an agent until SIGTERM or SIGINT, then stop it gracefully; ``simulate`` runs drivers on simulators."""
+    memory.limit_arenas()  # before the agent's threads start
     agent = Agent(loaded, simulate)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import cache
 
 from edge.contract import ClockState, now
 
 _TIME_ERROR = 5  # adjtimex(2): clock not synchronised
+
+
+@cache
+def _libc() -> ctypes.CDLL:
+    # the process's own symbols hold the C library's; ctypes.util.find_library would run ldconfig at every check
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def system_clock_state() -> ClockState:
@@ -19,7 +25,7 @@ def system_clock_state() -> ClockState:
     if not sys.platform.startswith("linux"):
         return ClockState(source="system", synchronized=None)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = _libc()
         timex = ctypes.create_string_buffer(512)  # struct timex is ~208 bytes; modes = 0 reads only
         state = libc.adjtimex(timex)
     except (OSError, AttributeError):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import aiomqtt
@@ -21,10 +22,15 @@ class CheckedClient(aiomqtt.Client):
     aiomqtt 2.x drops that reason code, so this subclass records it per message id and checks it.
     It also keeps the maximum packet size the broker announced in its CONNACK and refuses, without
     sending it, a message that would exceed it (a broker disconnects a client that sends one).
+    Messages on a topic of ``direct`` go to its handler (with the payload) as they arrive, on the event loop,
+    instead of the message queue: no task and no wait per message (for the hub's frequent acks).
     """
 
-    def __init__(self, *args: Any, connect_timeout: float = 15.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, connect_timeout: float = 15.0,
+                 direct: Mapping[str, Callable[[bytes], None]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._direct = dict(direct or {})
+        self._writing = False
         self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
         self._callbacks: dict[int, Callable[[ReasonCode], None]] = {}
         self._connect_timeout = connect_timeout
@@ -69,6 +75,42 @@ class CheckedClient(aiomqtt.Client):
         limit = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
         self.max_packet_size = limit if isinstance(limit, int) and limit > 0 else None
         super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        """Write a packet paho queues on the event loop's thread at once, without a wake-up through the loop's
+        self-pipe and a writer registration; what the socket does not take is left to a registered writer."""
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if not on_loop or self._writing:
+            super()._on_socket_register_write(client, userdata, sock)
+            return
+        self._writing = True
+        try:
+            client.loop_write()
+        except OSError as err:  # a broken socket ends the connection, as aiomqtt's own writer does
+            if not self._disconnected.done():
+                self._disconnected.set_exception(err)
+            return
+        finally:
+            self._writing = False
+        if client.want_write():  # the socket is full: paho registered nothing, being inside this call
+            self._loop.add_writer(sock.fileno(), partial(self._write_later, client))
+
+    def _write_later(self, client: paho.Client) -> None:
+        try:
+            client.loop_write()
+        except OSError as err:
+            if not self._disconnected.done():
+                self._disconnected.set_exception(err)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        handler = self._direct.get(message.topic)
+        if handler is None:
+            super()._on_message(client, userdata, message)
+        else:
+            handler(bytes(message.payload))
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode,
                     properties: Properties) -> None:

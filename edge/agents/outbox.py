@@ -165,8 +165,9 @@ class Outbox:
             (f"dropped_{klass}", n),
         )
 
-    def append(self, klass: RecordClass, build: Callable[[int], Message], key: str | None = None) -> OutboxRecord:
-        """Commit a new record; ``build(seq)`` makes its message once the seq is known.
+    def append(self, klass: RecordClass, build: Callable[[int], Message | bytes],
+               key: str | None = None) -> OutboxRecord:
+        """Commit a new record; ``build(seq)`` makes its message (or its JSON) once the seq is known.
 
         A full droppable class loses its oldest record (counted); a full transaction class raises
         :class:`OutboxFull` and commits nothing.
@@ -196,7 +197,8 @@ class Outbox:
                                      (klass.value, key, created))
                     seq = cur.lastrowid
                     assert seq is not None
-                    payload = build(seq).to_json()
+                    built = build(seq)
+                    payload = built if isinstance(built, bytes) else built.to_json()
                     db.execute("UPDATE records SET payload = ? WHERE seq = ?", (payload, seq))
                     db.execute("COMMIT")
                 except BaseException:
