@@ -94,7 +94,7 @@ class HubSettings(FileSettings):
     max_clock_skew: Annotated[float, Field(ge=0, le=366 * 86_400)] = 600.0
     max_age: Seconds = 366 * 86_400.0
     max_unwritten: Seconds = 60.0
-    ack_window: Annotated[float, Field(ge=0, le=5)] = 0.03
+    ack_window: Annotated[float, Field(ge=0, le=5)] = 1.0
     fees: Path | None = Field(None, description="fee catalogue TOML; none: the demo catalogue")
     zones: Path | None = Field(None, description="zones GeoJSON; none: the demo zones of Khon Kaen")
     rules: Path | None = Field(None, description="alarm rules TOML; none: the demo rules")

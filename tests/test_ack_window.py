@@ -78,9 +78,9 @@ def _feed(ingest: Ingest, seqs: range) -> None:
 def test_acks_of_many_commits_within_the_window_go_out_as_one_range(
         consumer: Callable[[float], tuple[Ingest, _Acks]]) -> None:
     ingest, acks = consumer(5.0)
-    _feed(ingest, range(1, 101))  # ten commits of 10 (batch_max) back to back
-    wait_for(lambda: acks.seqs() == set(range(1, 101)), 30, "all 100 seqs acknowledged")
-    assert [a.acked for a in acks.acks] == [[(1, 100)]]
+    _feed(ingest, range(1, 41))  # four commits of 10 (batch_max) back to back, fewer than ack_flush_seqs
+    wait_for(lambda: acks.seqs() == set(range(1, 41)), 30, "all 40 seqs acknowledged")
+    assert [a.acked for a in acks.acks] == [[(1, 40)]]
     assert acks.early == []
 
 
@@ -98,4 +98,17 @@ def test_a_lone_message_is_acknowledged_when_its_window_ends_though_nothing_else
     ingest, acks = consumer(0.2)
     _feed(ingest, range(1, 2))
     wait_for(lambda: acks.seqs() == {1}, 10, "seq 1 acknowledged")
+    assert acks.early == []
+
+
+def test_a_device_with_enough_seqs_waiting_is_acknowledged_before_the_window_ends(
+        consumer: Callable[[float], tuple[Ingest, _Acks]]) -> None:
+    ingest, acks = consumer(30.0)  # a window no test waits out
+    flush = ingest.settings.ack_flush_seqs
+    _feed(ingest, range(1, flush + 1))  # commits of 10 (batch_max): the fifth brings the device to 50 waiting
+    wait_for(lambda: acks.seqs() == set(range(1, flush + 1)), 15, f"the first {flush} seqs acknowledged")
+    assert [a.acked for a in acks.acks] == [[(1, flush)]]
+    _feed(ingest, range(flush + 1, flush + 11))  # ten more: below the count, they wait for the window
+    wait_for(lambda: len(acks.store.stored_seqs()) == flush + 10, 15, "the ten committed")
+    assert acks.seqs() == set(range(1, flush + 1))
     assert acks.early == []

@@ -5,7 +5,7 @@ The child passes what it receives in batches; a pump thread queues it. The write
 classifies each message, commits the batch in one store transaction, then acknowledges on ``down/ack``
 exactly the seqs the commit covered (duplicates included, so a device whose ack was lost stops resending).
 Acknowledgements are coalesced: the seqs committed within ``ack_window_s`` go out as one ``down/ack`` of ranges
-per device, never before their commit.
+per device, never before their commit, and a device's go out at once when ``ack_flush_seqs`` of them wait.
 Transactions are applied one by one through the router and answered on ``down/tx``.
 
 The writer survives any single message: an unexpected error splits the work in halves until the message that
@@ -63,8 +63,11 @@ class IngestSettings:
     window: ClockWindow = field(default_factory=ClockWindow)
     max_unwritten_s: float = 60.0
     """``/healthz`` answers 503 while a received message waits longer than this to be committed."""
-    ack_window_s: float = 0.03
+    ack_window_s: float = 1.0
     """Committed seqs wait at most this long to share one ``down/ack`` per device (0: one ack per commit)."""
+    ack_flush_seqs: int = 50
+    """A device's acks go out as soon as this many of its committed seqs wait, whatever the window: a device
+    draining a backlog through a send window of its own (200 by default) is never held up by the hub's window."""
     tx_kinds_by_node: Mapping[str, frozenset[str]] = field(default_factory=lambda: dict(TX_KINDS_BY_NODE))
 
 
@@ -349,10 +352,17 @@ class Ingest:
         """Publish every committed seq that waits for its ``down/ack``."""
         unacked, self._unacked, self._unacked_since = self._unacked, {}, None
         for device, seqs in unacked.items():
-            try:
-                self.publish_ack(device, seqs)
-            except (StoreError, MessageTooLarge) as err:  # stored already: the device resends, gets a duplicate's ack
-                log.warning("could not acknowledge %d seqs of %s: %s", len(seqs), device, err)
+            self._ack(device, seqs)
+
+    def _flush_device(self, device: str) -> None:
+        """Publish one device's committed seqs now (it has enough of them waiting)."""
+        self._ack(device, self._unacked.pop(device))
+
+    def _ack(self, device: str, seqs: list[int]) -> None:
+        try:
+            self.publish_ack(device, seqs)
+        except (StoreError, MessageTooLarge) as err:  # stored already: the device resends, gets a duplicate's ack
+            log.warning("could not acknowledge %d seqs of %s: %s", len(seqs), device, err)
 
     def _process(self, received: list[Received]) -> None:
         self.metrics.received.inc(len(received))
@@ -412,10 +422,16 @@ class Ingest:
         self.metrics.duplicates.inc(outcome.duplicates)
         for d in batch.deadletters:
             self.metrics.deadletters.labels(d.reason).inc()
+        flush = self.settings.ack_flush_seqs
         for device, seqs in outcome.acks.items():
-            self._unacked.setdefault(device, []).extend(seqs)
-        if outcome.acks and self._unacked_since is None:
+            waiting = self._unacked.setdefault(device, [])
+            waiting.extend(seqs)
+            if len(waiting) >= flush:
+                self._flush_device(device)
+        if self._unacked and self._unacked_since is None:
             self._unacked_since = time.monotonic()
+        elif not self._unacked:
+            self._unacked_since = None
 
     def _write_points(self, points: list[Point]) -> bool:
         """Write a batch's readings to the time-series store, trying again with backoff while it is unavailable
