@@ -34,18 +34,21 @@ SOS_BUTTON = {"kind": "sim_button", "name": "sos", "event": "sos.pressed", "mean
 ON_PAGE_WITHIN_S = 1.0
 
 
-def _with_receipts(data: Path, n: int) -> None:
-    """A hub data directory whose ledger holds ``n`` cash payments (kiosk kk-kiosk-0001)."""
+def _with_payments(data: Path, n: int, method: str = "cash") -> list[str]:
+    """A hub data directory whose ledger holds ``n`` payments by ``method`` (kiosk kk-kiosk-0001); their tx ids."""
     made = build_hub_app(data)
+    tx_ids = [f"kk-kiosk-0001-tx-{method[0]}{i:05d}" for i in range(1, n + 1)]
     try:
-        router = Router({"fee.payment": ledger.FinanceRoute(load_catalogue(DEMO_FEES), PromptPaySettings())})
-        for i in range(1, n + 1):
-            made.store.apply_tx(Tx(device="kk-kiosk-0001", seq=i, tx_id=f"kk-kiosk-0001-tx-d{i:05d}",
+        router = Router({"fee.payment": ledger.FinanceRoute(load_catalogue(DEMO_FEES),
+                                                            PromptPaySettings(target="0801234567"))})
+        for seq, tx_id in enumerate(tx_ids, 1):
+            made.store.apply_tx(Tx(device="kk-kiosk-0001", seq=seq, tx_id=tx_id,
                                    kind="fee.payment", created_at=now(), citizen={"ref": "9f2c" * 16},
                                    data={"office": "kkc-hq", "service": "garbage-monthly", "amount_satang": 4000,
-                                         "method": "cash"}), 1.0, router.decide)
+                                         "method": method}), 1.0, router.decide)
     finally:
         made.store.close()
+    return tx_ids
 
 
 def _receipt_rows(driver: Chrome) -> list[str]:
@@ -72,7 +75,7 @@ def _session_call(driver: Chrome, method: str, path: str, body: dict[str, Any]) 
 def test_a_viewer_sees_no_void_and_is_refused_and_a_finance_user_voids_with_their_name_in_the_ledger(
         broker: Broker, procs: Procs, tmp_path: Path) -> None:
     data = tmp_path / "hub"
-    _with_receipts(data, 3)
+    _with_payments(data, 3)
     user_token(data, "vichai", ("viewer",))
     user_token(data, "malee", ("finance",))
     hub = procs["hub"](broker.port, data=data)
@@ -124,20 +127,9 @@ def test_a_viewer_sees_no_void_and_is_refused_and_a_finance_user_voids_with_thei
 def test_a_finance_user_expires_a_pending_promptpay_payment_from_the_page_after_confirming(
         broker: Broker, procs: Procs, tmp_path: Path) -> None:
     data = tmp_path / "hub"
-    made = build_hub_app(data)
-    try:
-        router = Router({"fee.payment": ledger.FinanceRoute(load_catalogue(DEMO_FEES),
-                                                            PromptPaySettings(target="0801234567"))})
-        for i in (1, 2):
-            made.store.apply_tx(Tx(device="kk-kiosk-0001", seq=i, tx_id=f"kk-kiosk-0001-tx-qr{i:04d}",
-                                   kind="fee.payment", created_at=now(), citizen={"ref": "9f2c" * 16},
-                                   data={"office": "kkc-hq", "service": "garbage-monthly", "amount_satang": 4000,
-                                         "method": "promptpay"}), 1.0, router.decide)
-    finally:
-        made.store.close()
+    first, second = _with_payments(data, 2, "promptpay")
     user_token(data, "malee", ("finance",))
     hub = procs["hub"](broker.port, data=data)
-    first, second = "kk-kiosk-0001-tx-qr0001", "kk-kiosk-0001-tx-qr0002"
     with chromium(tmp_path / "finance") as driver:
         sign_in(driver, hub.url, "malee", TEST_PASSWORD, lang="en")
         page_ready(driver, "finance", f'[data-expire="{first}"]')
@@ -258,11 +250,12 @@ def test_a_gis_user_assigns_and_resolves_a_report_from_the_queue_and_a_viewer_ca
         wait_for(lambda: hub.get(f"/api/gis/reports/{first}")["properties"]["status"] == "assigned", 10, "assigned")
         wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, '#rep-detail [data-act="resolved"]'), 10,
                  "the resolve button of the assigned report")
-        assert len(driver.find_elements(By.CSS_SELECTOR, "#rep-queue tr[data-report]")) == 1  # the queue: new ones
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#rep-queue tr[data-report]")) == 1, 10,
+                 "the queue holding only the new report")  # it is drawn again after the detail
         click(driver, '#rep-detail [data-act="resolved"]')
         dialog = driver.find_element(By.CSS_SELECTOR, "dialog.ask[open]")
         dialog.find_element(By.CSS_SELECTOR, '[data-confirm="yes"]').click()
-        assert "Please fill in Note" in dialog.text  # resolving needs a note
+        wait_for(lambda: "Please fill in Note" in dialog.text, 10, "the note asked for")  # resolving needs a note
         dialog.find_element(By.NAME, "note").send_keys("lamp replaced")
         dialog.find_element(By.CSS_SELECTOR, '[data-confirm="yes"]').click()
         wait_for(lambda: hub.get(f"/api/gis/reports/{first}")["properties"]["status"] == "resolved", 10, "resolved")

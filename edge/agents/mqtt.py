@@ -88,22 +88,21 @@ class CheckedClient(aiomqtt.Client):
             return
         self._writing = True
         try:
-            client.loop_write()
-        except OSError as err:  # a broken socket ends the connection, as aiomqtt's own writer does
-            if not self._disconnected.done():
-                self._disconnected.set_exception(err)
-            return
+            written = self._write(client)
         finally:
             self._writing = False
-        if client.want_write():  # the socket is full: paho registered nothing, being inside this call
-            self._loop.add_writer(sock.fileno(), partial(self._write_later, client))
+        if written and client.want_write():  # the socket is full: paho registered nothing, being inside this call
+            self._loop.add_writer(sock.fileno(), partial(self._write, client))
 
-    def _write_later(self, client: paho.Client) -> None:
+    def _write(self, client: paho.Client) -> bool:
+        """Write what paho holds; False when the socket broke, which ends the connection as aiomqtt's writer does."""
         try:
             client.loop_write()
         except OSError as err:
             if not self._disconnected.done():
                 self._disconnected.set_exception(err)
+            return False
+        return True
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         handler = self._direct.get(message.topic)
