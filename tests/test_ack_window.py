@@ -72,7 +72,7 @@ def _feed(ingest: Ingest, seqs: range) -> None:
         body = {"v": 1, "device": DEVICE, "seq": seq, "sent_at": format_timestamp(now()),
                 "readings": [{"ts": format_timestamp(now()), "sensor": "pm", "quantity": "pm2_5", "value": 12.5,
                               "unit": "ug/m3"}]}
-        ingest._queue.put((f"nakhon/{DEVICE}/up/telemetry", json.dumps(body).encode(), time.time()))
+        ingest._backlog.put([(f"nakhon/{DEVICE}/up/telemetry", json.dumps(body).encode(), time.time())])
 
 
 def test_acks_of_many_commits_within_the_window_go_out_as_one_range(

@@ -1,17 +1,24 @@
-"""The hub's MQTT connection runs in a child process: it is started again if it dies, and stopped with the hub."""
+"""The hub's MQTT connection runs in a child process: it is started again if it dies, and stopped with the hub; its
+paho client reads the socket a chunk at a time."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.contract import format_timestamp, now
 from hub.ingest.consumer import Ingest, IngestSettings
+from hub.ingest.receiver import READ_CHUNK, _ChunkedClient
 from hub.metrics import HubMetrics
 from hub.router import Router
 from hub.store.sqlite import SQLiteStore
@@ -71,3 +78,88 @@ def test_stopping_the_hub_ends_its_mqtt_process(ingest: Ingest) -> None:
     assert child is not None
     ingest.stop()
     assert not child.is_alive() and child.exitcode == 0
+
+
+class _Socket:
+    """A socket that has ``data`` to give, in reads of at most ``bufsize``."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.reads: list[int] = []
+
+    def recv(self, bufsize: int) -> bytes:
+        self.reads.append(bufsize)
+        out, self.data = self.data[:bufsize], self.data[bufsize:]
+        if not out:
+            raise BlockingIOError
+        return out
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _chunked() -> _ChunkedClient:
+    return _ChunkedClient(CallbackAPIVersion.VERSION2, client_id="chunk-test", protocol=mqtt.MQTTv5)
+
+
+def test_paho_reads_are_served_from_one_chunk_of_the_socket() -> None:
+    client = _chunked()
+    sock = _Socket(b"\x30\x05hello" * 3)
+    client._sock = sock  # type: ignore[assignment]
+    got = [client._sock_recv(n) for n in (1, 1, 5, 1, 1, 5, 1, 1, 5)]
+    assert b"".join(got) == b"\x30\x05hello" * 3
+    assert sock.reads == [READ_CHUNK]
+    assert client.buffered() == 0
+    with pytest.raises(BlockingIOError):
+        client._sock_recv(1)
+
+
+def test_a_new_connection_never_gets_what_was_left_of_the_last_one() -> None:
+    client = _chunked()
+    client._sock = _Socket(b"old bytes")  # type: ignore[assignment]
+    assert client._sock_recv(3) == b"old"
+    assert client.buffered() == 6
+    client._sock = _Socket(b"new")  # type: ignore[assignment]
+    assert client.buffered() == 0
+    assert client._sock_recv(3) == b"new"
+
+
+@pytest.mark.broker
+def test_a_burst_of_messages_is_read_in_far_fewer_socket_reads_than_messages(
+        broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = []
+    paho_read = mqtt.Client._sock_recv
+
+    def counted(self: mqtt.Client, bufsize: int) -> bytes:
+        reads.append(bufsize)
+        return paho_read(self, bufsize)
+
+    monkeypatch.setattr(mqtt.Client, "_sock_recv", counted)
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    sub = _chunked()
+    sub.on_connect = lambda c, *_: c.subscribe("nakhon/+/up/#", qos=1)
+    sub.on_subscribe = lambda *_: subscribed.set()
+    sub.on_message = lambda c, u, m: got.append(bytes(m.payload))
+    session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    session.SessionExpiryInterval = 300
+    sub.connect("127.0.0.1", broker.port, properties=session)
+    sub.loop_start()
+    device = Device(broker.port, POLE)
+    try:
+        assert subscribed.wait(20)
+        sub.disconnect()  # messages for its session wait at the broker, and arrive as one burst on reconnecting
+        sub.loop_stop()
+        payloads = [_telemetry(seq) for seq in range(1, 501)]
+        for p in payloads:
+            device.publish("up/telemetry", p)
+        reads.clear()
+        sub.reconnect()
+        sub.loop_start()
+        wait_for(lambda: len(got) == 500, 30, "500 messages received")
+    finally:
+        device.close()
+        sub.disconnect()
+        sub.loop_stop()
+    assert got == payloads
+    assert 0 < len(reads) < 100  # paho alone reads three or four times a message (2,006 reads here)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ from hub.commands import CommandDesk
 from hub.errors import MessageTooLarge, RecordRejected, StoreError, TimeSeriesUnavailable
 from hub.faults import crash_point
 from hub.ingest.access import TX_KINDS_BY_NODE, tx_refusal
+from hub.ingest.backlog import Backlog
 from hub.ingest.classify import Classified, ClockWindow, Reason, TxRefused, TxRequest, classify
 from hub.ingest.receiver import Link
 from hub.ingest.receiver import run as run_receiver
@@ -136,7 +136,7 @@ class Ingest:
         self.connected = threading.Event()
         self.commands = CommandDesk(store, self.publish, settings.root, check=self.check_publishable,
                                     connected=self.connected.is_set)
-        self._queue: queue.Queue[Received | None] = queue.Queue(maxsize=settings.queue_max)
+        self._backlog: Backlog[Received] = Backlog(settings.queue_max)
         self._conn: Connection | None = None
         self._send_lock = threading.Lock()
         self._child: BaseProcess | None = None
@@ -162,6 +162,7 @@ class Ingest:
         """Start the writer thread and the connection's child (it connects in the background, with paho's
         reconnects; a child that dies is started again)."""
         self._stopping.clear()
+        self._backlog = Backlog(self.settings.queue_max)
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._writer.start()
         self._spawn()
@@ -178,7 +179,7 @@ class Ingest:
             self._pump.join(timeout=30)
             self._pump = None
         if self._writer is not None:
-            self._queue.put(None)
+            self._backlog.close()
             self._writer.join(timeout=30)
             self._writer = None
         self._reap()
@@ -230,8 +231,7 @@ class Ingest:
     def _handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
         if kind == "msgs":
-            for received in event[1]:
-                self._hold(received)
+            self._hold(event[1])
         elif kind == "up":
             self.max_packet_size = event[1]
             self.connected.set()
@@ -247,22 +247,17 @@ class Ingest:
             elif event[1] != 0:
                 log.warning("lost the broker (%s); paho reconnects", event[1])
 
-    def _hold(self, received: Received) -> None:
-        """Queue a message for the writer, waiting while the queue is full (the child then stops reading the
+    def _hold(self, received: list[Received]) -> None:
+        """Hand messages to the writer, waiting while the backlog is full (the child then stops reading the
         socket, and the broker holds what follows); gives up only when the hub stops."""
-        try:
-            self._queue.put_nowait(received)
+        if self._backlog.put(received, timeout=0):
             return
-        except queue.Full:
-            log.warning("ingest: %d messages wait for the writer; reading from the broker paused until it catches up",
-                        self.settings.queue_max)
+        log.warning("ingest: %d messages wait for the writer; reading from the broker paused until it catches up",
+                    self.settings.queue_max)
         while not self._stopping.is_set():
-            try:
-                self._queue.put(received, timeout=0.5)
-            except queue.Full:
-                continue
-            log.info("ingest: the writer caught up; reading from the broker again")
-            return
+            if self._backlog.put(received, timeout=0.5):
+                log.info("ingest: the writer caught up; reading from the broker again")
+                return
 
     def check_publishable(self, topic_name: str, payload: bytes) -> None:
         """Raise :class:`MessageTooLarge` when the broker announced a maximum packet size this message exceeds."""
@@ -305,31 +300,18 @@ class Ingest:
         """Whether the writer runs, how much waits for it, and for how long (thread-safe)."""
         since = self._in_hand_since
         return WriterState(running=self._writer is not None and self._writer.is_alive(),
-                           queue_depth=self._queue.qsize(),
+                           queue_depth=len(self._backlog),
                            oldest_unwritten_s=max(0.0, time.time() - since) if since is not None else 0.0,
                            limit_s=self.settings.max_unwritten_s, waiting_for=self._waiting_for)
 
     def _write_loop(self) -> None:
-        s = self.settings
-        stopping = False
-        while not stopping:
-            try:
-                first = self._queue.get(timeout=self._ack_due_in())
-            except queue.Empty:
+        while True:
+            received = self._backlog.take(self.settings.batch_max, self._ack_due_in())
+            if received is None:
+                break
+            if not received:
                 self._flush_acks()
                 continue
-            if first is None:
-                break
-            received = [first]
-            while len(received) < s.batch_max:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                received.append(item)
             self._in_hand_since = min(at for _, _, at in received)
             err = _guarded(self._process, received)
             self._in_hand_since = None

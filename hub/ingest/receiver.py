@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -56,6 +56,49 @@ class Link:
     keepalive_s: int
 
 
+READ_CHUNK = 262_144
+"""Bytes asked of the socket at once by :class:`_ChunkedClient` (a burst of small PUBLISH packets in one call)."""
+
+
+class _ChunkedClient(mqtt.Client):
+    """paho's client, reading its socket a chunk at a time.
+
+    paho asks the socket for each packet's fixed header byte, each byte of its length and then its body: three or
+    four ``recv`` calls a message, each a system call, and one pass of its select loop a packet. Here ``_sock_recv``
+    (paho's one read of its socket, TLS included) serves those reads from one ``recv`` of up to READ_CHUNK bytes,
+    and ``loop_read`` goes on until that chunk is used up. paho still parses and answers every packet itself. A new
+    connection starts with an empty chunk; the leftover of a lost one is dropped with it. (paho documents neither
+    method as an extension point: ``tests/test_ingest_receiver.py`` fails if a paho release changes them.)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._chunk = b""
+        self._chunk_at = 0
+        self._chunk_of: object = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        chunk, at = self._chunk, self._chunk_at
+        if at >= len(chunk) or self._chunk_of is not self._sock:
+            chunk = super()._sock_recv(READ_CHUNK)  # BlockingIOError when the socket has nothing yet
+            at = 0
+            self._chunk_of = self._sock
+        end = at + bufsize
+        self._chunk, self._chunk_at = chunk, min(end, len(chunk))
+        return chunk[at:end]
+
+    def buffered(self) -> int:
+        """Bytes read from the socket that paho has not taken yet."""
+        return len(self._chunk) - self._chunk_at if self._chunk_of is self._sock else 0
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """Handle every packet the socket gave us (paho alone handles one a call, then waits in select again)."""
+        rc = super().loop_read(max_packets)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self.buffered():
+            rc = super().loop_read(max_packets)
+        return rc
+
+
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -71,7 +114,7 @@ class _Child:
         self.pending: list[tuple[str, bytes, float]] = []
         self.ready = threading.Condition()
         self.stopping = False
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=link.client_id, protocol=mqtt.MQTTv5)
+        client = _ChunkedClient(CallbackAPIVersion.VERSION2, client_id=link.client_id, protocol=mqtt.MQTTv5)
         if link.username:
             client.username_pw_set(link.username, link.password)
         client.max_inflight_messages_set(1000)

@@ -1,0 +1,76 @@
+"""What the hub has received and its writer has not taken yet: the batches its MQTT process hands over, kept as
+they come (one lock a batch, not one a message) and bounded by the number of messages they hold."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Backlog(Generic[T]):
+    """A bounded first-in first-out queue of messages that takes and gives them in lists.
+
+    :meth:`put` waits while ``limit`` messages or more are held (backpressure: the caller stops reading from the
+    broker meanwhile); a list is always taken whole, so one larger than what is left still goes in once the
+    backlog is below its limit. :meth:`take` gives up to ``most`` messages in the order they came.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a backlog holds at least one message")
+        self.limit = limit
+        self._lists: deque[list[T]] = deque()
+        self._held = 0
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def __len__(self) -> int:
+        return self._held
+
+    def put(self, items: list[T], timeout: float | None = None) -> bool:
+        """Add ``items`` once fewer than ``limit`` messages are held; False if ``timeout`` seconds passed first
+        (nothing added)."""
+        if not items:
+            return True
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._held < self.limit, timeout):
+                return False
+            self._lists.append(items)
+            self._held += len(items)
+            self._changed.notify_all()
+        return True
+
+    def close(self) -> None:
+        """No more messages will come: :meth:`take` gives what is held, then None."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def take(self, most: int, timeout: float | None = None) -> list[T] | None:
+        """Up to ``most`` messages, waiting up to ``timeout`` seconds (None: no limit) for the first; an empty list
+        when the wait ended with none, None once the backlog is closed and empty."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not self._lists:
+                if self._closed:
+                    return None
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return []
+                self._changed.wait(left)
+            taken: list[T] = []
+            while self._lists and len(taken) < most:
+                head = self._lists[0]
+                room = most - len(taken)
+                if len(head) <= room:
+                    taken.extend(self._lists.popleft())
+                else:
+                    taken.extend(head[:room])
+                    self._lists[0] = head[room:]
+            self._held -= len(taken)
+            self._changed.notify_all()
+            return taken

@@ -1,0 +1,82 @@
+"""The writer's backlog: batches kept in order, taken in lists of at most ``most``, bounded by messages held."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from hub.ingest.backlog import Backlog
+
+
+def test_messages_come_out_in_order_across_and_within_the_lists_put() -> None:
+    backlog: Backlog[int] = Backlog(100)
+    backlog.put([1, 2, 3])
+    backlog.put([4, 5])
+    backlog.put([6])
+    assert backlog.take(4) == [1, 2, 3, 4]
+    assert len(backlog) == 2
+    assert backlog.take(10) == [5, 6]
+    assert len(backlog) == 0
+
+
+def test_an_empty_backlog_gives_an_empty_list_when_the_wait_ends() -> None:
+    backlog: Backlog[int] = Backlog(10)
+    assert backlog.take(5, timeout=0) == []
+    assert backlog.take(5, timeout=0.01) == []
+
+
+def test_a_full_backlog_refuses_until_the_writer_takes() -> None:
+    backlog: Backlog[int] = Backlog(3)
+    assert backlog.put([1, 2])
+    assert backlog.put([3, 4, 5])  # below the limit when it came: taken whole
+    assert not backlog.put([6], timeout=0)
+    assert len(backlog) == 5
+    assert backlog.take(2) == [1, 2]
+    assert not backlog.put([6], timeout=0)  # 3 held: at the limit
+    assert backlog.take(1) == [3]
+    assert backlog.put([6], timeout=0)
+    assert backlog.take(10) == [4, 5, 6]
+
+
+def test_a_waiting_put_goes_in_as_soon_as_there_is_room() -> None:
+    backlog: Backlog[int] = Backlog(1)
+    backlog.put([1])
+    done = threading.Event()
+
+    def producer() -> None:
+        backlog.put([2])
+        done.set()
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    assert not done.wait(0.05)
+    assert backlog.take(1) == [1]
+    assert done.wait(5)
+    thread.join()
+    assert backlog.take(1) == [2]
+
+
+def test_a_closed_backlog_gives_what_it_holds_then_none() -> None:
+    backlog: Backlog[int] = Backlog(10)
+    backlog.put([1, 2])
+    backlog.close()
+    assert backlog.take(1) == [1]
+    assert backlog.take(5) == [2]
+    assert backlog.take(5) is None
+    assert backlog.take(5, timeout=0) is None
+
+
+def test_a_waiting_writer_wakes_when_the_backlog_closes() -> None:
+    backlog: Backlog[int] = Backlog(10)
+    got: list[list[int] | None] = []
+    thread = threading.Thread(target=lambda: got.append(backlog.take(5)))
+    thread.start()
+    backlog.close()
+    thread.join(5)
+    assert got == [None]
+
+
+def test_a_backlog_holds_at_least_one_message() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        Backlog(0)
