@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import queue
 import signal
 import sqlite3
@@ -71,6 +72,25 @@ def receive(source: Queue[Any], children: list[ForkProcess], what: str) -> Any:
         if failed:
             raise BenchError(f"a child process exited with {failed[0]} while waiting for {what}")
     raise BenchError(f"timed out after {STALL_S:.0f} s waiting for {what}")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) used so far by a process and its descendants still running, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat[stat.rfind(")") + 2:].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+    return total
 
 
 def start_child(stack: contextlib.ExitStack, target: Callable[..., None], *args: Any) -> ForkProcess:

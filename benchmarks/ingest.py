@@ -42,6 +42,7 @@ from _harness import (
     HubProcess,
     LoggedProcess,
     child_signals,
+    process_cpu,
     progress,
     receive,
     run_guarded,
@@ -90,6 +91,8 @@ class RunResult:
     readings: int
     seconds: float
     publish_seconds: float
+    cpu_seconds: float
+    """CPU the consumer used for the run (its processes, from the first publish until it had every message)."""
 
     @property
     def msg_per_s(self) -> float:
@@ -100,6 +103,11 @@ class RunResult:
     def readings_per_s(self) -> float:
         """Readings per second over the measured span."""
         return self.readings / self.seconds
+
+    @property
+    def cpu_us_per_message(self) -> float:
+        """Microseconds of the consumer's CPU per message."""
+        return self.cpu_seconds / self.messages * 1e6
 
 
 def device_ids(count: int) -> list[str]:
@@ -255,6 +263,7 @@ def run_baseline(params: Params, payloads: dict[str, list[bytes]], run: int) -> 
         publishers = Publishers(stack, port, payloads, params.processes)
         progress(f"{label} broker on {HOST}:{port}, subscriber ready, {len(publishers.processes)} publisher "
                  f"processes forked")
+        cpu_before = process_cpu(subscriber.pid or 0)
         publishers.release()
 
         def received() -> int:
@@ -265,9 +274,10 @@ def run_baseline(params: Params, payloads: dict[str, list[bytes]], run: int) -> 
 
         wait_for_count(received, params.total, "the bare subscriber")
         first, last = receive(results, [subscriber], "the bare subscriber's timings")
+        cpu = process_cpu(subscriber.pid or 0) - cpu_before  # its end waits for the stack: still readable
         published = publishers.span()
     result = RunResult("baseline", run, params.total, params.total * params.readings, last - first,
-                       published[1] - published[0])
+                       published[1] - published[0], cpu)
     progress(f"{label} published {params.total} in {result.publish_seconds:.2f} s; received all in "
              f"{result.seconds:.2f} s: {result.msg_per_s:,.0f} msg/s")
     return result
@@ -404,11 +414,13 @@ def run_node_red(params: Params, payloads: dict[str, list[bytes]], run: int, red
             flow.check()
             return int(db.execute("SELECT COUNT(*) FROM received WHERE device != ?", (PROBE_DEVICE,)).fetchone()[0])
 
+        cpu_before = process_cpu(flow.process.pid)
         publishers.release()
         done = wait_for_count(stored, params.total, "Node-RED")
+        cpu = process_cpu(flow.process.pid) - cpu_before
         first, last_ack = publishers.span()
         readings = check_loss(db, payloads, params)
-    result = RunResult("node-red", run, params.total, readings, done - first, last_ack - first)
+    result = RunResult("node-red", run, params.total, readings, done - first, last_ack - first, cpu)
     progress(f"{label} zero loss: {params.total} messages and {readings} readings stored; "
              f"{result.msg_per_s:,.0f} msg/s")
     return result
@@ -567,13 +579,15 @@ def run_hub(params: Params, payloads: dict[str, list[bytes]], run: int) -> RunRe
                 hub.check()
             return stores.received() - probes
 
+        cpu_before = sum(process_cpu(hub.process.pid) for hub in hubs)
         publishers.release()
         done = wait_for_count(stored, params.total, "the hub")
+        cpu = sum(process_cpu(hub.process.pid) for hub in hubs) - cpu_before
         first, last_ack = publishers.span()
         progress(f"{label} published {params.total} in {last_ack - first:.2f} s; stored all in "
                  f"{done - first:.2f} s; checking for loss")
         readings = stores.check(payloads, params)
-    result = RunResult("hub", run, params.total, readings, done - first, last_ack - first)
+    result = RunResult("hub", run, params.total, readings, done - first, last_ack - first, cpu)
     progress(f"{label} zero loss: {params.total} messages and {readings} readings stored; "
              f"{result.msg_per_s:,.0f} msg/s")
     return result
@@ -587,8 +601,12 @@ class Summary:
     baseline_readings_per_s: float
     hub_msg_per_s: float
     hub_readings_per_s: float
+    baseline_cpu_us: float
+    """The consumer's CPU per message (µs): the bare subscriber's process, the hub's processes, Node-RED's."""
+    hub_cpu_us: float
     node_red_msg_per_s: float | None = None
     node_red_readings_per_s: float | None = None
+    node_red_cpu_us: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -644,21 +662,24 @@ def summarise(results: list[RunResult]) -> Summary:
     return Summary(required(median("baseline", lambda r: r.msg_per_s)),
                    required(median("baseline", lambda r: r.readings_per_s)),
                    required(median("hub", lambda r: r.msg_per_s)), required(median("hub", lambda r: r.readings_per_s)),
-                   median("node-red", lambda r: r.msg_per_s), median("node-red", lambda r: r.readings_per_s))
+                   required(median("baseline", lambda r: r.cpu_us_per_message)),
+                   required(median("hub", lambda r: r.cpu_us_per_message)),
+                   median("node-red", lambda r: r.msg_per_s), median("node-red", lambda r: r.readings_per_s),
+                   median("node-red", lambda r: r.cpu_us_per_message))
 
 
 def report(params: Params, summary: Summary) -> str:
     """The side-by-side table and the verdict."""
-    rows = [("scenario", "messages", "msg/s", "readings/s", "hub/baseline"),
+    rows = [("scenario", "messages", "msg/s", "readings/s", "hub/baseline", "CPU µs/msg"),
             ("baseline (bare paho, received)", f"{params.total:,}", f"{summary.baseline_msg_per_s:,.0f}",
-             f"{summary.baseline_readings_per_s:,.0f}", "1.00"),
+             f"{summary.baseline_readings_per_s:,.0f}", "1.00", f"{summary.baseline_cpu_us:.0f}"),
             (f"hub x{params.hubs}, {params.backend} (stored, zero loss)", f"{params.total:,}",
              f"{summary.hub_msg_per_s:,.0f}",
-             f"{summary.hub_readings_per_s:,.0f}", f"{summary.ratio:.2f}")]
+             f"{summary.hub_readings_per_s:,.0f}", f"{summary.ratio:.2f}", f"{summary.hub_cpu_us:.0f}")]
     red, red_readings = summary.node_red_msg_per_s, summary.node_red_readings_per_s
     if red is not None and red_readings is not None:
         rows.append(("node-red (SQLite flow, zero loss)", f"{params.total:,}", f"{red:,.0f}", f"{red_readings:,.0f}",
-                     f"{red / summary.baseline_msg_per_s:.2f}"))
+                     f"{red / summary.baseline_msg_per_s:.2f}", f"{summary.node_red_cpu_us or 0:.0f}"))
     lines = table(rows)
     verdict = "PASS" if summary.passed else "FAIL"
     than = "" if red is None else f", {summary.hub_msg_per_s / red:.2f}x Node-RED's"
