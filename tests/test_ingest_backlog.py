@@ -11,7 +11,7 @@ from hub.ingest.backlog import Backlog
 
 def test_messages_come_out_in_order_across_and_within_the_lists_put() -> None:
     backlog: Backlog[int] = Backlog(100)
-    backlog.put([1, 2, 3])
+    assert backlog.put([1, 2, 3]) == 3
     backlog.put([4, 5])
     backlog.put([6])
     assert backlog.take(4) == [1, 2, 3, 4]
@@ -26,17 +26,18 @@ def test_an_empty_backlog_gives_an_empty_list_when_the_wait_ends() -> None:
     assert backlog.take(5, timeout=0.01) == []
 
 
-def test_a_full_backlog_refuses_until_the_writer_takes() -> None:
+def test_a_full_backlog_takes_only_what_fits_until_the_writer_takes() -> None:
     backlog: Backlog[int] = Backlog(3)
-    assert backlog.put([1, 2])
-    assert backlog.put([3, 4, 5])  # below the limit when it came: taken whole
-    assert not backlog.put([6], timeout=0)
-    assert len(backlog) == 5
+    assert backlog.put([1, 2]) == 2
+    assert backlog.put([3, 4, 5], timeout=0) == 1  # only one fits: the first
+    assert len(backlog) == 3
+    assert backlog.put([4, 5], timeout=0.01) == 0
     assert backlog.take(2) == [1, 2]
-    assert not backlog.put([6], timeout=0)  # 3 held: at the limit
-    assert backlog.take(1) == [3]
-    assert backlog.put([6], timeout=0)
-    assert backlog.take(10) == [4, 5, 6]
+    assert backlog.put([4, 5], timeout=0) == 2
+    assert backlog.put([6], timeout=0) == 0
+    assert backlog.take(10) == [3, 4, 5]
+    assert backlog.put([6], timeout=0) == 1
+    assert backlog.take(10) == [6]
 
 
 def test_a_waiting_put_goes_in_as_soon_as_there_is_room() -> None:
@@ -45,16 +46,17 @@ def test_a_waiting_put_goes_in_as_soon_as_there_is_room() -> None:
     done = threading.Event()
 
     def producer() -> None:
-        backlog.put([2])
+        backlog.put([2, 3])  # the second waits for the writer too
         done.set()
 
     thread = threading.Thread(target=producer)
     thread.start()
     assert not done.wait(0.05)
     assert backlog.take(1) == [1]
+    assert backlog.take(1, timeout=5) == [2]
     assert done.wait(5)
     thread.join()
-    assert backlog.take(1) == [2]
+    assert backlog.take(1) == [3]
 
 
 def test_a_closed_backlog_gives_what_it_holds_then_none() -> None:

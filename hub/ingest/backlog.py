@@ -14,9 +14,9 @@ T = TypeVar("T")
 class Backlog(Generic[T]):
     """A bounded first-in first-out queue of messages that takes and gives them in lists.
 
-    :meth:`put` waits while ``limit`` messages or more are held (backpressure: the caller stops reading from the
-    broker meanwhile); a list is always taken whole, so one larger than what is left still goes in once the
-    backlog is below its limit. :meth:`take` gives up to ``most`` messages in the order they came.
+    :meth:`put` waits while ``limit`` messages are held (backpressure: the caller stops reading from the broker
+    meanwhile), adding a list in parts when only part of it fits. :meth:`take` gives up to ``most`` messages in
+    the order they came.
     """
 
     def __init__(self, limit: int) -> None:
@@ -31,18 +31,27 @@ class Backlog(Generic[T]):
     def __len__(self) -> int:
         return self._held
 
-    def put(self, items: list[T], timeout: float | None = None) -> bool:
-        """Add ``items`` once fewer than ``limit`` messages are held; False if ``timeout`` seconds passed first
-        (nothing added)."""
-        if not items:
-            return True
+    def put(self, items: list[T], timeout: float | None = None) -> int:
+        """Add ``items`` in order as room appears (never more than ``limit`` held), waiting up to ``timeout``
+        seconds in all (None: no limit); returns how many were added, the first ones (all of them unless the wait
+        ran out)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        added = 0
         with self._changed:
-            if not self._changed.wait_for(lambda: self._held < self.limit, timeout):
-                return False
-            self._lists.append(items)
-            self._held += len(items)
-            self._changed.notify_all()
-        return True
+            while added < len(items):
+                room = self.limit - self._held
+                if room <= 0:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self._changed.wait(left)
+                    continue
+                part = items[added:added + room] if added or room < len(items) else items
+                self._lists.append(part)
+                self._held += len(part)
+                added += len(part)
+                self._changed.notify_all()
+        return added
 
     def close(self) -> None:
         """No more messages will come: :meth:`take` gives what is held, then None."""

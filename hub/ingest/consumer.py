@@ -250,12 +250,14 @@ class Ingest:
     def _hold(self, received: list[Received]) -> None:
         """Hand messages to the writer, waiting while the backlog is full (the child then stops reading the
         socket, and the broker holds what follows); gives up only when the hub stops."""
-        if self._backlog.put(received, timeout=0):
+        added = self._backlog.put(received, timeout=0)
+        if added == len(received):
             return
         log.warning("ingest: %d messages wait for the writer; reading from the broker paused until it catches up",
                     self.settings.queue_max)
         while not self._stopping.is_set():
-            if self._backlog.put(received, timeout=0.5):
+            added += self._backlog.put(received[added:], timeout=0.5)
+            if added == len(received):
                 log.info("ingest: the writer caught up; reading from the broker again")
                 return
 
