@@ -1,8 +1,9 @@
 """The hub's MQTT connection runs in a child process: it is started again if it dies, and stopped with the hub; its
-paho client reads the socket a chunk at a time."""
+paho client reads the socket a chunk at a time and decodes MQTT v5 properties without rebuilding paho's tables."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -13,12 +14,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.exception import MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.contract import format_timestamp, now
 from hub.ingest.consumer import Ingest, IngestSettings
-from hub.ingest.receiver import READ_CHUNK, _ChunkedClient
+from hub.ingest.receiver import READ_CHUNK, _ChunkedClient, _SharedTableProperties, use_shared_table_properties
 from hub.metrics import HubMetrics
 from hub.router import Router
 from hub.store.sqlite import SQLiteStore
@@ -163,3 +165,54 @@ def test_a_burst_of_messages_is_read_in_far_fewer_socket_reads_than_messages(
         sub.loop_stop()
     assert got == payloads
     assert 0 < len(reads) < 100  # paho alone reads three or four times a message (2,006 reads here)
+
+
+def _publish_packet(props: Properties | None) -> bytes:
+    """The variable header and payload of a QoS 1 PUBLISH (what paho decodes after the fixed header)."""
+    topic_name = b"nakhon/kk-aq-0909/up/telemetry"
+    packed = bytes(props.pack()) if props is not None else b"\x00"  # type: ignore[no-untyped-call]
+    return len(topic_name).to_bytes(2, "big") + topic_name + (7).to_bytes(2, "big") + packed + b'{"v": 1}'
+
+
+def _property_sets() -> list[Properties | None]:
+    none = None
+    single = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    single.MessageExpiryInterval = 30
+    many = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    many.PayloadFormatIndicator = 1
+    many.ContentType = "application/json"
+    many.ResponseTopic = "nakhon/kk-aq-0909/down/reply"
+    many.CorrelationData = b"\x00\x01"
+    many.UserProperty = [("a", "1"), ("b", "2"), ("a", "3")]
+    many.SubscriptionIdentifier = [5, 300]
+    return [none, single, many]
+
+
+def test_paho_decodes_each_publish_with_the_shared_table_properties_to_what_its_own_class_gives(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder = importlib.import_module("paho.mqtt._packet")
+    monkeypatch.setattr(decoder, "Properties", Properties)  # restored after the test, as paho shipped it
+    packets = [_publish_packet(p) for p in _property_sets()]
+    theirs = [decoder.decode_publish(0x32, p, mqtt.MQTTv5) for p in packets]
+    assert use_shared_table_properties()
+    ours = [decoder.decode_publish(0x32, p, mqtt.MQTTv5) for p in packets]
+    for mine, paho in zip(ours, theirs, strict=True):
+        assert type(mine.properties) is _SharedTableProperties and type(paho.properties) is Properties
+        assert mine.properties.__dict__ == paho.properties.__dict__
+        assert (mine.topic, mine.mid, mine.payload) == (paho.topic, paho.mid, paho.payload) == (
+            b"nakhon/kk-aq-0909/up/telemetry", 7, b'{"v": 1}')
+    assert ours[2].properties.UserProperty == [("a", "1"), ("b", "2"), ("a", "3")]
+
+
+def test_shared_table_properties_are_not_used_when_paho_decodes_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder = importlib.import_module("paho.mqtt._packet")
+    monkeypatch.setattr(decoder, "Properties", object)
+    assert not use_shared_table_properties()
+    assert decoder.Properties is object
+
+
+def test_a_property_set_twice_in_one_packet_is_still_refused_as_paho_refuses_it() -> None:
+    twice = b"\x0a" + b"\x02\x00\x00\x00\x01" * 2  # message expiry interval, twice
+    for props in (_SharedTableProperties(PacketTypes.PUBLISH), Properties(PacketTypes.PUBLISH)):  # type: ignore[no-untyped-call]
+        with pytest.raises(MQTTException):
+            props.unpack(twice)  # type: ignore[no-untyped-call]
