@@ -106,7 +106,7 @@ class RecordsStore(ABC):
         stored = _already_stored(db, [(m.device, m.seq) for m in batch.messages])
         received: list[tuple[str, int, str]] = []
         for m in batch.messages:
-            kind = "telemetry" if m.telemetry is not None else "event" if m.event is not None else "reply"
+            kind = "telemetry" if m.readings is not None else "event" if m.event is not None else "reply"
             _touch(seen, m.device, m.received_at)
             out.acks.setdefault(m.device, []).append(m.seq)
             if (m.device, m.seq) in stored:
@@ -115,10 +115,10 @@ class RecordsStore(ABC):
             stored.add((m.device, m.seq))
             received.append((m.device, m.seq, kind))
             new_seqs[m.device].append(m.seq)
-            if m.telemetry is not None:
+            if m.readings is not None:
                 device, seq = m.device, m.seq
-                for idx, r in enumerate(m.telemetry if self._readings else ()):
-                    ts = ms(r.ts)
+                for idx, r in enumerate(m.readings if self._readings else ()):
+                    ts = r.ts_ms
                     value = r.value  # bool has no subclasses: the class test is isinstance's answer, cheaper
                     add_reading((device, seq, idx, ts, r.sensor, r.quantity, value, value.__class__ is bool, r.unit))
                     key = (device, r.sensor, r.quantity)
