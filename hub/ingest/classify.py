@@ -151,16 +151,19 @@ def _unwalked(model: type[Telemetry | Event | Reply | Tx | Status]) -> SchemaVal
 _UNWALKED = {suffix: _unwalked(model) for suffix, model in _MODELS.items()}
 """Per topic suffix: its model's validator for payloads within bounds (see :func:`_unwalked`)."""
 
-_CHECKED_ELSEWHERE = frozenset({"_bounded", "_bounded_value", "_to_utc"})
+_CHECKED_ELSEWHERE = frozenset({"_bounded", "_bounded_value"})
 """The contract's function validators that a payload within bounds does not need from the plain schema: the
-bounds walk and the per-value bound (:func:`within_bounds` covered them) and the time-zone check and conversion
-to UTC (:func:`_plain_telemetry` checks the zone and the range of each timestamp itself)."""
+bounds walk and the per-value bound, which :func:`within_bounds` covered."""
+_UTC_STAMP = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z$"
+"""The one timestamp form the plain schema takes, what agents send (RFC 3339 in UTC, 'Z', at most microseconds):
+a string the standard library reads as the models do. Any other form the models take leaves the message to them."""
 
 
 def _plain_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """A model's core schema with every model turned into a typed dict (unknown fields ignored) and the
-    validators of :data:`_CHECKED_ELSEWHERE` left out: the same fields and constraints, giving plain dicts.
-    Any other function validator raises TypeError, so a rule added to the contract cannot be skipped unseen."""
+    """A model's core schema with every model turned into a typed dict (unknown fields ignored), every timestamp
+    into a :data:`_UTC_STAMP` string and the validators of :data:`_CHECKED_ELSEWHERE` left out: the same fields
+    and constraints, giving plain dicts. Any other function validator raises TypeError, so a rule added to the
+    contract cannot be skipped unseen."""
     kind = schema["type"]
     if kind == "model":
         if set(schema.get("config", {})) - {"extra_fields_behavior", "title"}:
@@ -173,6 +176,8 @@ def _plain_schema(schema: dict[str, Any]) -> dict[str, Any]:
                            for name, f in schema["fields"].items()}}
     if kind.startswith("function-"):
         name = getattr(schema["function"]["function"], "__name__", "")
+        if name == "_to_utc" and schema["schema"]["type"] == "datetime":
+            return {"type": "str", "pattern": _UTC_STAMP}
         if name not in _CHECKED_ELSEWHERE:
             raise TypeError(f"the plain telemetry schema does not know the validator {name!r}")
         return _plain_schema(schema["schema"])
@@ -189,8 +194,6 @@ _PLAIN_TELEMETRY = SchemaValidator(cast(CoreSchema, _plain_schema(
     cast(dict[str, Any], Telemetry.__pydantic_core_schema__))))
 """:class:`Telemetry`'s fields and constraints as a typed dict (see :func:`_plain_schema`): a payload within bounds
 validates to plain dicts and lists, about half the model's cost."""
-_PLAIN_YEARS = range(2, 9999)
-"""Timestamps whose conversion to UTC cannot leave the years 1 to 9999 (the model refuses those that do)."""
 
 
 def _plain_telemetry(device: str, payload: bytes, received_at: float, window: ClockWindow | None) -> SeqMessage | None:
@@ -198,23 +201,27 @@ def _plain_telemetry(device: str, payload: bytes, received_at: float, window: Cl
     when it is not plainly valid: the models then decide, and name what is wrong."""
     try:
         data = _PLAIN_TELEMETRY.validate_json(payload)
-    except ValidationError:
+        sent_at = datetime.fromisoformat(data["sent_at"])
+    except (ValidationError, ValueError):  # ValueError: a date that does not exist (the models refuse it too)
         return None
-    sent_at: datetime = data["sent_at"]
-    if data["device"] != device or sent_at.tzinfo is None or sent_at.year not in _PLAIN_YEARS:
+    if data["device"] != device:
         return None
     first = last = epoch_ms(sent_at)
+    stamps = {data["sent_at"]: first}  # the readings of one message mostly share a timestamp
     readings: list[PlainReading] = []
     add = readings.append
     for r in data["readings"]:
-        ts: datetime = r["ts"]
-        if ts.tzinfo is None or ts.year not in _PLAIN_YEARS:
-            return None
-        t = epoch_ms(ts)
-        if t < first:
-            first = t
-        elif t > last:
-            last = t
+        text = r["ts"]
+        t = stamps.get(text)
+        if t is None:
+            try:
+                t = stamps[text] = epoch_ms(datetime.fromisoformat(text))
+            except ValueError:
+                return None
+            if t < first:
+                first = t
+            elif t > last:
+                last = t
         add(PlainReading(t, r["sensor"], r["quantity"], r["value"], r["unit"]))
     if window is not None and not window.holds_s(first / 1000, last / 1000, received_at):
         return None  # rounded to the ms, inside the window's spare ms: the models name the refused timestamp
