@@ -73,6 +73,8 @@ CHANNEL_RULE = EventRule(id="notify.channel-failing", type="event", events=["not
 AQI_QUANTITY = "aqi_th"
 """The derived quantity: the Thai AQI of a device's 24-hour PM2.5 and PM10 averages."""
 _AQI_INPUTS = ("pm2_5", "pm10")
+_NUMBERS = frozenset({int, float})
+"""The classes of a reading's value that rules judge (a reading's value is exactly one of bool, int, float, str)."""
 
 
 @dataclass
@@ -197,6 +199,7 @@ class AlarmEngine:
             if batch.statuses or any(m.event is not None for m in batch.messages):
                 ops.append(lambda db, out: self._evaluate(db, out, batch))
             last_reading, newest = self._last_reading, self._newest
+            watched: dict[tuple[str, str], bool] = {}  # per (quantity, device), asked once a batch
             for m in batch.messages:
                 device = m.device
                 for r in m.readings or ():
@@ -206,9 +209,12 @@ class AlarmEngine:
                     known = newest.get(key)
                     if known is None or ts > known:
                         newest[key] = ts
-                    if self._watched(r.quantity, device) and isinstance(r.value, int | float) \
-                            and not isinstance(r.value, bool):
-                        self._reading(ops, device, r.sensor, r.quantity, float(r.value), ts / 1000)
+                    quantity = r.quantity
+                    judged = watched.get((quantity, device))
+                    if judged is None:
+                        judged = watched[(quantity, device)] = self._watched(quantity, device)
+                    if judged and r.value.__class__ in _NUMBERS:
+                        self._reading(ops, device, r.sensor, quantity, float(r.value), ts / 1000)
         if not ops:
             return
 

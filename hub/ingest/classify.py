@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -122,6 +123,10 @@ class TxRefused:
     letter: DeadLetter
     tx_id: str
 
+
+_parse_topic = lru_cache(maxsize=16_384)(parse_topic)
+""":func:`edge.contract.parse_topic` remembered for the topics seen last (a fleet publishes on a few per device;
+a :class:`ParsedTopic` is immutable)."""
 
 _CHECKED = {BOUNDS_CHECKED: True}
 """The context of a payload whose bytes show it within bounds: the models skip their walk of it."""
@@ -255,7 +260,7 @@ def classify(topic: str, payload: bytes, received_at: float, *, root: str = DEFA
     if len(payload) > max_payload:
         return _dead(topic, payload, received_at, Reason.OVERSIZE,
                      f"payload of {len(payload)} bytes exceeds the hub's limit of {max_payload}")
-    parsed = parse_topic(topic, root)
+    parsed = _parse_topic(topic, root)
     model = _MODELS.get(parsed.suffix) if parsed else None
     if parsed is None or model is None:
         return _dead(topic, payload, received_at, Reason.BAD_TOPIC,
