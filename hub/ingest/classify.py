@@ -20,7 +20,10 @@ from edge.contract import (
     BOUND_ERRORS,
     BOUNDS_CHECKED,
     DEFAULT_ROOT,
+    INT64_MAX,
+    INT64_MIN,
     MAX_DEPTH,
+    MAX_TEXT,
     TOO_DEEP,
     Event,
     Reply,
@@ -157,25 +160,28 @@ _UNWALKED = {suffix: _unwalked(model) for suffix, model in _MODELS.items()}
 """Per topic suffix: its model's validator for payloads within bounds (see :func:`_unwalked`)."""
 
 _CHECKED_ELSEWHERE = frozenset({"_bounded", "_bounded_value"})
-"""The contract's function validators that a payload within bounds does not need from the plain schema: the
-bounds walk and the per-value bound, which :func:`within_bounds` covered."""
+"""The contract's function validators the plain schema does without: the bounds walk and the per-value bound,
+which the plain schema's own bounds replace (see :func:`_plain_schema`)."""
 _UTC_STAMP = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z$"
 """The one timestamp form the plain schema takes, what agents send (RFC 3339 in UTC, 'Z', at most microseconds):
 a string the standard library reads as the models do. Any other form the models take leaves the message to them."""
 
 
-def _plain_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """A model's core schema with every model turned into a typed dict (unknown fields ignored), every timestamp
-    into a :data:`_UTC_STAMP` string and the validators of :data:`_CHECKED_ELSEWHERE` left out: the same fields
-    and constraints, giving plain dicts. Any other function validator raises TypeError, so a rule added to the
-    contract cannot be skipped unseen."""
+def _plain_schema(schema: dict[str, Any], in_union: bool = False) -> dict[str, Any]:
+    """A model's core schema as typed dicts of its declared fields only (an unknown field fails it), every
+    timestamp a :data:`_UTC_STAMP` string, and the contract's bounds (:func:`edge.contract.check_bounds`) put on
+    each scalar instead of the validators of :data:`_CHECKED_ELSEWHERE`: integers in int64, finite floats,
+    strings of at most :data:`MAX_TEXT` characters, and nesting no deeper than the declared fields'. What it
+    takes, the models take with the same values. An integer among a union's choices is left unbounded (bounded,
+    the union would take an integer outside int64 as a float): :func:`_plain_telemetry` bounds the reading's
+    value. Any other function validator raises TypeError, so a rule added to the contract cannot be skipped."""
     kind = schema["type"]
     if kind == "model":
         if set(schema.get("config", {})) - {"extra_fields_behavior", "title"}:
             raise TypeError(f"the plain telemetry schema does not know the config of {schema['cls'].__name__}")
         return _plain_schema(schema["schema"])
     if kind == "model-fields":
-        return {"type": "typed-dict", "extra_behavior": "ignore",
+        return {"type": "typed-dict", "extra_behavior": "forbid",
                 "fields": {name: {"type": "typed-dict-field", "required": f["schema"]["type"] != "default",
                                   "schema": _plain_schema(f["schema"])}
                            for name, f in schema["fields"].items()}}
@@ -185,15 +191,28 @@ def _plain_schema(schema: dict[str, Any]) -> dict[str, Any]:
             return {"type": "str", "pattern": _UTC_STAMP}
         if name not in _CHECKED_ELSEWHERE:
             raise TypeError(f"the plain telemetry schema does not know the validator {name!r}")
-        return _plain_schema(schema["schema"])
+        return _plain_schema(schema["schema"], in_union)
     plain = {k: v for k, v in schema.items() if k not in ("serialization", "ref", "metadata")}
+    if kind == "int":
+        if not in_union:
+            plain["ge"] = max(plain.get("ge", INT64_MIN), INT64_MIN)
+            plain["le"] = min(plain.get("le", INT64_MAX), INT64_MAX)
+    elif kind == "float":
+        plain["allow_inf_nan"] = False
+    elif kind == "str":
+        plain["max_length"] = min(plain.get("max_length", MAX_TEXT), MAX_TEXT)
+    elif kind not in _PLAIN_KINDS:
+        raise TypeError(f"the plain telemetry schema does not know the schema type {kind!r}")
     for key in ("schema", "items_schema"):
         if key in plain:
-            plain[key] = _plain_schema(plain[key])
+            plain[key] = _plain_schema(plain[key], in_union)
     if "choices" in plain:
-        plain["choices"] = [_plain_schema(c) for c in plain["choices"]]
+        plain["choices"] = [_plain_schema(c, in_union=True) for c in plain["choices"]]
     return plain
 
+
+_PLAIN_KINDS = frozenset({"bool", "literal", "nullable", "default", "list", "union"})
+"""The other schema types the plain schema takes as they are (none can hold a value out of bounds itself)."""
 
 _PLAIN_TELEMETRY = SchemaValidator(cast(CoreSchema, _plain_schema(
     cast(dict[str, Any], Telemetry.__pydantic_core_schema__))))
@@ -202,8 +221,8 @@ validates to plain dicts and lists, about half the model's cost."""
 
 
 def _plain_telemetry(device: str, payload: bytes, received_at: float, window: ClockWindow | None) -> SeqMessage | None:
-    """The telemetry ``payload`` (within bounds) of ``device`` as a :class:`SeqMessage` of plain readings, or None
-    when it is not plainly valid: the models then decide, and name what is wrong."""
+    """The telemetry ``payload`` of ``device`` as a :class:`SeqMessage` of plain readings, or None when it is not
+    plainly valid: the models then decide, and name what is wrong."""
     try:
         data = _PLAIN_TELEMETRY.validate_json(payload)
         sent_at = datetime.fromisoformat(data["sent_at"])
@@ -227,7 +246,10 @@ def _plain_telemetry(device: str, payload: bytes, received_at: float, window: Cl
                 first = t
             elif t > last:
                 last = t
-        add(PlainReading(t, r["sensor"], r["quantity"], r["value"], r["unit"]))
+        value = r["value"]
+        if value.__class__ is int and not INT64_MIN <= value <= INT64_MAX:
+            return None
+        add(PlainReading(t, r["sensor"], r["quantity"], value, r["unit"]))
     if window is not None and not window.holds_s(first / 1000, last / 1000, received_at):
         return None  # rounded to the ms, inside the window's spare ms: the models name the refused timestamp
     return SeqMessage(device=device, seq=data["seq"], received_at=received_at, sent_at=sent_at, readings=readings)
@@ -268,13 +290,12 @@ def classify(topic: str, payload: bytes, received_at: float, *, root: str = DEFA
     if admits is not None and not admits(parsed.device):
         return _dead(topic, payload, received_at, Reason.UNREGISTERED,
                      f"device {parsed.device!r} is not active in the registry (nakhon provision device list)")
-    plain = within_bounds(payload)
-    if plain and model is Telemetry:
+    if model is Telemetry:
         fast = _plain_telemetry(parsed.device, payload, received_at, window)
         if fast is not None:
             return fast
     try:
-        if plain:
+        if within_bounds(payload):
             message = cast(Telemetry | Event | Reply | Tx | Status,
                            _UNWALKED[parsed.suffix].validate_json(payload, context=_CHECKED))
         else:
