@@ -56,7 +56,7 @@ from hub.errors import AlarmError, StoreError
 from hub.faults import crash_point
 from hub.notify.messages import compose
 from hub.records.session import Session
-from hub.store.base import IngestBatch, SqlStore
+from hub.store.base import IngestBatch, SqlStore, epoch_ms
 from hub.timeseries.base import TimeSeries
 
 log = logging.getLogger("nakhon.hub.alarms")
@@ -73,6 +73,8 @@ CHANNEL_RULE = EventRule(id="notify.channel-failing", type="event", events=["not
 AQI_QUANTITY = "aqi_th"
 """The derived quantity: the Thai AQI of a device's 24-hour PM2.5 and PM10 averages."""
 _AQI_INPUTS = ("pm2_5", "pm10")
+_NUMBERS = frozenset({int, float})
+"""The classes of a reading's value that rules judge (a reading's value is exactly one of bool, int, float, str)."""
 
 
 @dataclass
@@ -124,8 +126,9 @@ class AlarmEngine:
         self._hours: dict[tuple[str, str], dict[int, list[float]]] = {}
         self._last_report = 0
         self._last_prune = 0.0
-        self._newest: dict[tuple[str, str], datetime] = {}
-        """The newest reading time per (device, sensor) this engine knows was stored, by it or another process."""
+        self._newest: dict[tuple[str, str], int] = {}
+        """The newest reading time (ms since the epoch) per (device, sensor) this engine knows was stored, by it
+        or another process."""
         self._by_quantity: dict[tuple[str, str], list[ThresholdRule | RateRule]] = {}
         """The threshold and rate rules of a (quantity, device) whose device pattern matches, in rule order;
         built on first use and emptied whenever the rules change (node and site are checked per reading)."""
@@ -196,17 +199,22 @@ class AlarmEngine:
             if batch.statuses or any(m.event is not None for m in batch.messages):
                 ops.append(lambda db, out: self._evaluate(db, out, batch))
             last_reading, newest = self._last_reading, self._newest
+            watched: dict[tuple[str, str], bool] = {}  # per (quantity, device), asked once a batch
             for m in batch.messages:
                 device = m.device
-                for r in m.telemetry or ():
+                for r in m.readings or ():
                     key = (device, r.sensor)
                     last_reading[key] = now
+                    ts = r.ts_ms
                     known = newest.get(key)
-                    if known is None or r.ts > known:
-                        newest[key] = r.ts
-                    if self._watched(r.quantity, device) and isinstance(r.value, int | float) \
-                            and not isinstance(r.value, bool):
-                        self._reading(ops, device, r.sensor, r.quantity, float(r.value), r.ts.timestamp())
+                    if known is None or ts > known:
+                        newest[key] = ts
+                    quantity = r.quantity
+                    judged = watched.get((quantity, device))
+                    if judged is None:
+                        judged = watched[(quantity, device)] = self._watched(quantity, device)
+                    if judged and r.value.__class__ in _NUMBERS:
+                        self._reading(ops, device, r.sensor, quantity, float(r.value), ts / 1000)
         if not ops:
             return
 
@@ -370,8 +378,9 @@ class AlarmEngine:
 
     def _stored(self, device: str, sensor: str, ts: datetime) -> None:
         key = (device, sensor)
-        if key not in self._newest or ts > self._newest[key]:
-            self._newest[key] = ts
+        at, known = epoch_ms(ts), self._newest.get(key)
+        if known is None or at > known:
+            self._newest[key] = at
 
     def _confirm_silence(self) -> None:
         """Before a no-data alarm is raised on what this process saw, ask the store whether another process
@@ -387,7 +396,7 @@ class AlarmEngine:
                 for (sensor, _q), ts in stored.items():
                     before = self._newest.get((device, sensor))
                     self._stored(device, sensor, ts)
-                    if before is None or ts > before:
+                    if before is None or epoch_ms(ts) > before:
                         self._last_reading[(device, sensor)] = now
 
     def sync(self, db: Session) -> None:

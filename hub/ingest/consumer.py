@@ -352,11 +352,9 @@ class Ingest:
         self.metrics.received.inc(len(received))
         entries: list[_Entry] = []
         _isolated(received, lambda rs: entries.extend([self._classify(r) for r in rs]), self._reject_unread)
-        for e in entries:
-            letter = e.item.letter if isinstance(e.item, TxRefused) else e.item
-            if isinstance(letter, DeadLetter):
-                log.info("dead letter (%s) on %s: %s", letter.reason, letter.topic, letter.detail)
-        stored = [e for e in entries if not isinstance(e.item, TxRequest)]
+        stored = [e for e in entries if e.item.__class__ is SeqMessage]  # the bulk of them: telemetry
+        if len(stored) < len(entries):
+            stored += self._unusual(entries)
         if stored:
             _isolated(stored, self._store, self._reject)
         for e in entries:
@@ -364,6 +362,18 @@ class Ingest:
                 _isolated([_TxEntry(e.received, e.item)], self._apply_tx, self._reject_tx)
             elif isinstance(e.item, TxRefused):
                 self._refuse_tx(e.item)
+
+    @staticmethod
+    def _unusual(entries: list[_Entry]) -> list[_Entry]:
+        """The entries to store that are not seq messages (statuses, dead letters), each dead letter logged."""
+        stored = []
+        for e in entries:
+            letter = e.item.letter if isinstance(e.item, TxRefused) else e.item
+            if isinstance(letter, DeadLetter):
+                log.info("dead letter (%s) on %s: %s", letter.reason, letter.topic, letter.detail)
+            if not isinstance(e.item, SeqMessage | TxRequest):
+                stored.append(e)
+        return stored
 
     def _classify(self, received: Received) -> _Entry:
         s = self.settings

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -24,9 +24,54 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def epoch_ms(value: datetime) -> int:
+    """Milliseconds since the epoch of an aware datetime, rounded to the nearest (half away from zero)."""
+    t = value.timestamp() * 1000
+    return int(t + 0.5) if t >= 0 else int(t - 0.5)
+
+
+class PlainReading:
+    """One reading of an accepted telemetry message as the writer, the stores and the alarm engine read it: its
+    time in milliseconds since the epoch (what the stores keep) and its plain values, no model object."""
+
+    __slots__ = ("quantity", "sensor", "ts_ms", "unit", "value")
+
+    def __init__(self, ts_ms: int, sensor: str, quantity: str, value: bool | int | float | str,
+                 unit: str | None) -> None:
+        self.ts_ms = ts_ms
+        self.sensor = sensor
+        self.quantity = quantity
+        self.value = value
+        self.unit = unit
+
+    @classmethod
+    def of(cls, reading: Reading) -> PlainReading:
+        """The plain form of a validated :class:`edge.contract.Reading`."""
+        return cls(epoch_ms(reading.ts), reading.sensor, reading.quantity, reading.value, reading.unit)
+
+    @property
+    def ts(self) -> datetime:
+        """The reading's time as a UTC datetime (millisecond precision)."""
+        return datetime.fromtimestamp(self.ts_ms / 1000, UTC)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PlainReading):
+            return NotImplemented
+        return (self.ts_ms, self.sensor, self.quantity, self.value, self.value.__class__, self.unit) == (
+            other.ts_ms, other.sensor, other.quantity, other.value, other.value.__class__, other.unit)
+
+    def __repr__(self) -> str:
+        return (f"PlainReading(ts_ms={self.ts_ms!r}, sensor={self.sensor!r}, quantity={self.quantity!r}, "
+                f"value={self.value!r}, unit={self.unit!r})")
+
+
 @dataclass(frozen=True)
 class SeqMessage:
-    """An accepted uplink message that carries a seq: telemetry, event or command reply."""
+    """An accepted uplink message that carries a seq: telemetry, event or command reply.
+
+    A telemetry message's readings are in ``readings`` (plain, as ingest's fast path gives them); one built with
+    ``telemetry`` (models, as tests and tools build it) gets its ``readings`` from them.
+    """
 
     device: str
     seq: int
@@ -35,6 +80,11 @@ class SeqMessage:
     sent_at: datetime | None = None
     event: Event | None = None
     reply: Reply | None = None
+    readings: list[PlainReading] | None = None
+
+    def __post_init__(self) -> None:
+        if self.readings is None and self.telemetry is not None:
+            object.__setattr__(self, "readings", [PlainReading.of(r) for r in self.telemetry])
 
 
 @dataclass(frozen=True)

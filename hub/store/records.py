@@ -105,20 +105,30 @@ class RecordsStore(ABC):
         events: list[tuple[Any, ...]] = []
         stored = _already_stored(db, [(m.device, m.seq) for m in batch.messages])
         received: list[tuple[str, int, str]] = []
+        acks = out.acks
         for m in batch.messages:
-            kind = "telemetry" if m.telemetry is not None else "event" if m.event is not None else "reply"
-            _touch(seen, m.device, m.received_at)
-            out.acks.setdefault(m.device, []).append(m.seq)
-            if (m.device, m.seq) in stored:
-                dups[m.device] += 1
+            device, seq, plain = m.device, m.seq, m.readings
+            kind = "telemetry" if plain is not None else "event" if m.event is not None else "reply"
+            span = seen.get(device)
+            if span is None:
+                seen[device] = [m.received_at, m.received_at]
+            else:
+                _widen(span, m.received_at)
+            device_acks = acks.get(device)
+            if device_acks is None:
+                acks[device] = [seq]
+            else:
+                device_acks.append(seq)
+            sent = (device, seq)
+            if sent in stored:
+                dups[device] += 1
                 continue
-            stored.add((m.device, m.seq))
-            received.append((m.device, m.seq, kind))
-            new_seqs[m.device].append(m.seq)
-            if m.telemetry is not None:
-                device, seq = m.device, m.seq
-                for idx, r in enumerate(m.telemetry if self._readings else ()):
-                    ts = ms(r.ts)
+            stored.add(sent)
+            received.append((device, seq, kind))
+            new_seqs[device].append(seq)
+            if plain is not None:
+                for idx, r in enumerate(plain if self._readings else ()):
+                    ts = r.ts_ms
                     value = r.value  # bool has no subclasses: the class test is isinstance's answer, cheaper
                     add_reading((device, seq, idx, ts, r.sensor, r.quantity, value, value.__class__ is bool, r.unit))
                     key = (device, r.sensor, r.quantity)
@@ -149,19 +159,18 @@ class RecordsStore(ABC):
         if events:
             db.executemany("INSERT INTO events (device, seq, ts, sensor, event, severity, data) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", events)
-        for device, (first, last) in seen.items():
-            db.execute(
-                _SEEN,
-                (device, first, last))
-        for device in set(new_seqs) | set(dups):
+        # one statement each for every device, in device order (two hubs on one database lock rows alike)
+        db.executemany(_SEEN, [(device, first, last) for device, (first, last) in sorted(seen.items())])
+        counted = []
+        for device in sorted(set(new_seqs) | set(dups)):
             seqs = new_seqs.get(device, [])
-            db.execute(
-                "UPDATE devices SET received = received + ?, duplicates = duplicates + ?, "
-                "min_seq = CASE WHEN min_seq IS NOT NULL AND min_seq <= ? THEN min_seq ELSE ? END, "
-                "max_seq = CASE WHEN max_seq IS NOT NULL AND max_seq >= ? THEN max_seq ELSE ? END "
-                "WHERE device = ?",
-                (len(seqs), dups.get(device, 0), *[min(seqs, default=2**62)] * 2, *[max(seqs, default=0)] * 2,
-                 device))
+            low, high = min(seqs, default=2**62), max(seqs, default=0)
+            counted.append((len(seqs), dups.get(device, 0), low, low, high, high, device))
+        db.executemany(
+            "UPDATE devices SET received = received + ?, duplicates = duplicates + ?, "
+            "min_seq = CASE WHEN min_seq IS NOT NULL AND min_seq <= ? THEN min_seq ELSE ? END, "
+            "max_seq = CASE WHEN max_seq IS NOT NULL AND max_seq >= ? THEN max_seq ELSE ? END "
+            "WHERE device = ?", counted)
         for s in batch.statuses:
             self._apply_status(db, s.status, s.received_at)
         out.new_messages = sum(len(v) for v in new_seqs.values())
@@ -420,6 +429,12 @@ def _already_stored(db: Session, keys: list[tuple[str, int]]) -> set[tuple[str, 
 def _touch(seen: dict[str, list[float]], device: str | None, at: float) -> None:
     if device is None:
         return
-    span = seen.setdefault(device, [at, at])
-    span[0] = min(span[0], at)
-    span[1] = max(span[1], at)
+    _widen(seen.setdefault(device, [at, at]), at)
+
+
+def _widen(span: list[float], at: float) -> None:
+    """Make the [first, last] contact ``span`` take in ``at``."""
+    if at < span[0]:
+        span[0] = at
+    elif at > span[1]:
+        span[1] = at

@@ -54,7 +54,7 @@ class ReadingColumns:
 def points_of(messages: Sequence[SeqMessage]) -> list[Point]:
     """The readings of a batch's telemetry messages as points."""
     return [Point(m.device, m.seq, idx, r.ts, r.sensor, r.quantity, r.value, r.unit)
-            for m in messages if m.telemetry is not None for idx, r in enumerate(m.telemetry)]
+            for m in messages if m.readings is not None for idx, r in enumerate(m.readings)]
 
 
 def sorted_units(units: Iterable[str | None]) -> tuple[str | None, ...]:

@@ -15,17 +15,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 from hub.errors import RecordRejected, StoreError, TimeSeriesUnavailable
 from hub.records.session import Session
-from hub.store.base import ReadingBucket, ReadingKey, ReadingsPage
+from hub.store.base import ReadingBucket, ReadingKey, ReadingsPage, epoch_ms
 from hub.timeseries.base import Point, ReadingColumns, sorted_units
 
 if TYPE_CHECKING:
     from hub.store.sqlite import SQLiteStore
 
 
-def ms(value: datetime) -> int:
-    """Milliseconds since the epoch, rounded to the nearest (half away from zero)."""
-    t = value.timestamp() * 1000
-    return int(t + 0.5) if t >= 0 else int(t - 0.5)
+ms = epoch_ms
+"""Milliseconds since the epoch, rounded to the nearest (half away from zero)."""
 
 
 def from_ms(value: int) -> datetime:
