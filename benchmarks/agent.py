@@ -14,6 +14,8 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,20 +104,45 @@ def agent_config(path: Path, port: int, interval: float) -> Path:
     return path
 
 
-def installed(source: bool) -> dict[str, str] | None:
-    """The environment of the measured processes: the project's modules byte-compiled (``compileall``, as pip leaves
-    them on a device), and the processes free to read that bytecode; with ``source``, no bytecode of ``edge`` and
-    ``nakhon`` (their ``__pycache__`` folders are removed) and the session's environment as it is (with
-    ``PYTHONDONTWRITEBYTECODE`` the agent then compiles them at every start)."""
+PYCACHE = Path(tempfile.gettempdir()) / f"nakhon-bench-pycache-{sys.implementation.cache_tag}"
+"""Bytecode at -OO for the agent (``PYTHONPYCACHEPREFIX``), as ``provisioning/install-agent.sh`` compiles it."""
+SKIPPED = r"/(test|tests|idlelib|tkinter|turtledemo|lib2to3|ensurepip)/"
+"""What the installer leaves out of that bytecode (``compileall -x``)."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How the measured processes run: their environments and the agent's interpreter flags."""
+
+    bare_env: dict[str, str] | None
+    agent_env: dict[str, str] | None
+    agent_flags: tuple[str, ...] = ()
+
+
+def installed(source: bool, plain: bool) -> Setup:
+    """The processes as on a device: the agent with ``-OO`` from bytecode compiled at that level into
+    :data:`PYCACHE` for the standard library, the venv and the project (as the installer does for its systemd
+    unit); with ``plain``, without ``-OO``, the project byte-compiled in the tree (``compileall``, as pip leaves
+    it); with ``source``, no bytecode of ``edge`` and ``nakhon`` (their ``__pycache__`` folders are removed),
+    no ``-OO``, and the session's environment as it is (with ``PYTHONDONTWRITEBYTECODE`` the agent then
+    compiles them at every start)."""
     if source:
         for package in ("edge", "nakhon"):
             for cache in sorted((REPO / package).rglob("__pycache__")):
                 shutil.rmtree(cache)
-        return None
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        return Setup(None, None)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
     subprocess.run([sys.executable, "-m", "compileall", "-q", "edge", "nakhon"], cwd=REPO, env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    return env
+    if plain:
+        return Setup(env, env)
+    optimized = {**env, "PYTHONPYCACHEPREFIX": str(PYCACHE)}
+    paths = sysconfig.get_paths()
+    progress(f"bytecode at -OO into {PYCACHE} (the first time takes a minute)")
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "-o", "2", "-x", SKIPPED, paths["stdlib"],
+                    paths["purelib"], paths["platlib"], "edge", "nakhon"], cwd=REPO, env=optimized, check=True,
+                   stdout=subprocess.DEVNULL)
+    return Setup(env, optimized, ("-OO",))
 
 
 def spawn(stack: contextlib.ExitStack, argv: list[str], log: Path,
@@ -143,7 +170,7 @@ def stored(db: sqlite3.Connection, device: str) -> int:
     return int(db.execute("SELECT COUNT(*) FROM received WHERE device = ?", (device,)).fetchone()[0])
 
 
-def run_once(duration: float, interval: float, run: int, runs: int, env: dict[str, str] | None) -> list[Sample]:
+def run_once(duration: float, interval: float, run: int, runs: int, setup: Setup) -> list[Sample]:
     """The agent and the bare publisher side by side on one hub, measured over the same ``duration``."""
     label = f"[run {run}/{runs}]"
     with contextlib.ExitStack() as stack:
@@ -152,9 +179,11 @@ def run_once(duration: float, interval: float, run: int, runs: int, env: dict[st
         hub = HubProcess(stack, work / "hub", port)
         hub.wait_healthy()
         hub.wait_subscribed(port)
-        agent = spawn(stack, [sys.executable, "-m", "nakhon.cli", "agent", "run",
-                              str(agent_config(work / "device.toml", port, interval))], work / "agent.log", env)
-        bare = spawn(stack, [sys.executable, "-c", BARE_PUBLISHER, str(port), str(interval)], work / "bare.log", env)
+        agent = spawn(stack, [sys.executable, *setup.agent_flags, "-m", "nakhon.cli", "agent", "run",
+                              str(agent_config(work / "device.toml", port, interval))], work / "agent.log",
+                      setup.agent_env)
+        bare = spawn(stack, [sys.executable, "-c", BARE_PUBLISHER, str(port), str(interval)], work / "bare.log",
+                     setup.bare_env)
         processes = {"agent": (agent, AGENT, work / "agent.log"), "bare aiomqtt": (bare, BARE, work / "bare.log")}
         db = stack.enter_context(contextlib.closing(hub.db()))
 
@@ -234,7 +263,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=1, help="runs; medians are reported (default 1)")
     p.add_argument("--source", action="store_true",
                    help="remove the bytecode of edge/ and nakhon/ first: with PYTHONDONTWRITEBYTECODE set, the agent "
-                        "compiles them at every start (more RSS than on a device, where pip compiled them)")
+                        "compiles them at every start (more RSS than on a device, where pip compiled them); no -OO")
+    p.add_argument("--plain", action="store_true",
+                   help="run the agent without -OO and its bytecode (as before the systemd unit took -OO)")
     p.add_argument("--json", action="store_true", help="also print the result as one JSON object")
     return p
 
@@ -247,9 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[Sample] = []
 
     def runs() -> None:
-        env = installed(args.source)
+        setup = installed(args.source, args.plain)
         for run in range(1, args.runs + 1):
-            samples.extend(run_once(args.duration, 1.0 / args.rate, run, args.runs, env))
+            samples.extend(run_once(args.duration, 1.0 / args.rate, run, args.runs, setup))
 
     status = run_guarded(runs)
     if status is not None:
@@ -258,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         print(json.dumps({"params": {"duration_s": args.duration, "rate": args.rate, "runs": args.runs,
-                                     "source": args.source},
+                                     "source": args.source, "plain": args.plain},
                           "samples": [asdict(s) for s in samples], "cpu_bar": CPU_BAR, "rss_bar_mb": RSS_BAR_MB,
                           "pass": passed}))
     return 0 if passed else 1

@@ -195,6 +195,9 @@ def _agent(args: argparse.Namespace) -> int:
         from nakhon import provision as provision_cli
 
         return provision_cli.run_enroll(args)
+    # pydantic looks for plugins (every installed package's entry points) when it builds the first model; a device
+    # has none, and the scan leaves memory behind for the agent's lifetime. Set before edge.config builds its models.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from edge import config
     from edge.errors import ConfigError, OutboxError
 

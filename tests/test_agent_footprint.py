@@ -3,13 +3,14 @@
 Each polled stream samples in a thread of its own (the loop hears once per sample), the MQTT client writes a
 packet at once instead of waking the loop to register a writer, the hub's acks skip the message queue, start-up
 memory goes back to the system, a sample's telemetry is written without a model per value (the same message),
-and ``nakhon agent run`` leaves the hub's and provisioning's modules out.
+and ``nakhon agent run`` leaves the hub's and provisioning's modules out, and pydantic's plugin scan.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -161,6 +162,19 @@ def test_agent_run_leaves_the_hub_and_provisioning_out(tmp_path: Path) -> None:
     code, loaded = json.loads(done.stdout.splitlines()[-1])
     assert code == 2, done.stderr  # the missing config is refused
     assert loaded == []
+
+
+def test_agent_run_skips_pydantics_plugin_scan(tmp_path: Path) -> None:
+    script = ("import json, sys\nfrom nakhon import cli\n"
+              f"code = cli.main(['agent', 'run', {str(tmp_path / 'missing.toml')!r}])\n"
+              "from pydantic.plugin import _loader\n"
+              "print(json.dumps([code, _loader._plugins is None]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False,
+                          env=env)
+    code, never_scanned = json.loads(done.stdout.splitlines()[-1])
+    assert code == 2, done.stderr
+    assert never_scanned, "pydantic read every package's entry points for plugins"
 
 
 STAMP = datetime(2026, 12, 1, 9, 30, 15, 123000, tzinfo=UTC)

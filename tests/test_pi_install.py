@@ -15,7 +15,7 @@ import pytest
 
 from edge.agents import notify
 from hub.broker import free_port
-from tests.conftest import ROOT, fast_air, wait_for
+from tests.conftest import ROOT, Broker, fast_air, wait_for
 
 
 @pytest.fixture
@@ -161,3 +161,40 @@ def test_install_needs_a_config_or_a_node(tmp_path: Path) -> None:
                           timeout=60, check=False)
     assert done.returncode == 2
     assert "give --config FILE or --node NODE" in done.stderr
+
+
+def unit_setting(unit: str, key: str) -> str:
+    """The value of ``key=`` in a unit file's text (its only line for that key)."""
+    return next(line.split("=", 1)[1] for line in unit.splitlines() if line.startswith(f"{key}="))
+
+
+def test_agent_unit_runs_python_optimized_from_bytecode_the_installer_compiles(tmp_path: Path) -> None:
+    tree = tmp_path / "pi"
+    out = install(tree, "--node", "air-quality-pole")
+    unit = (tree / "etc/systemd/system/nakhon-agent.service").read_text()
+    assert unit_setting(unit, "ExecStart").startswith("/opt/nakhon/venv/bin/python -OO -m nakhon.cli agent run ")
+    assert "PYTHONPYCACHEPREFIX=/opt/nakhon/pycache" in unit_setting(unit, "Environment").split()
+    compile_line = next(line for line in out.splitlines() if "compileall" in line)
+    assert "would run: env PYTHONPYCACHEPREFIX=/opt/nakhon/pycache /opt/nakhon/venv/bin/python -m compileall" \
+        in compile_line
+    assert " -o 2 " in compile_line and compile_line.endswith(" /opt/nakhon/venv/lib")
+    assert "compileall" not in install(tmp_path / "hub", "--hub")  # the hub's unit runs without -OO
+
+
+def test_agent_runs_under_the_units_optimization(tmp_path: Path, broker: Broker,
+                                                 procs: dict[str, Callable[..., Any]]) -> None:
+    unit = (ROOT / "provisioning/systemd/nakhon-agent.service").read_text()
+    flags = unit_setting(unit, "ExecStart").split(" -m nakhon.cli ")[0].split()[1:]
+    assert flags == ["-OO"]
+    hub = procs["hub"](broker.port)
+    agent = procs["agent"]("kk-aq-0311", broker.port, drivers=[fast_air(interval_s=0.1)], start=False)
+    pycache = tmp_path / "pycache"
+    # -OO as an environment; the bytecode it compiles is written where the test finds it
+    agent.env = {"PYTHONOPTIMIZE": "2", "PYTHONPYCACHEPREFIX": str(pycache), "PYTHONDONTWRITEBYTECODE": ""}
+    agent.start()
+    wait_for(lambda: sum(device == "kk-aq-0311" for device, _ in hub.stored()) >= 10, 30,
+             "ten messages of the optimized agent stored at the hub")
+    assert agent.stop() == 0
+    assert "Traceback" not in agent.log()
+    assert "agent kk-aq-0311 stopped" in agent.log()
+    assert list(pycache.rglob("edge/agents/agent.*.opt-2.pyc")), "the agent did not run at -OO"

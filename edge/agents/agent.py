@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import queue
 import random
 import signal
 import socket
@@ -30,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiomqtt
@@ -85,6 +86,30 @@ if TYPE_CHECKING:
 log = logging.getLogger("nakhon.agent")
 
 
+class Wake:
+    """A polled stream's wake-up call (a new interval, a stop), set on the loop and waited for by the stream's
+    sampling thread inside a C call (``queue.SimpleQueue.get``): no Python-level condition and lock per sample,
+    as ``threading.Event.wait`` takes."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[None] = queue.SimpleQueue()
+
+    def set(self) -> None:
+        """Cut the current (or next) wait short."""
+        self._calls.put(None)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds; True when woken (every call made meanwhile is answered at once)."""
+        try:
+            self._calls.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return False
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._calls.get_nowait()
+        return True
+
+
 @dataclass
 class Stream:
     """One driver instance as the agent runs it."""
@@ -95,7 +120,7 @@ class Stream:
     interval_s: float
     state: Literal["ok", "unavailable", "starting"] = "starting"
     error: str | None = None
-    wake: threading.Event = field(default_factory=threading.Event)
+    wake: Wake = field(default_factory=Wake)
     """Set to sample at once (a new interval); the stream's sampling thread waits on it."""
     refused_values: int = 0
     """Values the driver returned as NaN or infinite, refused before serialising (JSON has no such numbers)."""
@@ -310,6 +335,11 @@ class Agent:
 
     def _topic(self, suffix: str) -> str:
         return topic(self.cfg.broker.root, self.cfg.device, suffix)
+
+    @cached_property
+    def _record_topics(self) -> dict[RecordClass, str]:
+        """The topic of each class of record (built once, not per send)."""
+        return {klass: self._topic(klass.suffix) for klass in RecordClass}
 
     def status(self, state: DeviceState) -> Status:
         """The status message for ``state``, with the heartbeat fields."""
@@ -562,8 +592,7 @@ class Agent:
         source = driver if isinstance(driver, ClockSource) else None
         next_at = time.monotonic()
         while True:
-            stream.wake.clear()  # a wake from now on (set_interval, stop) cuts the next wait short
-            if stop.is_set():
+            if stop.is_set():  # a wake (set_interval, stop) during a sample cuts the next wait short
                 return
             ts, clock = self.clock.now()
             committed = self._sample(stream, driver, units, stream.stamp(ts), clock)
@@ -809,7 +838,7 @@ class Agent:
                 self._refusals.pop(seq, None)
 
     def _send(self, client: CheckedClient, record: OutboxRecord) -> None:
-        name = self._topic(record.klass.suffix)
+        name = self._record_topics[record.klass]
         try:
             client.publish_nowait(name, record.payload, partial(self._published, name, record))
         except PublishRefused as err:

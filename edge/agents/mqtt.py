@@ -122,8 +122,7 @@ class CheckedClient(aiomqtt.Client):
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
     def _publish_qos1(self, topic: str, payload: bytes, retain: bool) -> int:
-        size = publish_packet_size(topic, payload)
-        if self.max_packet_size is not None and size > self.max_packet_size:
+        if self.max_packet_size is not None and (size := publish_packet_size(topic, payload)) > self.max_packet_size:
             raise PublishTooLarge(topic, size, self.max_packet_size)
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != paho.MQTT_ERR_SUCCESS:

@@ -106,6 +106,14 @@ class Outbox:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._counts: dict[RecordClass, int] = {}
+        self._last = 0
+        """The highest seq handed out, kept here so that a record is written in one INSERT with its payload."""
+        self._limits_by_class = {
+            RecordClass.TELEMETRY: limits.telemetry_max_rows,
+            RecordClass.EVENT: limits.event_max_rows,
+            RecordClass.REPLY: limits.reply_max_rows,
+            RecordClass.TX: limits.tx_max_rows,
+        }
 
     def open(self) -> None:
         """Open (creating if needed) the outbox file."""
@@ -116,8 +124,12 @@ class Outbox:
             db.execute(f"PRAGMA synchronous={self._limits.synchronous.upper()}")
             db.executescript(_SCHEMA)
             rows = db.execute("SELECT klass, COUNT(*) FROM records GROUP BY klass").fetchall()
+            last = db.execute("SELECT MAX(seq) FROM (SELECT seq FROM sqlite_sequence WHERE name = 'records' "
+                              "UNION ALL SELECT MAX(seq) FROM records UNION ALL SELECT MAX(seq) FROM set_aside)"
+                              ).fetchone()[0]
         except sqlite3.Error as err:
             raise OutboxError(f"cannot open the outbox at {self._path}: {err}") from err
+        self._last = int(last or 0)
         self._counts = {k: 0 for k in RecordClass}
         self._counts.update({RecordClass(k): n for k, n in rows})
         self._db = db
@@ -143,12 +155,7 @@ class Outbox:
         return self._db
 
     def _limit(self, klass: RecordClass) -> int:
-        return {
-            RecordClass.TELEMETRY: self._limits.telemetry_max_rows,
-            RecordClass.EVENT: self._limits.event_max_rows,
-            RecordClass.REPLY: self._limits.reply_max_rows,
-            RecordClass.TX: self._limits.tx_max_rows,
-        }[klass]
+        return self._limits_by_class[klass]
 
     def _max_age(self, klass: RecordClass) -> float | None:
         return {
@@ -193,13 +200,11 @@ class Outbox:
                             (klass.value, excess))
                         self._count_dropped(db, klass, excess)
                     created = self._clock()
-                    cur = db.execute("INSERT INTO records (klass, key, created) VALUES (?, ?, ?)",
-                                     (klass.value, key, created))
-                    seq = cur.lastrowid
-                    assert seq is not None
+                    seq = self._last + 1  # what AUTOINCREMENT would give, which it records for the next open
                     built = build(seq)
                     payload = built if isinstance(built, bytes) else built.to_json()
-                    db.execute("UPDATE records SET payload = ? WHERE seq = ?", (payload, seq))
+                    db.execute("INSERT INTO records (seq, klass, key, created, payload) VALUES (?, ?, ?, ?, ?)",
+                               (seq, klass.value, key, created, payload))
                     db.execute("COMMIT")
                 except BaseException:
                     _rollback(db)
@@ -210,6 +215,7 @@ class Outbox:
             except (sqlite3.Error, OSError) as err:
                 raise storage_error(err, f"cannot commit a {klass} record to {self._path}") from err
             self._counts[klass] = self._counts[klass] - max(0, excess) + 1
+            self._last = seq
             return OutboxRecord(seq=seq, klass=klass, payload=payload, key=key, created=created)
 
     def pending(self, limit: int, after: int = 0) -> list[OutboxRecord]:
