@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -82,3 +83,35 @@ def test_a_waiting_writer_wakes_when_the_backlog_closes() -> None:
 def test_a_backlog_holds_at_least_one_message() -> None:
     with pytest.raises(ValueError, match="at least one"):
         Backlog(0)
+
+
+def test_a_writer_that_gathers_waits_for_the_fill_after_its_first_message() -> None:
+    backlog: Backlog[int] = Backlog(100)
+    backlog.put([1])
+
+    def later() -> None:
+        backlog.put([2, 3])
+        backlog.put([4])
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    started = time.monotonic()
+    assert backlog.take(10, gather_s=60, fill=4) == [1, 2, 3, 4]
+    assert time.monotonic() - started < 30  # returned once four were there, not when the 60 s were up
+    thread.join()
+
+
+def test_a_writer_that_gathers_takes_what_came_when_the_gathering_time_is_up() -> None:
+    backlog: Backlog[int] = Backlog(100)
+    backlog.put([1, 2])
+    assert backlog.take(10, gather_s=0.01, fill=5) == [1, 2]
+    assert backlog.take(10, timeout=0, gather_s=1) == []  # no first message: no gathering
+
+
+def test_a_closing_backlog_ends_the_gathering_at_once() -> None:
+    backlog: Backlog[int] = Backlog(100)
+    backlog.put([1])
+    threading.Timer(0.05, backlog.close).start()
+    started = time.monotonic()
+    assert backlog.take(10, gather_s=60) == [1]
+    assert time.monotonic() - started < 30

@@ -59,9 +59,11 @@ class Backlog(Generic[T]):
             self._closed = True
             self._changed.notify_all()
 
-    def take(self, most: int, timeout: float | None = None) -> list[T] | None:
-        """Up to ``most`` messages, waiting up to ``timeout`` seconds (None: no limit) for the first; an empty list
-        when the wait ended with none, None once the backlog is closed and empty."""
+    def take(self, most: int, timeout: float | None = None, gather_s: float = 0.0,
+             fill: int | None = None) -> list[T] | None:
+        """Up to ``most`` messages, waiting up to ``timeout`` seconds (None: no limit) for the first, then up to
+        ``gather_s`` more for ``fill`` (default ``most``) to be there; an empty list when the wait ended with none,
+        None once the backlog is closed and empty."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             while not self._lists:
@@ -71,6 +73,9 @@ class Backlog(Generic[T]):
                 if left is not None and left <= 0:
                     return []
                 self._changed.wait(left)
+            enough = most if fill is None else min(fill, most)
+            if gather_s > 0 and self._held < enough and not self._closed:
+                self._changed.wait_for(lambda: self._held >= enough or self._closed, gather_s)
             taken: list[T] = []
             while self._lists and len(taken) < most:
                 head = self._lists[0]

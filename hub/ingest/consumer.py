@@ -56,6 +56,11 @@ class IngestSettings:
     session_expiry_s: int = 7 * 86_400
     max_payload: int = 262_144
     batch_max: int = 5_000
+    batch_gather_s: float = 0.02
+    """After a first message, the writer waits up to this long for ``batch_fill`` to be there: a commit's cost is
+    mostly per batch (per device, per statement, the commit), so a batch of 1,000 costs far less a message than
+    ten of 100. Acks wait for their window anyway; a transaction waits this much longer at most."""
+    batch_fill: int = 1_000
     queue_max: int = 20_000
     """Received messages held for the writer at most; beyond, the hub stops reading from the broker (backpressure:
     the broker and the devices' outboxes keep the rest) until the writer catches up."""
@@ -308,7 +313,8 @@ class Ingest:
 
     def _write_loop(self) -> None:
         while True:
-            received = self._backlog.take(self.settings.batch_max, self._ack_due_in())
+            received = self._backlog.take(self.settings.batch_max, self._ack_due_in(), self.settings.batch_gather_s,
+                                          self.settings.batch_fill)
             if received is None:
                 break
             if not received:
