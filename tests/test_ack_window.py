@@ -108,7 +108,20 @@ def test_a_device_with_enough_seqs_waiting_is_acknowledged_before_the_window_end
     _feed(ingest, range(1, flush + 1))  # commits of 10 (batch_max): the fifth brings the device to 50 waiting
     wait_for(lambda: acks.seqs() == set(range(1, flush + 1)), 15, f"the first {flush} seqs acknowledged")
     assert [a.acked for a in acks.acks] == [[(1, flush)]]
-    _feed(ingest, range(flush + 1, flush + 11))  # ten more: below the count, they wait for the window
-    wait_for(lambda: len(acks.store.stored_seqs()) == flush + 10, 15, "the ten committed")
-    assert acks.seqs() == set(range(1, flush + 1))
+    _feed(ingest, range(flush + 1, flush + 6))  # the drain's last five: acknowledged at their commit
+    wait_for(lambda: acks.seqs() == set(range(1, flush + 6)), 15, "the drain's last seqs acknowledged")
+    assert acks.early == []
+
+
+def test_a_device_that_drained_waits_for_the_window_again_once_a_window_passed(
+        consumer: Callable[[float], tuple[Ingest, _Acks]]) -> None:
+    ingest, acks = consumer(1.0)
+    flush = ingest.settings.ack_flush_seqs
+    _feed(ingest, range(1, flush + 1))
+    wait_for(lambda: acks.seqs() == set(range(1, flush + 1)), 15, f"the first {flush} seqs acknowledged")
+    wait_for(lambda: ingest._draining.get(DEVICE, 0.0) < time.monotonic(), 15, "the drain's window over")
+    sent = len(acks.acks)
+    _feed(ingest, range(flush + 1, flush + 16))  # two commits of at most 10 (batch_max): one ack for both
+    wait_for(lambda: acks.seqs() == set(range(1, flush + 16)), 15, "the fifteen later seqs acknowledged")
+    assert [a.acked for a in acks.acks[sent:]] == [[(flush + 1, flush + 15)]]
     assert acks.early == []

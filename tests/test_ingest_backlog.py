@@ -96,7 +96,7 @@ def test_a_writer_that_gathers_waits_for_the_fill_after_its_first_message() -> N
     thread = threading.Thread(target=later)
     thread.start()
     started = time.monotonic()
-    assert backlog.take(10, gather_s=60, fill=4) == [1, 2, 3, 4]
+    assert backlog.take(10, gather_s=60, fill=4, quiet_s=60) == [1, 2, 3, 4]
     assert time.monotonic() - started < 30  # returned once four were there, not when the 60 s were up
     thread.join()
 
@@ -104,7 +104,7 @@ def test_a_writer_that_gathers_waits_for_the_fill_after_its_first_message() -> N
 def test_a_writer_that_gathers_takes_what_came_when_the_gathering_time_is_up() -> None:
     backlog: Backlog[int] = Backlog(100)
     backlog.put([1, 2])
-    assert backlog.take(10, gather_s=0.01, fill=5) == [1, 2]
+    assert backlog.take(10, gather_s=0.01, fill=5, quiet_s=60) == [1, 2]
     assert backlog.take(10, timeout=0, gather_s=1) == []  # no first message: no gathering
 
 
@@ -113,5 +113,34 @@ def test_a_closing_backlog_ends_the_gathering_at_once() -> None:
     backlog.put([1])
     threading.Timer(0.05, backlog.close).start()
     started = time.monotonic()
-    assert backlog.take(10, gather_s=60) == [1]
+    assert backlog.take(10, gather_s=60, quiet_s=60) == [1]
     assert time.monotonic() - started < 30
+
+
+def test_a_writer_stops_gathering_when_nothing_came_for_the_quiet_time() -> None:
+    backlog: Backlog[int] = Backlog(100)
+    backlog.put([1, 2])
+    started = time.monotonic()
+    assert backlog.take(10, gather_s=60, fill=5, quiet_s=0.01) == [1, 2]  # a burst that ended: not 60 s
+    assert time.monotonic() - started < 30
+
+
+def test_messages_that_keep_coming_keep_the_writer_gathering_until_the_fill() -> None:
+    backlog: Backlog[int] = Backlog(100)
+    backlog.put([0])
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for i in range(1, 40):
+            if stop.wait(0.002):
+                return
+            backlog.put([i])
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    try:
+        got = backlog.take(100, gather_s=60, fill=20, quiet_s=5)
+    finally:
+        stop.set()
+        thread.join()
+    assert got is not None and len(got) >= 20 and got == list(range(len(got)))

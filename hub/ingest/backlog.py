@@ -25,6 +25,7 @@ class Backlog(Generic[T]):
         self.limit = limit
         self._lists: deque[list[T]] = deque()
         self._held = 0
+        self._puts = 0
         self._closed = False
         self._changed = threading.Condition()
 
@@ -49,6 +50,7 @@ class Backlog(Generic[T]):
                 part = items[added:added + room] if added or room < len(items) else items
                 self._lists.append(part)
                 self._held += len(part)
+                self._puts += 1
                 added += len(part)
                 self._changed.notify_all()
         return added
@@ -60,10 +62,11 @@ class Backlog(Generic[T]):
             self._changed.notify_all()
 
     def take(self, most: int, timeout: float | None = None, gather_s: float = 0.0,
-             fill: int | None = None) -> list[T] | None:
-        """Up to ``most`` messages, waiting up to ``timeout`` seconds (None: no limit) for the first, then up to
-        ``gather_s`` more for ``fill`` (default ``most``) to be there; an empty list when the wait ended with none,
-        None once the backlog is closed and empty."""
+             fill: int | None = None, quiet_s: float = 0.005) -> list[T] | None:
+        """Up to ``most`` messages, waiting up to ``timeout`` seconds (None: no limit) for the first; then, while
+        messages keep coming (none for ``quiet_s`` ends it), up to ``gather_s`` more for ``fill`` (default
+        ``most``) to be there. An empty list when the wait ended with none, None once the backlog is closed and
+        empty."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             while not self._lists:
@@ -74,8 +77,15 @@ class Backlog(Generic[T]):
                     return []
                 self._changed.wait(left)
             enough = most if fill is None else min(fill, most)
-            if gather_s > 0 and self._held < enough and not self._closed:
-                self._changed.wait_for(lambda: self._held >= enough or self._closed, gather_s)
+            end = time.monotonic() + gather_s
+            while self._held < enough and not self._closed:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                puts = self._puts
+                self._changed.wait(min(quiet_s, left))
+                if self._puts == puts and self._held < enough:
+                    break  # nothing came for quiet_s: a burst is over, whatever the fill
             taken: list[T] = []
             while self._lists and len(taken) < most:
                 head = self._lists[0]

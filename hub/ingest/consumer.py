@@ -72,7 +72,8 @@ class IngestSettings:
     """Committed seqs wait at most this long to share one ``down/ack`` per device (0: one ack per commit)."""
     ack_flush_seqs: int = 50
     """A device's acks go out as soon as this many of its committed seqs wait, whatever the window: a device
-    draining a backlog through a send window of its own (200 by default) is never held up by the hub's window."""
+    draining a backlog through a send window of its own (200 by default) is never held up by the hub's window.
+    For one window after that, its acks go out at each commit (the drain's last few seqs too)."""
     tx_kinds_by_node: Mapping[str, frozenset[str]] = field(default_factory=lambda: dict(TX_KINDS_BY_NODE))
 
 
@@ -155,6 +156,9 @@ class Ingest:
         """Called on paho's thread after each (re)connection, once subscribed (the registry syncs the broker)."""
         self._unacked: dict[str, list[int]] = {}
         self._unacked_since: float | None = None
+        self._draining: dict[str, float] = {}
+        """Devices whose acks went out by count (a backlog's drain), until when (monotonic): until then their acks
+        go out at each commit, so that the drain's last seqs do not wait for the window."""
         metrics.watch_writer(self.writer_state)
 
     @property
@@ -341,6 +345,8 @@ class Ingest:
     def _flush_acks(self) -> None:
         """Publish every committed seq that waits for its ``down/ack``."""
         unacked, self._unacked, self._unacked_since = self._unacked, {}, None
+        moment = time.monotonic()
+        self._draining = {d: until for d, until in self._draining.items() if until > moment}
         for device, seqs in unacked.items():
             self._ack(device, seqs)
 
@@ -423,10 +429,14 @@ class Ingest:
         for d in batch.deadletters:
             self.metrics.deadletters.labels(d.reason).inc()
         flush = self.settings.ack_flush_seqs
+        moment = time.monotonic()
         for device, seqs in outcome.acks.items():
             waiting = self._unacked.setdefault(device, [])
             waiting.extend(seqs)
             if len(waiting) >= flush:
+                self._draining[device] = moment + self.settings.ack_window_s
+                self._flush_device(device)
+            elif self._draining.get(device, 0.0) > moment:
                 self._flush_device(device)
         if self._unacked and self._unacked_since is None:
             self._unacked_since = time.monotonic()
