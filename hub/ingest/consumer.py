@@ -439,7 +439,7 @@ class Ingest:
             elif self._draining.get(device, 0.0) > moment:
                 self._flush_device(device)
         if self._unacked and self._unacked_since is None:
-            self._unacked_since = time.monotonic()
+            self._unacked_since = moment
         elif not self._unacked:
             self._unacked_since = None
 

@@ -30,8 +30,9 @@ from hub.store.base import (
     StoredDeadLetter,
     StoredEvent,
     TxDecision,
+    epoch_ms,
 )
-from hub.timeseries.sqlite import Row, ms
+from hub.timeseries.sqlite import Row
 
 T = TypeVar("T")
 
@@ -136,7 +137,7 @@ class RecordsStore(ABC):
                         latest[key] = ts
             elif m.event is not None:
                 e = m.event
-                events.append((m.device, m.seq, ms(e.ts), e.sensor, e.event, e.severity.value,
+                events.append((m.device, m.seq, epoch_ms(e.ts), e.sensor, e.event, e.severity.value,
                                json.dumps(e.data, ensure_ascii=False)))
             elif m.reply is not None and _settle_reply(db, m.reply, m.received_at):
                 out.replies.append(m.reply)

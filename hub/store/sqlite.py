@@ -19,9 +19,9 @@ from hub.errors import RecordRejected, StoreError
 from hub.records.migrate import upgrade
 from hub.records.session import Session
 from hub.records.sqlite import DIALECT, SQLiteSession, connect, prepare_file
-from hub.store.base import StoredReading
+from hub.store.base import StoredReading, epoch_ms
 from hub.store.records import RecordsStore
-from hub.timeseries.sqlite import Row, SQLiteTimeSeries, from_ms, insert_readings, ms
+from hub.timeseries.sqlite import Row, SQLiteTimeSeries, from_ms, insert_readings
 
 T = TypeVar("T")
 
@@ -139,10 +139,10 @@ class SQLiteStore(RecordsStore):
             args.append(quantity)
         if since is not None:
             sql += " AND ts >= ?"
-            args.append(ms(since))
+            args.append(epoch_ms(since))
         if until is not None:
             sql += " AND ts < ?"
-            args.append(ms(until))
+            args.append(epoch_ms(until))
         sql += " ORDER BY ts, seq, idx LIMIT ?"
         args.append(limit)
         return [StoredReading(ts=from_ms(ts), sensor=sensor, quantity=q, value=bool(v) if is_bool else v,

@@ -22,10 +22,6 @@ if TYPE_CHECKING:
     from hub.store.sqlite import SQLiteStore
 
 
-ms = epoch_ms
-"""Milliseconds since the epoch, rounded to the nearest (half away from zero)."""
-
-
 def from_ms(value: int) -> datetime:
     """The UTC time ``value`` milliseconds after the epoch."""
     return datetime.fromtimestamp(value / 1000, UTC)
@@ -69,8 +65,8 @@ def _readings_where(device: str, quantity: str | None, since: datetime | None,
     """The WHERE clause (and its arguments) of a device's readings, optionally one quantity, in a window."""
     where, args = "device = ?", list[Any]([device])
     value: str | int | None
-    for clause, value in (("quantity = ?", quantity), ("ts >= ?", ms(since) if since else None),
-                          ("ts < ?", ms(until) if until else None)):
+    for clause, value in (("quantity = ?", quantity), ("ts >= ?", epoch_ms(since) if since else None),
+                          ("ts < ?", epoch_ms(until) if until else None)):
         if value is not None:
             where += f" AND {clause}"
             args.append(value)
@@ -102,7 +98,7 @@ class SQLiteTimeSeries:
         latest: dict[tuple[str, str, str], int] = {}
         append = rows.append
         for p in points:
-            ts = ms(p.ts)
+            ts = epoch_ms(p.ts)
             value = p.value
             append((p.device, p.seq, p.idx, ts, p.sensor, p.quantity, value, value.__class__ is bool, p.unit))
             key = (p.device, p.sensor, p.quantity)
@@ -181,7 +177,7 @@ class SQLiteTimeSeries:
                   bucket_s: float, limit: int, origin: datetime | None = None) -> list[ReadingBucket]:
         """Numeric readings of one quantity per bucket; see :meth:`hub.timeseries.base.TimeSeries.aggregate`."""
         where, args = _readings_where(device, quantity, since, until)
-        width, zero = max(1, round(bucket_s * 1000)), ms(origin) if origin else 0
+        width, zero = max(1, round(bucket_s * 1000)), epoch_ms(origin) if origin else 0
         sql = (f"SELECT ((ts - ?) / ?) * ? + ?, count(*), min(value), avg(value), max(value) FROM readings "  # noqa: S608
                f"WHERE {where} AND is_bool = 0 AND typeof(value) IN ('integer', 'real') "
                f"GROUP BY 1 ORDER BY 1 LIMIT ?")
@@ -210,7 +206,7 @@ class SQLiteTimeSeries:
 
     def purge_before(self, cutoff: datetime) -> int:
         """Delete readings older than ``cutoff`` (and the newest-time rows that only they kept)."""
-        edge = ms(cutoff)
+        edge = epoch_ms(cutoff)
 
         def work(db: Session) -> int:
             gone = db.execute("DELETE FROM readings WHERE ts < ?", (edge,)).rowcount

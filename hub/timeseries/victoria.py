@@ -44,7 +44,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.domain.write_precision import WritePrecision
 
 from hub.errors import HubConfigError, RecordRejected, TimeSeriesUnavailable
-from hub.store.base import ReadingBucket, ReadingKey, ReadingsPage
+from hub.store.base import ReadingBucket, ReadingKey, ReadingsPage, epoch_ms
 from hub.timeseries.base import Point, ReadingColumns, sorted_units
 
 SCHEME: Final = "victoriametrics+"
@@ -110,12 +110,7 @@ def line(p: Point) -> str:
         tags += ",unit_empty=1"
     if text is not None:
         tags += f",text={_escape(text)}"
-    return f"{tags} value={value},seq={p.seq}i,idx={p.idx}i {_ms(p.ts)}"
-
-
-def _ms(value: datetime) -> int:
-    seconds = value.timestamp()
-    return int(seconds * 1000 + (0.5 if seconds >= 0 else -0.5))
+    return f"{tags} value={value},seq={p.seq}i,idx={p.idx}i {epoch_ms(p.ts)}"
 
 
 def _from_ms(value: int) -> datetime:
@@ -326,8 +321,8 @@ class VictoriaMetrics:
     def _bounds(self, selector: str, since: datetime | None, until: datetime | None) -> tuple[int, int]:
         """[lo, hi) in ms: the window asked for, its open ends closed at the first and last sample."""
         span = self._span(selector) if since is None or until is None else None
-        lo = _ms(since) if since is not None else span[0] if span else 0
-        hi = _ms(until) if until is not None else span[1] + 1 if span else 0
+        lo = epoch_ms(since) if since is not None else span[0] if span else 0
+        hi = epoch_ms(until) if until is not None else span[1] + 1 if span else 0
         return lo, hi
 
     def aggregate(self, device: str, quantity: str, since: datetime | None, until: datetime | None,
@@ -339,7 +334,7 @@ class VictoriaMetrics:
         values = self._selector(device, quantity, '"reading_value"', f",type=~{_NUMERIC}")
         lo, hi = self._bounds(values, since, until)
         width = max(1, round(bucket_s * 1000))
-        zero = _ms(origin) if origin is not None else 0
+        zero = epoch_ms(origin) if origin is not None else 0
         out: dict[int, ReadingBucket] = {}
         raw: list[int] = []  # starts of buckets to compute from raw samples
         first_full = zero - ((zero - lo) // width) * width
