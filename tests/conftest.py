@@ -263,15 +263,24 @@ class Hub(Proc):
     def start(self) -> None:
         super().start()
 
+        last: list[str] = ["no answer yet"]
+
         def healthy() -> bool:
             if not self.alive():
                 pytest.fail(f"hub exited:\n{self.log()[-3000:]}")
             try:
-                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
+                r = httpx.get(f"{self.url}/healthz", timeout=2)
+            except httpx.HTTPError as err:
+                last[0] = repr(err)
                 return False
+            last[0] = f"{r.status_code} {r.text}"
+            return r.status_code == 200
 
-        wait_for(healthy, 30, "the hub to be healthy")
+        try:
+            wait_for(healthy, 30, "the hub to be healthy")
+        except pytest.fail.Exception:
+            pytest.fail(f"the hub was not healthy within 30 s (last /healthz: {last[0]}); its log:\n"
+                        f"{self.log()[-4000:]}")
 
     @property
     def auth(self) -> dict[str, str]:
