@@ -95,6 +95,56 @@ def test_old_droppable_records_expire_but_transactions_stay(tmp_path: Path) -> N
     box.close()
 
 
+def test_deferred_acks_are_deleted_by_the_next_records_own_transaction(tmp_path: Path) -> None:
+    box = _box(tmp_path)
+    for _ in range(4):
+        box.append(RecordClass.TELEMETRY, _telemetry)
+    box.append(RecordClass.TX, _tx, key="tx-00000001")
+    box.defer_ack([(1, 2), (4, 5)])  # 5 is a transaction: only its answer settles it
+    assert box.deferred() and box.depth() == 5  # nothing is deleted before a commit
+    changes = box._conn.total_changes
+    assert box.append(RecordClass.TELEMETRY, _telemetry).seq == 6
+    assert box._conn.total_changes - changes == 4  # one transaction: three deletes and the insert
+    assert not box.deferred()
+    assert [r.seq for r in box.pending(10)] == [3, 5, 6] and box.depth() == 3
+    box.defer_ack([(3, 3)])
+    assert box.ack([]) == [3]  # with no record to ride on, the ack writer's call deletes them
+    assert box.ack([]) == [] and box.depth() == 2
+    box.close()
+    box = _box(tmp_path)  # the counts agree with the file after a restart
+    assert box.depth() == 2 and [r.seq for r in box.pending(10)] == [5, 6]
+    box.close()
+
+
+def test_a_full_class_counts_the_acknowledged_records_gone_before_dropping_any(tmp_path: Path) -> None:
+    box = _box(tmp_path, telemetry_max_rows=10)
+    for _ in range(10):
+        box.append(RecordClass.TELEMETRY, _telemetry)
+    box.defer_ack([(1, 1)])
+    box.append(RecordClass.TELEMETRY, _telemetry)  # room made by the ack: nothing dropped
+    assert box.dropped() == {} and [r.seq for r in box.pending(20)] == list(range(2, 12))
+    box.append(RecordClass.TELEMETRY, _telemetry)  # full again: the oldest goes, counted
+    assert box.dropped() == {"telemetry": 1} and [r.seq for r in box.pending(20)] == list(range(3, 13))
+    box.close()
+
+
+def test_deferred_acks_survive_a_commit_that_fails_and_go_with_the_next(tmp_path: Path) -> None:
+    box = _box(tmp_path)
+    for _ in range(3):
+        box.append(RecordClass.TELEMETRY, _telemetry)
+    box.defer_ack([(1, 2)])
+
+    def broken(seq: int) -> Telemetry:
+        raise ValueError("sensor returned garbage")
+
+    with pytest.raises(ValueError, match="garbage"):
+        box.append(RecordClass.TELEMETRY, broken)
+    assert box.deferred() and box.depth() == 3  # rolled back with the failed record, still to delete
+    box.append(RecordClass.TELEMETRY, _telemetry)
+    assert [r.seq for r in box.pending(10)] == [3, 4] and box.depth() == 2
+    box.close()
+
+
 def test_a_message_that_fails_to_build_commits_nothing(tmp_path: Path) -> None:
     box = _box(tmp_path)
 

@@ -304,8 +304,6 @@ class Agent:
         self._client: CheckedClient | None = None
         self._settled = False
         self._window = SendWindow(self.cfg.agent.max_inflight, self.cfg.agent.resend_after_s)
-        self._acked: list[tuple[int, int]] = []
-        """Ranges the hub acknowledged that the outbox has not deleted yet (deleted in batches)."""
         self._acks_waiting = asyncio.Event()
         self._acks_lock = asyncio.Lock()
         self._setting_aside: set[asyncio.Task[None]] = set()
@@ -824,18 +822,12 @@ class Agent:
             await self._apply_acks()
 
     async def _apply_acks(self) -> None:
+        """Delete what the hub acknowledged unless a sample's commit already did (the outbox keeps the ranges
+        until a commit deletes them: after a failure, the next one tries again)."""
         async with self._acks_lock:
             self._acks_waiting.clear()
-            if not self._acked:
-                return
-            ranges, self._acked = self._acked, []
-            try:
-                deleted = await asyncio.to_thread(self.outbox.ack, ranges)
-            except BaseException:
-                self._acked[:0] = ranges  # tried again with the next ack
-                raise
-            for seq in deleted:
-                self._refusals.pop(seq, None)
+            if self.outbox.deferred():
+                await asyncio.to_thread(self.outbox.ack)
 
     def _send(self, client: CheckedClient, record: OutboxRecord) -> None:
         name = self._record_topics[record.klass]
@@ -905,7 +897,10 @@ class Agent:
                         err.errors()[0]["msg"] if err.errors() else err)
             return
         self._window.acked(ranges)  # room at once; the outbox deletes them within ACK_FLUSH_S
-        self._acked += ranges
+        self.outbox.defer_ack(ranges)  # with the next sample's record, or by the ack writer
+        if self._refusals:
+            for seq in [seq for seq in self._refusals if any(a <= seq <= b for a, b in ranges)]:
+                del self._refusals[seq]
         self._acks_waiting.set()
         if self._window.unread:
             self._outbox_changed.set()  # room for records to read; otherwise new ones are sent as they come

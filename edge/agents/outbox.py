@@ -108,6 +108,10 @@ class Outbox:
         self._counts: dict[RecordClass, int] = {}
         self._last = 0
         """The highest seq handed out, kept here so that a record is written in one INSERT with its payload."""
+        self._deferred: list[tuple[int, int]] = []
+        """Acknowledged ranges not deleted yet: the next :meth:`append` deletes them in its own transaction (or
+        :meth:`ack` does, whichever comes first)."""
+        self._deferred_lock = threading.Lock()
         self._limits_by_class = {
             RecordClass.TELEMETRY: limits.telemetry_max_rows,
             RecordClass.EVENT: limits.event_max_rows,
@@ -191,8 +195,11 @@ class Outbox:
                 if full:
                     db.execute("PRAGMA synchronous=FULL")
                 db.execute("BEGIN IMMEDIATE")
+                acked = self._take_deferred()  # what the hub acknowledged goes in this transaction
                 try:
-                    excess = self._counts[klass] - self._limit(klass) + 1
+                    gone = self._delete_acked(db, acked) if acked else []
+                    held = self._counts[klass] - sum(1 for _, k in gone if k == klass)
+                    excess = held - self._limit(klass) + 1
                     if excess > 0:
                         db.execute(
                             "DELETE FROM records WHERE seq IN "
@@ -208,12 +215,16 @@ class Outbox:
                     db.execute("COMMIT")
                 except BaseException:
                     _rollback(db)
+                    if acked:
+                        self._defer_again(acked)
                     raise
                 finally:
                     if full:
                         db.execute(f"PRAGMA synchronous={self._limits.synchronous.upper()}")
             except (sqlite3.Error, OSError) as err:
                 raise storage_error(err, f"cannot commit a {klass} record to {self._path}") from err
+            if gone:
+                self._uncount(gone)
             self._counts[klass] = self._counts[klass] - max(0, excess) + 1
             self._last = seq
             return OutboxRecord(seq=seq, klass=klass, payload=payload, key=key, created=created)
@@ -226,29 +237,62 @@ class Outbox:
                 (after, limit)).fetchall()
         return [OutboxRecord(seq, RecordClass(k), p, key, c) for seq, k, p, key, c in rows]
 
-    def ack(self, ranges: Iterable[tuple[int, int]]) -> list[int]:
-        """Delete acknowledged telemetry, event and reply records; returns the seqs deleted."""
-        deleted: list[int] = []
+    def defer_ack(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Note acknowledged ranges for deletion by the next commit (:meth:`append` or :meth:`ack`): a device
+        that keeps sampling deletes what the hub acknowledged in the transaction of its next record, without a
+        transaction of its own. Does not wait for the outbox (safe on an event loop)."""
+        with self._deferred_lock:
+            self._deferred.extend(ranges)
+
+    def deferred(self) -> bool:
+        """Whether acknowledged ranges wait for deletion."""
+        return bool(self._deferred)
+
+    def _take_deferred(self) -> list[tuple[int, int]]:
+        with self._deferred_lock:
+            taken, self._deferred = self._deferred, []
+        return taken
+
+    def _defer_again(self, ranges: list[tuple[int, int]]) -> None:
+        with self._deferred_lock:
+            self._deferred[:0] = ranges
+
+    @staticmethod
+    def _delete_acked(db: sqlite3.Connection, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, str]]:
+        """Inside a transaction: delete the acknowledged telemetry, event and reply records of ``ranges``
+        (transactions are settled by their answer only); the seq and class of each record deleted."""
+        gone: list[tuple[int, str]] = []
+        for first, last in ranges:
+            gone += db.execute("DELETE FROM records WHERE seq BETWEEN ? AND ? AND klass != 'tx' "
+                               "RETURNING seq, klass", (first, last)).fetchall()
+        return gone
+
+    def ack(self, ranges: Iterable[tuple[int, int]] = ()) -> list[int]:
+        """Delete acknowledged telemetry, event and reply records (``ranges`` and those deferred); returns the
+        seqs deleted."""
         with self._lock:
             db = self._conn
+            taken = [*self._take_deferred(), *ranges]
+            if not taken:
+                return []
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    for first, last in ranges:
-                        rows = db.execute(
-                            "DELETE FROM records WHERE seq BETWEEN ? AND ? AND klass != 'tx' RETURNING seq, klass",
-                            (first, last)).fetchall()
-                        for seq, klass in rows:
-                            deleted.append(seq)
-                            self._counts[RecordClass(klass)] -= 1
+                    gone = self._delete_acked(db, taken)
                     db.execute("COMMIT")
                 except BaseException:
                     _rollback(db)
-                    self._reload_counts()
+                    self._defer_again(taken)
                     raise
             except (sqlite3.Error, OSError) as err:
                 raise storage_error(err, f"cannot delete acknowledged records from {self._path}") from err
-        return deleted
+            self._uncount(gone)
+        return [seq for seq, _ in gone]
+
+    def _uncount(self, gone: list[tuple[int, str]]) -> None:
+        counts = self._counts
+        for _, klass in gone:
+            counts[RecordClass(klass)] -= 1
 
     def set_aside(self, seq: int, reason: str) -> bool:
         """Move the record ``seq`` out of the queue into ``set_aside`` with ``reason``; False if it is gone."""
@@ -310,11 +354,6 @@ class Outbox:
                 self._counts[klass] -= n
                 total += n
         return total
-
-    def _reload_counts(self) -> None:
-        rows = self._conn.execute("SELECT klass, COUNT(*) FROM records GROUP BY klass").fetchall()
-        self._counts = {k: 0 for k in RecordClass}
-        self._counts.update({RecordClass(k): n for k, n in rows})
 
     def depth(self) -> int:
         """How many records wait for the hub."""
