@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
@@ -29,7 +29,7 @@ from edge import config as config_module
 from edge.agents import memory, telemetry
 from edge.agents.agent import Agent
 from edge.agents.mqtt import CheckedClient
-from edge.contract import MAX_TEXT, Reading, Scalar, Telemetry
+from edge.contract import MAX_TEXT, Reading, Scalar, Telemetry, format_timestamp
 from edge.drivers.sim_air_quality import Driver as SimulatedAirQuality
 from tests.conftest import Broker, agent_config, fast_air
 from tests.test_agent_supervision import run_agent, until
@@ -193,6 +193,41 @@ def test_a_sample_written_directly_is_the_message_the_models_write(value: Scalar
     assert json.loads(raw) == json.loads(expected.to_json())
     assert direct == expected
     assert [type(r["value"]) for r in json.loads(raw)["readings"]] == [type(value)] * 2  # true stays true, not 1
+
+
+def test_one_streams_encoder_writes_each_sample_as_the_models_do() -> None:
+    units = {"pm2_5": "µg/m3", "pm10": "µg/m3", 'odd"name\\': None}
+    encoder = telemetry.SampleEncoder("kk-aq-0001", "pm", units)
+    samples: list[tuple[Scalar, str]] = [(31.5, "system"), (7, "gps"), (True, "system"), ("ok", "gps")]
+    for i, (value, clock) in enumerate(samples):
+        ts = STAMP + timedelta(milliseconds=999 * i)
+        values: dict[str, Scalar] = {q: value for q in units}
+        payload = encoder.encode(values, telemetry.ms_since_epoch(ts), clock)
+        assert payload is not None
+        raw = payload(i + 1)
+        direct = Telemetry.model_validate_json(raw)
+        expected = Telemetry(device="kk-aq-0001", seq=i + 1, sent_at=direct.sent_at, readings=[
+            Reading(ts=ts, sensor="pm", quantity=q, value=value, unit=u, clock=clock) for q, u in units.items()])
+        assert json.loads(raw) == json.loads(expected.to_json())
+        assert abs((direct.sent_at - datetime.now(UTC)).total_seconds()) < 60
+
+
+@pytest.mark.parametrize("ms", [0, 999, 1000, 1_764_581_415_123, 1_764_581_415_999, 1_764_581_416_000,
+                                951_782_400_000, 4_102_444_799_999, 253_402_300_799_999, 253_402_300_800_000 - 1,
+                                -1, -86_400_001])
+def test_a_time_in_milliseconds_is_written_as_the_contract_writes_it(ms: int) -> None:
+    stamps = telemetry.SampleEncoder("kk-aq-0001", "pm", {})._stamps
+    at = telemetry.EPOCH + timedelta(milliseconds=ms)
+    assert stamps(ms) == format_timestamp(at)
+    assert stamps(ms) == format_timestamp(at)  # the second's prefix, kept, gives the same
+    assert telemetry.ms_since_epoch(at) == ms
+
+
+def test_the_millisecond_stamps_follow_the_clock_across_seconds() -> None:
+    stamps = telemetry.SampleEncoder("kk-aq-0001", "pm", {})._stamps
+    start = 1_764_581_415_000
+    for ms in range(start - 2_500, start + 2_500, 7):
+        assert stamps(ms) == format_timestamp(telemetry.EPOCH + timedelta(milliseconds=ms))
 
 
 NEEDS_MODELS: list[tuple[dict[str, Any], datetime]] = [

@@ -32,8 +32,10 @@ def test_unsynchronised_system_clock_uses_the_gps_offer_and_says_so() -> None:
     assert source == "nmea_gps"
     assert stamp == datetime(2026, 11, 20, 3, 15, 2, 500000, tzinfo=UTC)
     assert clock.state() == ClockState(source="nmea_gps", synchronized=True)
+    assert clock.now_ms() == (1_795_144_502_500, "nmea_gps")  # the same instant in milliseconds
     fake.t += AgentClock.OFFER_MAX_AGE_S + 1  # a stale offer is not trusted
     assert clock.now()[1] == "system"
+    assert clock.now_ms()[1] == "system"
 
 
 def test_a_synchronised_system_clock_wins() -> None:
@@ -43,6 +45,8 @@ def test_a_synchronised_system_clock_wins() -> None:
     clock.offer("nmea_gps", datetime(2020, 1, 1, tzinfo=UTC), fake.t)
     stamp, source = clock.now()
     assert source == "system" and stamp.year >= 2026
+    ms, source = clock.now_ms()
+    assert source == "system" and 0 <= ms - int(stamp.timestamp() * 1000) < 5_000
 
 
 def test_the_kernel_is_asked_about_synchronisation() -> None:

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -128,17 +128,16 @@ class Stream:
     last_ms: int = -1
     """The millisecond of this stream's last sample (the contract's precision)."""
 
-    def stamp(self, ts: datetime) -> datetime:
-        """``ts``, or one millisecond after the previous sample when it falls in the same millisecond or just
-        before (a polling loop catching up, a clock slewed back by less than a second): a stream's samples keep
-        their order at the contract's millisecond precision, so a store that keeps one sample per series and
-        millisecond (VictoriaMetrics) never folds two into one. A larger step back is the clock's and is kept."""
-        ms = int(ts.timestamp() * 1000)
+    def stamp(self, ms: int) -> int:
+        """``ms`` (since the epoch), or one millisecond after the previous sample when it falls in the same
+        millisecond or just before (a polling loop catching up, a clock slewed back by less than a second): a
+        stream's samples keep their order at the contract's millisecond precision, so a store that keeps one sample
+        per series and millisecond (VictoriaMetrics) never folds two into one. A larger step back is the clock's
+        and is kept."""
         if self.last_ms - 1000 < ms <= self.last_ms:
             ms = self.last_ms + 1
-            ts = datetime.fromtimestamp(ms / 1000, UTC)
         self.last_ms = ms
-        return ts
+        return ms
 
     def health(self) -> StreamHealth:
         """The stream's entry in the heartbeat."""
@@ -587,13 +586,14 @@ class Agent:
         """A polled stream's thread: read and commit on schedule and hand each result to the loop; sample at once
         when woken (a new interval). Returns once ``stop`` is set; an error ends it, raised on the loop."""
         units = {f.quantity: f.unit for f in driver.TELEMETRY}
+        encoder = telemetry.SampleEncoder(self.cfg.device, stream.config.name, units)
         source = driver if isinstance(driver, ClockSource) else None
         next_at = time.monotonic()
         while True:
             if stop.is_set():  # a wake (set_interval, stop) during a sample cuts the next wait short
                 return
-            ts, clock = self.clock.now()
-            committed = self._sample(stream, driver, units, stream.stamp(ts), clock)
+            ms, clock = self.clock.now_ms()
+            committed = self._sample(stream, driver, encoder, units, stream.stamp(ms), clock)
             sampled(committed, source.time_offer() if source is not None else None)
             next_at = max(next_at + stream.interval_s, time.monotonic())
             if stream.wake.wait(next_at - time.monotonic()):
@@ -623,17 +623,17 @@ class Agent:
         stream.refused_values += len(refused)
         return {q: v for q, v in values.items() if q not in refused}
 
-    def _sample(self, stream: Stream, driver: PolledDriver, units: dict[str, str | None], ts: datetime,
-                clock: str) -> OutboxRecord | OutboxError | None:
-        """In a worker thread: read the driver and commit its finite values, one thread hop per sample;
-        None when there was nothing to commit, the error when the outbox could not take it."""
+    def _sample(self, stream: Stream, driver: PolledDriver, encoder: telemetry.SampleEncoder,
+                units: dict[str, str | None], ts_ms: int, clock: str) -> OutboxRecord | OutboxError | None:
+        """In the stream's thread: read the driver and commit its finite values taken at ``ts_ms``; None when
+        there was nothing to commit, the error when the outbox could not take it."""
         values = driver.read()
         values = self._finite(stream, values) if values else values
         if not values:
             return None
-        build: Callable[[int], Message | bytes] | None = telemetry.encode(
-            self.cfg.device, stream.config.name, units, values, ts, clock)
+        build: Callable[[int], Message | bytes] | None = encoder.encode(values, ts_ms, clock)
         if build is None:  # a value the models must validate (and may refuse)
+            ts = telemetry.EPOCH + timedelta(milliseconds=ts_ms)
             readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q),
                                 clock=clock) for q, v in values.items()]
             build = partial(self._telemetry, readings)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import cache
 
+from edge.agents.telemetry import ms_since_epoch
 from edge.contract import ClockState, now
 
 _TIME_ERROR = 5  # adjtimex(2): clock not synchronised
@@ -75,6 +76,13 @@ class AgentClock:
             return now(), "system"
         stamp = utc + timedelta(seconds=age)
         return stamp.replace(microsecond=stamp.microsecond // 1000 * 1000), source
+
+    def now_ms(self) -> tuple[int, str]:
+        """:meth:`now` in milliseconds since the epoch (a polled stream's samples need no ``datetime``)."""
+        if self._system().synchronized is not False or self._offer is None:
+            return time.time_ns() // 1_000_000, "system"
+        stamp, source = self.now()
+        return ms_since_epoch(stamp), source
 
     def state(self) -> ClockState:
         """What the heartbeat says about the clock."""
