@@ -243,6 +243,11 @@ def hub_app(tmp_path: Path) -> Iterator[HubApp]:
     made.store.close()
 
 
+HUB_HEALTHY_S = 60
+"""How long a starting hub may take to answer /healthz with 200 (about 2 s on a quiet machine; a loaded CI runner
+with three workers and Chromium can starve a start)."""
+
+
 class Hub(Proc):
     """``nakhon hub serve`` on a free HTTP port, with an admin API token (``auth``) its helpers send."""
 
@@ -277,9 +282,11 @@ class Hub(Proc):
             return r.status_code == 200
 
         try:
-            wait_for(healthy, 30, "the hub to be healthy")
+            wait_for(healthy, HUB_HEALTHY_S, "the hub to be healthy")
         except pytest.fail.Exception:
-            pytest.fail(f"the hub was not healthy within 30 s (last /healthz: {last[0]}); its log:\n"
+            if not self.alive():
+                raise  # "hub exited", with its log
+            pytest.fail(f"the hub was not healthy within {HUB_HEALTHY_S} s (last /healthz: {last[0]}); its log:\n"
                         f"{self.log()[-4000:]}")
 
     @property
