@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import cache
 
-from edge.agents.telemetry import ms_since_epoch
+from edge.agents.telemetry import ms_since_epoch, now_ms
 from edge.contract import ClockState, now
 
 _TIME_ERROR = 5  # adjtimex(2): clock not synchronised
@@ -80,7 +80,7 @@ class AgentClock:
     def now_ms(self) -> tuple[int, str]:
         """:meth:`now` in milliseconds since the epoch (a polled stream's samples need no ``datetime``)."""
         if self._system().synchronized is not False or self._offer is None:
-            return time.time_ns() // 1_000_000, "system"
+            return now_ms(), "system"
         stamp, source = self.now()
         return ms_since_epoch(stamp), source
 
