@@ -34,6 +34,8 @@ from _harness import (
     work_dir,
 )
 
+from edge.agents.outbox import snapshot
+
 CPU_BAR = 0.01
 """The issue's bar: at most this many CPU-seconds per second for the agent."""
 RSS_BAR_MB = 40.0
@@ -226,10 +228,8 @@ def run_once(duration: float, interval: float, run: int, runs: int, setup: Setup
 
 def check_agent_loss(db: sqlite3.Connection, outbox: Path) -> None:
     """Every seq the agent handed out is in the hub's store or still in the agent's outbox."""
-    with contextlib.closing(sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)) as box:
-        waiting = {seq for (seq,) in box.execute("SELECT seq FROM records")}
-        row = box.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
-    last = int(row[0]) if row else 0
+    box = snapshot(outbox)
+    waiting, last = set(box.waiting), box.last_seq
     got = {seq for (seq,) in db.execute("SELECT seq FROM received WHERE device = ?", (AGENT,))}
     missing = set(range(1, last + 1)) - got - waiting
     if missing or not got <= set(range(1, last + 1)):

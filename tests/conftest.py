@@ -19,6 +19,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from edge.agents.outbox import snapshot
 from hub import audit
 from hub.auth import accounts
 from hub.auth.web import protect
@@ -368,16 +369,14 @@ class Agent(Proc):
         self.outbox = config.parent / (config.stem + "-outbox.sqlite")
 
     def outbox_state(self) -> tuple[int, int]:
-        """(records waiting, last seq handed out), read from the outbox file."""
+        """(records waiting, last seq handed out), read from the outbox's files (SQLite and its recent file)."""
         if not self.outbox.exists():
             return (0, 0)
-        with sqlite3.connect(f"file:{self.outbox}?mode=ro", uri=True) as db:
-            try:
-                depth = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-                row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
-            except sqlite3.OperationalError:  # the file exists, the agent has not made its tables yet
-                return (0, 0)
-        return depth, row[0] if row else 0
+        try:
+            state = snapshot(self.outbox)
+        except sqlite3.OperationalError:  # the file exists, the agent has not made its tables yet
+            return (0, 0)
+        return len(state.waiting), state.last_seq
 
 
 HUB_BACKENDS = ("embedded", "production")

@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge import config as config_module
 from edge.agents.agent import Agent, finite
 from edge.agents.mqtt import publish_packet_size
-from edge.agents.outbox import RecordClass
+from edge.agents.outbox import RecordClass, snapshot
 from edge.contract import Ack, Event, Scalar, Severity, TxOutcome, TxStatus, now
 from edge.drivers.sim_air_quality import Config as AirConfig
 from edge.drivers.sim_air_quality import Driver as SimulatedAirQuality
@@ -236,8 +236,7 @@ def test_a_full_disk_is_reported_and_the_outbox_recovers_when_space_returns(
     with caplog.at_level(logging.INFO, logger="nakhon.agent"):
         run_agent(agent, scenario)
     assert "outbox cannot take records" in caplog.text and "outbox takes records again" in caplog.text
-    with sqlite3.connect(agent.cfg.outbox.path) as db:
-        kept = [r[0] for r in db.execute("SELECT seq FROM records ORDER BY seq")]
+    kept = list(snapshot(agent.cfg.outbox.path).waiting)
     assert set(before_full) <= set(kept)  # nothing measured before the disk filled was lost
     assert kept == list(range(1, len(kept) + 1))  # and no hole in the sequence
 
@@ -306,7 +305,7 @@ def test_a_message_over_the_broker_maximum_packet_size_is_set_aside_and_the_rest
     assert f"record seq {big.seq} set aside" in caplog.text
     with sqlite3.connect(agent.cfg.outbox.path) as db:
         aside = db.execute("SELECT seq, reason FROM set_aside").fetchall()
-        queued = [r[0] for r in db.execute("SELECT seq FROM records")]
+    queued = snapshot(agent.cfg.outbox.path).waiting
     assert [seq for seq, _ in aside] == [big.seq] and big.seq not in queued
     assert "maximum packet size of 4096" in aside[0][1]
 

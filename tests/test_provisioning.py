@@ -27,6 +27,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.agents.outbox import snapshot
 from hub.audit import AuditLog
 from hub.broker import free_port
 from hub.provision import config as config_templates
@@ -423,9 +424,8 @@ def test_rotation_under_a_stream_loses_nothing_and_stores_nothing_twice(site: Si
     site.broker.restart()
     wait_for(lambda: stored() > before + 50, 60, "the stream to flow again on the new certificate")
     agent.stop()
-    with sqlite_ro(folder / "kk-aq-0507-outbox.sqlite") as db:
-        waiting = {s for (s,) in db.execute("SELECT seq FROM records")}
-        last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()[0]
+    box = snapshot(folder / "kk-aq-0507-outbox.sqlite")
+    waiting, last = set(box.waiting), box.last_seq
     with site.hub.db() as db:
         seqs = [s for (s,) in db.execute("SELECT seq FROM received WHERE device = 'kk-aq-0507' ORDER BY seq")]
         readings = db.execute("SELECT COUNT(*), COUNT(DISTINCT seq * 1000 + idx) FROM readings "

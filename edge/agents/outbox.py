@@ -8,11 +8,16 @@ transactions are never dropped, and a transaction the outbox cannot take is refu
 A full disk is reported as :class:`OutboxDiskFull` and nothing already committed is lost; writes succeed again
 once space returns. A record the broker refuses for good is moved to the ``set_aside`` table, out of the way
 of the others, where a technician can still read it.
+
+Telemetry records are committed to the outbox's recent file first (``edge.agents.recent``: one ``write`` each, no
+SQLite transaction) and moved into SQLite in batches; the outbox is both files. A record in either is committed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import math
 import sqlite3
 import threading
@@ -23,9 +28,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from edge.agents import recent
 from edge.config import OutboxConfig
 from edge.contract import Message
 from edge.errors import OutboxDiskFull, OutboxError, OutboxFull
+
+log = logging.getLogger("nakhon.outbox")
+
+RECENT_MAX_RECORDS = 1000
+"""Telemetry records the recent file holds before they are moved into SQLite."""
+RECENT_MAX_BYTES = 1024 * 1024
+"""The recent file's size beyond which its records are moved into SQLite (acknowledged ones take room too)."""
 
 
 class RecordClass(StrEnum):
@@ -56,6 +69,25 @@ class OutboxRecord:
     payload: bytes
     key: str | None
     created: float
+
+
+@dataclass(frozen=True)
+class OutboxSnapshot:
+    """An outbox seen from outside the agent (``snapshot``)."""
+
+    waiting: tuple[int, ...]
+    """The seqs of the records waiting for the hub, in order."""
+    last_seq: int
+    """The highest seq handed out (0 for a new outbox)."""
+
+
+_LAST_SEQ = ("SELECT MAX(seq) FROM (SELECT seq FROM sqlite_sequence WHERE name = 'records' "
+             "UNION ALL SELECT MAX(seq) FROM records UNION ALL SELECT MAX(seq) FROM set_aside)")
+"""The highest seq the outbox's SQLite file knows of (the recent file may know a higher one)."""
+
+
+def _covered(seq: int, ranges: Iterable[tuple[int, int]]) -> bool:
+    return any(first <= seq <= last for first, last in ranges)
 
 
 _SCHEMA = """
@@ -112,6 +144,13 @@ class Outbox:
         """Acknowledged ranges not deleted yet: the next :meth:`append` deletes them in its own transaction (or
         :meth:`ack` does, whichever comes first)."""
         self._deferred_lock = threading.Lock()
+        self._recent_file = recent.RecentFile(recent.recent_path(path))
+        self._recent: dict[int, OutboxRecord] = {}
+        """The telemetry records in the recent file and not in SQLite, in seq order (every seq above ``_stored``)."""
+        self._stored = 0
+        """The highest seq ever written to SQLite's ``records``."""
+        self._batching = limits.synchronous != "full"
+        """Telemetry goes to the recent file first (with ``synchronous=full`` every record is a SQLite commit)."""
         self._limits_by_class = {
             RecordClass.TELEMETRY: limits.telemetry_max_rows,
             RecordClass.EVENT: limits.event_max_rows,
@@ -127,21 +166,57 @@ class Outbox:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._limits.synchronous.upper()}")
             db.executescript(_SCHEMA)
+            self._replay(db)
             rows = db.execute("SELECT klass, COUNT(*) FROM records GROUP BY klass").fetchall()
-            last = db.execute("SELECT MAX(seq) FROM (SELECT seq FROM sqlite_sequence WHERE name = 'records' "
-                              "UNION ALL SELECT MAX(seq) FROM records UNION ALL SELECT MAX(seq) FROM set_aside)"
-                              ).fetchone()[0]
-        except sqlite3.Error as err:
+            last = db.execute(_LAST_SEQ).fetchone()[0]
+        except (sqlite3.Error, OSError) as err:
+            self._recent_file.close()
             raise OutboxError(f"cannot open the outbox at {self._path}: {err}") from err
-        self._last = int(last or 0)
+        self._last = self._stored = int(last or 0)
+        self._recent = {}
         self._counts = {k: 0 for k in RecordClass}
         self._counts.update({RecordClass(k): n for k, n in rows})
         self._db = db
 
+    def _replay(self, db: sqlite3.Connection) -> None:
+        """Open the recent file and put what it holds into SQLite (after a crash or a power cut), with the last seq
+        it handed out; then empty it."""
+        replay = self._recent_file.open()
+        if replay.torn_bytes:
+            log.warning("%s ended in %d byte(s) of a record cut short (a power cut during a write); ignored",
+                        self._recent_file.path, replay.torn_bytes)
+        if replay.last_seq:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT OR IGNORE INTO records (seq, klass, key, created, payload) "
+                               "VALUES (?, 'telemetry', NULL, ?, ?)",
+                               [(seq, created, payload) for seq, (created, payload) in replay.records.items()])
+                self._keep_last(db, replay.last_seq)
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+        if self._recent_file.size or replay.torn_bytes:
+            self._recent_file.empty()
+
+    @staticmethod
+    def _keep_last(db: sqlite3.Connection, seq: int) -> None:
+        """Inside a transaction: record ``seq`` as handed out, in AUTOINCREMENT's own counter (``sqlite_sequence``,
+        which SQLite lets a program update), for records that never reached SQLite."""
+        if not db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'records'", (seq,)).rowcount:
+            db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?)", (seq,))
+
     def close(self) -> None:
-        """Close the file; safe to call twice."""
+        """Close the files (the recent file's records moved into SQLite first); safe to call twice."""
         with self._lock:
             if self._db is not None:
+                moved = False
+                try:
+                    self._move_recent(self._db)
+                    moved = True
+                except OutboxError as err:  # they stay in the recent file, which the next open reads
+                    log.warning("%s", err)
+                self._recent_file.close(remove=moved)
                 self._db.close()
                 self._db = None
 
@@ -185,6 +260,10 @@ class Outbox:
         """
         with self._lock:
             db = self._conn
+            if (klass is RecordClass.TELEMETRY and key is None and self._batching
+                    and self._counts[klass] < self._limit(klass) and len(self._recent) < RECENT_MAX_RECORDS
+                    and self._recent_file.size < RECENT_MAX_BYTES and not self._stored_acked()):
+                return self._append_recent(build)
             if self._counts[klass] >= self._limit(klass) and not klass.droppable:
                 raise OutboxFull(
                     f"outbox holds {self._counts[klass]} unanswered transactions (limit "
@@ -196,8 +275,11 @@ class Outbox:
                     db.execute("PRAGMA synchronous=FULL")
                 db.execute("BEGIN IMMEDIATE")
                 acked = self._take_deferred()  # what the hub acknowledged goes in this transaction
+                moving = [r for r in self._recent.values() if not _covered(r.seq, acked)]
                 try:
+                    self._insert(db, moving)  # the recent file's records first: seqs stay in order in SQLite
                     gone = self._delete_acked(db, acked) if acked else []
+                    gone += [(seq, RecordClass.TELEMETRY.value) for seq in self._recent if _covered(seq, acked)]
                     held = self._counts[klass] - sum(1 for _, k in gone if k == klass)
                     excess = held - self._limit(klass) + 1
                     if excess > 0:
@@ -223,11 +305,110 @@ class Outbox:
                         db.execute(f"PRAGMA synchronous={self._limits.synchronous.upper()}")
             except (sqlite3.Error, OSError) as err:
                 raise storage_error(err, f"cannot commit a {klass} record to {self._path}") from err
+            self._moved()
             if gone:
                 self._uncount(gone)
             self._counts[klass] = self._counts[klass] - max(0, excess) + 1
-            self._last = seq
+            self._last = self._stored = seq
             return OutboxRecord(seq=seq, klass=klass, payload=payload, key=key, created=created)
+
+    def _stored_acked(self) -> bool:
+        """Whether acknowledged ranges wait that reach into SQLite (deleted in the next record's transaction)."""
+        with self._deferred_lock:
+            return any(first <= self._stored for first, _ in self._deferred)
+
+    def _append_recent(self, build: Callable[[int], Message | bytes]) -> OutboxRecord:
+        """Under the lock: commit a telemetry record to the recent file, after deleting what the hub acknowledged."""
+        seq, created = self._last + 1, self._clock()
+        built = build(seq)  # before anything changes: a record that fails to build leaves the outbox as it was
+        payload = built if isinstance(built, bytes) else built.to_json()
+        acked = self._take_deferred()
+        if acked:
+            try:
+                self._settle(self._conn, acked)
+            except (sqlite3.Error, OSError) as err:
+                self._defer_again(acked)
+                raise storage_error(err, f"cannot delete acknowledged records from {self._path}") from err
+        try:
+            self._recent_file.add(seq, created, payload)
+        except OSError as err:
+            raise storage_error(err, f"cannot commit a telemetry record to {self._recent_file.path}") from err
+        record = OutboxRecord(seq=seq, klass=RecordClass.TELEMETRY, payload=payload, key=None, created=created)
+        self._recent[seq] = record
+        self._counts[RecordClass.TELEMETRY] += 1
+        self._last = seq
+        return record
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, records: list[OutboxRecord]) -> None:
+        if records:
+            db.executemany("INSERT OR IGNORE INTO records (seq, klass, key, created, payload) VALUES (?, ?, ?, ?, ?)",
+                           [(r.seq, r.klass.value, r.key, r.created, r.payload) for r in records])
+
+    def _moved(self) -> None:
+        """After a commit that put the recent file's records and the last seq into SQLite: empty the file."""
+        if self._recent:
+            self._stored = max(self._stored, next(reversed(self._recent)))
+            self._recent = {}
+        if self._recent_file.size:
+            try:
+                self._recent_file.empty()
+            except OSError as err:  # its records are in SQLite: a reopen puts them there again, which changes nothing
+                log.warning("cannot empty %s: %s", self._recent_file.path, err)
+
+    def _move_recent(self, db: sqlite3.Connection) -> None:
+        """Under the lock: move the recent file's records into SQLite in one transaction (before a query or a write
+        that must see them), with the last seq, then empty the file."""
+        if not self._recent and not self._recent_file.size:
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._insert(db, list(self._recent.values()))
+                self._keep_last(db, self._last)
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+        except (sqlite3.Error, OSError) as err:
+            raise storage_error(err, f"cannot move telemetry records from {self._recent_file.path} into "
+                                     f"{self._path}") from err
+        self._moved()
+
+    def _settle(self, db: sqlite3.Connection, ranges: list[tuple[int, int]]) -> list[tuple[int, str]]:
+        """Under the lock: delete the acknowledged records of ``ranges``: in SQLite in one transaction (raises,
+        changing nothing, if it fails), then from the recent file (told which ranges are acknowledged); the seq and
+        class of each record deleted."""
+        gone: list[tuple[int, str]] = []
+        stored = [(first, min(last, self._stored)) for first, last in ranges if first <= self._stored]
+        if stored:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = self._delete_acked(db, stored)
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+        if self._recent:
+            acked = [seq for seq in self._recent if _covered(seq, ranges)]
+            for seq in acked:
+                del self._recent[seq]
+            gone += [(seq, RecordClass.TELEMETRY.value) for seq in acked]
+            if acked:
+                self._note_acked(acked, ranges)
+        self._uncount(gone)
+        return gone
+
+    def _note_acked(self, acked: list[int], ranges: list[tuple[int, int]]) -> None:
+        """Tell the recent file what the hub acknowledged of its records (it is emptied only when SQLite holds the
+        last seq); best effort: a record a reopen brings back is sent again, and the hub acknowledges it again as a
+        duplicate."""
+        try:
+            for first, last in ranges:
+                if any(first <= seq <= last for seq in acked):
+                    self._recent_file.acked(first, last)
+        except OSError as err:
+            log.warning("cannot note acknowledged records in %s: %s", self._recent_file.path, err)
 
     def pending(self, limit: int, after: int = 0) -> list[OutboxRecord]:
         """The oldest ``limit`` records with a seq above ``after`` still waiting for the hub, in seq order."""
@@ -235,7 +416,13 @@ class Outbox:
             rows = self._conn.execute(
                 "SELECT seq, klass, payload, key, created FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit)).fetchall()
-        return [OutboxRecord(seq, RecordClass(k), p, key, c) for seq, k, p, key, c in rows]
+            records = [OutboxRecord(seq, RecordClass(k), p, key, c) for seq, k, p, key, c in rows]
+            for seq, record in self._recent.items():  # every seq above those in SQLite
+                if len(records) >= limit:
+                    break
+                if seq > after:
+                    records.append(record)
+        return records
 
     def defer_ack(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Note acknowledged ranges for deletion by the next commit (:meth:`append` or :meth:`ack`): a device
@@ -276,18 +463,11 @@ class Outbox:
             if not taken:
                 return []
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    gone = self._delete_acked(db, taken)
-                    db.execute("COMMIT")
-                except BaseException:
-                    _rollback(db)
-                    self._defer_again(taken)
-                    raise
+                gone = self._settle(db, taken)
             except (sqlite3.Error, OSError) as err:
+                self._defer_again(taken)
                 raise storage_error(err, f"cannot delete acknowledged records from {self._path}") from err
-            self._uncount(gone)
-        return [seq for seq, _ in gone]
+        return sorted(seq for seq, _ in gone)
 
     def _uncount(self, gone: list[tuple[int, str]]) -> None:
         counts = self._counts
@@ -298,6 +478,8 @@ class Outbox:
         """Move the record ``seq`` out of the queue into ``set_aside`` with ``reason``; False if it is gone."""
         with self._lock:
             db = self._conn
+            if seq in self._recent:
+                self._move_recent(db)
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
@@ -337,6 +519,10 @@ class Outbox:
         total = 0
         with self._lock:
             db = self._conn
+            max_age = self._max_age(RecordClass.TELEMETRY)
+            oldest = next(iter(self._recent.values()), None)
+            if oldest is not None and max_age is not None and oldest.created < self._clock() - max_age:
+                self._move_recent(db)
             for klass in RecordClass:
                 max_age = self._max_age(klass)
                 if max_age is None:
@@ -368,8 +554,19 @@ class Outbox:
     def last_seq(self) -> int:
         """The highest seq ever handed out (0 for a new outbox)."""
         with self._lock:
-            row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
-        return int(row[0]) if row else 0
+            if self._db is None:
+                raise OutboxError("the outbox is not open")
+            return self._last
+
+
+def snapshot(path: Path) -> OutboxSnapshot:
+    """The records waiting in the outbox at ``path`` and its last seq, read without writing (the agent may be
+    running): its recent file first, then SQLite, so that a record moved between the two meanwhile is seen."""
+    replay = recent.read(recent.recent_path(path))
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        stored = [int(seq) for (seq,) in db.execute("SELECT seq FROM records ORDER BY seq")]
+        row = db.execute(_LAST_SEQ).fetchone()
+    return OutboxSnapshot(tuple(sorted({*stored, *replay.records})), max(int(row[0] or 0), replay.last_seq))
 
 
 class SendWindow:
