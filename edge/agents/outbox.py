@@ -35,7 +35,7 @@ from edge.errors import OutboxDiskFull, OutboxError, OutboxFull
 
 log = logging.getLogger("nakhon.outbox")
 
-RECENT_MAX_RECORDS = 1000
+RECENT_MAX_RECORDS = 200
 """Telemetry records the recent file holds before they are moved into SQLite."""
 RECENT_MAX_BYTES = 1024 * 1024
 """The recent file's size beyond which its records are moved into SQLite (acknowledged ones take room too)."""
