@@ -40,7 +40,10 @@ CPU_BAR = 0.01
 """The issue's bar: at most this many CPU-seconds per second for the agent."""
 RSS_BAR_MB = 40.0
 AGENT = "bench-agent"
+COMPARED = "bench-agent-compared"
+"""The device id of the ``--compare`` tree's agent."""
 BARE = "bench-bare"
+COMPARED_SCENARIO = "agent (--compare)"
 WARMUP_S = 5.0
 
 BARE_PUBLISHER = """
@@ -97,13 +100,19 @@ def rss_mb(pid: int) -> float:
     raise BenchError(f"no VmRSS for process {pid}")
 
 
-def agent_config(path: Path, port: int, interval: float) -> Path:
-    """A device TOML: one simulated air-quality sensor (two readings a message) every ``interval`` seconds."""
+def agent_config(path: Path, port: int, interval: float, device: str = AGENT) -> Path:
+    """A device TOML: one simulated air-quality sensor (two readings a message) every ``interval`` seconds, its
+    outbox ``DEVICE-outbox.sqlite`` beside the file."""
     path.write_text("\n".join([
-        f'device = "{AGENT}"', "config_version = 1", "", "[broker]", f'host = "{HOST}"', f"port = {port}",
-        f'root = "{ROOT}"', "", "[outbox]", f'path = "{path.parent / "outbox.sqlite"}"', "", "[[drivers]]",
+        f'device = "{device}"', "config_version = 1", "", "[broker]", f'host = "{HOST}"', f"port = {port}",
+        f'root = "{ROOT}"', "", "[outbox]", f'path = "{outbox_of(path, device)}"', "", "[[drivers]]",
         'kind = "sim_air_quality"', 'name = "pm"', f"interval_s = {interval}", "seed = 7", ""]))
     return path
+
+
+def outbox_of(config: Path, device: str) -> Path:
+    """Where :func:`agent_config` puts the outbox of ``device``."""
+    return config.parent / f"{device}-outbox.sqlite"
 
 
 PYCACHE = Path(tempfile.gettempdir()) / f"nakhon-bench-pycache-{sys.implementation.cache_tag}"
@@ -119,39 +128,45 @@ class Setup:
     bare_env: dict[str, str] | None
     agent_env: dict[str, str] | None
     agent_flags: tuple[str, ...] = ()
+    compared: Path | None = None
+    """Another checkout whose agent runs beside this tree's (``--compare``)."""
 
 
-def installed(source: bool, plain: bool) -> Setup:
+def installed(source: bool, plain: bool, compared: Path | None = None) -> Setup:
     """The processes as on a device: the agent with ``-OO`` from bytecode compiled at that level into
     :data:`PYCACHE` for the standard library, the venv and the project (as the installer does for its systemd
     unit); with ``plain``, without ``-OO``, the project byte-compiled in the tree (``compileall``, as pip leaves
     it); with ``source``, no bytecode of ``edge`` and ``nakhon`` (their ``__pycache__`` folders are removed),
     no ``-OO``, and the session's environment as it is (with ``PYTHONDONTWRITEBYTECODE`` the agent then
-    compiles them at every start)."""
+    compiles them at every start). A ``compared`` checkout is prepared the same way."""
+    trees = [REPO, *([compared] if compared is not None else [])]
     if source:
-        for package in ("edge", "nakhon"):
-            for cache in sorted((REPO / package).rglob("__pycache__")):
-                shutil.rmtree(cache)
-        return Setup(None, None)
+        for tree in trees:
+            for package in ("edge", "nakhon"):
+                for cache in sorted((tree / package).rglob("__pycache__")):
+                    shutil.rmtree(cache)
+        return Setup(None, None, compared=compared)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "edge", "nakhon"], cwd=REPO, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    for tree in trees:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "edge", "nakhon"], cwd=tree, env=env, check=True,
+                       stdout=subprocess.DEVNULL)
     if plain:
-        return Setup(env, env)
+        return Setup(env, env, compared=compared)
     optimized = {**env, "PYTHONPYCACHEPREFIX": str(PYCACHE)}
     paths = sysconfig.get_paths()
     progress(f"bytecode at -OO into {PYCACHE} (the first time takes a minute)")
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "-o", "2", "-x", SKIPPED, paths["stdlib"],
-                    paths["purelib"], paths["platlib"], "edge", "nakhon"], cwd=REPO, env=optimized, check=True,
-                   stdout=subprocess.DEVNULL)
-    return Setup(env, optimized, ("-OO",))
+    for tree in trees:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "-o", "2", "-x", SKIPPED,
+                        paths["stdlib"], paths["purelib"], paths["platlib"], "edge", "nakhon"], cwd=tree,
+                       env=optimized, check=True, stdout=subprocess.DEVNULL)
+    return Setup(env, optimized, ("-OO",), compared)
 
 
 def spawn(stack: contextlib.ExitStack, argv: list[str], log: Path,
-          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+          env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.Popen[bytes]:
     """A subprocess in its own session, stopped by SIGTERM (SIGKILL when it lingers) when the stack exits."""
     with open(log, "wb") as out:
-        process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True, env=env)
 
     def stop() -> None:
@@ -187,6 +202,14 @@ def run_once(duration: float, interval: float, run: int, runs: int, setup: Setup
         bare = spawn(stack, [sys.executable, "-c", BARE_PUBLISHER, str(port), str(interval)], work / "bare.log",
                      setup.bare_env)
         processes = {"agent": (agent, AGENT, work / "agent.log"), "bare aiomqtt": (bare, BARE, work / "bare.log")}
+        compared_config = work / "compared.toml"
+        if setup.compared is not None:  # the other tree's code first on its path, its own cwd
+            env = {**(setup.agent_env if setup.agent_env is not None else os.environ),
+                   "PYTHONPATH": str(setup.compared)}
+            other = spawn(stack, [sys.executable, *setup.agent_flags, "-m", "nakhon.cli", "agent", "run",
+                                  str(agent_config(compared_config, port, interval, COMPARED))],
+                          work / "compared.log", env, cwd=setup.compared)
+            processes[COMPARED_SCENARIO] = (other, COMPARED, work / "compared.log")
         db = stack.enter_context(contextlib.closing(hub.db()))
 
         def alive() -> None:
@@ -217,23 +240,26 @@ def run_once(duration: float, interval: float, run: int, runs: int, setup: Setup
         seconds = time.monotonic() - start
         samples = [Sample(name, run, seconds, (cpu_seconds(p.pid) - cpu0[name]) / seconds, peak[name],
                           stored(db, device) - count0[name]) for name, (p, device, _) in processes.items()]
-        agent.terminate()
-        agent.wait(20)
-        check_agent_loss(db, work / "outbox.sqlite")
+        for name, (process, device, _) in processes.items():
+            if name != "bare aiomqtt":
+                process.terminate()
+                process.wait(20)
+                config = compared_config if device == COMPARED else work / "device.toml"
+                check_agent_loss(db, outbox_of(config, device), device)
     for s in samples:
         progress(f"{label} {s.scenario}: {s.cpu_s_per_s:.4f} CPU-s/s, peak RSS {s.rss_mb:.1f} MB, "
                  f"{s.messages / s.seconds:.1f} msg/s stored")
     return samples
 
 
-def check_agent_loss(db: sqlite3.Connection, outbox: Path) -> None:
-    """Every seq the agent handed out is in the hub's store or still in the agent's outbox."""
+def check_agent_loss(db: sqlite3.Connection, outbox: Path, device: str = AGENT) -> None:
+    """Every seq the agent ``device`` handed out is in the hub's store or still in its outbox."""
     box = snapshot(outbox)
     waiting, last = set(box.waiting), box.last_seq
-    got = {seq for (seq,) in db.execute("SELECT seq FROM received WHERE device = ?", (AGENT,))}
+    got = {seq for (seq,) in db.execute("SELECT seq FROM received WHERE device = ?", (device,))}
     missing = set(range(1, last + 1)) - got - waiting
     if missing or not got <= set(range(1, last + 1)):
-        raise BenchError(f"the agent lost {len(missing)} of {last} messages")
+        raise BenchError(f"the agent {device} lost {len(missing)} of {last} messages")
 
 
 def report(samples: list[Sample], runs: int) -> tuple[str, bool]:
@@ -244,10 +270,12 @@ def report(samples: list[Sample], runs: int) -> tuple[str, bool]:
 
     rows = [("process", "CPU-s/s", "peak RSS (MB)", "msg/s stored", "CPU vs bare")]
     bare_cpu = median("bare aiomqtt", "cpu_s_per_s")
-    for scenario in ("bare aiomqtt", "agent"):
+    for scenario in ("bare aiomqtt", "agent", COMPARED_SCENARIO):
+        if not any(s.scenario == scenario for s in samples):
+            continue
         rate = statistics.median(s.messages / s.seconds for s in samples if s.scenario == scenario)
         rows.append((scenario, f"{median(scenario, 'cpu_s_per_s'):.4f}", f"{median(scenario, 'rss_mb'):.1f}",
-                     f"{rate:.1f}", f"{median(scenario, 'cpu_s_per_s') / bare_cpu:.1f}x"))
+                     f"{rate:.1f}", f"{median(scenario, 'cpu_s_per_s') / bare_cpu:.2f}x"))
     cpu, rss = median("agent", "cpu_s_per_s"), median("agent", "rss_mb")
     passed = cpu <= CPU_BAR and rss <= RSS_BAR_MB
     lines = table(rows)
@@ -266,6 +294,9 @@ def _parser() -> argparse.ArgumentParser:
                         "compiles them at every start (more RSS than on a device, where pip compiled them); no -OO")
     p.add_argument("--plain", action="store_true",
                    help="run the agent without -OO and its bytecode (as before the systemd unit took -OO)")
+    p.add_argument("--compare", type=Path, metavar="TREE",
+                   help="also run the agent of another checkout (e.g. a git worktree of main) side by side, on the "
+                        "same hub and schedule; reported as its own row, the verdict stays this tree's")
     p.add_argument("--json", action="store_true", help="also print the result as one JSON object")
     return p
 
@@ -275,10 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.duration <= 0 or args.rate <= 0 or args.runs < 1:
         _parser().error("--duration and --rate must be positive, --runs at least 1")
+    compared = args.compare.resolve() if args.compare is not None else None
+    if compared is not None and not (compared / "nakhon" / "cli.py").is_file():
+        _parser().error(f"--compare {args.compare}: not a checkout of this project (no nakhon/cli.py)")
     samples: list[Sample] = []
 
     def runs() -> None:
-        setup = installed(args.source, args.plain)
+        setup = installed(args.source, args.plain, compared)
         for run in range(1, args.runs + 1):
             samples.extend(run_once(args.duration, 1.0 / args.rate, run, args.runs, setup))
 
@@ -289,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         print(json.dumps({"params": {"duration_s": args.duration, "rate": args.rate, "runs": args.runs,
-                                     "source": args.source, "plain": args.plain},
+                                     "source": args.source, "plain": args.plain,
+                                     "compare": str(compared) if compared is not None else None},
                           "samples": [asdict(s) for s in samples], "cpu_bar": CPU_BAR, "rss_bar_mb": RSS_BAR_MB,
                           "pass": passed}))
     return 0 if passed else 1
