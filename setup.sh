@@ -58,5 +58,8 @@ echo "==> ruff check ."
 echo "==> mypy (nakhon, edge, hub, provisioning, tests, benchmarks)"
 .venv/bin/mypy || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
 echo "==> tests"
-.venv/bin/python -m pytest -n "${NAKHON_TEST_WORKERS:-3}" --dist loadgroup "$@" || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
+# a worker that crashes fails the run at once: pytest-xdist's loadgroup scheduler, given a replacement worker,
+# never hands it the crashed worker's tests and waits forever
+.venv/bin/python -m pytest -n "${NAKHON_TEST_WORKERS:-3}" --dist loadgroup --max-worker-restart=0 "$@" \
+    || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
 exit "$status"

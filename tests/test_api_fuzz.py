@@ -9,6 +9,7 @@ rather than stopping at a 401.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hub.auth import signature
 from hub.auth.throttle import SignInThrottle
 from hub.serve import build
-from tests.test_api_input import BANK_SECRET, hub_settings, make_hub_app
+from tests.test_api_input import BANK_SECRET, HubApp, hub_settings, make_hub_app
 
 EXAMPLES = 30
 DOCUMENTED_5XX = {"GET /healthz": {503}}
@@ -75,27 +76,34 @@ def test_the_fuzz_covers_every_module_of_the_api() -> None:
         assert any(prefix in label for label in OPERATIONS), prefix
 
 
+@pytest.fixture
+def fuzzed_hub(tmp_path: Path) -> Iterator[HubApp]:
+    """The hub's app over its store; the store is closed after the test's teardown has ended the app's lifespan
+    (schemathesis ends it in its ``pytest_runtest_teardown``, while fixtures are alive): closing it in the test
+    itself left the alarm threads the lifespan started reading from a closed store."""
+    hub = make_hub_app(tmp_path)
+    yield hub
+    hub.store.close()
+
+
 @pytest.mark.parametrize("label", OPERATIONS)
-def test_no_input_makes_the_api_fail_or_answer_off_its_schema(tmp_path: Path, label: str,
+def test_no_input_makes_the_api_fail_or_answer_off_its_schema(fuzzed_hub: HubApp, label: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # failed sign-ins are fuzzed too; the slowdown they earn has its own test (tests/test_auth.py)
     monkeypatch.setattr(SignInThrottle, "delay", lambda self, name, address: 0.0)
-    hub = make_hub_app(tmp_path)
-    try:
-        schema = schemathesis.openapi.from_asgi("/openapi.json", BankSigner(hub.app))
-        operation = next(op.ok() for op in schema.get_all_operations() if isinstance(op, Ok) and op.ok().label == label)
-        cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE),
-                          operation.as_strategy(GenerationMode.NEGATIVE))
+    hub = fuzzed_hub
+    schema = schemathesis.openapi.from_asgi("/openapi.json", BankSigner(hub.app))
+    operation = next(op.ok() for op in schema.get_all_operations() if isinstance(op, Ok) and op.ok().label == label)
+    cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE),
+                      operation.as_strategy(GenerationMode.NEGATIVE))
 
-        @given(case=cases)
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-        def answers_well(case: Case[Any]) -> None:
-            response = case.call_and_validate(headers={"Authorization": f"Bearer {hub.token}"},
-                                              checks=[response_schema_conformance])
-            assert response.status_code < 500 or response.status_code in DOCUMENTED_5XX.get(label, set()), (
-                f"{case.as_curl_command()} answered {response.status_code}: {response.text[:500]}")
+    @given(case=cases)
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    def answers_well(case: Case[Any]) -> None:
+        response = case.call_and_validate(headers={"Authorization": f"Bearer {hub.token}"},
+                                          checks=[response_schema_conformance])
+        assert response.status_code < 500 or response.status_code in DOCUMENTED_5XX.get(label, set()), (
+            f"{case.as_curl_command()} answered {response.status_code}: {response.text[:500]}")
 
-        answers_well()
-    finally:
-        hub.store.close()
+    answers_well()

@@ -7,10 +7,11 @@ one per thread, which WAL lets run alongside the writer. The store's domain SQL 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +30,17 @@ _REFUSED_RECORD = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceE
 """Errors about the records written rather than the database: the write is refused, not retried."""
 
 
+class _Reader:
+    """One thread's read-only connection, and the lock it is used under (so that :meth:`SQLiteStore.close`, on
+    another thread, never closes it in the middle of a statement: SQLite would read freed memory)."""
+
+    __slots__ = ("db", "lock")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db: sqlite3.Connection | None = db
+        self.lock = threading.RLock()
+
+
 class SQLiteStore(RecordsStore):
     """The :class:`hub.store.base.SqlStore` on one SQLite file."""
 
@@ -44,11 +56,14 @@ class SQLiteStore(RecordsStore):
         self._session: SQLiteSession | None = None
         self._write_lock = threading.Lock()
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[_Reader] = []
         self._readers_lock = threading.Lock()
+        self._closed = False
+        """Set by :meth:`close` (a thread still running then gets :class:`StoreError`), cleared by :meth:`open`."""
 
     def open(self) -> None:
         """Create the file if needed and apply the pending migrations (then the ``schemas`` hooks, if any)."""
+        self._closed = False
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _private_file(self.path)
@@ -94,20 +109,25 @@ class SQLiteStore(RecordsStore):
     def read(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` on this thread's read-only connection."""
         try:
-            return work(SQLiteSession(self._r()))
+            with self._reading() as db:
+                return work(SQLiteSession(db))
         except sqlite3.Error as err:
             raise StoreError(f"read failed: {err}") from err
 
     def close(self) -> None:
         """Close every connection; safe to call twice."""
+        self._closed = True
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = self._session = None
         with self._readers_lock:
-            for db in self._readers:
-                db.close()
-            self._readers.clear()
+            readers, self._readers = self._readers, []
+        for reader in readers:  # each once its thread's statement is over
+            with reader.lock:
+                if reader.db is not None:
+                    reader.db.close()
+                    reader.db = None
         self._local = threading.local()
 
     @property
@@ -116,14 +136,21 @@ class SQLiteStore(RecordsStore):
             raise StoreError("the store is not open")
         return self._writer, self._session
 
-    def _r(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = connect(self.path, read_only=True)
-            self._local.db = db
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read-only connection (made on first use), held against :meth:`close` while in use."""
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is None:
+            if self._closed:
+                raise StoreError("the store is closed")
+            reader = _Reader(connect(self.path, read_only=True))
+            self._local.reader = reader
             with self._readers_lock:
-                self._readers.append(db)
-        return db
+                self._readers.append(reader)
+        with reader.lock:
+            if reader.db is None:
+                raise StoreError("the store is closed")
+            yield reader.db
 
     def _insert_readings(self, db: Session, rows: Sequence[Row], latest: dict[tuple[str, str, str], int]) -> None:
         """Inside :meth:`ingest`'s write: the readings go to this file's readings table in the same commit."""
@@ -145,9 +172,11 @@ class SQLiteStore(RecordsStore):
             args.append(epoch_ms(until))
         sql += " ORDER BY ts, seq, idx LIMIT ?"
         args.append(limit)
+        with self._reading() as db:
+            rows = db.execute(sql, args).fetchall()
         return [StoredReading(ts=from_ms(ts), sensor=sensor, quantity=q, value=bool(v) if is_bool else v,
                               unit=unit, seq=seq)
-                for ts, sensor, q, v, is_bool, unit, seq in self._r().execute(sql, args)]
+                for ts, sensor, q, v, is_bool, unit, seq in rows]
 
 
 def _private_file(path: Path) -> None:
