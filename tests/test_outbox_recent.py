@@ -39,6 +39,15 @@ def _box(path: Path, **limits: object) -> Outbox:
     return box
 
 
+def _filled(tmp_path: Path, records: int) -> tuple[Path, Outbox]:
+    """An open outbox in ``tmp_path`` with ``records`` telemetry records appended (seqs 1 to ``records``)."""
+    path = tmp_path / "outbox.sqlite"
+    box = _box(path)
+    for _ in range(records):
+        box.append(RecordClass.TELEMETRY, _telemetry)
+    return path, box
+
+
 def _sql_seqs(path: Path) -> list[int]:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
         return [s for (s,) in db.execute("SELECT seq FROM records ORDER BY seq")]
@@ -62,10 +71,7 @@ def test_telemetry_is_one_append_to_the_recent_file_and_no_sqlite_transaction(tm
 
 
 def test_another_class_moves_the_recent_records_into_sqlite_first_keeping_the_order(tmp_path: Path) -> None:
-    path = tmp_path / "outbox.sqlite"
-    box = _box(path)
-    for _ in range(3):
-        box.append(RecordClass.TELEMETRY, _telemetry)
+    path, box = _filled(tmp_path, 3)
     assert box.append(RecordClass.EVENT, _event).seq == 4
     assert _sql_seqs(path) == [1, 2, 3, 4] and recent.read(recent.recent_path(path)).records == {}
     box.append(RecordClass.TELEMETRY, _telemetry)
@@ -78,10 +84,7 @@ def test_another_class_moves_the_recent_records_into_sqlite_first_keeping_the_or
 
 
 def test_acknowledged_recent_records_are_deleted_without_sqlite_and_never_come_back(tmp_path: Path) -> None:
-    path = tmp_path / "outbox.sqlite"
-    box = _box(path)
-    for _ in range(6):
-        box.append(RecordClass.TELEMETRY, _telemetry)
+    path, box = _filled(tmp_path, 6)
     changes = box._conn.total_changes
     assert box.ack([(1, 4)]) == [1, 2, 3, 4]
     box.defer_ack([(6, 6)])
@@ -97,10 +100,7 @@ def test_acknowledged_recent_records_are_deleted_without_sqlite_and_never_come_b
 
 
 def test_the_seq_never_goes_back_when_the_hub_acknowledged_everything_in_the_recent_file(tmp_path: Path) -> None:
-    path = tmp_path / "outbox.sqlite"
-    box = _box(path)
-    for _ in range(5):
-        box.append(RecordClass.TELEMETRY, _telemetry)
+    path, box = _filled(tmp_path, 5)
     box.ack([(1, 5)])
     assert box.depth() == 0 and _sql_seqs(path) == []
     crashed = _box(path)  # killed before any of them reached SQLite
@@ -152,10 +152,7 @@ def test_a_killed_process_loses_no_committed_record_and_its_acks_hold(tmp_path: 
 
 def test_a_record_cut_short_by_a_power_cut_is_ignored_and_the_rest_kept(tmp_path: Path,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
-    path = tmp_path / "outbox.sqlite"
-    box = _box(path)
-    for _ in range(2):
-        box.append(RecordClass.TELEMETRY, _telemetry)
+    path, box = _filled(tmp_path, 2)
     two = box._recent_file.size
     box.append(RecordClass.TELEMETRY, _telemetry)
     file = recent.recent_path(path)
