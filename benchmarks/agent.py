@@ -105,14 +105,14 @@ def agent_config(path: Path, port: int, interval: float, device: str = AGENT) ->
     outbox ``DEVICE-outbox.sqlite`` beside the file."""
     path.write_text("\n".join([
         f'device = "{device}"', "config_version = 1", "", "[broker]", f'host = "{HOST}"', f"port = {port}",
-        f'root = "{ROOT}"', "", "[outbox]", f'path = "{outbox_of(path, device)}"', "", "[[drivers]]",
+        f'root = "{ROOT}"', "", "[outbox]", f'path = "{outbox_of(path.parent, device)}"', "", "[[drivers]]",
         'kind = "sim_air_quality"', 'name = "pm"', f"interval_s = {interval}", "seed = 7", ""]))
     return path
 
 
-def outbox_of(config: Path, device: str) -> Path:
-    """Where :func:`agent_config` puts the outbox of ``device``."""
-    return config.parent / f"{device}-outbox.sqlite"
+def outbox_of(folder: Path, device: str) -> Path:
+    """Where :func:`agent_config` puts the outbox of ``device`` whose config is in ``folder``."""
+    return folder / f"{device}-outbox.sqlite"
 
 
 PYCACHE = Path(tempfile.gettempdir()) / f"nakhon-bench-pycache-{sys.implementation.cache_tag}"
@@ -196,19 +196,18 @@ def run_once(duration: float, interval: float, run: int, runs: int, setup: Setup
         hub = HubProcess(stack, work / "hub", port)
         hub.wait_healthy()
         hub.wait_subscribed(port)
-        agent = spawn(stack, [sys.executable, *setup.agent_flags, "-m", "nakhon.cli", "agent", "run",
-                              str(agent_config(work / "device.toml", port, interval))], work / "agent.log",
-                      setup.agent_env)
+        def agent_argv(device: str) -> list[str]:
+            config = agent_config(work / f"{device}.toml", port, interval, device)
+            return [sys.executable, *setup.agent_flags, "-m", "nakhon.cli", "agent", "run", str(config)]
+
+        agent = spawn(stack, agent_argv(AGENT), work / "agent.log", setup.agent_env)
         bare = spawn(stack, [sys.executable, "-c", BARE_PUBLISHER, str(port), str(interval)], work / "bare.log",
                      setup.bare_env)
         processes = {"agent": (agent, AGENT, work / "agent.log"), "bare aiomqtt": (bare, BARE, work / "bare.log")}
-        compared_config = work / "compared.toml"
         if setup.compared is not None:  # the other tree's code first on its path, its own cwd
             env = {**(setup.agent_env if setup.agent_env is not None else os.environ),
                    "PYTHONPATH": str(setup.compared)}
-            other = spawn(stack, [sys.executable, *setup.agent_flags, "-m", "nakhon.cli", "agent", "run",
-                                  str(agent_config(compared_config, port, interval, COMPARED))],
-                          work / "compared.log", env, cwd=setup.compared)
+            other = spawn(stack, agent_argv(COMPARED), work / "compared.log", env, cwd=setup.compared)
             processes[COMPARED_SCENARIO] = (other, COMPARED, work / "compared.log")
         db = stack.enter_context(contextlib.closing(hub.db()))
 
@@ -244,8 +243,7 @@ def run_once(duration: float, interval: float, run: int, runs: int, setup: Setup
             if name != "bare aiomqtt":
                 process.terminate()
                 process.wait(20)
-                config = compared_config if device == COMPARED else work / "device.toml"
-                check_agent_loss(db, outbox_of(config, device), device)
+                check_agent_loss(db, outbox_of(work, device), device)
     for s in samples:
         progress(f"{label} {s.scenario}: {s.cpu_s_per_s:.4f} CPU-s/s, peak RSS {s.rss_mb:.1f} MB, "
                  f"{s.messages / s.seconds:.1f} msg/s stored")

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -633,7 +633,7 @@ class Agent:
             return None
         build: Callable[[int], Message | bytes] | None = encoder.encode(values, ts_ms, clock)
         if build is None:  # a value the models must validate (and may refuse)
-            ts = telemetry.EPOCH + timedelta(milliseconds=ts_ms)
+            ts = telemetry.datetime_of_ms(ts_ms)
             readings = [Reading(ts=ts, sensor=stream.config.name, quantity=q, value=v, unit=units.get(q),
                                 clock=clock) for q, v in values.items()]
             build = partial(self._telemetry, readings)

@@ -275,11 +275,11 @@ class Outbox:
                     db.execute("PRAGMA synchronous=FULL")
                 db.execute("BEGIN IMMEDIATE")
                 acked = self._take_deferred()  # what the hub acknowledged goes in this transaction
-                moving = [r for r in self._recent.values() if not _covered(r.seq, acked)]
+                moving, acked_recent = self._split_recent(acked)
                 try:
                     self._insert(db, moving)  # the recent file's records first: seqs stay in order in SQLite
                     gone = self._delete_acked(db, acked) if acked else []
-                    gone += [(seq, RecordClass.TELEMETRY.value) for seq in self._recent if _covered(seq, acked)]
+                    gone += [(seq, RecordClass.TELEMETRY.value) for seq in acked_recent]
                     held = self._counts[klass] - sum(1 for _, k in gone if k == klass)
                     excess = held - self._limit(klass) + 1
                     if excess > 0:
@@ -311,6 +311,17 @@ class Outbox:
             self._counts[klass] = self._counts[klass] - max(0, excess) + 1
             self._last = self._stored = seq
             return OutboxRecord(seq=seq, klass=klass, payload=payload, key=key, created=created)
+
+    def _split_recent(self, ranges: list[tuple[int, int]]) -> tuple[list[OutboxRecord], list[int]]:
+        """The recent file's records that ``ranges`` do not acknowledge, and the seqs of those they do."""
+        kept: list[OutboxRecord] = []
+        acked: list[int] = []
+        for seq, record in self._recent.items():
+            if _covered(seq, ranges):
+                acked.append(seq)
+            else:
+                kept.append(record)
+        return kept, acked
 
     def _stored_acked(self) -> bool:
         """Whether acknowledged ranges wait that reach into SQLite (deleted in the next record's transaction)."""
@@ -390,7 +401,7 @@ class Outbox:
                 _rollback(db)
                 raise
         if self._recent:
-            acked = [seq for seq in self._recent if _covered(seq, ranges)]
+            _, acked = self._split_recent(ranges)
             for seq in acked:
                 del self._recent[seq]
             gone += [(seq, RecordClass.TELEMETRY.value) for seq in acked]

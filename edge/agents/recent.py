@@ -100,13 +100,13 @@ class RecentFile:
         """Open (creating it, mode 0600) and read back what it holds."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            with os.fdopen(os.dup(fd), "rb") as f:
-                replay = parse(f.read())
+            data = self.path.read_bytes()
         except BaseException:
             os.close(fd)
             raise
+        replay = parse(data)
         self._fd = fd
-        self.size = os.fstat(fd).st_size - replay.torn_bytes
+        self.size = len(data) - replay.torn_bytes
         return replay
 
     def close(self, remove: bool = False) -> None:

@@ -62,7 +62,7 @@ class _Stamps:
 
     def __call__(self, ms: int) -> str:
         if not 0 <= ms < _LAST_MS:  # outside four-digit years after 1970: the contract's own formatter
-            return format_timestamp(EPOCH + timedelta(milliseconds=ms))
+            return format_timestamp(datetime_of_ms(ms))
         second, milli = divmod(ms, 1000)
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
@@ -138,3 +138,8 @@ def encode(device: str, sensor: str, units: Mapping[str, str | None], values: Ma
 def ms_since_epoch(ts: datetime) -> int:
     """An aware ``ts`` in whole milliseconds since the epoch (exact: integer arithmetic on its parts)."""
     return (ts - EPOCH) // _MS
+
+
+def datetime_of_ms(ms: int) -> datetime:
+    """The UTC instant ``ms`` milliseconds after the epoch (the inverse of :func:`ms_since_epoch`)."""
+    return EPOCH + ms * _MS

@@ -116,7 +116,8 @@ class SQLiteStore(RecordsStore):
 
     def close(self) -> None:
         """Close every connection; safe to call twice."""
-        self._closed = True
+        with self._readers_lock:
+            self._closed = True
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()
@@ -141,12 +142,12 @@ class SQLiteStore(RecordsStore):
         """This thread's read-only connection (made on first use), held against :meth:`close` while in use."""
         reader: _Reader | None = getattr(self._local, "reader", None)
         if reader is None:
-            if self._closed:
-                raise StoreError("the store is closed")
-            reader = _Reader(connect(self.path, read_only=True))
-            self._local.reader = reader
-            with self._readers_lock:
+            with self._readers_lock:  # with close(): a reader is either closed by it or never made
+                if self._closed:
+                    raise StoreError("the store is closed")
+                reader = _Reader(connect(self.path, read_only=True))
                 self._readers.append(reader)
+            self._local.reader = reader
         with reader.lock:
             if reader.db is None:
                 raise StoreError("the store is closed")
