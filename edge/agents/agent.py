@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import queue
 import random
 import signal
 import socket
@@ -41,6 +40,7 @@ from pydantic import ValidationError
 from edge import config as config_module
 from edge.agents import memory, notify, telemetry
 from edge.agents.clock import AgentClock
+from edge.agents.handoff import Handoff
 from edge.agents.mqtt import CheckedClient
 from edge.agents.outbox import Outbox, OutboxRecord, RecordClass, SendWindow
 from edge.contract import (
@@ -88,26 +88,21 @@ log = logging.getLogger("nakhon.agent")
 
 class Wake:
     """A polled stream's wake-up call (a new interval, a stop), set on the loop and waited for by the stream's
-    sampling thread inside a C call (``queue.SimpleQueue.get``): no Python-level condition and lock per sample,
-    as ``threading.Event.wait`` takes."""
+    sampling thread inside one C call (a lock's ``acquire`` with a timeout): no Python-level condition, and no
+    exception when the wait times out, as ``threading.Event.wait`` and ``queue.SimpleQueue.get`` take."""
 
     def __init__(self) -> None:
-        self._calls: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._lock.acquire()  # held while no call waits: set() releases it, wait() takes it back
 
     def set(self) -> None:
-        """Cut the current (or next) wait short."""
-        self._calls.put(None)
+        """Cut the current (or next) wait short; calls made before the wait answers count as one."""
+        with contextlib.suppress(RuntimeError):  # already released: a call waits
+            self._lock.release()
 
     def wait(self, timeout: float) -> bool:
         """Wait at most ``timeout`` seconds; True when woken (every call made meanwhile is answered at once)."""
-        try:
-            self._calls.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            return False
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._calls.get_nowait()
-        return True
+        return self._lock.acquire(timeout=max(0.0, timeout))
 
 
 @dataclass
@@ -569,9 +564,10 @@ class Agent:
         await asyncio.to_thread(driver.open)
         loop = asyncio.get_running_loop()
         stop = threading.Event()
+        handoff = Handoff(loop)
 
         def sampled(committed: OutboxRecord | OutboxError | None, offer: TimeOffer | None) -> None:
-            loop.call_soon_threadsafe(self._sampled, stream, backoff, committed, offer)
+            handoff.call(self._sampled, stream, backoff, committed, offer)
 
         thread = ThreadPoolExecutor(1, thread_name_prefix=f"sensor-{stream.config.name}")
         try:
@@ -579,7 +575,10 @@ class Agent:
         finally:
             stop.set()
             stream.wake.set()
-            await asyncio.to_thread(thread.shutdown)  # the driver is idle again when the caller releases it
+            try:
+                await asyncio.to_thread(thread.shutdown)  # the driver is idle again when the caller releases it
+            finally:
+                handoff.close()
 
     def _sampling(self, stream: Stream, driver: PolledDriver, stop: threading.Event,
                   sampled: Callable[[OutboxRecord | OutboxError | None, TimeOffer | None], object]) -> None:
