@@ -299,6 +299,8 @@ class Agent:
         self._settled = False
         self._window = SendWindow(self.cfg.agent.max_inflight, self.cfg.agent.resend_after_s)
         self._acks_waiting = asyncio.Event()
+        self._ack_flush: asyncio.TimerHandle | None = None
+        """The ack writer's wake-up ``ACK_FLUSH_S`` after the first ack it has not yet seen."""
         self._acks_lock = asyncio.Lock()
         self._setting_aside: set[asyncio.Task[None]] = set()
         self._outbox_changed = asyncio.Event()
@@ -814,11 +816,18 @@ class Agent:
             self._outbox_changed.set()
 
     async def _ack_writer(self, client: CheckedClient) -> None:
-        """Delete what the hub acknowledged, every ack of the last ``ACK_FLUSH_S`` in one outbox transaction."""
+        """Delete what the hub acknowledged, every ack of the last ``ACK_FLUSH_S`` in one outbox transaction, when
+        no sample's commit did it meanwhile (see :meth:`_ack_flush_due`)."""
         while True:
             await self._acks_waiting.wait()
-            await wait_event(self._stopping, ACK_FLUSH_S)
             await self._apply_acks()
+
+    def _ack_flush_due(self) -> None:
+        """``ACK_FLUSH_S`` after an ack: wake the ack writer if no commit took the acknowledged ranges since (at
+        10 samples a second one always has: then nothing wakes)."""
+        self._ack_flush = None
+        if self.outbox.deferred():
+            self._acks_waiting.set()
 
     async def _apply_acks(self) -> None:
         """Delete what the hub acknowledged unless a sample's commit already did (the outbox keeps the ranges
@@ -900,7 +909,8 @@ class Agent:
         if self._refusals:
             for seq in [seq for seq in self._refusals if any(a <= seq <= b for a, b in ranges)]:
                 del self._refusals[seq]
-        self._acks_waiting.set()
+        if self._ack_flush is None:
+            self._ack_flush = asyncio.get_running_loop().call_later(ACK_FLUSH_S, self._ack_flush_due)
         if self._window.unread:
             self._outbox_changed.set()  # room for records to read; otherwise new ones are sent as they come
 
