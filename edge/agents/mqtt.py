@@ -204,9 +204,9 @@ def quick_pubacks(client: paho.Client) -> None:
     broker sends for nearly every message) without decoding it.
 
     paho decodes every PUBACK into a new ``ReasonCode`` and a new ``Properties``, whose ``__init__`` builds the
-    tables of all 27 MQTT v5 property names; at 10 messages a second that was a fifth of the agent's PUBACK
-    handling. Such a PUBACK is given :data:`PUBACK_SUCCESS` and :data:`PUBACK_NO_PROPERTIES`; any other (a reason
-    code, properties, a PUBCOMP) goes through paho's own decoding. Uses paho's private ``_handle_pubackcomp``,
+    tables of all 27 MQTT v5 property names: about 100 of the 240 µs of CPU the agent spent on each PUBACK at 10
+    messages a second. Such a PUBACK is given :data:`PUBACK_SUCCESS` and :data:`PUBACK_NO_PROPERTIES`; any other
+    (a reason code, properties, a PUBCOMP) goes through paho's own decoding. Uses paho's private ``_handle_pubackcomp``,
     ``_in_packet``, ``_out_messages`` and ``_do_on_publish`` (paho 2.x); ``tests/test_agent_mqtt.py`` checks that the
     callbacks get what paho's decoding gives."""
     decode = client._handle_pubackcomp
