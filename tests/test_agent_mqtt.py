@@ -172,7 +172,7 @@ def _writer_registered(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> 
 def test_a_packet_the_socket_cannot_take_at_once_is_finished_by_a_writer(
         played: Callable[..., PlayedBroker]) -> None:
     broker = played([lambda mid: mid] * 3)
-    big = b"x" * (8 * 1024 * 1024)  # far more than a loopback socket's send buffer
+    big = b"x" * (8 * 1024 * 1024)  # far more than the client's send buffer (set to 64 KiB below)
 
     async def session() -> tuple[list[bool], list[bool]]:
         loop = asyncio.get_running_loop()
@@ -180,6 +180,7 @@ def test_a_packet_the_socket_cannot_take_at_once_is_finished_by_a_writer(
         async with _client(broker.port) as client:
             sock = client._client.socket()
             assert isinstance(sock, socket.socket)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # fixed, whatever the kernel's tuning
             for payload in (b"{}", big, b"{}"):
                 settled = asyncio.Event()
                 client.publish_nowait(TOPIC, payload, partial(_settle, settled))
