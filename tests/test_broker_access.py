@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -16,7 +17,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.contract import Reading, Telemetry, now
 from hub.broker import BrokerSettings, Mosquitto, free_port
-from tests.conftest import wait_for
+from tests.conftest import Proc, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -126,3 +127,19 @@ def test_free_ports_come_from_below_the_ephemeral_range_and_can_be_bound() -> No
             a.bind(("127.0.0.1", port))
             if span == 2:
                 b.bind(("127.0.0.1", port + 1))
+
+
+def test_a_hub_whose_subscription_is_refused_never_reports_the_broker_up(
+        demo_broker: tuple[Path, int], procs: dict[str, Any]) -> None:
+    """The hub is up once the broker has acknowledged its subscription, not at its CONNACK: with an account that may
+    not read the fleet's uplink (a device's), ``/healthz`` stays 503 and the log says what to check."""
+    data, port = demo_broker
+    hub = procs["hub"](port, "--username", "kk-wl-0001",
+                       "--password-file", str(data / "secrets" / "kk-wl-0001.password"), start=False)
+    Proc.start(hub)  # not Hub.start, which waits for a healthy hub
+    wait_for(lambda: "refused the hub's subscription" in hub.log(), 30, "the hub to log the refused subscription")
+    health = httpx.get(f"{hub.url}/healthz", timeout=10)
+    assert health.status_code == 503, health.text
+    assert health.json()["broker"] is False
+    assert "check its ACL for the hub's user" in hub.log()
+    assert hub.alive()

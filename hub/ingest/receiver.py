@@ -177,6 +177,8 @@ class _Child:
         self.pending: list[tuple[str, bytes, float]] = []
         self.ready = threading.Condition()
         self.stopping = False
+        self.connack: tuple[int | None, bool] | None = None
+        """The broker's Maximum Packet Size and session present flag from the last CONNACK, for the "up" report."""
         client = _ChunkedClient(CallbackAPIVersion.VERSION2, client_id=link.client_id, protocol=mqtt.MQTTv5)
         if link.username:
             client.username_pw_set(link.username, link.password)
@@ -185,6 +187,7 @@ class _Child:
         # paho annotates the delays as int but waits them as seconds in float arithmetic (its _reconnect_wait)
         client.reconnect_delay_set(random.uniform(*RECONNECT_FIRST_S), RECONNECT_MAX_S)  # type: ignore[arg-type]
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         # small messages answered one by one: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms each
@@ -201,9 +204,21 @@ class _Child:
         if reason_code.is_failure:
             log.error("broker %s:%d refused the hub: %s", self.link.host, self.link.port, reason_code)
             return
-        client.subscribe(self.link.subscription, qos=QOS)
         # MQTT v5: a client must not send a packet larger than the broker announces (Mosquitto's max_packet_size)
-        self.send(("up", getattr(properties, "MaximumPacketSize", None), bool(flags.session_present)))
+        self.connack = (getattr(properties, "MaximumPacketSize", None), bool(flags.session_present))
+        client.subscribe(self.link.subscription, qos=QOS)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[Any],
+                      properties: Any) -> None:
+        """The SUBACK: only now is the hub up (a message published before it would find no subscription, and
+        ``/healthz`` would have said the hub takes it)."""
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            log.error("broker %s:%d refused the hub's subscription to %s: %s; check its ACL for the hub's user",
+                      self.link.host, self.link.port, self.link.subscription, refused[0])
+            return
+        if self.connack is not None:
+            self.send(("up", *self.connack))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
