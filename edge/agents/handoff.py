@@ -2,9 +2,9 @@
 
 ``loop.call_soon_threadsafe`` costs, for each call, a handle with a copy of the thread's context, a write to the
 loop's self-pipe and, on the loop, two reads of that pipe (the second ending in ``BlockingIOError``) before the
-handle runs. A :class:`Handoff` queues the call, writes the eventfd only when the loop has not been told yet, and
-the loop runs every queued call after one read. At 10 samples a second that was about a tenth of the agent's CPU.
-Linux only (``os.eventfd``), as the agent is.
+handle runs. A :class:`Handoff` queues the call and writes the eventfd (writes add up in its counter, so any number
+of them is one wake-up), and the loop runs every queued call after one read. At 10 samples a second that was about
+a tenth of the agent's CPU. Linux only (``os.eventfd``), as the agent is.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ class Handoff:
         self._loop = loop
         self._calls: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._lock = threading.Lock()
-        self._told = False
-        """Whether the eventfd was written since the loop last read it (under ``_lock``)."""
+        """Held by a thread writing the eventfd and by :meth:`close`: no write to the fd number once it is closed."""
         self._fd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         loop.add_reader(self._fd, self._run)
 
@@ -36,18 +35,14 @@ class Handoff:
         """From any thread: have ``fn(*args)`` run on the loop soon."""
         self._calls.append((fn, args))
         with self._lock:
-            if self._told or self._fd is None:
-                return
-            self._told = True
-            os.eventfd_write(self._fd, 1)
+            if self._fd is not None:
+                os.eventfd_write(self._fd, 1)
 
     def _run(self) -> None:
-        with self._lock:
-            if self._fd is None:
-                return
-            self._told = False
-            with contextlib.suppress(BlockingIOError):  # nothing written since: a wake-up already answered
-                os.eventfd_read(self._fd)
+        if self._fd is None:  # closed (on the loop, as this runs)
+            return
+        with contextlib.suppress(BlockingIOError):  # nothing written since: a wake-up already answered
+            os.eventfd_read(self._fd)
         self._drain()
 
     def _drain(self) -> None:
